@@ -1,0 +1,8 @@
+"""trpo: Trust Region Policy Optimization (Schulman et al., 2015) for Gymnasium environments."""
+
+__version__ = "0.1.0"
+
+from trpo.agent import TRPO  # noqa: E402
+from trpo.config import TRPOConfig  # noqa: E402
+
+__all__ = ["TRPO", "TRPOConfig", "__version__"]

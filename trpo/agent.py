@@ -1,0 +1,407 @@
+"""class TRPO: composes rollouts, advantages, the trust-region step and the value fit into `learn`, and offers
+`predict`, `evaluate`, `save` and `load`.
+
+One update (`_update`) reads like the paper's algorithm box:
+    collect a batch with pi_old -> advantages -> policy step (CG + line search) -> fit V -> log.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+from torch.func import functional_call
+
+from trpo import advantages as adv_lib
+from trpo import checkpoint
+from trpo.config import TRPOConfig, preset_name_for, resolve_config
+from trpo.logger import MetricsLog, Progress
+from trpo.networks import Actor, Critic
+from trpo.normalization import ObsNormalizer, RewardScaler
+from trpo.rollout import Batch, EnvError, EnvSpec, RolloutCollector, env_id_of, make_env, make_vector_env
+from trpo.spaces import ObsEncoder, Params, make_distribution
+from trpo.trust_region import StepResult, gauss_newton_fvp, hessian_fvp, trpo_step
+
+Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
+
+
+def versions() -> dict[str, str]:
+    from trpo import __version__
+
+    return {"trpo": __version__, "torch": torch.__version__, "gymnasium": gym.__version__,
+            "python": platform.python_version()}
+
+
+class TRPO:
+    """Trust Region Policy Optimization on a Gymnasium environment.
+
+    env: an env id ('CartPole-v1', 'module:EnvId'), a zero-argument factory, or a `gymnasium.Env` instance.
+    config: the hyperparameters; when omitted, the preset for the env id (if any) over the defaults.
+    run_dir: where learn() writes config.yaml, metrics.jsonl, TensorBoard events and checkpoints (optional).
+    """
+
+    def __init__(
+        self,
+        env: EnvSpec = "CartPole-v1",
+        config: TRPOConfig | None = None,
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.env_spec = env
+        self.env_id = env_id_of(env)
+        self.preset = preset_name_for(self.env_id) if (config is None and self.env_id) else None
+        self.config = config if config is not None else resolve_config(self.env_id, "auto")[0]
+        self.seed = int(seed)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        cfg = self.config
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise EnvError(f"device {cfg.device!r} requested but CUDA is not available on this machine")
+
+        self._eval_env = make_env(env)
+        self.observation_space = self._eval_env.observation_space
+        self.action_space = self._eval_env.action_space
+        self.encoder = ObsEncoder(self.observation_space)
+        self.dist = make_distribution(self.action_space)
+
+        torch.manual_seed(self.seed)  # network initialization
+        self.actor = Actor(self.encoder.dim, self.dist, cfg.actor_hidden, cfg.activation, cfg.init_log_std)
+        self.critic = Critic(self.encoder.dim, cfg.critic_hidden, cfg.activation)
+        self.actor.to(self.device)
+        self.critic.to(self.device)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.value_lr)
+
+        self.obs_norm = ObsNormalizer(self.encoder.dim, cfg.normalize_obs, cfg.clip_obs)
+        self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.normalize_reward, cfg.clip_reward)
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.shuffle_gen = torch.Generator(device="cpu").manual_seed(self.seed + 1)
+        self.predict_gen = torch.Generator(device=self.device).manual_seed(self.seed + 2)
+        self.num_steps = 0
+        self.num_updates = 0
+        self.total_steps = 0
+        self.history: list[dict[str, Any]] = []
+        self._collector: RolloutCollector | None = None
+
+    # --- training ------------------------------------------------------------------------------------------
+
+    def learn(self, total_steps: int, callback: Callback | None = None) -> TRPO:
+        """Train until `total_steps` env steps in all (a resumed agent continues from its count).
+
+        callback(agent, metrics) runs after each update; returning False stops training early.
+        """
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        self.total_steps = int(total_steps)
+        log = self._open_run_dir()
+        progress = Progress(self.total_steps, self.num_steps) if self.progress else None
+        try:
+            while self.num_steps < self.total_steps:
+                metrics = self._update()
+                self.history.append(metrics)
+                if log is not None:
+                    log.write(metrics)
+                if progress is not None:
+                    progress.update(self.num_steps, metrics["episode_return_mean"])
+                if self.run_dir is not None and self.config.checkpoint_every and \
+                        self.num_updates % self.config.checkpoint_every == 0:
+                    self.save(self.run_dir / checkpoint.LATEST)
+                if callback is not None and callback(self, metrics) is False:
+                    break
+        finally:
+            if progress is not None:
+                progress.close()
+            if log is not None:
+                log.close()
+        if self.run_dir is not None:
+            self.save(self.run_dir / checkpoint.LATEST)
+            if self.num_steps >= self.total_steps:
+                self.save(self.run_dir / checkpoint.FINAL)
+        return self
+
+    def _collector_or_new(self) -> RolloutCollector:
+        if self._collector is None:
+            envs = make_vector_env(self.env_spec, self.config.num_envs, self.config.vector_mode)
+            # Seeds differ per (re)start so a resumed run does not replay the first episodes.
+            self._collector = RolloutCollector(envs, self.encoder, self.dist, self.obs_norm, self.reward_scaler,
+                                               self.device, seed=self.seed + 7919 * self.num_updates)
+        return self._collector
+
+    def _update(self) -> dict[str, Any]:
+        cfg = self.config
+        t0 = time.perf_counter()
+        # 1. Collect a batch with pi_old.
+        batch = self._collector_or_new().collect(self.actor, cfg.steps_per_env, self.sample_gen)
+        t1 = time.perf_counter()
+        # 2. Advantages, with V(s) and V(s') from the current critic.
+        with torch.no_grad():
+            values, next_values = self.critic(batch.obs), self.critic(batch.next_obs)
+        advantages, targets = adv_lib.estimate(cfg.advantage, batch.rewards, values, next_values,
+                                               batch.terminated, batch.truncated, cfg.gamma, cfg.gae_lambda)
+        raw_adv = advantages.reshape(-1)
+        adv = adv_lib.normalize(raw_adv) if cfg.normalize_advantages else raw_adv
+        # 3. Policy step.
+        obs = batch.obs.reshape(-1, batch.obs.shape[-1])
+        actions = batch.actions.reshape(-1, *batch.actions.shape[2:])
+        step, entropy = self.policy_step(obs, actions, batch.log_probs.reshape(-1), adv)
+        t2 = time.perf_counter()
+        # 4. Fit the value function on the batch's targets.
+        value_loss = self.fit_value(obs, targets.reshape(-1).detach())
+        t3 = time.perf_counter()
+
+        self.num_steps += batch.obs.shape[0] * batch.obs.shape[1]
+        self.num_updates += 1
+        return self._metrics(batch, step, entropy, value_loss, values, targets, raw_adv, (t0, t1, t2, t3))
+
+    def _flat_actor(self) -> tuple[Tensor, Callable[[Tensor], dict[str, Tensor]]]:
+        """theta as one vector, and a map back to named parameter tensors (views into theta)."""
+        named = list(self.actor.named_parameters())
+        theta = torch.cat([p.detach().reshape(-1) for _, p in named])
+        shapes = [(name, p.shape, p.numel()) for name, p in named]
+
+        def unflatten(vec: Tensor) -> dict[str, Tensor]:
+            out, offset = {}, 0
+            for name, shape, numel in shapes:
+                out[name] = vec[offset : offset + numel].view(shape)
+                offset += numel
+            return out
+
+        return theta, unflatten
+
+    def policy_step(self, obs: Tensor, actions: Tensor, old_log_probs: Tensor, adv: Tensor) -> tuple[StepResult, float]:
+        """The TRPO (or NPG) step on one batch; writes the new parameters into the actor if accepted."""
+        cfg = self.config
+        theta_old, unflatten = self._flat_actor()
+
+        def params_of(theta: Tensor, x: Tensor) -> Params:
+            return functional_call(self.actor, unflatten(theta), (x,))
+
+        with torch.no_grad():
+            old_params = tuple(p.detach() for p in self.actor(obs))
+            entropy = float(self.dist.entropy(old_params).mean())
+
+        def surrogate(theta: Tensor) -> Tensor:
+            # L(theta) = mean[ pi_theta(a|s) / pi_old(a|s) * A ]
+            ratio = torch.exp(self.dist.log_prob(params_of(theta, obs), actions) - old_log_probs)
+            return (ratio * adv).mean()
+
+        def mean_kl(theta: Tensor, x: Tensor = obs, old: Params = old_params) -> Tensor:
+            return self.dist.kl(old, params_of(theta, x)).mean()
+
+        theta = theta_old.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(surrogate(theta), theta)
+
+        k = cfg.fisher_subsample
+        sub_obs, sub_old = (obs, old_params) if k == 1 else (obs[::k], tuple(p[::k] for p in old_params))
+        if cfg.fisher_product == "hessian":
+            fvp = hessian_fvp(lambda th: mean_kl(th, sub_obs, sub_old), theta_old, cfg.cg_damping)
+        else:
+            fvp = gauss_newton_fvp(lambda th: params_of(th, sub_obs), self.dist.fisher_metric_product,
+                                   theta_old, cfg.cg_damping)
+
+        with torch.no_grad():
+            result = trpo_step(
+                theta_old, grad, _no_grad_op(fvp),
+                surrogate_fn=lambda th: float(surrogate(th)),
+                kl_fn=lambda th: float(mean_kl(th)),
+                max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
+                backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
+                line_search=cfg.update_rule == "trpo",
+            )
+        if result.accepted:
+            torch.nn.utils.vector_to_parameters(result.theta, self.actor.parameters())
+        return result, entropy
+
+    def fit_value(self, obs: Tensor, targets: Tensor) -> float:
+        """Adam on the mean squared error, value_epochs passes of shuffled minibatches. Returns the loss over
+        the whole batch after fitting."""
+        cfg = self.config
+        n = obs.shape[0]
+        for _ in range(cfg.value_epochs):
+            order = torch.randperm(n, generator=self.shuffle_gen).to(obs.device)
+            for start in range(0, n, cfg.value_minibatch):
+                idx = order[start : start + cfg.value_minibatch]
+                loss = (self.critic(obs[idx]) - targets[idx]).pow(2).mean()
+                self.critic_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.critic_optimizer.step()
+        with torch.no_grad():
+            return float((self.critic(obs) - targets).pow(2).mean())
+
+    def _metrics(self, batch: Batch, step: StepResult, entropy: float, value_loss: float, values: Tensor,
+                 targets: Tensor, raw_adv: Tensor, times: tuple[float, float, float, float]) -> dict[str, Any]:
+        t0, t1, t2, t3 = times
+        var_t = float(targets.var())
+        explained = 1.0 - float((targets - values).var()) / var_t if var_t > 0 else math.nan
+        rets, lens = batch.episode_returns, batch.episode_lengths
+        row: dict[str, Any] = {
+            "update": self.num_updates,
+            "step": self.num_steps,
+            "episodes": len(rets),
+            "episode_return_mean": float(np.mean(rets)) if rets else math.nan,
+            "episode_length_mean": float(np.mean(lens)) if lens else math.nan,
+            "kl": step.kl,
+            "surrogate_gain": step.surrogate_gain,
+            "expected_gain": step.expected_gain,
+            "line_search_steps": step.line_search_steps,
+            "step_fraction": step.step_fraction,
+            "step_accepted": step.accepted,
+            "step_status": step.reason,
+            "cg_iterations": step.cg_iterations,
+            "cg_residual": step.cg_residual,
+            "xFx": step.xFx,
+            "beta": step.beta,
+            "grad_norm": step.grad_norm,
+            "entropy": entropy,
+            "value_loss": value_loss,
+            "explained_variance": explained,
+            "advantage_mean": float(raw_adv.mean()),
+            "advantage_std": float(raw_adv.std()),
+            "fps": (batch.obs.shape[0] * batch.obs.shape[1]) / (t3 - t0),
+            "time_rollout": t1 - t0,
+            "time_policy": t2 - t1,
+            "time_value": t3 - t2,
+        }
+        if isinstance(self.actor.head, torch.nn.Module) and hasattr(self.actor.head, "log_std"):
+            row["log_std_mean"] = float(self.actor.head.log_std.mean())
+        return row
+
+    # --- run directory -------------------------------------------------------------------------------------
+
+    def _open_run_dir(self) -> MetricsLog | None:
+        if self.run_dir is None:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        record = {"env": self.env_id, "seed": self.seed, "total_steps": self.total_steps, "preset": self.preset,
+                  **self.config.to_dict(), "versions": versions()}
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
+        return MetricsLog(self.run_dir, keep_updates=self.num_updates)
+
+    # --- inference -----------------------------------------------------------------------------------------
+
+    def _policy_input(self, obs: Any, batched: bool) -> Tensor:
+        encoded = self.encoder(obs) if batched else self.encoder.one(obs)[None]
+        return torch.as_tensor(self.obs_norm(encoded, update=False), device=self.device)
+
+    @torch.no_grad()
+    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+        """Action(s) for one observation or a batch (leading dim), as the env takes them."""
+        batched = _is_batched(self.observation_space, obs)
+        params = self.actor(self._policy_input(obs, batched))
+        action = self.dist.mode(params) if deterministic else self.dist.sample(params, self.predict_gen)
+        env_action = self.dist.to_env(action)
+        return env_action if batched else env_action[0]
+
+    def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> dict[str, Any]:
+        """Run full episodes on a separate env; returns mean/std of the raw returns and the per-episode lists."""
+        if episodes <= 0:
+            raise ValueError(f"episodes must be positive, got {episodes}")
+        env = self._eval_env
+        if isinstance(self.env_spec, gym.Env):
+            self._collector = None  # the shared instance is about to be reset; start training afresh after
+        returns, lengths = [], []
+        obs, _ = env.reset(seed=self.seed + 1_000_003 if seed is None else seed)
+        for _ in range(episodes):
+            total, length, done = 0.0, 0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(self.predict(obs, deterministic))
+                total += float(reward)
+                length += 1
+                done = bool(terminated or truncated)
+            returns.append(total)
+            lengths.append(length)
+            obs, _ = env.reset()
+        return {"mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
+                "episodes": episodes, "mean_length": float(np.mean(lengths)), "returns": returns,
+                "lengths": lengths}
+
+    # --- persistence ---------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "env_id": self.env_id,
+            "preset": self.preset,
+            "seed": self.seed,
+            "num_steps": self.num_steps,
+            "num_updates": self.num_updates,
+            "total_steps": self.total_steps,
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "obs_norm": self.obs_norm.stats.state_dict(),
+            "reward_norm": self.reward_scaler.stats.state_dict(),
+            "rng": {"sample": self.sample_gen.get_state(), "shuffle": self.shuffle_gen.get_state(),
+                    "predict": self.predict_gen.get_state()},
+            "versions": versions(),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Atomically write everything needed to predict and to resume training."""
+        checkpoint.save_atomic(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path, env: EnvSpec | None = None, device: str | None = None,
+             run_dir: str | Path | None = None, progress: bool = False) -> TRPO:
+        """Rebuild an agent from a checkpoint file or run directory. `env` defaults to the saved env id."""
+        state = checkpoint.load(checkpoint.resolve(path))
+        config = TRPOConfig.from_dict(state["config"])
+        if device is not None:
+            config = config.replace(device=device)
+        spec = env if env is not None else state["env_id"]
+        if spec is None:
+            raise checkpoint.CheckpointError(f"{path} was trained on an env without an id; pass env=...")
+        agent = cls(spec, config=config, seed=state["seed"], run_dir=run_dir, progress=progress)
+        agent.preset = state.get("preset")
+        try:
+            agent.actor.load_state_dict(state["actor"])
+            agent.critic.load_state_dict(state["critic"])
+        except RuntimeError as exc:
+            raise checkpoint.CheckpointError(f"{path} does not match the spaces of env {spec!r}") from exc
+        agent.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        agent.obs_norm.stats.load_state_dict(state["obs_norm"])
+        agent.reward_scaler.stats.load_state_dict(state["reward_norm"])
+        agent.sample_gen.set_state(state["rng"]["sample"])
+        agent.shuffle_gen.set_state(state["rng"]["shuffle"])
+        agent.predict_gen.set_state(state["rng"]["predict"])
+        agent.num_steps = int(state["num_steps"])
+        agent.num_updates = int(state["num_updates"])
+        agent.total_steps = int(state["total_steps"])
+        return agent
+
+    def close(self) -> None:
+        if self._collector is not None:
+            self._collector.close()
+            self._collector = None
+        self._eval_env.close()
+
+
+def _no_grad_op(op: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Fisher-vector products differentiate internally; let them run inside an outer no_grad block."""
+
+    def wrapped(v: Tensor) -> Tensor:
+        with torch.enable_grad():
+            return op(v).detach()
+
+    return wrapped
+
+
+def _is_batched(space: gym.Space, obs: Any) -> bool:
+    if isinstance(space, gym.spaces.Dict):
+        key, sub = next(iter(space.spaces.items()))
+        return _is_batched(sub, obs[key])
+    if isinstance(space, gym.spaces.Discrete):
+        return np.ndim(obs) == 1
+    return np.ndim(obs) == len(space.shape) + 1

@@ -1,0 +1,319 @@
+"""Typed configuration: one documented field per hyperparameter, presets chosen by env id.
+
+The CLI (`trpo train --max-kl 0.02`) and YAML files (`max_kl: 0.02`) map one-to-one onto the fields of
+`TRPOConfig` (dashes on the command line, underscores in YAML and Python). Precedence, lowest first:
+field defaults < preset < YAML file < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+AdvantageEstimator = Literal["gae", "td", "return"]
+UpdateRule = Literal["trpo", "npg"]
+FisherProduct = Literal["gauss_newton", "hessian"]
+VectorMode = Literal["sync", "async"]
+Activation = Literal["tanh", "relu"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TRPOConfig:
+    """Every hyperparameter of a TRPO run. Defaults follow sb3-contrib's TRPO unless a field says otherwise."""
+
+    # --- data collection ---
+    num_envs: int = 1
+    """Number of vectorized environments N."""
+    steps_per_env: int = 2048
+    """Environment steps per env per update; a batch holds num_envs * steps_per_env transitions."""
+    vector_mode: VectorMode = "sync"
+    """'sync' steps envs in this process; 'async' runs each env in a subprocess."""
+
+    # --- advantages (advantages.py) ---
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda (only used by advantage='gae')."""
+    advantage: AdvantageEstimator = "gae"
+    """Advantage estimator: 'gae' (GAE(gamma, lambda)), 'td' (one-step TD residual), 'return' (discounted return)."""
+    normalize_advantages: bool = True
+    """Shift and scale advantages to mean 0, std 1 per batch."""
+
+    # --- policy step (trust_region.py) ---
+    update_rule: UpdateRule = "trpo"
+    """'trpo': line search with KL and improvement checks; 'npg': natural policy gradient, the full step as is."""
+    max_kl: float = 0.01
+    """Trust-region size delta: the bound on the mean KL(pi_old || pi_new) over the batch."""
+    cg_iters: int = 15
+    """Maximum conjugate-gradient iterations k for F x = g."""
+    cg_damping: float = 0.1
+    """Damping lambda: CG solves (F + lambda I) x = g."""
+    cg_tol: float = 1e-10
+    """CG stops early once the squared residual norm falls below this."""
+    fisher_product: FisherProduct = "gauss_newton"
+    """'gauss_newton': F v = J^T M J v with the analytic Fisher metric M of the action distribution;
+    'hessian': double backprop through the mean KL. Both equal the KL Hessian at theta_old."""
+    fisher_subsample: int = 1
+    """Use every k-th sample of the batch for Fisher-vector products (baselines used 5)."""
+    backtrack_ratio: float = 0.8
+    """Line-search shrink factor alpha."""
+    max_backtracks: int = 10
+    """J: line-search candidates are theta_old + alpha^j * beta * x for j = 0..J."""
+
+    # --- value function ---
+    value_lr: float = 1e-3
+    """Adam learning rate of the critic."""
+    value_epochs: int = 10
+    """Passes over the batch per update for the critic."""
+    value_minibatch: int = 128
+    """Critic minibatch size."""
+
+    # --- networks (networks.py) ---
+    actor_hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the policy network."""
+    critic_hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the value network."""
+    activation: Activation = "tanh"
+    """Hidden activation of both networks."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of Gaussian policies."""
+
+    # --- normalization ---
+    normalize_obs: bool = False
+    """Running mean/std observation normalization (statistics saved in checkpoints)."""
+    normalize_reward: bool = False
+    """Scale rewards by the running std of the discounted return."""
+    clip_obs: float = 10.0
+    """Clip normalized observations to [-clip_obs, clip_obs]."""
+    clip_reward: float = 10.0
+    """Clip scaled rewards to [-clip_reward, clip_reward]."""
+
+    # --- infrastructure ---
+    device: str = "cpu"
+    """Torch device of the networks: 'cpu', 'cuda', 'cuda:1', ..."""
+    torch_threads: int = 1
+    """torch.set_num_threads for this process (0 leaves torch's default)."""
+    checkpoint_every: int = 10
+    """Write checkpoints/latest.pt every K policy updates (0: only final.pt)."""
+    eval_episodes: int = 10
+    """Deterministic evaluation episodes at the end of `trpo train`."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def replace(self, **changes: Any) -> TRPOConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.steps_per_env
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TRPOConfig:
+        return cls(**coerce_fields(values))
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+_POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample")
+_NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "torch_threads")
+_POSITIVE_FLOAT = ("max_kl", "value_lr", "clip_obs", "clip_reward", "cg_tol")
+_UNIT_INTERVAL = ("gamma", "gae_lambda")
+
+
+def validate(cfg: TRPOConfig) -> None:
+    """Raise ConfigError naming the first invalid field."""
+    for name in _POSITIVE_INT:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
+    for name in _NON_NEGATIVE_INT:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in _POSITIVE_FLOAT:
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a positive number, got {value}")
+    for name in _UNIT_INTERVAL:
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"{name} must lie in [0, 1], got {getattr(cfg, name)}")
+    if not 0.0 < cfg.backtrack_ratio < 1.0:
+        raise ConfigError(f"backtrack_ratio must lie in (0, 1), got {cfg.backtrack_ratio}")
+    if not (math.isfinite(cfg.cg_damping) and cfg.cg_damping >= 0):
+        raise ConfigError(f"cg_damping must be >= 0, got {cfg.cg_damping}")
+    if not math.isfinite(cfg.init_log_std):
+        raise ConfigError(f"init_log_std must be finite, got {cfg.init_log_std}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", cfg.device):
+        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {cfg.device!r}")
+    for name in ("actor_hidden", "critic_hidden"):
+        sizes = getattr(cfg, name)
+        if not sizes or any(s <= 0 for s in sizes):
+            raise ConfigError(f"{name} must be a non-empty list of positive sizes, got {list(sizes)}")
+    hints = get_type_hints(TRPOConfig)
+    for f in fields(cfg):
+        choices = get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else ()
+        if choices and getattr(cfg, f.name) not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(cfg, f.name)!r}")
+
+
+def field_docs() -> dict[str, str]:
+    """Field name -> its docstring (the string literal under the field), for --help and the README."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(TRPOConfig))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Turn YAML / CLI values into the field types, with errors that name the field."""
+    hints = get_type_hints(TRPOConfig)
+    known = {f.name for f in fields(TRPOConfig)}
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(f"unknown config field {name!r}")
+        out[name] = coerce(name, hints[name], value)
+    return out
+
+
+def coerce(name: str, hint: Any, value: Any) -> Any:
+    """Convert one value (a string from the CLI or a YAML scalar) to the type of field `name`."""
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return lowered in ("true", "1", "yes", "on")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if hint is float:
+            return float(value)
+        if get_origin(hint) is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(int(x) for x in items if str(x).strip() != "")
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
+
+
+# --- presets --------------------------------------------------------------------------------------------
+
+_MUJOCO = dict(
+    normalize_obs=True,
+    normalize_reward=True,
+    num_envs=2,
+    steps_per_env=1024,
+    value_minibatch=128,
+    gamma=0.99,
+    gae_lambda=0.95,
+    cg_iters=25,
+    cg_damping=0.1,
+    value_epochs=20,
+    value_lr=1e-3,
+    max_kl=0.01,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # rl-zoo's TRPO settings (shared/ANCHORS.md); max_kl bounds the joint KL over action dimensions here.
+    "CartPole": dict(
+        num_envs=2, steps_per_env=512, value_minibatch=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99,
+        value_lr=1e-3, value_epochs=20,
+    ),
+    "Pendulum": dict(num_envs=2, steps_per_env=1024, gamma=0.9, value_epochs=15),
+    "Acrobot": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024),
+    "MountainCar": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024, value_epochs=20),
+    "MountainCarContinuous": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024),
+    "Hopper": dict(_MUJOCO),
+    "Walker2d": dict(_MUJOCO),
+    "Ant": dict(_MUJOCO),
+    "Humanoid": dict(_MUJOCO),
+    "HalfCheetah": dict(_MUJOCO, max_kl=0.04),
+    "Swimmer": dict(_MUJOCO, gamma=0.9999),
+}
+
+# Training budgets (env steps) that go with the presets, from rl-zoo.
+PRESET_STEPS: dict[str, int] = {
+    "CartPole": 100_000, "Pendulum": 100_000, "Acrobot": 100_000, "MountainCar": 100_000,
+    "MountainCarContinuous": 50_000, "Hopper": 1_000_000, "Walker2d": 1_000_000, "Ant": 1_000_000,
+    "Humanoid": 2_000_000, "HalfCheetah": 1_000_000, "Swimmer": 1_000_000,
+}
+
+
+def preset_name_for(env_id: str) -> str | None:
+    """'Hopper-v5' or 'gymnasium.envs:Hopper-v5' -> 'Hopper'; None when no preset matches."""
+    base = env_id.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+    base = re.sub(r"-v\d+$", "", base)
+    return base if base in PRESETS else None
+
+
+def resolve_config(
+    env_id: str | None,
+    preset: str | None = "auto",
+    file_values: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[TRPOConfig, str | None]:
+    """Defaults < preset < file < overrides. Returns the config and the preset name used (or None)."""
+    name: str | None
+    if preset in (None, "none", ""):
+        name = None
+    elif preset == "auto":
+        name = preset_name_for(env_id) if env_id else None
+    else:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}, auto, none")
+        name = preset
+    values: dict[str, Any] = dict(PRESETS[name]) if name else {}
+    values.update(coerce_fields(file_values or {}))
+    values.update(coerce_fields(overrides or {}))
+    return TRPOConfig(**values), name
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping; a clear ConfigError for a missing file or bad content."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of field: value")
+    return data
+
+
+__all__ = [
+    "ConfigError",
+    "PRESETS",
+    "PRESET_STEPS",
+    "TRPOConfig",
+    "field_docs",
+    "load_yaml",
+    "preset_name_for",
+    "resolve_config",
+]

@@ -1,0 +1,74 @@
+"""Running statistics for observation normalization and reward scaling (saved inside checkpoints)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class RunningMeanStd:
+    """Mean and variance over all samples seen, merged batch by batch (Chan et al.'s parallel update)."""
+
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = 1e-4
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = np.asarray(batch, dtype=np.float64)
+        b_mean, b_var, b_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta = b_mean - self.mean
+        total = self.count + b_count
+        self.mean = self.mean + delta * b_count / total
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "mean": torch.from_numpy(self.mean.copy()),
+            "var": torch.from_numpy(self.var.copy()),
+            "count": torch.tensor(self.count, dtype=torch.float64),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.mean = state["mean"].numpy().astype(np.float64).copy()
+        self.var = state["var"].numpy().astype(np.float64).copy()
+        self.count = float(state["count"])
+
+
+class ObsNormalizer:
+    """(obs - mean) / sqrt(var + eps), clipped; a no-op when disabled."""
+
+    def __init__(self, dim: int, enabled: bool, clip: float) -> None:
+        self.enabled = enabled
+        self.clip = clip
+        self.stats = RunningMeanStd((dim,))
+
+    def __call__(self, obs: np.ndarray, update: bool) -> np.ndarray:
+        if not self.enabled:
+            return obs
+        if update:
+            self.stats.update(obs)
+        normed = (obs - self.stats.mean) / np.sqrt(self.stats.var + 1e-8)
+        return np.clip(normed, -self.clip, self.clip).astype(np.float32)
+
+
+class RewardScaler:
+    """Divides rewards by the running std of the discounted return (as VecNormalize does); no-op if disabled."""
+
+    def __init__(self, num_envs: int, gamma: float, enabled: bool, clip: float) -> None:
+        self.enabled = enabled
+        self.gamma = gamma
+        self.clip = clip
+        self.stats = RunningMeanStd(())
+        self.returns = np.zeros(num_envs, dtype=np.float64)
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return rewards.astype(np.float32)
+        self.returns = self.returns * self.gamma + rewards
+        self.stats.update(self.returns)
+        scaled = np.clip(rewards / np.sqrt(self.stats.var + 1e-8), -self.clip, self.clip)
+        self.returns[dones] = 0.0
+        return scaled.astype(np.float32)

@@ -1,0 +1,331 @@
+"""Observation encoding and action distributions for each supported Gymnasium space.
+
+A distribution is described by a tuple of parameter tensors with the batch on dim 0 ("params"):
+categorical/Bernoulli logits, or a Gaussian's (mean, log_std). Each family implements, as pure functions of
+params: sampling, mode, log-probability, entropy, KL(old || new), and the product with its Fisher metric M
+(the Hessian of KL(p_old || p) in the distribution parameters at p = p_old), which the Gauss-Newton
+Fisher-vector product F v = J^T M J v uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+Params = tuple[Tensor, ...]
+
+
+class UnsupportedSpaceError(ValueError):
+    """The environment uses a space this library cannot handle; the message names it."""
+
+
+# --- observations -----------------------------------------------------------------------------------------
+
+
+class ObsEncoder:
+    """Flattens Box, one-hot encodes Discrete, concatenates the parts of a Dict into one float32 vector."""
+
+    def __init__(self, space: spaces.Space) -> None:
+        self.space = space
+        self.dim = _obs_dim(space)
+
+    def __call__(self, obs: Any) -> np.ndarray:
+        """Encode a batch of observations (leading dim = batch) to a float32 array [B, dim]."""
+        return _encode(self.space, obs).astype(np.float32, copy=False)
+
+    def one(self, obs: Any) -> np.ndarray:
+        """Encode a single (unbatched) observation to [dim]."""
+        return _encode(self.space, _add_batch_dim(self.space, obs))[0].astype(np.float32, copy=False)
+
+
+def _obs_dim(space: spaces.Space) -> int:
+    if isinstance(space, spaces.Box):
+        return int(np.prod(space.shape))
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, spaces.Dict):
+        return sum(_obs_dim(s) for s in space.spaces.values())
+    raise UnsupportedSpaceError(
+        f"unsupported observation space {space!r}: supported are Box, Discrete and Dict of those"
+    )
+
+
+def _encode(space: spaces.Space, obs: Any) -> np.ndarray:
+    if isinstance(space, spaces.Box):
+        arr = np.asarray(obs, dtype=np.float32)
+        return arr.reshape(arr.shape[0], -1)
+    if isinstance(space, spaces.Discrete):
+        idx = np.asarray(obs, dtype=np.int64).reshape(-1) - int(space.start)
+        return np.eye(int(space.n), dtype=np.float32)[idx]
+    assert isinstance(space, spaces.Dict)
+    return np.concatenate([_encode(sub, obs[key]) for key, sub in space.spaces.items()], axis=1)
+
+
+def _add_batch_dim(space: spaces.Space, obs: Any) -> Any:
+    if isinstance(space, spaces.Dict):
+        return {key: _add_batch_dim(sub, obs[key]) for key, sub in space.spaces.items()}
+    return np.asarray(obs)[None]
+
+
+# --- action distributions ---------------------------------------------------------------------------------
+
+
+class ActionDistribution:
+    """Interface of an action-distribution family. Methods are pure functions of params and actions."""
+
+    head_dim: int
+
+    def make_head(self, in_dim: int, init_log_std: float) -> nn.Module:
+        """A module mapping features [B, in_dim] to params."""
+        linear = nn.Linear(in_dim, self.head_dim)
+        _small_init(linear)
+        return _TupleHead(linear)
+
+    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+    def mode(self, params: Params) -> Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, params: Params, actions: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def entropy(self, params: Params) -> Tensor:
+        raise NotImplementedError
+
+    def kl(self, old: Params, new: Params) -> Tensor:
+        """KL(old || new) per sample, summed over action dimensions: the joint KL of the action vector."""
+        raise NotImplementedError
+
+    def fisher_metric_product(self, params: Params, tangent: Params) -> Params:
+        """M(params) @ tangent per sample, M the Hessian of KL(params || .) at params."""
+        raise NotImplementedError
+
+    def to_env(self, actions: Tensor) -> np.ndarray:
+        """Actions as the env expects them (clipped to Box bounds here, never in log_prob)."""
+        raise NotImplementedError
+
+
+class _TupleHead(nn.Module):
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, features: Tensor) -> Params:
+        return (self.linear(features),)
+
+
+def _small_init(linear: nn.Linear) -> None:
+    # A near-uniform initial policy (as in the PPO/TRPO reference code): orthogonal with gain 0.01.
+    nn.init.orthogonal_(linear.weight, gain=0.01)
+    nn.init.zeros_(linear.bias)
+
+
+def _categorical_kl(old_logits: Tensor, new_logits: Tensor) -> Tensor:
+    old_logp = torch.log_softmax(old_logits, dim=-1)
+    new_logp = torch.log_softmax(new_logits, dim=-1)
+    return (old_logp.exp() * (old_logp - new_logp)).sum(-1)
+
+
+def _categorical_entropy(logits: Tensor) -> Tensor:
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _categorical_metric(logits: Tensor, tangent: Tensor) -> Tensor:
+    # M = diag(p) - p p^T on the logits.
+    p = torch.softmax(logits, dim=-1)
+    return p * tangent - p * (p * tangent).sum(-1, keepdim=True)
+
+
+def _sample_categorical(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+    probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
+    return torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
+
+
+class Categorical(ActionDistribution):
+    """Discrete(n, start): a categorical over n logits; env action = index + start."""
+
+    def __init__(self, space: spaces.Discrete) -> None:
+        self.n = int(space.n)
+        self.start = int(space.start)
+        self.head_dim = self.n
+
+    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
+        return _sample_categorical(params[0], generator)
+
+    def mode(self, params: Params) -> Tensor:
+        return params[0].argmax(-1)
+
+    def log_prob(self, params: Params, actions: Tensor) -> Tensor:
+        logp = torch.log_softmax(params[0], dim=-1)
+        return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self, params: Params) -> Tensor:
+        return _categorical_entropy(params[0])
+
+    def kl(self, old: Params, new: Params) -> Tensor:
+        return _categorical_kl(old[0], new[0])
+
+    def fisher_metric_product(self, params: Params, tangent: Params) -> Params:
+        return (_categorical_metric(params[0], tangent[0]),)
+
+    def to_env(self, actions: Tensor) -> np.ndarray:
+        return actions.cpu().numpy().astype(np.int64) + self.start
+
+
+class MultiCategorical(ActionDistribution):
+    """MultiDiscrete(nvec, start): independent categoricals, logits concatenated."""
+
+    def __init__(self, space: spaces.MultiDiscrete) -> None:
+        if space.nvec.ndim != 1:
+            raise UnsupportedSpaceError(f"unsupported action space {space!r}: only 1-D MultiDiscrete is supported")
+        self.sizes = [int(n) for n in space.nvec]
+        self.start = np.asarray(space.start, dtype=np.int64)
+        self.head_dim = sum(self.sizes)
+
+    def _split(self, logits: Tensor) -> tuple[Tensor, ...]:
+        return torch.split(logits, self.sizes, dim=-1)
+
+    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
+        return torch.stack([_sample_categorical(lg, generator) for lg in self._split(params[0])], dim=-1)
+
+    def mode(self, params: Params) -> Tensor:
+        return torch.stack([lg.argmax(-1) for lg in self._split(params[0])], dim=-1)
+
+    def log_prob(self, params: Params, actions: Tensor) -> Tensor:
+        parts = [
+            torch.log_softmax(lg, -1).gather(-1, actions[..., i : i + 1].long()).squeeze(-1)
+            for i, lg in enumerate(self._split(params[0]))
+        ]
+        return torch.stack(parts, dim=-1).sum(-1)
+
+    def entropy(self, params: Params) -> Tensor:
+        return torch.stack([_categorical_entropy(lg) for lg in self._split(params[0])], dim=-1).sum(-1)
+
+    def kl(self, old: Params, new: Params) -> Tensor:
+        pairs = zip(self._split(old[0]), self._split(new[0]), strict=True)
+        return torch.stack([_categorical_kl(o, n) for o, n in pairs], dim=-1).sum(-1)
+
+    def fisher_metric_product(self, params: Params, tangent: Params) -> Params:
+        pairs = zip(self._split(params[0]), self._split(tangent[0]), strict=True)
+        return (torch.cat([_categorical_metric(lg, t) for lg, t in pairs], dim=-1),)
+
+    def to_env(self, actions: Tensor) -> np.ndarray:
+        return actions.cpu().numpy().astype(np.int64) + self.start
+
+
+class Bernoulli(ActionDistribution):
+    """MultiBinary(n): independent Bernoullis over n logits."""
+
+    def __init__(self, space: spaces.MultiBinary) -> None:
+        self.shape = tuple(int(s) for s in np.atleast_1d(space.n))
+        self.head_dim = int(np.prod(self.shape))
+
+    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
+        return torch.bernoulli(torch.sigmoid(params[0]), generator=generator)
+
+    def mode(self, params: Params) -> Tensor:
+        return (params[0] > 0).to(params[0].dtype)
+
+    def log_prob(self, params: Params, actions: Tensor) -> Tensor:
+        logits = params[0]
+        return -nn.functional.binary_cross_entropy_with_logits(logits, actions.to(logits.dtype), reduction="none").sum(-1)
+
+    def entropy(self, params: Params) -> Tensor:
+        logits = params[0]
+        p = torch.sigmoid(logits)
+        return nn.functional.binary_cross_entropy_with_logits(logits, p, reduction="none").sum(-1)
+
+    def kl(self, old: Params, new: Params) -> Tensor:
+        p = torch.sigmoid(old[0])
+        log_p, log_q = nn.functional.logsigmoid(old[0]), nn.functional.logsigmoid(new[0])
+        log_1p, log_1q = nn.functional.logsigmoid(-old[0]), nn.functional.logsigmoid(-new[0])
+        return (p * (log_p - log_q) + (1 - p) * (log_1p - log_1q)).sum(-1)
+
+    def fisher_metric_product(self, params: Params, tangent: Params) -> Params:
+        p = torch.sigmoid(params[0])
+        return (p * (1 - p) * tangent[0],)
+
+    def to_env(self, actions: Tensor) -> np.ndarray:
+        return actions.cpu().numpy().astype(np.int8).reshape((-1, *self.shape))
+
+
+class _GaussianHead(nn.Module):
+    def __init__(self, in_dim: int, action_dim: int, init_log_std: float) -> None:
+        super().__init__()
+        self.mean = nn.Linear(in_dim, action_dim)
+        _small_init(self.mean)
+        # State-independent log-std: a parameter of the actor, optimized with the mean's weights.
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+
+    def forward(self, features: Tensor) -> Params:
+        mean = self.mean(features)
+        return mean, self.log_std.expand_as(mean)
+
+
+class DiagGaussian(ActionDistribution):
+    """Box: a diagonal Gaussian with state-independent log-std. Sampled actions are clipped to the bounds
+    only when sent to the env (`to_env`); log-probabilities use the unclipped sample."""
+
+    def __init__(self, space: spaces.Box) -> None:
+        self.shape = tuple(space.shape)
+        self.head_dim = int(np.prod(self.shape))
+        self.low = space.low.reshape(-1).astype(np.float64)
+        self.high = space.high.reshape(-1).astype(np.float64)
+        self.dtype = space.dtype
+
+    def make_head(self, in_dim: int, init_log_std: float) -> nn.Module:
+        return _GaussianHead(in_dim, self.head_dim, init_log_std)
+
+    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
+        mean, log_std = params
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + log_std.exp() * noise
+
+    def mode(self, params: Params) -> Tensor:
+        return params[0]
+
+    def log_prob(self, params: Params, actions: Tensor) -> Tensor:
+        mean, log_std = params
+        z = (actions - mean) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self, params: Params) -> Tensor:
+        return (params[1] + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+
+    def kl(self, old: Params, new: Params) -> Tensor:
+        (mu0, ls0), (mu1, ls1) = old, new
+        var_ratio = torch.exp(2 * (ls0 - ls1))
+        mean_term = (mu0 - mu1).pow(2) * torch.exp(-2 * ls1)
+        return (ls1 - ls0 + 0.5 * (var_ratio + mean_term - 1)).sum(-1)
+
+    def fisher_metric_product(self, params: Params, tangent: Params) -> Params:
+        # Hessian of KL at new = old: 1/sigma^2 on the mean, 2 on the log-std, no cross terms.
+        log_std = params[1]
+        return torch.exp(-2 * log_std) * tangent[0], 2.0 * tangent[1]
+
+    def to_env(self, actions: Tensor) -> np.ndarray:
+        arr = actions.detach().cpu().numpy().astype(np.float64)
+        arr = np.clip(arr, self.low, self.high)
+        return arr.reshape((-1, *self.shape)).astype(self.dtype)
+
+
+def make_distribution(space: spaces.Space) -> ActionDistribution:
+    """The distribution family for an action space, or UnsupportedSpaceError naming it."""
+    if isinstance(space, spaces.Discrete):
+        return Categorical(space)
+    if isinstance(space, spaces.Box):
+        return DiagGaussian(space)
+    if isinstance(space, spaces.MultiDiscrete):
+        return MultiCategorical(space)
+    if isinstance(space, spaces.MultiBinary):
+        return Bernoulli(space)
+    raise UnsupportedSpaceError(
+        f"unsupported action space {space!r}: supported are Discrete, Box, MultiDiscrete and MultiBinary"
+    )

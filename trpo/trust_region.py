@@ -1,0 +1,218 @@
+"""The TRPO policy step as pure functions of flat parameter vectors (Schulman et al., 2015, section 6 and
+appendix C).
+
+    g        = grad L(theta) at theta_old                         (surrogate gradient)
+    F v      = Hessian of mean KL(pi_old || pi_theta) at theta_old, times v   (Fisher-vector product)
+    x        ~ F^-1 g                                             (conjugate gradient, x0 = 0)
+    beta     = sqrt(2 delta / x^T F x)                            (largest step on the quadratic KL model)
+    theta    = theta_old + alpha^j beta x, first j in 0..J with  KL <= delta  and  L(theta) - L(theta_old) >= 0
+
+Nothing here knows about environments or networks: callers pass closures over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from trpo.spaces import Params
+
+Vector = Tensor  # a flat 1-D parameter vector
+LinearOperator = Callable[[Vector], Vector]
+
+
+# --- Fisher-vector products -------------------------------------------------------------------------------
+
+
+def hessian_fvp(kl_fn: Callable[[Vector], Tensor], theta: Vector, damping: float) -> LinearOperator:
+    """v -> (H + damping I) v with H the Hessian of the scalar kl_fn at theta, by double backprop.
+
+    kl_fn(theta) is the mean KL(pi_old || pi_theta); its gradient vanishes at theta_old, so H = F there.
+    The first-order graph is built once and reused for every product.
+    """
+    theta = theta.detach().requires_grad_(True)
+    (grad_kl,) = torch.autograd.grad(kl_fn(theta), theta, create_graph=True)
+
+    def product(v: Vector) -> Vector:
+        (hv,) = torch.autograd.grad(grad_kl @ v, theta, retain_graph=True)
+        return hv + damping * v
+
+    return product
+
+
+def gauss_newton_fvp(
+    params_fn: Callable[[Vector], Params],
+    metric_product: Callable[[Params, Params], Params],
+    theta: Vector,
+    damping: float,
+) -> LinearOperator:
+    """v -> (J^T M J / n + damping I) v: the Fisher matrix in its Gauss-Newton form.
+
+    params_fn(theta) gives the distribution params of the n samples (J is its Jacobian); metric_product is
+    the analytic Fisher metric M of the distribution family. One forward pass serves all products: J v comes
+    from differentiating the linear map u -> J^T u with respect to u ("double vjp"), J^T w from the graph.
+    """
+    theta = theta.detach().requires_grad_(True)
+    outputs = params_fn(theta)
+    detached = tuple(o.detach() for o in outputs)
+    n = outputs[0].shape[0]
+    dummies = tuple(torch.zeros_like(o, requires_grad=True) for o in outputs)
+    (jt_dummy,) = torch.autograd.grad(outputs, theta, dummies, create_graph=True)
+
+    def product(v: Vector) -> Vector:
+        jv = torch.autograd.grad(jt_dummy, dummies, v, retain_graph=True)
+        m_jv = tuple(t / n for t in metric_product(detached, jv))
+        (jt_m_jv,) = torch.autograd.grad(outputs, theta, m_jv, retain_graph=True)
+        return jt_m_jv + damping * v
+
+    return product
+
+
+# --- conjugate gradient ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CGResult:
+    x: Vector
+    iterations: int
+    residual_norm: float  # ||b - A x|| at exit
+
+
+def conjugate_gradient(avp: LinearOperator, b: Vector, max_iters: int, tol: float = 1e-10) -> CGResult:
+    """Solve A x = b for symmetric positive-definite A given only v -> A v. Starts at x0 = 0 (deterministic);
+    stops after max_iters or once ||r||^2 < tol."""
+    x = torch.zeros_like(b)
+    r = b.clone()  # r = b - A x0 = b
+    p = r.clone()
+    rr = r @ r
+    iterations = 0
+    for _ in range(max_iters):
+        if rr < tol:
+            break
+        ap = avp(p)
+        pap = p @ ap
+        if not torch.isfinite(pap) or pap <= 0:
+            break  # A is not positive definite along p; keep the iterate so far
+        alpha = rr / pap
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+        iterations += 1
+    return CGResult(x=x, iterations=iterations, residual_norm=float(rr.sqrt()))
+
+
+# --- line search and the full step ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Outcome of one policy step; every field is logged."""
+
+    theta: Vector  # the new parameters (theta_old itself, untouched, when rejected or skipped)
+    accepted: bool
+    reason: str  # 'accepted' | 'npg' | 'line_search_failed' | 'non_finite' | 'xFx_nonpositive' | 'zero_gradient'
+    kl: float  # exact mean KL(old || new) of the returned theta (0 when theta_old is kept)
+    surrogate_gain: float  # L(theta) - L(theta_old), exact
+    expected_gain: float  # g . (theta - theta_old) of the last candidate considered (the linear model)
+    line_search_steps: int  # backtracks j of the last candidate considered
+    step_fraction: float  # alpha^j
+    cg_iterations: int
+    cg_residual: float
+    xFx: float
+    beta: float  # sqrt(2 delta / x^T F x)
+    grad_norm: float
+
+
+def backtracking_line_search(
+    evaluate: Callable[[Vector], tuple[float, float]],
+    theta_old: Vector,
+    full_step: Vector,
+    max_kl: float,
+    ratio: float,
+    max_backtracks: int,
+) -> tuple[Vector | None, int, float, float]:
+    """Try theta_old + ratio^j * full_step for j = 0..max_backtracks; evaluate(theta) -> (kl, gain).
+
+    Returns (theta or None, j, kl, gain) for the first candidate with finite kl <= max_kl and gain >= 0, or
+    (None, last j, its kl, its gain) when none passes.
+    """
+    kl, gain, j = math.nan, math.nan, 0
+    for j in range(max_backtracks + 1):
+        candidate = theta_old + (ratio**j) * full_step
+        kl, gain = evaluate(candidate)
+        if math.isfinite(kl) and math.isfinite(gain) and kl <= max_kl and gain >= 0:
+            return candidate, j, kl, gain
+    return None, j, kl, gain
+
+
+def trpo_step(
+    theta_old: Vector,
+    grad: Vector,
+    fvp: LinearOperator,
+    surrogate_fn: Callable[[Vector], float],
+    kl_fn: Callable[[Vector], float],
+    max_kl: float,
+    cg_iters: int,
+    cg_tol: float,
+    backtrack_ratio: float,
+    max_backtracks: int,
+    line_search: bool = True,
+) -> StepResult:
+    """One TRPO step (line_search=True) or natural policy gradient step (line_search=False).
+
+    surrogate_fn(theta) = L(theta) and kl_fn(theta) = mean KL(pi_old || pi_theta), both exact on the batch.
+    Any non-finite quantity or x^T F x <= 0 skips the update: theta_old is returned as is.
+    """
+    grad_norm = float(grad.norm())
+
+    def keep(reason: str, **extra: float) -> StepResult:
+        base = dict(kl=0.0, surrogate_gain=0.0, expected_gain=0.0, line_search_steps=0, step_fraction=0.0,
+                    cg_iterations=0, cg_residual=math.nan, xFx=math.nan, beta=0.0)
+        base.update(extra)
+        return StepResult(theta=theta_old, accepted=False, reason=reason, grad_norm=grad_norm, **base)  # type: ignore[arg-type]
+
+    if not math.isfinite(grad_norm):
+        return keep("non_finite")
+    if grad_norm == 0.0:
+        return keep("zero_gradient")
+
+    cg = conjugate_gradient(fvp, grad, cg_iters, cg_tol)
+    x = cg.x
+    xfx = float(x @ fvp(x))
+    cg_info = dict(cg_iterations=cg.iterations, cg_residual=cg.residual_norm, xFx=xfx)
+    if not math.isfinite(xfx) or not bool(torch.isfinite(x).all()):
+        return keep("non_finite", **cg_info)
+    if xfx <= 0:
+        return keep("xFx_nonpositive", **cg_info)
+
+    beta = math.sqrt(2 * max_kl / xfx)
+    full_step = beta * x
+    full_expected = float(grad @ full_step)
+    surrogate_old = surrogate_fn(theta_old)
+
+    def evaluate(theta: Vector) -> tuple[float, float]:
+        return kl_fn(theta), surrogate_fn(theta) - surrogate_old
+
+    if not line_search:
+        theta_new = theta_old + full_step
+        kl, gain = evaluate(theta_new)
+        if not (math.isfinite(kl) and math.isfinite(gain)):
+            return keep("non_finite", beta=beta, **cg_info)
+        return StepResult(theta_new, True, "npg", kl, gain, full_expected, 0, 1.0, cg.iterations,
+                          cg.residual_norm, xfx, beta, grad_norm)
+
+    theta_new, j, kl, gain = backtracking_line_search(
+        evaluate, theta_old, full_step, max_kl, backtrack_ratio, max_backtracks
+    )
+    fraction = backtrack_ratio**j
+    if theta_new is None:
+        return keep("line_search_failed", expected_gain=full_expected * fraction, line_search_steps=j,
+                    step_fraction=fraction, beta=beta, **cg_info)
+    return StepResult(theta_new, True, "accepted", kl, gain, full_expected * fraction, j, fraction,
+                      cg.iterations, cg.residual_norm, xfx, beta, grad_norm)
