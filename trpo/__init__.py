@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from trpo.agent import TRPO  # noqa: E402
-from trpo.config import TRPOConfig  # noqa: E402
+from trpo.agent import TRPO
+from trpo.config import TRPOConfig
 
 __all__ = ["TRPO", "TRPOConfig", "__version__"]

@@ -37,7 +37,7 @@ Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
 def versions() -> dict[str, str]:
     from trpo import __version__
 
-    return {"trpo": __version__, "torch": torch.__version__, "gymnasium": gym.__version__,
+    return {"trpo": __version__, "torch": str(torch.__version__), "gymnasium": str(gym.__version__),
             "python": platform.python_version()}
 
 
@@ -275,7 +275,7 @@ class TRPO:
             "time_value": t3 - t2,
         }
         if isinstance(self.actor.head, torch.nn.Module) and hasattr(self.actor.head, "log_std"):
-            row["log_std_mean"] = float(self.actor.head.log_std.mean())
+            row["log_std_mean"] = float(self.actor.head.log_std.detach().mean())
         return row
 
     # --- run directory -------------------------------------------------------------------------------------
@@ -354,10 +354,12 @@ class TRPO:
 
     @classmethod
     def load(cls, path: str | Path, env: EnvSpec | None = None, device: str | None = None,
-             run_dir: str | Path | None = None, progress: bool = False) -> TRPO:
-        """Rebuild an agent from a checkpoint file or run directory. `env` defaults to the saved env id."""
+             run_dir: str | Path | None = None, progress: bool = False,
+             overrides: dict[str, Any] | None = None) -> TRPO:
+        """Rebuild an agent from a checkpoint file or run directory. `env` defaults to the saved env id;
+        `overrides` replaces config fields (the CLI allows only those that leave the math unchanged)."""
         state = checkpoint.load(checkpoint.resolve(path))
-        config = TRPOConfig.from_dict(state["config"])
+        config = TRPOConfig.from_dict({**state["config"], **(overrides or {})})
         if device is not None:
             config = config.replace(device=device)
         spec = env if env is not None else state["env_id"]

@@ -8,6 +8,7 @@ field defaults < preset < YAML file < command-line flags.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from dataclasses import dataclass, fields
@@ -177,7 +178,7 @@ def field_docs() -> dict[str, str]:
     tree = ast.parse(inspect.getsource(TRPOConfig))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:], strict=False):
+    for node, nxt in itertools.pairwise(body):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
             docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
     return docs
@@ -308,9 +309,9 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "ConfigError",
     "PRESETS",
     "PRESET_STEPS",
+    "ConfigError",
     "TRPOConfig",
     "field_docs",
     "load_yaml",

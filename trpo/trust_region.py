@@ -124,7 +124,7 @@ class StepResult:
     step_fraction: float  # alpha^j
     cg_iterations: int
     cg_residual: float
-    xFx: float
+    xFx: float  # noqa: N815 - the paper's x^T F x
     beta: float  # sqrt(2 delta / x^T F x)
     grad_norm: float
 

@@ -1,0 +1,237 @@
+"""Behaviour of the TRPO agent on real environments: the KL bound, exact restore on a failed line search,
+determinism, save/load, every supported space, rollouts that keep truncation and termination apart."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import trpo_testenvs
+from gymnasium import spaces
+from torch import distributions as dists
+
+from trpo import TRPO, TRPOConfig
+from trpo.logger import TIMING_FIELDS
+from trpo.rollout import EnvError
+
+SMALL = TRPOConfig(num_envs=2, steps_per_env=128, value_epochs=2, value_minibatch=64)
+
+
+def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def fresh_batch(agent: TRPO):
+    batch = agent._collector_or_new().collect(agent.actor, agent.config.steps_per_env, agent.sample_gen)
+    obs = batch.obs.reshape(-1, batch.obs.shape[-1])
+    actions = batch.actions.reshape(-1, *batch.actions.shape[2:])
+    with torch.no_grad():
+        values, next_values = agent.critic(batch.obs), agent.critic(batch.next_obs)
+    from trpo.advantages import estimate, normalize
+
+    adv, _ = estimate("gae", batch.rewards, values, next_values, batch.terminated, batch.truncated, 0.99, 0.95)
+    return obs, actions, batch.log_probs.reshape(-1), normalize(adv.reshape(-1))
+
+
+@pytest.mark.parametrize("env_id,max_kl", [("CartPole-v1", 0.01), ("Pendulum-v1", 0.02), ("Acrobot-v1", 0.005)])
+def test_measured_kl_after_real_updates_is_within_delta(env_id: str, max_kl: float) -> None:
+    agent = TRPO(env_id, config=SMALL.replace(max_kl=max_kl), seed=0)
+    accepted = 0
+    for _ in range(4):
+        obs, actions, old_logp, adv = fresh_batch(agent)
+        with torch.no_grad():
+            old = tuple(p.clone() for p in agent.actor(obs))
+        step, _ = agent.policy_step(obs, actions, old_logp, adv)
+        with torch.no_grad():
+            new = agent.actor(obs)
+        # Independent check with torch.distributions, joint over action dimensions.
+        if isinstance(agent.action_space, spaces.Discrete):
+            kl = dists.kl_divergence(dists.Categorical(logits=old[0]), dists.Categorical(logits=new[0])).mean()
+        else:
+            kl = dists.kl_divergence(dists.Independent(dists.Normal(old[0], old[1].exp()), 1),
+                                 dists.Independent(dists.Normal(new[0], new[1].exp()), 1)).mean()
+        kl = float(kl.detach())
+        assert kl <= max_kl * (1 + 1e-5)
+        assert kl == pytest.approx(step.kl, rel=1e-4, abs=1e-9)
+        accepted += step.accepted
+        if step.accepted:
+            assert step.surrogate_gain >= 0
+    assert accepted >= 3  # the checks pass on real batches, not only by rejecting
+    agent.close()
+
+
+def test_failed_line_search_restores_parameters_bit_for_bit(monkeypatch) -> None:
+    agent = TRPO("Pendulum-v1", config=SMALL.replace(max_backtracks=2), seed=0)
+    exact_kl = agent.dist.kl
+    # Every candidate now measures KL > delta, so the line search must fail.
+    monkeypatch.setattr(agent.dist, "kl", lambda old, new: exact_kl(old, new) + 1.0)
+    before = snapshot(agent.actor)
+    obs, actions, old_logp, adv = fresh_batch(agent)
+    step, _ = agent.policy_step(obs, actions, old_logp, adv)
+    assert not step.accepted and step.reason == "line_search_failed"
+    for a, b in zip(before, agent.actor.parameters(), strict=True):
+        assert torch.equal(a, b)
+    agent.close()
+
+
+def test_npg_mode_moves_the_policy_without_a_line_search() -> None:
+    agent = TRPO("CartPole-v1", config=SMALL.replace(update_rule="npg"), seed=0)
+    agent.learn(512)
+    row = agent.history[-1]
+    assert row["step_status"] == "npg" and row["line_search_steps"] == 0 and row["step_fraction"] == 1.0
+    agent.close()
+
+
+def strip_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_same_seed_same_metrics(env_id: str) -> None:
+    cfg = SMALL.replace(normalize_obs=True, normalize_reward=True)
+    runs = []
+    for _ in range(2):
+        agent = TRPO(env_id, config=cfg, seed=3)
+        agent.learn(1024)
+        runs.append(strip_timing(agent.history))
+        agent.close()
+    assert runs[0] == runs[1]
+    other = TRPO(env_id, config=cfg, seed=4)
+    other.learn(1024)
+    assert strip_timing(other.history) != runs[0]
+
+
+def test_save_load_gives_identical_actions_and_normalizer(tmp_path) -> None:
+    agent = TRPO("Pendulum-v1", config=SMALL.replace(normalize_obs=True), seed=1)
+    agent.learn(512)
+    path = tmp_path / "model.pt"
+    agent.save(path)
+    loaded = TRPO.load(path)
+    obs = np.random.default_rng(0).uniform(-1, 1, size=(16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
+    np.testing.assert_array_equal(agent.predict(obs[0]), loaded.predict(obs[0]))
+    np.testing.assert_array_equal(agent.obs_norm.stats.mean, loaded.obs_norm.stats.mean)
+    assert loaded.num_steps == agent.num_steps == 512
+    assert loaded.config == agent.config
+    assert agent.evaluate(2) == loaded.evaluate(2)
+    agent.close()
+    loaded.close()
+
+
+def test_predict_returns_valid_actions_and_stochastic_differs() -> None:
+    agent = TRPO("Pendulum-v1", config=SMALL, seed=0)
+    obs, _ = gym.make("Pendulum-v1").reset(seed=0)
+    a = agent.predict(obs)
+    assert a.shape == (1,) and agent.action_space.contains(a)
+    samples = {float(agent.predict(obs, deterministic=False)[0]) for _ in range(5)}
+    assert len(samples) > 1
+    agent.close()
+
+
+SPACE_ENVS = {
+    "multidiscrete": lambda: trpo_testenvs.SpacesEnv(spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([3, 2])),
+    "multibinary": lambda: trpo_testenvs.SpacesEnv(spaces.Box(-1, 1, (3,)), spaces.MultiBinary(4)),
+    "discrete_obs": lambda: trpo_testenvs.SpacesEnv(spaces.Discrete(5, start=2), spaces.Discrete(3)),
+    "dict_obs": lambda: trpo_testenvs.SpacesEnv(
+        spaces.Dict({"pos": spaces.Box(-1, 1, (2, 2)), "mode": spaces.Discrete(3)}), spaces.Box(-1, 1, (2,))
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SPACE_ENVS))
+def test_every_supported_space_trains_and_improves(name: str) -> None:
+    """The reward is -sum(action): a working policy step lowers the mean action within a few updates."""
+    cfg = TRPOConfig(num_envs=2, steps_per_env=200, value_epochs=2, max_kl=0.05)
+    agent = TRPO(SPACE_ENVS[name], config=cfg, seed=0)
+    before = agent.evaluate(3, deterministic=False)["mean_return"]
+    agent.learn(4000)
+    after = agent.evaluate(3, deterministic=False)["mean_return"]
+    assert all(row["step_accepted"] for row in agent.history[:3])
+    assert after > before
+    agent.close()
+
+
+def test_truncation_stores_the_true_final_observation() -> None:
+    # Counter-v0: obs = step count, truncated by TimeLimit at 7 steps; the reset obs is 0.
+    agent = TRPO("trpo_testenvs:Counter-v0", config=SMALL.replace(num_envs=1, steps_per_env=10), seed=0)
+    batch = agent._collector_or_new().collect(agent.actor, 10, agent.sample_gen)
+    assert batch.truncated[:, 0].tolist() == [False] * 6 + [True] + [False] * 3
+    assert not batch.terminated.any()
+    assert float(batch.next_obs[6, 0, 0]) == 7.0  # the final observation, not the reset one
+    assert float(batch.obs[7, 0, 0]) == 0.0  # the next step starts from the reset observation
+    assert batch.episode_lengths == [7]
+    agent.close()
+
+
+def test_termination_is_kept_apart_from_truncation() -> None:
+    env_fn = lambda: gym.wrappers.TimeLimit(trpo_testenvs.CounterEnv(terminate_at=3), 50)  # noqa: E731
+    agent = TRPO(env_fn, config=SMALL.replace(num_envs=1, steps_per_env=6), seed=0)
+    batch = agent._collector_or_new().collect(agent.actor, 6, agent.sample_gen)
+    assert batch.terminated[:, 0].tolist() == [False, False, True, False, False, True]
+    assert not batch.truncated.any()
+    agent.close()
+
+
+@pytest.mark.parametrize("env_id,what", [("trpo_testenvs:NanObs-v0", "observation"),
+                                         ("trpo_testenvs:NanReward-v0", "reward")])
+def test_non_finite_env_values_raise_a_clear_error(env_id: str, what: str) -> None:
+    agent = TRPO(env_id, config=SMALL, seed=0)
+    with pytest.raises(EnvError, match=f"non-finite {what}"):
+        agent.learn(1000)
+    agent.close()
+
+
+def test_callback_can_stop_training_and_sees_metrics() -> None:
+    seen = []
+
+    def callback(agent: TRPO, metrics: dict) -> bool:
+        seen.append(metrics["step"])
+        return len(seen) < 2
+
+    agent = TRPO("CartPole-v1", config=SMALL, seed=0)
+    agent.learn(10_000, callback=callback)
+    assert seen == [256, 512] and agent.num_steps == 512
+    agent.close()
+
+
+def test_metrics_rows_hold_every_documented_field() -> None:
+    agent = TRPO("CartPole-v1", config=SMALL, seed=0)
+    agent.learn(512)
+    required = {"step", "episode_return_mean", "episode_length_mean", "kl", "surrogate_gain", "expected_gain",
+                "line_search_steps", "step_accepted", "cg_residual", "xFx", "entropy", "value_loss",
+                "explained_variance", "fps"}
+    for row in agent.history:
+        assert required <= row.keys()
+        assert row["kl"] <= SMALL.max_kl
+        assert math.isfinite(row["xFx"]) and row["xFx"] > 0
+    agent.close()
+
+
+def test_env_instance_and_factory_are_accepted() -> None:
+    inst = TRPO(gym.make("CartPole-v1"), config=SMALL.replace(num_envs=1), seed=0)
+    inst.learn(256)
+    assert inst.env_id == "CartPole-v1"
+    inst.close()
+    with pytest.raises(EnvError, match="instance"):
+        TRPO(gym.make("CartPole-v1"), config=SMALL, seed=0).learn(256)
+
+
+def test_async_vector_mode_trains() -> None:
+    agent = TRPO("CartPole-v1", config=SMALL.replace(vector_mode="async"), seed=0)
+    agent.learn(512)
+    assert agent.num_steps == 512
+    agent.close()
+
+
+def test_hessian_and_gauss_newton_products_give_the_same_update() -> None:
+    results = []
+    for form in ("hessian", "gauss_newton"):
+        agent = TRPO("Pendulum-v1", config=SMALL.replace(fisher_product=form), seed=0)
+        agent.learn(256)
+        results.append(agent.history[-1])
+        agent.close()
+    for key in ("kl", "xFx", "surrogate_gain", "line_search_steps"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-3, abs=1e-7), key

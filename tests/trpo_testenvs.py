@@ -1,0 +1,95 @@
+"""Small environments for the tests, registered on import (so `--env trpo_testenvs:Name-v0` works)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class CounterEnv(gym.Env):
+    """Observation = [t] (the step count). Terminates at `terminate_at` if set; otherwise TimeLimit truncates.
+    Reward 1 per step. Lets tests tell a final observation from a reset observation."""
+
+    def __init__(self, terminate_at: int | None = None) -> None:
+        self.observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.terminate_at = terminate_at
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        terminated = self.terminate_at is not None and self.t >= self.terminate_at
+        return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}
+
+
+class SpacesEnv(gym.Env):
+    """Any observation and action space; reward favours actions equal to their lowest value."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, horizon: int = 20) -> None:
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.horizon = horizon
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.observation_space.seed(seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        assert self.action_space.contains(action), f"invalid action {action!r} for {self.action_space}"
+        self.t += 1
+        reward = -float(np.sum(np.asarray(action, dtype=np.float64)))
+        return self.observation_space.sample(), reward, False, self.t >= self.horizon, {}
+
+
+class BadValuesEnv(gym.Env):
+    """Returns NaN in the observation or the reward after a few steps."""
+
+    def __init__(self, where: str = "obs", after: int = 5) -> None:
+        self.observation_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.where, self.after, self.t = where, after, 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        bad = self.t > self.after
+        obs = np.full(2, np.nan if bad and self.where == "obs" else 0.0, np.float32)
+        reward = float("nan") if bad and self.where == "reward" else 0.0
+        return obs, reward, False, self.t >= 50, {}
+
+
+def _register() -> None:
+    registry = gym.envs.registration.registry
+    entries: dict[str, dict[str, Any]] = {
+        "Counter-v0": dict(entry_point=CounterEnv, max_episode_steps=7),
+        "TextObs-v0": dict(entry_point=lambda: SpacesEnv(spaces.Text(5), spaces.Discrete(2))),
+        "TupleAction-v0": dict(
+            entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (2,)), spaces.Tuple((spaces.Discrete(2),)))
+        ),
+        "NanObs-v0": dict(entry_point=lambda: BadValuesEnv("obs")),
+        "NanReward-v0": dict(entry_point=lambda: BadValuesEnv("reward")),
+        "MultiDiscreteAct-v0": dict(
+            entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([3, 2]))
+        ),
+    }
+    for env_id, kwargs in entries.items():
+        if env_id not in registry:
+            gym.register(id=env_id, **kwargs)
+
+
+_register()
