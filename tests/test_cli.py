@@ -170,3 +170,10 @@ def test_help_lists_every_config_field() -> None:
     assert res.returncode == 0
     for f in fields(TRPOConfig):
         assert "--" + f.name.replace("_", "-") in res.stdout
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    res = trpo("train", "--device", "cuda", "--run-dir", str(tmp_path / "run"), "--no-progress")
+    assert res.returncode != 0 and "CUDA is not available" in res.stderr and "Traceback" not in res.stderr

@@ -122,3 +122,12 @@ def test_unsupported_observation_space_names_the_space(space: spaces.Space) -> N
         ObsEncoder(space)
     with pytest.raises(UnsupportedSpaceError, match="unsupported action space"):
         make_distribution(space)
+
+
+def test_categorical_sampler_matches_its_probabilities() -> None:
+    dist = make_distribution(spaces.Discrete(4))
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    logits = probs.log().expand(200_000, 4)
+    counts = torch.bincount(dist.sample((logits,), torch.Generator().manual_seed(0)), minlength=4).double()
+    # Binomial standard error at n = 200k is at most 0.0011; 5 sigma.
+    torch.testing.assert_close(counts / counts.sum(), probs.double(), atol=0.0056, rtol=0)

@@ -23,11 +23,11 @@ from torch.func import functional_call
 
 from trpo import advantages as adv_lib
 from trpo import checkpoint
-from trpo.config import TRPOConfig, preset_name_for, resolve_config
+from trpo.config import ConfigError, TRPOConfig, preset_name_for, resolve_config
 from trpo.logger import MetricsLog, Progress
 from trpo.networks import Actor, Critic
 from trpo.normalization import ObsNormalizer, RewardScaler
-from trpo.rollout import Batch, EnvError, EnvSpec, RolloutCollector, env_id_of, make_env, make_vector_env
+from trpo.rollout import Batch, EnvSpec, RolloutCollector, env_id_of, make_env, make_vector_env
 from trpo.spaces import ObsEncoder, Params, make_distribution
 from trpo.trust_region import StepResult, gauss_newton_fvp, hessian_fvp, trpo_step
 
@@ -69,7 +69,7 @@ class TRPO:
             torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise EnvError(f"device {cfg.device!r} requested but CUDA is not available on this machine")
+            raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available on this machine")
 
         self._eval_env = make_env(env)
         self.observation_space = self._eval_env.observation_space

@@ -1,0 +1,58 @@
+"""The README documents every config field and metric; presets resolve from env ids and run on their envs."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from trpo import TRPO, TRPOConfig
+from trpo.config import PRESETS, ConfigError, preset_name_for, resolve_config
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_readme_documents_every_config_field() -> None:
+    for f in fields(TRPOConfig):
+        assert f"| `{f.name}` | `--{f.name.replace('_', '-')}` |" in README, f.name
+
+
+def test_readme_documents_every_metric() -> None:
+    agent = TRPO("Pendulum-v1", config=TRPOConfig(num_envs=1, steps_per_env=64, value_epochs=1), seed=0)
+    agent.learn(64)
+    for key in agent.history[-1]:
+        assert f"`{key}`" in README, key
+    agent.close()
+
+
+@pytest.mark.parametrize("env_id,name", [("CartPole-v1", "CartPole"), ("Hopper-v5", "Hopper"),
+                                         ("gymnasium.envs:HalfCheetah-v5", "HalfCheetah"), ("Unknown-v0", None)])
+def test_presets_resolve_from_env_ids(env_id: str, name: str | None) -> None:
+    assert preset_name_for(env_id) == name
+
+
+def test_preset_precedence_and_errors() -> None:
+    cfg, name = resolve_config("HalfCheetah-v5")
+    assert name == "HalfCheetah" and cfg.max_kl == 0.04 and cfg.normalize_obs and cfg.cg_iters == 25
+    cfg, _ = resolve_config("HalfCheetah-v5", file_values={"max_kl": 0.02}, overrides={"max_kl": "0.03"})
+    assert cfg.max_kl == 0.03
+    cfg, name = resolve_config("HalfCheetah-v5", preset="none")
+    assert name is None and cfg == TRPOConfig()
+    with pytest.raises(ConfigError, match="unknown config field 'max_kll'"):
+        resolve_config("CartPole-v1", file_values={"max_kll": 0.1})
+    with pytest.raises(ConfigError, match="gamma must lie in"):
+        TRPOConfig(gamma=1.5)
+    for values in PRESETS.values():
+        TRPOConfig(**values)  # every preset is a valid config
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "HalfCheetah-v5"])
+def test_mujoco_presets_train(env_id: str) -> None:
+    pytest.importorskip("mujoco")
+    config, _ = resolve_config(env_id, overrides={"steps_per_env": 128, "value_epochs": 1})
+    agent = TRPO(env_id, config=config, seed=0)
+    agent.learn(512)
+    assert all(row["kl"] <= config.max_kl for row in agent.history)
+    assert agent.history[-1]["step_accepted"]
+    agent.close()
