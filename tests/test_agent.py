@@ -235,3 +235,43 @@ def test_hessian_and_gauss_newton_products_give_the_same_update() -> None:
         agent.close()
     for key in ("kl", "xFx", "surrogate_gain", "line_search_steps"):
         assert results[0][key] == pytest.approx(results[1][key], rel=1e-3, abs=1e-7), key
+
+
+@pytest.mark.parametrize("space", [spaces.Discrete(3), spaces.Box(-1, 1, (2,)), spaces.MultiBinary(2)])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_numpy_rollout_policy_matches_the_torch_actor(space: spaces.Space, activation: str) -> None:
+    from trpo.networks import Actor
+    from trpo.spaces import make_distribution
+
+    torch.manual_seed(0)
+    actor = Actor(4, make_distribution(space), (8, 8), activation, init_log_std=-0.5)
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    fast = actor.numpy_policy()(obs)
+    with torch.no_grad():
+        exact = actor(torch.from_numpy(obs))
+    assert len(fast) == len(exact)
+    for a, b in zip(fast, exact, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sync_envs_match_gymnasium_same_step_autoreset() -> None:
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from trpo.rollout import SyncEnvs
+
+    ours = SyncEnvs([gym.make("CartPole-v1") for _ in range(3)])
+    ref = SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 3, autoreset_mode=AutoresetMode.SAME_STEP)
+    o1, _ = ours.reset(seed=5)
+    o2, _ = ref.reset(seed=5)
+    np.testing.assert_array_equal(o1, o2)
+    rng = np.random.default_rng(0)
+    ended = 0
+    for _ in range(300):
+        actions = rng.integers(0, 2, size=3)
+        a, b = ours.step(actions), ref.step(actions)
+        for x, y in zip(a[:4], b[:4], strict=True):
+            np.testing.assert_array_equal(x, y)
+        for i in np.flatnonzero(a[2] | a[3]):
+            np.testing.assert_array_equal(a[4]["final_obs"][i], b[4]["final_obs"][i])
+            ended += 1
+    assert ended > 5

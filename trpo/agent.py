@@ -86,7 +86,7 @@ class TRPO:
 
         self.obs_norm = ObsNormalizer(self.encoder.dim, cfg.normalize_obs, cfg.clip_obs)
         self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.normalize_reward, cfg.clip_reward)
-        self.sample_gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.sample_gen = torch.Generator(device="cpu").manual_seed(self.seed)  # rollouts sample on the CPU
         self.shuffle_gen = torch.Generator(device="cpu").manual_seed(self.seed + 1)
         self.predict_gen = torch.Generator(device=self.device).manual_seed(self.seed + 2)
         self.num_steps = 0

@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 from torch import Tensor
 
 from trpo.networks import Actor
@@ -54,7 +54,46 @@ def env_id_of(spec: EnvSpec) -> str | None:
     return None
 
 
-def make_vector_env(spec: EnvSpec, num_envs: int, mode: str) -> VectorEnv:
+class SyncEnvs:
+    """N envs stepped in turn in this process, with Gymnasium's SAME_STEP autoreset semantics: when an episode
+    ends, the returned observation is the reset one and info['final_obs'][i] holds the true final observation.
+    A lean stand-in for gymnasium's SyncVectorEnv, which spends several times an env step per step on generic
+    space handling and copies."""
+
+    def __init__(self, envs: list[gym.Env]) -> None:
+        self.envs = envs
+        self.num_envs = len(envs)
+        self.single_observation_space = envs[0].observation_space
+
+    def _stack(self, obs: list[Any]) -> Any:
+        if isinstance(self.single_observation_space, gym.spaces.Dict):
+            return {key: np.stack([o[key] for o in obs]) for key in self.single_observation_space.spaces}
+        return np.stack(obs)
+
+    def reset(self, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+        obs = [env.reset(seed=None if seed is None else seed + i)[0] for i, env in enumerate(self.envs)]
+        return self._stack(obs), {}
+
+    def step(self, actions: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        n = self.num_envs
+        obs: list[Any] = [None] * n
+        rewards = np.zeros(n)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        final_obs = np.empty(n, dtype=object)
+        for i, env in enumerate(self.envs):
+            obs[i], rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
+            if terminated[i] or truncated[i]:
+                final_obs[i] = obs[i]
+                obs[i], _ = env.reset()
+        return self._stack(obs), rewards, terminated, truncated, {"final_obs": final_obs}
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def make_vector_env(spec: EnvSpec, num_envs: int, mode: str) -> SyncEnvs | VectorEnv:
     """N envs with SAME_STEP autoreset. An instance can only serve a single synchronous env."""
     if isinstance(spec, gym.Env):
         if num_envs != 1 or mode != "sync":
@@ -65,7 +104,7 @@ def make_vector_env(spec: EnvSpec, num_envs: int, mode: str) -> VectorEnv:
         fns = [lambda: make_env(spec) for _ in range(num_envs)]
     if mode == "async":
         return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
-    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return SyncEnvs([fn() for fn in fns])
 
 
 @dataclass
@@ -88,7 +127,7 @@ class RolloutCollector:
 
     def __init__(
         self,
-        envs: VectorEnv,
+        envs: SyncEnvs | VectorEnv,
         encoder: ObsEncoder,
         dist: ActionDistribution,
         obs_norm: ObsNormalizer,
@@ -117,22 +156,24 @@ class RolloutCollector:
 
     @torch.no_grad()
     def collect(self, actor: Actor, steps: int, generator: torch.Generator) -> Batch:
+        """`steps` steps of every env with pi_old = the actor as it is now. Actions are sampled on the CPU from a
+        numpy copy of the actor and noise drawn from `generator` for the whole batch at once; log pi_old(a|s)
+        is computed afterwards in one batched pass."""
         n, d = self.num_envs, self.encoder.dim
+        policy = actor.numpy_policy()
+        noise = self.dist.noise((steps, n, self.dist.head_dim), generator)
         obs_buf = np.zeros((steps, n, d), dtype=np.float32)
         next_buf = np.zeros((steps, n, d), dtype=np.float32)
         rew_buf = np.zeros((steps, n), dtype=np.float32)
         term_buf = np.zeros((steps, n), dtype=bool)
         trunc_buf = np.zeros((steps, n), dtype=bool)
         actions: list[Tensor] = []
-        log_probs: list[Tensor] = []
         ep_returns: list[float] = []
         ep_lengths: list[int] = []
         for t in range(steps):
             obs_buf[t] = self.obs
-            params = actor(torch.as_tensor(self.obs, device=self.device))
-            action = self.dist.sample(params, generator)
+            action = self.dist.sample_with_noise(policy(self.obs), noise[t])
             actions.append(action)
-            log_probs.append(self.dist.log_prob(params, action))
             raw, reward, terminated, truncated, info = self.envs.step(self.dist.to_env(action))
             reward = np.asarray(reward, dtype=np.float64)
             if not np.isfinite(reward).all():
@@ -158,11 +199,15 @@ class RolloutCollector:
             rew_buf[t] = self.reward_scaler(reward, done)
             term_buf[t], trunc_buf[t] = terminated, truncated
         as_t = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
+        obs = as_t(obs_buf)
+        all_actions = torch.stack(actions).to(self.device)
+        flat_params = actor(obs.reshape(steps * n, d))
+        log_probs = self.dist.log_prob(flat_params, all_actions.reshape(steps * n, *all_actions.shape[2:]))
         return Batch(
-            obs=as_t(obs_buf),
+            obs=obs,
             next_obs=as_t(next_buf),
-            actions=torch.stack(actions),
-            log_probs=torch.stack(log_probs),
+            actions=all_actions,
+            log_probs=log_probs.reshape(steps, n),
             rewards=as_t(rew_buf),
             terminated=as_t(term_buf),
             truncated=as_t(trunc_buf),

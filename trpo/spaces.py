@@ -10,6 +10,7 @@ Fisher-vector product F v = J^T M J v uses.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -86,8 +87,18 @@ class ActionDistribution:
         _small_init(linear)
         return _TupleHead(linear)
 
-    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        """Noise for `shape[:-1]` samples (shape[-1] = head_dim), drawn ahead so that rollouts draw it once."""
         raise NotImplementedError
+
+    def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
+        """A sample as a deterministic function of params and pre-drawn noise."""
+        raise NotImplementedError
+
+    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
+        head = params[0]
+        return self.sample_with_noise(params, self.noise(tuple(head.shape), generator, head.device, head.dtype))
 
     def mode(self, params: Params) -> Tensor:
         raise NotImplementedError
@@ -116,6 +127,10 @@ class _TupleHead(nn.Module):
         super().__init__()
         self.linear = linear
 
+    def frozen_assembler(self) -> Callable[[Tensor], Params]:
+        """Params from the output of `linear` (for the numpy rollout path)."""
+        return lambda out: (out,)
+
     def forward(self, features: Tensor) -> Params:
         return (self.linear(features),)
 
@@ -143,11 +158,11 @@ def _categorical_metric(logits: Tensor, tangent: Tensor) -> Tensor:
     return p * tangent - p * (p * tangent).sum(-1, keepdim=True)
 
 
-def _sample_categorical(logits: Tensor, generator: torch.Generator | None) -> Tensor:
-    # Inverse-CDF sampling: one uniform per row; several times cheaper than torch.multinomial for small batches.
-    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
-    u = torch.rand((*logits.shape[:-1], 1), generator=generator, device=logits.device, dtype=cdf.dtype)
-    return torch.searchsorted(cdf, u * cdf[..., -1:]).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+def _gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str,
+            dtype: torch.dtype) -> Tensor:
+    # Gumbel-max: argmax(logits + G) with G = -log(-log U) is an exact categorical sample.
+    u = torch.rand(shape, generator=generator, device=device, dtype=dtype).clamp_min_(1e-30)
+    return -torch.log(-torch.log(u))
 
 
 class Categorical(ActionDistribution):
@@ -158,8 +173,12 @@ class Categorical(ActionDistribution):
         self.start = int(space.start)
         self.head_dim = self.n
 
-    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
-        return _sample_categorical(params[0], generator)
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        return _gumbel(shape, generator, device, dtype)
+
+    def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
+        return (params[0] + noise).argmax(-1)
 
     def mode(self, params: Params) -> Tensor:
         return params[0].argmax(-1)
@@ -194,8 +213,12 @@ class MultiCategorical(ActionDistribution):
     def _split(self, logits: Tensor) -> tuple[Tensor, ...]:
         return torch.split(logits, self.sizes, dim=-1)
 
-    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
-        return torch.stack([_sample_categorical(lg, generator) for lg in self._split(params[0])], dim=-1)
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        return _gumbel(shape, generator, device, dtype)
+
+    def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
+        return torch.stack([lg.argmax(-1) for lg in self._split(params[0] + noise)], dim=-1)
 
     def mode(self, params: Params) -> Tensor:
         return torch.stack([lg.argmax(-1) for lg in self._split(params[0])], dim=-1)
@@ -229,8 +252,14 @@ class Bernoulli(ActionDistribution):
         self.shape = tuple(int(s) for s in np.atleast_1d(space.n))
         self.head_dim = int(np.prod(self.shape))
 
-    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
-        return torch.bernoulli(torch.sigmoid(params[0]), generator=generator)
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        # Logistic noise L = logit(U): P(logits > L) = sigmoid(logits), an exact Bernoulli sample.
+        u = torch.rand(shape, generator=generator, device=device, dtype=dtype).clamp_(1e-30, 1 - 1e-7)
+        return torch.log(u) - torch.log1p(-u)
+
+    def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
+        return (params[0] > noise).to(params[0].dtype)
 
     def mode(self, params: Params) -> Tensor:
         return (params[0] > 0).to(params[0].dtype)
@@ -262,13 +291,18 @@ class Bernoulli(ActionDistribution):
 class _GaussianHead(nn.Module):
     def __init__(self, in_dim: int, action_dim: int, init_log_std: float) -> None:
         super().__init__()
-        self.mean = nn.Linear(in_dim, action_dim)
-        _small_init(self.mean)
+        self.linear = nn.Linear(in_dim, action_dim)  # the mean
+        _small_init(self.linear)
         # State-independent log-std: a parameter of the actor, optimized with the mean's weights.
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
+    def frozen_assembler(self) -> Callable[[Tensor], Params]:
+        """Params from the mean, with the current log-std frozen (for the numpy rollout path)."""
+        log_std = self.log_std.detach().cpu().clone()
+        return lambda mean: (mean, log_std.expand_as(mean))
+
     def forward(self, features: Tensor) -> Params:
-        mean = self.mean(features)
+        mean = self.linear(features)
         return mean, self.log_std.expand_as(mean)
 
 
@@ -286,9 +320,12 @@ class DiagGaussian(ActionDistribution):
     def make_head(self, in_dim: int, init_log_std: float) -> nn.Module:
         return _GaussianHead(in_dim, self.head_dim, init_log_std)
 
-    def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
         mean, log_std = params
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + log_std.exp() * noise
 
     def mode(self, params: Params) -> Tensor:

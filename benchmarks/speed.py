@@ -1,0 +1,267 @@
+"""Speed benchmark: trpo against sb3-contrib's TRPO in the same invocation, on the same settings.
+
+    pip install -e ".[bench]"          # sb3-contrib and MuJoCo
+    .venv/bin/python benchmarks/speed.py                    # all scenarios
+    .venv/bin/python benchmarks/speed.py --scenario cartpole --updates 20
+
+For each scenario, each library trains in a fresh subprocess (so imports, memory and threads do not leak between
+them) and the benchmark prints: env steps/s end to end (construction excluded, everything inside learn()
+included), mean seconds per update phase (rollout, policy step = gradient + CG + line search, value fit), peak
+resident memory of the process tree, and the ratio trpo / sb3-contrib. It also prints the bare env-step rate
+with both cores stepping random actions: the physical limit, and the fraction of it each library reaches.
+
+sb3-contrib's phases are timed by wrapping its collect_rollouts() and train(); the value fit starts at the
+first predict_values() call inside train(). Both libraries run with torch.set_num_threads(1), on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# rl-zoo's sb3-contrib TRPO settings for the scenarios (shared/ANCHORS.md).
+SB3_MUJOCO = dict(n_envs=2, n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95, cg_max_steps=25,
+                  cg_damping=0.1, n_critic_updates=20, learning_rate=1e-3, target_kl=0.01, normalize=True)
+SB3_CARTPOLE = dict(n_envs=2, n_steps=512, batch_size=512, gamma=0.99, gae_lambda=0.98, cg_max_steps=15,
+                    cg_damping=1e-3, n_critic_updates=20, learning_rate=1e-3, target_kl=0.01, normalize=False)
+
+
+@dataclass
+class Scenario:
+    name: str
+    env_id: str
+    sb3: dict[str, Any]
+    trpo: dict[str, Any]  # overrides on top of trpo's preset for env_id
+    note: str
+    updates: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def hopper_like_for_like() -> dict[str, Any]:
+    # The same settings as sb3 (rl-zoo), with max_kl on the joint KL matching sb3's per-dimension mean:
+    # 0.01 x 3 action dimensions (shared/ANCHORS.md). Everything else as sb3: sync envs in one process.
+    return dict(num_envs=2, steps_per_env=1024, value_minibatch=128, gamma=0.99, gae_lambda=0.95, cg_iters=25,
+                cg_damping=0.1, value_epochs=20, value_lr=1e-3, max_kl=0.03, normalize_obs=True,
+                normalize_reward=True, vector_mode="sync", fisher_subsample=1)
+
+
+SCENARIOS = {
+    "hopper-preset": Scenario("Hopper-v5, trpo's shipped preset vs sb3-contrib rl-zoo settings", "Hopper-v5",
+                              SB3_MUJOCO, {}, "trpo: its Hopper preset as shipped", updates=15),
+    "hopper-like": Scenario("Hopper-v5, like for like (rl-zoo MuJoCo settings on both)", "Hopper-v5", SB3_MUJOCO,
+                            hopper_like_for_like(), "trpo: same settings, max_kl 0.03 joint = sb3's 0.01 per dim",
+                            updates=15),
+    "cartpole": Scenario("CartPole-v1, rl-zoo CartPole settings on both", "CartPole-v1", SB3_CARTPOLE,
+                         dict(num_envs=2, steps_per_env=512, value_minibatch=512, gae_lambda=0.98, cg_damping=1e-3,
+                              value_epochs=20, cg_iters=15, vector_mode="sync"),
+                         "trpo: its CartPole preset with rl-zoo's lambda and damping", updates=40),
+}
+
+
+# --- measurement helpers ---------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Samples the resident memory of this process and all its descendants every 20 ms; keeps the peak."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _tree_rss(pid: int) -> int:
+        total, stack = 0, [pid]
+        while stack:
+            p = stack.pop()
+            try:
+                with open(f"/proc/{p}/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+                for task in os.listdir(f"/proc/{p}/task"):
+                    with open(f"/proc/{p}/task/{task}/children") as fh:
+                        stack.extend(int(c) for c in fh.read().split())
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._tree_rss(os.getpid()))
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._tree_rss(os.getpid()))
+
+
+def run_trpo(env_id: str, overrides: dict[str, Any], updates: int, seed: int) -> dict[str, Any]:
+    import torch
+
+    from trpo import TRPO
+    from trpo.config import resolve_config
+
+    torch.set_num_threads(1)
+    config, _ = resolve_config(env_id, "auto", overrides=overrides)
+    steps = config.batch_size * updates
+    with PeakRSS() as mem:
+        agent = TRPO(env_id, config=config, seed=seed)
+        start = time.perf_counter()
+        agent.learn(steps)
+        seconds = time.perf_counter() - start
+        agent.close()
+    hist = agent.history
+    return {"steps": steps, "seconds": seconds, "steps_per_s": steps / seconds, "peak_rss": mem.peak,
+            "rollout": sum(r["time_rollout"] for r in hist) / len(hist),
+            "policy": sum(r["time_policy"] for r in hist) / len(hist),
+            "value": sum(r["time_value"] for r in hist) / len(hist),
+            "config": {k: v for k, v in config.to_dict().items() if k in (
+                "num_envs", "steps_per_env", "vector_mode", "cg_iters", "value_epochs", "value_minibatch",
+                "max_kl", "fisher_product", "fisher_subsample")}}
+
+
+def run_sb3(env_id: str, settings: dict[str, Any], updates: int, seed: int) -> dict[str, Any]:
+    import torch
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)
+    s = dict(settings)
+    n_envs, normalize = s.pop("n_envs"), s.pop("normalize")
+    steps = n_envs * s["n_steps"] * updates
+    with PeakRSS() as mem:
+        env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+        if normalize:
+            env = VecNormalize(env, gamma=s["gamma"])
+        model = TRPO("MlpPolicy", env, seed=seed, device="cpu", **s)
+        phases = {"rollout": 0.0, "policy": 0.0, "value": 0.0}
+        marks: dict[str, float] = {}
+        collect, train, predict_values = model.collect_rollouts, model.train, model.policy.predict_values
+
+        def timed_collect(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            out = collect(*args, **kwargs)
+            phases["rollout"] += time.perf_counter() - t
+            return out
+
+        def timed_train() -> None:
+            marks.pop("value_start", None)
+            t = time.perf_counter()
+            train()
+            end = time.perf_counter()
+            v0 = marks.get("value_start", end)
+            phases["policy"] += v0 - t
+            phases["value"] += end - v0
+
+        def marked_predict_values(obs: Any) -> Any:
+            marks.setdefault("value_start", time.perf_counter())
+            return predict_values(obs)
+
+        model.collect_rollouts, model.train = timed_collect, timed_train
+        model.policy.predict_values = marked_predict_values
+        start = time.perf_counter()
+        model.learn(steps)
+        seconds = time.perf_counter() - start
+        env.close()
+    n_updates = steps // (n_envs * s["n_steps"])
+    return {"steps": steps, "seconds": seconds, "steps_per_s": steps / seconds, "peak_rss": mem.peak,
+            **{k: v / n_updates for k, v in phases.items()}}
+
+
+def _bare_worker(env_id: str, seconds: float, seed: int, out: Any) -> None:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    actions = [env.action_space.sample() for _ in range(1000)]
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for a in actions:
+            _, _, terminated, truncated, _ = env.step(a)
+            if terminated or truncated:
+                env.reset()
+        steps += len(actions)
+    out.put(steps / (time.perf_counter() - start))
+
+
+def bare_rate(env_id: str, seconds: float = 5.0, cores: int = 2) -> float:
+    """Random-action env steps per second with `cores` processes stepping at once: the physical limit."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_bare_worker, args=(env_id, seconds, i, out)) for i in range(cores)]
+    for p in procs:
+        p.start()
+    total = sum(out.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total
+
+
+def in_subprocess(fn: Any, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="trpo vs sb3-contrib TRPO: speed and memory")
+    parser.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--updates", type=int, default=None, help="policy updates per run (default per scenario)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+
+    import sb3_contrib
+    import torch
+
+    import trpo
+
+    print(f"# trpo speed benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+          f"trpo {trpo.__version__}, sb3-contrib {sb3_contrib.__version__}")
+    results: dict[str, Any] = {}
+    bare: dict[str, float] = {}
+    for key in args.scenario:
+        sc = SCENARIOS[key]
+        updates = args.updates or sc.updates
+        if sc.env_id not in bare:
+            bare[sc.env_id] = bare_rate(sc.env_id)
+        ours = in_subprocess(run_trpo, sc.env_id, sc.trpo, updates, args.seed)
+        peer = in_subprocess(run_sb3, sc.env_id, sc.sb3, updates, args.seed)
+        results[key] = {"trpo": ours, "sb3": peer, "bare_2core": bare[sc.env_id]}
+        limit = bare[sc.env_id]
+        print(f"\n## {sc.name} ({updates} updates; {sc.note})")
+        print(f"trpo config: {ours['config']}")
+        print("| | trpo | sb3-contrib | trpo / sb3 |")
+        print("|---|---|---|---|")
+        print(f"| env steps/s end to end | {ours['steps_per_s']:,.0f} | {peer['steps_per_s']:,.0f} | "
+              f"{ours['steps_per_s'] / peer['steps_per_s']:.2f}x |")
+        for phase in ("rollout", "policy", "value"):
+            print(f"| s per update: {phase} | {ours[phase]:.3f} | {peer[phase]:.3f} | "
+                  f"{peer[phase] / ours[phase]:.2f}x faster |")
+        print(f"| peak memory (process tree) | {ours['peak_rss'] / 2**20:,.0f} MiB | {peer['peak_rss'] / 2**20:,.0f} "
+              f"MiB | {ours['peak_rss'] / peer['peak_rss']:.2f} |")
+        print(f"| fraction of the 2-core bare env rate ({limit:,.0f} steps/s) | {ours['steps_per_s'] / limit:.0%} | "
+              f"{peer['steps_per_s'] / limit:.0%} | |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
