@@ -217,12 +217,26 @@ def test_env_instance_and_factory_are_accepted() -> None:
     inst.close()
     with pytest.raises(EnvError, match="instance"):
         TRPO(gym.make("CartPole-v1"), config=SMALL, seed=0).learn(256)
+    with pytest.raises(EnvError, match="instance"):
+        TRPO(gym.make("CartPole-v1"), config=SMALL.replace(num_envs=1, vector_mode="subprocess"), seed=0).learn(256)
 
 
-def test_async_vector_mode_trains() -> None:
-    agent = TRPO("CartPole-v1", config=SMALL.replace(vector_mode="async"), seed=0)
-    agent.learn(512)
-    assert agent.num_steps == 512
+@pytest.mark.parametrize("env_id,num_envs", [("CartPole-v1", 3), ("Pendulum-v1", 2)])
+def test_subprocess_workers_give_the_same_run_as_sync(env_id: str, num_envs: int) -> None:
+    cfg = SMALL.replace(num_envs=num_envs, normalize_obs=True, normalize_reward=True)
+    rows = []
+    for mode in ("sync", "subprocess"):
+        agent = TRPO(env_id, config=cfg.replace(vector_mode=mode), seed=0)
+        agent.learn(3 * cfg.batch_size)
+        rows.append(strip_timing(agent.history))
+        agent.close()
+    assert rows[0] == rows[1]
+
+
+def test_errors_in_worker_processes_reach_the_caller() -> None:
+    agent = TRPO("trpo_testenvs:NanReward-v0", config=SMALL.replace(vector_mode="subprocess"), seed=0)
+    with pytest.raises(EnvError, match="non-finite reward"):
+        agent.learn(1000)
     agent.close()
 
 
@@ -254,24 +268,25 @@ def test_numpy_rollout_policy_matches_the_torch_actor(space: spaces.Space, activ
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_sync_envs_match_gymnasium_same_step_autoreset() -> None:
+def test_runner_matches_gymnasium_same_step_autoreset() -> None:
+    """Our runner's observations, rewards, flags and final observations equal gymnasium's SyncVectorEnv with
+    SAME_STEP autoreset, fed the same actions."""
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-    from trpo.rollout import SyncEnvs
-
-    ours = SyncEnvs([gym.make("CartPole-v1") for _ in range(3)])
+    agent = TRPO("CartPole-v1", config=SMALL.replace(num_envs=3, steps_per_env=300), seed=5)
+    batch = agent._collector_or_new().collect(agent.actor, 300, agent.sample_gen)
     ref = SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 3, autoreset_mode=AutoresetMode.SAME_STEP)
-    o1, _ = ours.reset(seed=5)
-    o2, _ = ref.reset(seed=5)
-    np.testing.assert_array_equal(o1, o2)
-    rng = np.random.default_rng(0)
+    obs, _ = ref.reset(seed=5)
     ended = 0
-    for _ in range(300):
-        actions = rng.integers(0, 2, size=3)
-        a, b = ours.step(actions), ref.step(actions)
-        for x, y in zip(a[:4], b[:4], strict=True):
-            np.testing.assert_array_equal(x, y)
-        for i in np.flatnonzero(a[2] | a[3]):
-            np.testing.assert_array_equal(a[4]["final_obs"][i], b[4]["final_obs"][i])
-            ended += 1
+    for t in range(300):
+        np.testing.assert_array_equal(batch.obs[t].numpy(), obs)
+        obs, reward, term, trunc, info = ref.step(batch.actions[t].numpy())
+        np.testing.assert_array_equal(batch.terminated[t].numpy(), term)
+        np.testing.assert_array_equal(batch.truncated[t].numpy(), trunc)
+        np.testing.assert_array_equal(batch.rewards[t].numpy(), reward.astype(np.float32))
+        for i in range(3):
+            expected = info["final_obs"][i] if term[i] or trunc[i] else obs[i]
+            np.testing.assert_array_equal(batch.next_obs[t, i].numpy(), expected)
+        ended += int((term | trunc).sum())
     assert ended > 5
+    agent.close()

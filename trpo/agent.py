@@ -27,7 +27,7 @@ from trpo.config import ConfigError, TRPOConfig, preset_name_for, resolve_config
 from trpo.logger import MetricsLog, Progress
 from trpo.networks import Actor, Critic
 from trpo.normalization import ObsNormalizer, RewardScaler
-from trpo.rollout import Batch, EnvSpec, RolloutCollector, env_id_of, make_env, make_vector_env
+from trpo.rollout import Batch, EnvSpec, RolloutCollector, env_id_of, make_env
 from trpo.spaces import ObsEncoder, Params, make_distribution
 from trpo.trust_region import StepResult, gauss_newton_fvp, hessian_fvp, trpo_step
 
@@ -135,10 +135,11 @@ class TRPO:
 
     def _collector_or_new(self) -> RolloutCollector:
         if self._collector is None:
-            envs = make_vector_env(self.env_spec, self.config.num_envs, self.config.vector_mode)
             # Seeds differ per (re)start so a resumed run does not replay the first episodes.
-            self._collector = RolloutCollector(envs, self.encoder, self.dist, self.obs_norm, self.reward_scaler,
-                                               self.device, seed=self.seed + 7919 * self.num_updates)
+            self._collector = RolloutCollector(
+                self.env_spec, self.config.num_envs, self.config.vector_mode, self.encoder, self.dist,
+                self.obs_norm, self.reward_scaler, self.device, seed=self.seed + 7919 * self.num_updates,
+            )
         return self._collector
 
     def _update(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import yaml
 AdvantageEstimator = Literal["gae", "td", "return"]
 UpdateRule = Literal["trpo", "npg"]
 FisherProduct = Literal["gauss_newton", "hessian"]
-VectorMode = Literal["sync", "async"]
+VectorMode = Literal["sync", "subprocess"]
 Activation = Literal["tanh", "relu"]
 
 
@@ -37,7 +37,8 @@ class TRPOConfig:
     steps_per_env: int = 2048
     """Environment steps per env per update; a batch holds num_envs * steps_per_env transitions."""
     vector_mode: VectorMode = "sync"
-    """'sync' steps envs in this process; 'async' runs each env in a subprocess."""
+    """'sync' steps all envs in this process; 'subprocess' splits them over worker processes (one per core at
+    most), each collecting its share of the batch with a copy of the frozen policy. Bit-identical runs either way."""
 
     # --- advantages (advantages.py) ---
     gamma: float = 0.99

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,25 +39,39 @@ class Actor(nn.Module):
     def forward(self, obs: Tensor) -> Params:
         return self.head(self.body(obs))
 
-    def numpy_policy(self) -> Callable[[np.ndarray], Params]:
-        """A frozen CPU copy for per-step inference in rollouts: the same MLP as float32 numpy matmuls, which
-        cost a few microseconds for a handful of envs where a torch forward costs tens. Returns params as
-        torch tensors (for the distribution's sampler). Valid until the parameters change."""
+    def numpy_policy(self) -> NumpyPolicy:
+        """A frozen CPU copy of this actor for per-step inference in rollouts."""
         linears = [m for m in self.body if isinstance(m, nn.Linear)]
-        act = {nn.Tanh: np.tanh, nn.ReLU: lambda h: np.maximum(h, 0.0)}[type(self.body[1])] if linears else None
-        layers = [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in linears]
-        out_linear = self.head.linear
-        w_out = out_linear.weight.detach().cpu().numpy().T.copy()
-        b_out = out_linear.bias.detach().cpu().numpy().copy()
-        assemble = self.head.frozen_assembler()
+        activation = next((name for name, cls in _ACTIVATIONS.items() if isinstance(self.body[1], cls)), "tanh") \
+            if linears else "tanh"
+        as_np = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
+        layers = [(as_np(m.weight).T.copy(), as_np(m.bias)) for m in [*linears, self.head.linear]]
+        log_std = as_np(self.head.log_std) if hasattr(self.head, "log_std") else None
+        return NumpyPolicy(layers, activation, log_std)
 
-        def policy(obs: np.ndarray) -> Params:
-            h = obs
-            for w, b in layers:
-                h = act(h @ w + b)  # type: ignore[misc]
-            return assemble(torch.from_numpy(h @ w_out + b_out))
 
-        return policy
+class NumpyPolicy:
+    """The actor's MLP as float32 numpy matmuls: a few microseconds per step for a handful of envs, where a torch
+    forward costs tens. Picklable, so worker processes receive it once per batch. Returns distribution params
+    as torch tensors, as the actor does."""
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], activation: str, log_std: np.ndarray | None):
+        self.layers = layers
+        self.activation = activation
+        self.log_std = log_std
+
+    def __call__(self, obs: np.ndarray) -> Params:
+        # einsum without BLAS computes every row the same way whatever the number of rows (BLAS does not), so
+        # envs split over worker processes get bit-identical actions to envs stepped together.
+        h = obs
+        for w, b in self.layers[:-1]:
+            h = np.einsum("ij,jk->ik", h, w) + b
+            h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
+        w, b = self.layers[-1]
+        out = torch.from_numpy(np.einsum("ij,jk->ik", h, w) + b)
+        if self.log_std is None:
+            return (out,)
+        return out, torch.from_numpy(self.log_std).expand_as(out)
 
 
 class Critic(nn.Module):

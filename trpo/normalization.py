@@ -46,12 +46,28 @@ class ObsNormalizer:
         self.stats = RunningMeanStd((dim,))
 
     def __call__(self, obs: np.ndarray, update: bool) -> np.ndarray:
-        if not self.enabled:
-            return obs
-        if update:
+        if update and self.enabled:
             self.stats.update(obs)
-        normed = (obs - self.stats.mean) / np.sqrt(self.stats.var + 1e-8)
-        return np.clip(normed, -self.clip, self.clip).astype(np.float32)
+        return self.frozen()(obs)
+
+    def frozen(self) -> FrozenObsNorm:
+        """The normalization with the current statistics, fixed: what pi_old sees during one batch."""
+        if not self.enabled:
+            return FrozenObsNorm(None, None, self.clip)
+        inv_std = (1.0 / np.sqrt(self.stats.var + 1e-8)).astype(np.float32)
+        return FrozenObsNorm(self.stats.mean.astype(np.float32), inv_std, self.clip)
+
+
+class FrozenObsNorm:
+    """(obs - mean) * inv_std, clipped, in float32; the identity when mean is None. Picklable."""
+
+    def __init__(self, mean: np.ndarray | None, inv_std: np.ndarray | None, clip: float) -> None:
+        self.mean, self.inv_std, self.clip = mean, inv_std, np.float32(clip)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if self.mean is None:
+            return obs
+        return np.clip((obs - self.mean) * self.inv_std, -self.clip, self.clip)
 
 
 class RewardScaler:

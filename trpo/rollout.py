@@ -1,24 +1,27 @@
 """Environments and rollouts: N vectorized Gymnasium envs stepped by the current policy into a typed batch.
 
 `terminated` and `truncated` are kept apart. At every step where an episode ends, the batch stores the *true*
-final observation as `next_obs` (Gymnasium's SAME_STEP autoreset hands it over in info['final_obs']), so a
-time-limit truncation can bootstrap from V(final obs) while a termination does not.
+final observation as `next_obs` (the env is reset only after it is recorded), so a time-limit truncation can
+bootstrap from V(final obs) while a termination does not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 from torch import Tensor
 
-from trpo.networks import Actor
-from trpo.normalization import ObsNormalizer, RewardScaler
+from trpo.networks import Actor, NumpyPolicy
+from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
 from trpo.spaces import ActionDistribution, ObsEncoder
 
 EnvSpec = str | Callable[[], gym.Env] | gym.Env
@@ -54,57 +57,157 @@ def env_id_of(spec: EnvSpec) -> str | None:
     return None
 
 
-class SyncEnvs:
-    """N envs stepped in turn in this process, with Gymnasium's SAME_STEP autoreset semantics: when an episode
-    ends, the returned observation is the reset one and info['final_obs'][i] holds the true final observation.
-    A lean stand-in for gymnasium's SyncVectorEnv, which spends several times an env step per step on generic
-    space handling and copies."""
+@dataclass
+class Segment:
+    """What one runner collected for its k envs: plain numpy, so it crosses process boundaries cheaply.
+    Observations are encoded but *not* normalized; rewards are raw."""
 
-    def __init__(self, envs: list[gym.Env]) -> None:
+    obs: np.ndarray  # [T, k, D]
+    next_obs: np.ndarray  # [T, k, D]: the true final observation where an episode ended
+    actions: np.ndarray  # [T, k, ...] as sampled (Box actions unclipped)
+    rewards: np.ndarray  # [T, k] float64
+    terminated: np.ndarray  # [T, k] bool
+    truncated: np.ndarray  # [T, k] bool
+    episode_returns: list[float]
+    episode_lengths: list[int]
+
+
+class EnvRunner:
+    """Steps k envs for a whole segment with a frozen policy, autoresetting ended episodes. Lives in this
+    process (vector_mode 'sync') or in a worker process ('subprocess'); both give the same results."""
+
+    def __init__(self, envs: list[gym.Env], encoder: ObsEncoder, dist: ActionDistribution, first_index: int) -> None:
         self.envs = envs
-        self.num_envs = len(envs)
-        self.single_observation_space = envs[0].observation_space
+        self.encoder = encoder
+        self.dist = dist
+        self.first_index = first_index  # global index of envs[0], for error messages and seeds
+        self.obs = np.zeros((len(envs), encoder.dim), dtype=np.float32)
+        self.ep_return = np.zeros(len(envs))
+        self.ep_length = np.zeros(len(envs), dtype=np.int64)
 
-    def _stack(self, obs: list[Any]) -> Any:
-        if isinstance(self.single_observation_space, gym.spaces.Dict):
-            return {key: np.stack([o[key] for o in obs]) for key in self.single_observation_space.spaces}
-        return np.stack(obs)
+    def _encode(self, obs: Any, i: int, what: str = "observation") -> np.ndarray:
+        encoded = self.encoder.one(obs)
+        if not np.isfinite(encoded).all():
+            raise EnvError(f"environment returned a non-finite {what} (NaN or inf) in env {self.first_index + i}")
+        return encoded
 
-    def reset(self, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
-        obs = [env.reset(seed=None if seed is None else seed + i)[0] for i, env in enumerate(self.envs)]
-        return self._stack(obs), {}
-
-    def step(self, actions: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        n = self.num_envs
-        obs: list[Any] = [None] * n
-        rewards = np.zeros(n)
-        terminated = np.zeros(n, dtype=bool)
-        truncated = np.zeros(n, dtype=bool)
-        final_obs = np.empty(n, dtype=object)
+    def reset(self, seed: int) -> np.ndarray:
         for i, env in enumerate(self.envs):
-            obs[i], rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
-            if terminated[i] or truncated[i]:
-                final_obs[i] = obs[i]
-                obs[i], _ = env.reset()
-        return self._stack(obs), rewards, terminated, truncated, {"final_obs": final_obs}
+            self.obs[i] = self._encode(env.reset(seed=seed + self.first_index + i)[0], i)
+        self.ep_return[:] = 0.0
+        self.ep_length[:] = 0
+        return self.obs.copy()
+
+    def run(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, noise: np.ndarray) -> Segment:
+        steps, k, d = noise.shape[0], len(self.envs), self.encoder.dim
+        seg = Segment(
+            obs=np.zeros((steps, k, d), np.float32), next_obs=np.zeros((steps, k, d), np.float32),
+            actions=np.empty(0), rewards=np.zeros((steps, k)), terminated=np.zeros((steps, k), bool),
+            truncated=np.zeros((steps, k), bool), episode_returns=[], episode_lengths=[],
+        )
+        noise_t = torch.from_numpy(noise)
+        actions = []
+        for t in range(steps):
+            seg.obs[t] = self.obs
+            action = self.dist.sample_with_noise(policy(obs_norm(self.obs)), noise_t[t])
+            actions.append(action)
+            env_actions = self.dist.to_env(action)
+            for i, env in enumerate(self.envs):
+                raw, reward, terminated, truncated, _ = env.step(env_actions[i])
+                if not np.isfinite(reward):
+                    raise EnvError("environment returned a non-finite reward (NaN or inf) in env "
+                                   f"{self.first_index + i}")
+                seg.next_obs[t, i] = self._encode(raw, i, "final observation" if terminated or truncated else
+                                                  "observation")
+                seg.rewards[t, i], seg.terminated[t, i], seg.truncated[t, i] = reward, terminated, truncated
+                self.ep_return[i] += reward
+                self.ep_length[i] += 1
+                if terminated or truncated:
+                    seg.episode_returns.append(float(self.ep_return[i]))
+                    seg.episode_lengths.append(int(self.ep_length[i]))
+                    self.ep_return[i], self.ep_length[i] = 0.0, 0
+                    raw, _ = env.reset()
+                    self.obs[i] = self._encode(raw, i)
+                else:
+                    self.obs[i] = seg.next_obs[t, i]
+        seg.actions = torch.stack(actions).numpy()
+        return seg
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
 
 
-def make_vector_env(spec: EnvSpec, num_envs: int, mode: str) -> SyncEnvs | VectorEnv:
-    """N envs with SAME_STEP autoreset. An instance can only serve a single synchronous env."""
-    if isinstance(spec, gym.Env):
-        if num_envs != 1 or mode != "sync":
-            raise EnvError("an env instance serves only num_envs=1, vector_mode='sync'; pass an id or a factory")
-        fns = [lambda: spec]
-    else:
-        make_env(spec).close()  # fail early, in this process, with a clear message
-        fns = [lambda: make_env(spec) for _ in range(num_envs)]
-    if mode == "async":
-        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
-    return SyncEnvs([fn() for fn in fns])
+def _worker(conn: Connection, spec: EnvSpec, count: int, first_index: int, encoder: ObsEncoder,
+            dist: ActionDistribution) -> None:
+    """A worker process: owns `count` envs and answers ('reset', seed), ('run', args) and ('close', None)."""
+    torch.set_num_threads(1)
+    runner: EnvRunner | None = None
+    try:
+        runner = EnvRunner([make_env(spec) for _ in range(count)], encoder, dist, first_index)
+        while True:
+            command, payload = conn.recv()
+            if command == "close":
+                break
+            try:
+                result = runner.reset(payload) if command == "reset" else runner.run(*payload)
+                conn.send(("ok", result))
+            except Exception as exc:  # report to the main process, which raises it there
+                conn.send(("error", exc))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        if runner is not None:
+            runner.close()
+        conn.close()
+
+
+class WorkerPool:
+    """Envs split over worker processes (one per core at most); one message each way per batch, not per step."""
+
+    def __init__(self, spec: EnvSpec, num_envs: int, encoder: ObsEncoder, dist: ActionDistribution,
+                 workers: int) -> None:
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        sizes = [len(part) for part in np.array_split(np.arange(num_envs), workers)]
+        self.conns: list[Connection] = []
+        self.procs = []
+        first = 0
+        for size in sizes:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, spec, size, first, encoder, dist), daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+            first += size
+        self.slices = np.cumsum([0, *sizes])
+
+    def _gather(self) -> list[Any]:
+        results = [conn.recv() for conn in self.conns]
+        for status, value in results:
+            if status == "error":
+                raise value
+        return [value for _, value in results]
+
+    def reset(self, seed: int) -> np.ndarray:
+        for conn in self.conns:
+            conn.send(("reset", seed))
+        return np.concatenate(self._gather())
+
+    def run(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, noise: np.ndarray) -> list[Segment]:
+        for conn, lo, hi in zip(self.conns, self.slices[:-1], self.slices[1:], strict=True):
+            conn.send(("run", (policy, obs_norm, noise[:, lo:hi])))
+        return self._gather()
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(BrokenPipeError, OSError):  # a worker that already died
+                conn.send(("close", None))
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
 
 
 @dataclass
@@ -123,97 +226,72 @@ class Batch:
 
 
 class RolloutCollector:
-    """Steps a vector env with the actor; keeps the current observation and episode counters across batches."""
+    """Collects batches from `num_envs` envs, in this process or in worker processes.
 
-    def __init__(
-        self,
-        envs: SyncEnvs | VectorEnv,
-        encoder: ObsEncoder,
-        dist: ActionDistribution,
-        obs_norm: ObsNormalizer,
-        reward_scaler: RewardScaler,
-        device: torch.device,
-        seed: int,
-    ) -> None:
-        self.envs = envs
+    pi_old is frozen for the whole batch: the actor's weights *and* the observation-normalization statistics,
+    which are updated with the batch's observations only after it is collected. Rewards are scaled afterwards,
+    in time order, so the result does not depend on how envs are split over processes.
+    """
+
+    def __init__(self, spec: EnvSpec, num_envs: int, mode: str, encoder: ObsEncoder, dist: ActionDistribution,
+                 obs_norm: ObsNormalizer, reward_scaler: RewardScaler, device: torch.device, seed: int) -> None:
         self.encoder = encoder
         self.dist = dist
         self.obs_norm = obs_norm
         self.reward_scaler = reward_scaler
         self.device = device
-        self.num_envs = envs.num_envs
-        raw, _ = envs.reset(seed=seed)
-        self.obs = self._observe(raw, update=True)
-        self.ep_return = np.zeros(self.num_envs)
-        self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
-
-    def _observe(self, raw: Any, update: bool) -> np.ndarray:
-        encoded = self.encoder(raw)
-        if not np.isfinite(encoded).all():
-            bad = int(np.argwhere(~np.isfinite(encoded))[0][0])
-            raise EnvError(f"environment returned a non-finite observation (NaN or inf) in env {bad}")
-        return self.obs_norm(encoded, update=update)
+        self.num_envs = num_envs
+        self.runner: EnvRunner | WorkerPool
+        if mode == "subprocess":
+            if isinstance(spec, gym.Env):
+                raise EnvError("an env instance cannot be sent to worker processes; pass an id or a factory")
+            make_env(spec).close()  # fail early, in this process, with a clear message
+            self.runner = WorkerPool(spec, num_envs, encoder, dist, min(num_envs, os.cpu_count() or 1))
+        else:
+            if isinstance(spec, gym.Env) and num_envs != 1:
+                raise EnvError("an env instance serves only num_envs=1; pass an id or a factory")
+            self.runner = EnvRunner([make_env(spec) for _ in range(num_envs)], encoder, dist, 0)
+        first_obs = self.runner.reset(seed)
+        if obs_norm.enabled:
+            obs_norm.stats.update(first_obs)
 
     @torch.no_grad()
     def collect(self, actor: Actor, steps: int, generator: torch.Generator) -> Batch:
-        """`steps` steps of every env with pi_old = the actor as it is now. Actions are sampled on the CPU from a
-        numpy copy of the actor and noise drawn from `generator` for the whole batch at once; log pi_old(a|s)
-        is computed afterwards in one batched pass."""
+        """`steps` steps of every env with pi_old = the actor as it is now. Actions are sampled from a numpy copy
+        of the actor with noise drawn from `generator` for the whole batch at once; log pi_old(a|s) is computed
+        afterwards in one batched pass."""
         n, d = self.num_envs, self.encoder.dim
         policy = actor.numpy_policy()
-        noise = self.dist.noise((steps, n, self.dist.head_dim), generator)
-        obs_buf = np.zeros((steps, n, d), dtype=np.float32)
-        next_buf = np.zeros((steps, n, d), dtype=np.float32)
-        rew_buf = np.zeros((steps, n), dtype=np.float32)
-        term_buf = np.zeros((steps, n), dtype=bool)
-        trunc_buf = np.zeros((steps, n), dtype=bool)
-        actions: list[Tensor] = []
-        ep_returns: list[float] = []
-        ep_lengths: list[int] = []
-        for t in range(steps):
-            obs_buf[t] = self.obs
-            action = self.dist.sample_with_noise(policy(self.obs), noise[t])
-            actions.append(action)
-            raw, reward, terminated, truncated, info = self.envs.step(self.dist.to_env(action))
-            reward = np.asarray(reward, dtype=np.float64)
-            if not np.isfinite(reward).all():
-                bad = int(np.argwhere(~np.isfinite(reward))[0][0])
-                raise EnvError(f"environment returned a non-finite reward (NaN or inf) in env {bad}")
-            done = np.logical_or(terminated, truncated)
-            self.obs = self._observe(raw, update=True)
-            next_buf[t] = self.obs
-            if done.any():
-                final = info["final_obs"]
-                for i in np.flatnonzero(done):
-                    encoded = self.encoder.one(final[i])[None]
-                    if not np.isfinite(encoded).all():
-                        raise EnvError(f"environment returned a non-finite final observation in env {i}")
-                    next_buf[t, i] = self.obs_norm(encoded, update=False)[0]
-            self.ep_return += reward
-            self.ep_length += 1
-            for i in np.flatnonzero(done):
-                ep_returns.append(float(self.ep_return[i]))
-                ep_lengths.append(int(self.ep_length[i]))
-            self.ep_return[done] = 0.0
-            self.ep_length[done] = 0
-            rew_buf[t] = self.reward_scaler(reward, done)
-            term_buf[t], trunc_buf[t] = terminated, truncated
-        as_t = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
-        obs = as_t(obs_buf)
-        all_actions = torch.stack(actions).to(self.device)
-        flat_params = actor(obs.reshape(steps * n, d))
-        log_probs = self.dist.log_prob(flat_params, all_actions.reshape(steps * n, *all_actions.shape[2:]))
+        noise = self.dist.noise((steps, n, self.dist.head_dim), generator).numpy()
+        frozen = self.obs_norm.frozen()
+        if isinstance(self.runner, WorkerPool):
+            parts = self.runner.run(policy, frozen, noise)
+        else:
+            parts = [self.runner.run(policy, frozen, noise)]
+        cat = lambda name: np.concatenate([getattr(p, name) for p in parts], axis=1)  # noqa: E731
+        raw_obs, raw_next = cat("obs"), cat("next_obs")
+        terminated, truncated, rewards = cat("terminated"), cat("truncated"), cat("rewards")
+
+        obs = torch.as_tensor(frozen(raw_obs), device=self.device)
+        next_obs = torch.as_tensor(frozen(raw_next), device=self.device)
+        if self.obs_norm.enabled:
+            self.obs_norm.stats.update(raw_next.reshape(-1, d))
+        scaled = np.stack([self.reward_scaler(rewards[t], terminated[t] | truncated[t]) for t in range(steps)])
+        actions = torch.as_tensor(cat("actions"), device=self.device)
+        flat_actions = actions.reshape(steps * n, *actions.shape[2:])
+        log_probs = self.dist.log_prob(actor(obs.reshape(steps * n, d)), flat_actions)
+        # Episodes in env order, then by end time within each worker's envs.
         return Batch(
             obs=obs,
-            next_obs=as_t(next_buf),
-            actions=all_actions,
+            next_obs=next_obs,
+            actions=actions,
             log_probs=log_probs.reshape(steps, n),
-            rewards=as_t(rew_buf),
-            terminated=as_t(term_buf),
-            truncated=as_t(trunc_buf),
-            episode_returns=ep_returns,
-            episode_lengths=ep_lengths,
+            rewards=torch.as_tensor(scaled, device=self.device),
+            terminated=torch.as_tensor(terminated, device=self.device),
+            truncated=torch.as_tensor(truncated, device=self.device),
+            episode_returns=[r for p in parts for r in p.episode_returns],
+            episode_lengths=[n_ for p in parts for n_ in p.episode_lengths],
         )
 
     def close(self) -> None:
-        self.envs.close()
+        self.runner.close()

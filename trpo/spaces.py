@@ -10,7 +10,6 @@ Fisher-vector product F v = J^T M J v uses.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,8 @@ class ObsEncoder:
 
     def one(self, obs: Any) -> np.ndarray:
         """Encode a single (unbatched) observation to [dim]."""
+        if isinstance(self.space, spaces.Box):  # the common case, on the rollout's hot path
+            return np.asarray(obs, dtype=np.float32).reshape(-1)
         return _encode(self.space, _add_batch_dim(self.space, obs))[0].astype(np.float32, copy=False)
 
 
@@ -126,10 +127,6 @@ class _TupleHead(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.linear = linear
-
-    def frozen_assembler(self) -> Callable[[Tensor], Params]:
-        """Params from the output of `linear` (for the numpy rollout path)."""
-        return lambda out: (out,)
 
     def forward(self, features: Tensor) -> Params:
         return (self.linear(features),)
@@ -295,11 +292,6 @@ class _GaussianHead(nn.Module):
         _small_init(self.linear)
         # State-independent log-std: a parameter of the actor, optimized with the mean's weights.
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
-
-    def frozen_assembler(self) -> Callable[[Tensor], Params]:
-        """Params from the mean, with the current log-std frozen (for the numpy rollout path)."""
-        log_std = self.log_std.detach().cpu().clone()
-        return lambda mean: (mean, log_std.expand_as(mean))
 
     def forward(self, features: Tensor) -> Params:
         mean = self.linear(features)
