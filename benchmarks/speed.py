@@ -218,13 +218,78 @@ def in_subprocess(fn: Any, *args: Any) -> dict[str, Any]:
         return pool.apply(fn, args)
 
 
+def returns_trpo(env_id: str, steps: int, seed: int) -> dict[str, Any]:
+    import torch
+
+    from trpo import TRPO
+
+    torch.set_num_threads(1)
+    agent = TRPO(env_id, seed=seed)  # the shipped preset
+    start = time.perf_counter()
+    agent.learn(steps)
+    seconds = time.perf_counter() - start
+    result = agent.evaluate(10)
+    agent.close()
+    return {"lib": "trpo", "seed": seed, "mean_return": result["mean_return"], "seconds": seconds}
+
+
+def returns_sb3(env_id: str, settings: dict[str, Any], steps: int, seed: int) -> dict[str, Any]:
+    import torch
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)
+    s = dict(settings)
+    n_envs, normalize = s.pop("n_envs"), s.pop("normalize")
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    if normalize:
+        env = VecNormalize(env, gamma=s["gamma"])
+    model = TRPO("MlpPolicy", env, seed=seed, device="cpu", **s)
+    start = time.perf_counter()
+    model.learn(steps)
+    seconds = time.perf_counter() - start
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1_000_003)
+    if normalize:
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+        eval_env.obs_rms = env.obs_rms
+    mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
+    return {"lib": "sb3-contrib", "seed": seed, "mean_return": float(mean), "seconds": seconds}
+
+
+def returns_check(env_id: str, steps: int, seeds: list[int]) -> None:
+    """Train trpo's shipped preset and sb3-contrib's rl-zoo settings on the same seeds and budget; compare the
+    final deterministic 10-episode evaluations. Runs two trainings at a time."""
+    import numpy as np
+
+    sb3 = SB3_MUJOCO if env_id != "CartPole-v1" else SB3_CARTPOLE
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        jobs = [pool.apply_async(returns_trpo, (env_id, steps, seed)) for seed in seeds]
+        jobs += [pool.apply_async(returns_sb3, (env_id, sb3, steps, seed)) for seed in seeds]
+        results = [job.get() for job in jobs]
+    print(f"\n## Returns at {steps:,} steps on {env_id} (deterministic, 10 episodes; trpo preset vs sb3 rl-zoo)")
+    print("| library | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
+    print("|---|" + "---|" * (len(seeds) + 1))
+    for lib in ("trpo", "sb3-contrib"):
+        rets = [r["mean_return"] for r in results if r["lib"] == lib]
+        print(f"| {lib} | " + " | ".join(f"{x:.0f}" for x in rets) + f" | {np.mean(rets):.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="trpo vs sb3-contrib TRPO: speed and memory")
     parser.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--updates", type=int, default=None, help="policy updates per run (default per scenario)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--returns", type=int, default=0, metavar="STEPS",
+                        help="instead: train both on Hopper-v5 for STEPS on --seeds and compare returns")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
+    if args.returns:
+        returns_check("Hopper-v5", args.returns, args.seeds)
+        return
 
     import sb3_contrib
     import torch
