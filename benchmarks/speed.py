@@ -23,6 +23,7 @@ import os
 import platform
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +70,9 @@ SCENARIOS = {
 
 
 class PeakRSS:
-    """Samples the resident memory of this process and all its descendants every 20 ms; keeps the peak."""
+    """Samples the memory of this process and all its descendants every 20 ms; keeps the peak. Memory is the
+    proportional set size (PSS: each shared page divided among the processes sharing it), so forked env
+    workers are not charged again for the pages they share with their parent; RSS where PSS is unavailable."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -82,16 +85,25 @@ class PeakRSS:
         while stack:
             p = stack.pop()
             try:
-                with open(f"/proc/{p}/status") as fh:
-                    for line in fh:
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1]) * 1024
+                total += PeakRSS._pss(p)
                 for task in os.listdir(f"/proc/{p}/task"):
                     with open(f"/proc/{p}/task/{task}/children") as fh:
                         stack.extend(int(c) for c in fh.read().split())
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue
         return total
+
+    @staticmethod
+    def _pss(pid: int) -> int:
+        for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+            try:
+                with open(path) as fh:
+                    for line in fh:
+                        if line.startswith(key):
+                            return int(line.split()[1]) * 1024
+            except FileNotFoundError:
+                continue
+        return 0
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -213,9 +225,9 @@ def bare_rate(env_id: str, seconds: float = 5.0, cores: int = 2) -> float:
 
 
 def in_subprocess(fn: Any, *args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(fn, args)
+    # ProcessPoolExecutor's workers are not daemonic, so trpo's own env workers may start inside them.
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def returns_trpo(env_id: str, steps: int, seed: int) -> dict[str, Any]:
@@ -264,11 +276,10 @@ def returns_check(env_id: str, steps: int, seeds: list[int]) -> None:
     import numpy as np
 
     sb3 = SB3_MUJOCO if env_id != "CartPole-v1" else SB3_CARTPOLE
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(2) as pool:
-        jobs = [pool.apply_async(returns_trpo, (env_id, steps, seed)) for seed in seeds]
-        jobs += [pool.apply_async(returns_sb3, (env_id, sb3, steps, seed)) for seed in seeds]
-        results = [job.get() for job in jobs]
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        jobs = [pool.submit(returns_trpo, env_id, steps, seed) for seed in seeds]
+        jobs += [pool.submit(returns_sb3, env_id, sb3, steps, seed) for seed in seeds]
+        results = [job.result() for job in jobs]
     print(f"\n## Returns at {steps:,} steps on {env_id} (deterministic, 10 episodes; trpo preset vs sb3 rl-zoo)")
     print("| library | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
     print("|---|" + "---|" * (len(seeds) + 1))
@@ -319,8 +330,9 @@ def main() -> None:
         for phase in ("rollout", "policy", "value"):
             print(f"| s per update: {phase} | {ours[phase]:.3f} | {peer[phase]:.3f} | "
                   f"{peer[phase] / ours[phase]:.2f}x faster |")
-        print(f"| peak memory (process tree) | {ours['peak_rss'] / 2**20:,.0f} MiB | {peer['peak_rss'] / 2**20:,.0f} "
-              f"MiB | {ours['peak_rss'] / peer['peak_rss']:.2f} |")
+        mib = lambda x: f"{x / 2**20:,.0f} MiB"  # noqa: E731
+        print(f"| peak memory (process tree, PSS) | {mib(ours['peak_rss'])} | {mib(peer['peak_rss'])} | "
+              f"{ours['peak_rss'] / peer['peak_rss']:.2f} |")
         print(f"| fraction of the 2-core bare env rate ({limit:,.0f} steps/s) | {ours['steps_per_s'] / limit:.0%} | "
               f"{peer['steps_per_s'] / limit:.0%} | |")
     if args.json:

@@ -161,10 +161,15 @@ def quadratic_problem(n: int = 6, seed: int = 0):
     return f, g, theta0, surrogate, kl
 
 
+def both(surrogate, kl):
+    """The (KL, L) evaluation trpo_step expects."""
+    return lambda theta: (kl(theta), surrogate(theta))
+
+
 def test_trpo_step_lands_on_the_trust_region_boundary_of_a_quadratic_kl() -> None:
     f, g, theta0, surrogate, kl = quadratic_problem()
     delta = 0.01
-    res = trpo_step(theta0, g, lambda v: f @ v, surrogate, kl, delta, cg_iters=20, cg_tol=1e-20,
+    res = trpo_step(theta0, g, lambda v: f @ v, both(surrogate, kl), delta, cg_iters=20, cg_tol=1e-20,
                     backtrack_ratio=0.8, max_backtracks=10)
     assert res.accepted and res.reason == "accepted"
     x = torch.linalg.solve(f, g)
@@ -179,7 +184,7 @@ def test_trpo_step_lands_on_the_trust_region_boundary_of_a_quadratic_kl() -> Non
 def test_line_search_that_must_fail_returns_theta_old_exactly() -> None:
     f, g, theta0, _, kl = quadratic_problem()
     original = theta0.clone()
-    res = trpo_step(theta0, g, lambda v: f @ v, lambda th: -float((th - theta0).norm()), kl, 0.01, 20, 1e-20,
+    res = trpo_step(theta0, g, lambda v: f @ v, both(lambda th: -float((th - theta0).norm()), kl), 0.01, 20, 1e-20,
                     0.8, 10)
     assert not res.accepted and res.reason == "line_search_failed"
     assert res.theta is theta0 and torch.equal(res.theta, original)
@@ -205,7 +210,7 @@ def test_line_search_takes_the_first_candidate_that_passes() -> None:
 )
 def test_bad_curvature_skips_the_update(fvp, reason: str) -> None:
     _, g, theta0, surrogate, kl = quadratic_problem()
-    res = trpo_step(theta0, g, fvp, surrogate, kl, 0.01, 10, 1e-10, 0.8, 10)
+    res = trpo_step(theta0, g, fvp, both(surrogate, kl), 0.01, 10, 1e-10, 0.8, 10)
     assert not res.accepted and res.reason == reason and res.theta is theta0
 
 
@@ -213,7 +218,7 @@ def test_non_finite_gradient_skips_the_update() -> None:
     f, g, theta0, surrogate, kl = quadratic_problem()
     g = g.clone()
     g[0] = float("inf")
-    res = trpo_step(theta0, g, lambda v: f @ v, surrogate, kl, 0.01, 10, 1e-10, 0.8, 10)
+    res = trpo_step(theta0, g, lambda v: f @ v, both(surrogate, kl), 0.01, 10, 1e-10, 0.8, 10)
     assert not res.accepted and res.reason == "non_finite" and res.theta is theta0
 
 
@@ -221,7 +226,7 @@ def test_natural_policy_gradient_takes_the_full_step_without_checks() -> None:
     f, g, theta0, _, kl = quadratic_problem()
     delta = 0.01
     # A surrogate that always decreases: TRPO would reject, NPG must still take beta * x.
-    res = trpo_step(theta0, g, lambda v: f @ v, lambda th: -float((th - theta0).norm()), kl, delta, 50, 1e-24,
+    res = trpo_step(theta0, g, lambda v: f @ v, both(lambda th: -float((th - theta0).norm()), kl), delta, 50, 1e-24,
                     0.8, 10, line_search=False)
     assert res.accepted and res.reason == "npg" and res.step_fraction == 1.0
     x = torch.linalg.solve(f, g)

@@ -195,13 +195,17 @@ class TRPO:
             old_params = tuple(p.detach() for p in self.actor(obs))
             entropy = float(self.dist.entropy(old_params).mean())
 
-        def surrogate(theta: Tensor) -> Tensor:
+        def surrogate(theta: Tensor, params: Params | None = None) -> Tensor:
             # L(theta) = mean[ pi_theta(a|s) / pi_old(a|s) * A ]
-            ratio = torch.exp(self.dist.log_prob(params_of(theta, obs), actions) - old_log_probs)
-            return (ratio * adv).mean()
+            params = params_of(theta, obs) if params is None else params
+            return (torch.exp(self.dist.log_prob(params, actions) - old_log_probs) * adv).mean()
 
-        def mean_kl(theta: Tensor, x: Tensor = obs, old: Params = old_params) -> Tensor:
+        def mean_kl(theta: Tensor, x: Tensor, old: Params) -> Tensor:
             return self.dist.kl(old, params_of(theta, x)).mean()
+
+        def evaluate(theta: Tensor) -> tuple[float, float]:
+            params = params_of(theta, obs)  # one forward pass for both
+            return float(self.dist.kl(old_params, params).mean()), float(surrogate(theta, params))
 
         theta = theta_old.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(surrogate(theta), theta)
@@ -217,8 +221,7 @@ class TRPO:
         with torch.no_grad():
             result = trpo_step(
                 theta_old, grad, _no_grad_op(fvp),
-                surrogate_fn=lambda th: float(surrogate(th)),
-                kl_fn=lambda th: float(mean_kl(th)),
+                evaluate=evaluate,
                 max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
                 backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
                 line_search=cfg.update_rule == "trpo",

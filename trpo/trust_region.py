@@ -155,8 +155,7 @@ def trpo_step(
     theta_old: Vector,
     grad: Vector,
     fvp: LinearOperator,
-    surrogate_fn: Callable[[Vector], float],
-    kl_fn: Callable[[Vector], float],
+    evaluate: Callable[[Vector], tuple[float, float]],
     max_kl: float,
     cg_iters: int,
     cg_tol: float,
@@ -166,7 +165,7 @@ def trpo_step(
 ) -> StepResult:
     """One TRPO step (line_search=True) or natural policy gradient step (line_search=False).
 
-    surrogate_fn(theta) = L(theta) and kl_fn(theta) = mean KL(pi_old || pi_theta), both exact on the batch.
+    evaluate(theta) = (mean KL(pi_old || pi_theta), L(theta)), both exact on the batch (one forward pass).
     Any non-finite quantity or x^T F x <= 0 skips the update: theta_old is returned as is.
     """
     grad_norm = float(grad.norm())
@@ -194,21 +193,22 @@ def trpo_step(
     beta = math.sqrt(2 * max_kl / xfx)
     full_step = beta * x
     full_expected = float(grad @ full_step)
-    surrogate_old = surrogate_fn(theta_old)
+    surrogate_old = evaluate(theta_old)[1]
 
-    def evaluate(theta: Vector) -> tuple[float, float]:
-        return kl_fn(theta), surrogate_fn(theta) - surrogate_old
+    def kl_and_gain(theta: Vector) -> tuple[float, float]:
+        kl, surrogate = evaluate(theta)
+        return kl, surrogate - surrogate_old
 
     if not line_search:
         theta_new = theta_old + full_step
-        kl, gain = evaluate(theta_new)
+        kl, gain = kl_and_gain(theta_new)
         if not (math.isfinite(kl) and math.isfinite(gain)):
             return keep("non_finite", beta=beta, **cg_info)
         return StepResult(theta_new, True, "npg", kl, gain, full_expected, 0, 1.0, cg.iterations,
                           cg.residual_norm, xfx, beta, grad_norm)
 
     theta_new, j, kl, gain = backtracking_line_search(
-        evaluate, theta_old, full_step, max_kl, backtrack_ratio, max_backtracks
+        kl_and_gain, theta_old, full_step, max_kl, backtrack_ratio, max_backtracks
     )
     fraction = backtrack_ratio**j
     if theta_new is None:
