@@ -29,7 +29,7 @@ from trpo.networks import Actor, Critic
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.rollout import Batch, EnvSpec, RolloutCollector, env_id_of, make_env
 from trpo.spaces import ObsEncoder, Params, make_distribution
-from trpo.trust_region import StepResult, gauss_newton_fvp, hessian_fvp, trpo_step
+from trpo.trust_region import StepResult, autograd_linearization, gauss_newton_fvp, hessian_fvp, trpo_step
 
 Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
 
@@ -215,8 +215,8 @@ class TRPO:
         if cfg.fisher_product == "hessian":
             fvp = hessian_fvp(lambda th: mean_kl(th, sub_obs, sub_old), theta_old, cfg.cg_damping)
         else:
-            fvp = gauss_newton_fvp(lambda th: params_of(th, sub_obs), self.dist.fisher_metric_product,
-                                   theta_old, cfg.cg_damping)
+            lin = autograd_linearization(lambda th: params_of(th, sub_obs), theta_old)
+            fvp = gauss_newton_fvp(lin, self.dist.fisher_metric_product, cfg.cg_damping)
 
         with torch.no_grad():
             result = trpo_step(

@@ -44,30 +44,44 @@ def hessian_fvp(kl_fn: Callable[[Vector], Tensor], theta: Vector, damping: float
     return product
 
 
-def gauss_newton_fvp(
-    params_fn: Callable[[Vector], Params],
-    metric_product: Callable[[Params, Params], Params],
-    theta: Vector,
-    damping: float,
-) -> LinearOperator:
-    """v -> (J^T M J / n + damping I) v: the Fisher matrix in its Gauss-Newton form.
+@dataclass(frozen=True)
+class Linearization:
+    """The distribution params at theta_old and the Jacobian J = d params / d theta as two linear maps."""
 
-    params_fn(theta) gives the distribution params of the n samples (J is its Jacobian); metric_product is
-    the analytic Fisher metric M of the distribution family. One forward pass serves all products: J v comes
-    from differentiating the linear map u -> J^T u with respect to u ("double vjp"), J^T w from the graph.
-    """
+    params: Params  # detached, batch on dim 0
+    jvp: Callable[[Vector], Params]  # v -> J v
+    vjp: Callable[[Params], Vector]  # u -> J^T u
+
+
+def autograd_linearization(params_fn: Callable[[Vector], Params], theta: Vector) -> Linearization:
+    """J v and J^T u for any differentiable params_fn, from one forward pass: J^T u from the retained graph,
+    J v by differentiating the linear map u -> J^T u with respect to u ("double vjp")."""
     theta = theta.detach().requires_grad_(True)
     outputs = params_fn(theta)
-    detached = tuple(o.detach() for o in outputs)
-    n = outputs[0].shape[0]
     dummies = tuple(torch.zeros_like(o, requires_grad=True) for o in outputs)
     (jt_dummy,) = torch.autograd.grad(outputs, theta, dummies, create_graph=True)
 
+    def jvp(v: Vector) -> Params:
+        return torch.autograd.grad(jt_dummy, dummies, v, retain_graph=True)
+
+    def vjp(u: Params) -> Vector:
+        return torch.autograd.grad(outputs, theta, u, retain_graph=True)[0]
+
+    return Linearization(tuple(o.detach() for o in outputs), jvp, vjp)
+
+
+def gauss_newton_fvp(
+    lin: Linearization,
+    metric_product: Callable[[Params, Params], Params],
+    damping: float,
+) -> LinearOperator:
+    """v -> (J^T M J / n + damping I) v: the Fisher matrix in its Gauss-Newton form, with M the analytic Fisher
+    metric of the distribution family at the n samples' params. Equals the KL Hessian at theta_old."""
+    n = lin.params[0].shape[0]
+
     def product(v: Vector) -> Vector:
-        jv = torch.autograd.grad(jt_dummy, dummies, v, retain_graph=True)
-        m_jv = tuple(t / n for t in metric_product(detached, jv))
-        (jt_m_jv,) = torch.autograd.grad(outputs, theta, m_jv, retain_graph=True)
-        return jt_m_jv + damping * v
+        m_jv = tuple(t / n for t in metric_product(lin.params, lin.jvp(v)))
+        return lin.vjp(m_jv) + damping * v
 
     return product
 
