@@ -10,6 +10,7 @@ Conventions shared by every function:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +27,18 @@ def _continues(dones: Tensor) -> Tensor:
     return cont
 
 
+def _backward_recursion(a: Tensor, b: Tensor) -> Tensor:
+    """x_t = a_t + b_t * x_{t+1} for t = T-1 .. 0, with x_T = 0. The loop runs in numpy: each step is a few
+    microseconds on rows of N envs, several times cheaper than the same torch ops."""
+    a_np, b_np = a.detach().cpu().numpy(), b.detach().cpu().numpy()
+    out = np.empty_like(a_np)
+    running = np.zeros_like(a_np[0])
+    for t in range(a_np.shape[0] - 1, -1, -1):
+        running = a_np[t] + b_np[t] * running
+        out[t] = running
+    return torch.from_numpy(out).to(a.device)
+
+
 def gae(
     rewards: Tensor,
     values: Tensor,
@@ -37,13 +50,7 @@ def gae(
 ) -> Tensor:
     """Generalized advantage estimation (Schulman et al., 2016, eq. 16): A_t = delta_t + gamma*lam*A_{t+1}."""
     deltas = td_residuals(rewards, values, next_values, terminated, gamma)
-    cont = _continues(dones).to(rewards.dtype)
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        running = deltas[t] + gamma * lam * cont[t] * running
-        advantages[t] = running
-    return advantages
+    return _backward_recursion(deltas, gamma * lam * _continues(dones).to(rewards.dtype))
 
 
 def discounted_returns(
@@ -53,13 +60,8 @@ def discounted_returns(
     end, and from 0 at a termination."""
     cont = _continues(dones).to(rewards.dtype)
     alive = (~terminated).to(rewards.dtype)
-    returns = torch.zeros_like(rewards)
-    following = torch.zeros_like(rewards[0])
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        tail = cont[t] * following + (1 - cont[t]) * next_values[t]
-        following = rewards[t] + gamma * alive[t] * tail
-        returns[t] = following
-    return returns
+    # G_t = r_t + gamma * alive_t * (cont_t * G_{t+1} + (1 - cont_t) * V(s_{t+1}))
+    return _backward_recursion(rewards + gamma * alive * (1 - cont) * next_values, gamma * alive * cont)
 
 
 def estimate(
