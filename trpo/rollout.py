@@ -274,13 +274,13 @@ class RolloutCollector:
 
         obs = torch.as_tensor(frozen(raw_obs), device=self.device)
         next_obs = torch.as_tensor(frozen(raw_next), device=self.device)
-        if self.obs_norm.enabled:
+        if self.obs_norm.enabled:  # every observation the envs returned from a step, final ones included
             self.obs_norm.stats.update(raw_next.reshape(-1, d))
         scaled = np.stack([self.reward_scaler(rewards[t], terminated[t] | truncated[t]) for t in range(steps)])
         actions = torch.as_tensor(cat("actions"), device=self.device)
         flat_actions = actions.reshape(steps * n, *actions.shape[2:])
         log_probs = self.dist.log_prob(actor(obs.reshape(steps * n, d)), flat_actions)
-        # Episodes in env order, then by end time within each worker's envs.
+        # Episodes grouped by runner (worker), in time order within each.
         return Batch(
             obs=obs,
             next_obs=next_obs,
