@@ -203,6 +203,7 @@ class TRPO:
         def mean_kl(theta: Tensor, x: Tensor, old: Params) -> Tensor:
             return self.dist.kl(old, params_of(theta, x)).mean()
 
+        @torch.no_grad()
         def evaluate(theta: Tensor) -> tuple[float, float]:
             params = params_of(theta, obs)  # one forward pass for both
             return float(self.dist.kl(old_params, params).mean()), float(surrogate(theta, params))
@@ -218,14 +219,12 @@ class TRPO:
             lin = autograd_linearization(lambda th: params_of(th, sub_obs), theta_old)
             fvp = gauss_newton_fvp(lin, self.dist.fisher_metric_product, cfg.cg_damping)
 
-        with torch.no_grad():
-            result = trpo_step(
-                theta_old, grad, _no_grad_op(fvp),
-                evaluate=evaluate,
-                max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
-                backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
-                line_search=cfg.update_rule == "trpo",
-            )
+        result = trpo_step(
+            theta_old, grad, fvp, evaluate,
+            max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
+            backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
+            line_search=cfg.update_rule == "trpo",
+        )
         if result.accepted:
             torch.nn.utils.vector_to_parameters(result.theta, self.actor.parameters())
         return result, entropy
@@ -394,16 +393,6 @@ class TRPO:
             self._collector.close()
             self._collector = None
         self._eval_env.close()
-
-
-def _no_grad_op(op: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """Fisher-vector products differentiate internally; let them run inside an outer no_grad block."""
-
-    def wrapped(v: Tensor) -> Tensor:
-        with torch.enable_grad():
-            return op(v).detach()
-
-    return wrapped
 
 
 def _is_batched(space: gym.Space, obs: Any) -> bool:
