@@ -233,6 +233,22 @@ def test_subprocess_workers_give_the_same_run_as_sync(env_id: str, num_envs: int
     assert rows[0] == rows[1]
 
 
+def _train_in_daemon() -> str:
+    try:
+        TRPO("CartPole-v1", config=SMALL.replace(vector_mode="subprocess"), seed=0).learn(256)
+    except EnvError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_subprocess_mode_inside_a_daemonic_process_is_a_clear_error() -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        message = pool.apply(_train_in_daemon)
+    assert "daemonic process" in message
+
+
 def test_errors_in_worker_processes_reach_the_caller() -> None:
     agent = TRPO("trpo_testenvs:NanReward-v0", config=SMALL.replace(vector_mode="subprocess"), seed=0)
     with pytest.raises(EnvError, match="non-finite reward"):

@@ -245,6 +245,9 @@ class RolloutCollector:
         if mode == "subprocess":
             if isinstance(spec, gym.Env):
                 raise EnvError("an env instance cannot be sent to worker processes; pass an id or a factory")
+            if mp.current_process().daemon:
+                raise EnvError("vector_mode 'subprocess' cannot start env workers inside a daemonic process "
+                               "(e.g. a multiprocessing.Pool worker); use vector_mode 'sync' there")
             make_env(spec).close()  # fail early, in this process, with a clear message
             self.runner = WorkerPool(spec, num_envs, encoder, dist, min(num_envs, os.cpu_count() or 1))
         else:
