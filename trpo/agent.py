@@ -279,7 +279,7 @@ class TRPO:
             "time_policy": t2 - t1,
             "time_value": t3 - t2,
         }
-        if isinstance(self.actor.head, torch.nn.Module) and hasattr(self.actor.head, "log_std"):
+        if hasattr(self.actor.head, "log_std"):
             row["log_std_mean"] = float(self.actor.head.log_std.detach().mean())
         return row
 
@@ -298,7 +298,7 @@ class TRPO:
 
     def _policy_input(self, obs: Any, batched: bool) -> Tensor:
         encoded = self.encoder(obs) if batched else self.encoder.one(obs)[None]
-        return torch.as_tensor(self.obs_norm(encoded, update=False), device=self.device)
+        return torch.as_tensor(self.obs_norm.frozen()(encoded), device=self.device)
 
     @torch.no_grad()
     def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:

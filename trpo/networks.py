@@ -33,6 +33,7 @@ class Actor(nn.Module):
         self, obs_dim: int, dist: ActionDistribution, hidden: Sequence[int], activation: str, init_log_std: float
     ) -> None:
         super().__init__()
+        self.activation = activation
         self.body = mlp_body(obs_dim, hidden, activation)
         self.head = dist.make_head(hidden[-1] if hidden else obs_dim, init_log_std)
 
@@ -42,12 +43,10 @@ class Actor(nn.Module):
     def numpy_policy(self) -> NumpyPolicy:
         """A frozen CPU copy of this actor for per-step inference in rollouts."""
         linears = [m for m in self.body if isinstance(m, nn.Linear)]
-        activation = next((name for name, cls in _ACTIVATIONS.items() if isinstance(self.body[1], cls)), "tanh") \
-            if linears else "tanh"
         as_np = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
         layers = [(as_np(m.weight).T.copy(), as_np(m.bias)) for m in [*linears, self.head.linear]]
         log_std = as_np(self.head.log_std) if hasattr(self.head, "log_std") else None
-        return NumpyPolicy(layers, activation, log_std)
+        return NumpyPolicy(layers, self.activation, log_std)
 
 
 class NumpyPolicy:

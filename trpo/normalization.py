@@ -45,10 +45,10 @@ class ObsNormalizer:
         self.clip = clip
         self.stats = RunningMeanStd((dim,))
 
-    def __call__(self, obs: np.ndarray, update: bool) -> np.ndarray:
-        if update and self.enabled:
+    def update(self, obs: np.ndarray) -> None:
+        """Merge a batch [B, dim] of raw encoded observations into the statistics (no-op when disabled)."""
+        if self.enabled:
             self.stats.update(obs)
-        return self.frozen()(obs)
 
     def frozen(self) -> FrozenObsNorm:
         """The normalization with the current statistics, fixed: what pi_old sees during one batch."""

@@ -254,9 +254,7 @@ class RolloutCollector:
             if isinstance(spec, gym.Env) and num_envs != 1:
                 raise EnvError("an env instance serves only num_envs=1; pass an id or a factory")
             self.runner = EnvRunner([make_env(spec) for _ in range(num_envs)], encoder, dist, 0)
-        first_obs = self.runner.reset(seed)
-        if obs_norm.enabled:
-            obs_norm.stats.update(first_obs)
+        obs_norm.update(self.runner.reset(seed))
 
     @torch.no_grad()
     def collect(self, actor: Actor, steps: int, generator: torch.Generator) -> Batch:
@@ -277,8 +275,8 @@ class RolloutCollector:
 
         obs = torch.as_tensor(frozen(raw_obs), device=self.device)
         next_obs = torch.as_tensor(frozen(raw_next), device=self.device)
-        if self.obs_norm.enabled:  # every observation the envs returned from a step, final ones included
-            self.obs_norm.stats.update(raw_next.reshape(-1, d))
+        # Every observation the envs returned from a step, final ones included.
+        self.obs_norm.update(raw_next.reshape(-1, d))
         scaled = np.stack([self.reward_scaler(rewards[t], terminated[t] | truncated[t]) for t in range(steps)])
         actions = torch.as_tensor(cat("actions"), device=self.device)
         flat_actions = actions.reshape(steps * n, *actions.shape[2:])
