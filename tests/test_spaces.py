@@ -76,17 +76,18 @@ def test_box_actions_are_clipped_for_the_env_only() -> None:
     dist = make_distribution(space)
     params = (torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]]))
     action = torch.tensor([[3.0, -0.5]])
-    np.testing.assert_array_equal(dist.to_env(action), np.array([[1.0, -0.5]], np.float32))
-    assert dist.to_env(action).dtype == np.float32
+    np.testing.assert_array_equal(dist.to_env(action.numpy()), np.array([[1.0, -0.5]], np.float32))
+    assert dist.to_env(action.numpy()).dtype == np.float32
     unclipped = dists.Independent(dists.Normal(params[0], torch.ones(1, 2)), 1).log_prob(action)
     torch.testing.assert_close(dist.log_prob(params, action), unclipped)
 
 
 def test_discrete_start_offsets_are_applied() -> None:
     dist = make_distribution(spaces.Discrete(3, start=-1))
-    assert dist.to_env(torch.tensor([0, 2])).tolist() == [-1, 1]
+    assert dist.to_env(np.array([0, 2])).tolist() == [-1, 1]
+    assert dist.to_env_list(np.array([0, 2])) == [-1, 1]
     md = make_distribution(spaces.MultiDiscrete([2, 3], start=[1, 5]))
-    assert md.to_env(torch.tensor([[0, 2]])).tolist() == [[1, 7]]
+    assert md.to_env(np.array([[0, 2]])).tolist() == [[1, 7]]
 
 
 def test_sampling_is_reproducible_with_a_generator() -> None:
@@ -97,8 +98,25 @@ def test_sampling_is_reproducible_with_a_generator() -> None:
         a = dist.sample(params, torch.Generator().manual_seed(1))
         b = dist.sample(params, torch.Generator().manual_seed(1))
         assert torch.equal(a, b)
-        for act in dist.to_env(a):
+        for act in dist.to_env_list(a.numpy()):
             assert space.contains(act)
+
+
+@pytest.mark.parametrize("space", [spaces.Discrete(4), spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([2, 3]),
+                                   spaces.MultiBinary(3)])
+def test_rollout_sampling_in_numpy_equals_torch_sampling(space: spaces.Space) -> None:
+    """Rollouts sample with pick(head + shift) on numpy arrays, one step at a time, from a batch's noise shifted
+    at once; this must give exactly the actions of sample_with_noise on tensors."""
+    dist = make_distribution(space)
+    gen = torch.Generator().manual_seed(0)
+    head = torch.randn(6, 5, dist.head_dim, generator=gen)
+    params = (head, torch.full_like(head, -0.7)) if isinstance(space, spaces.Box) else (head,)
+    noise = dist.noise((6, 5, dist.head_dim), gen)
+    expected = dist.sample_with_noise(params, noise)
+    shifted = dist.shift(tuple(p[:1, :1] for p in params), noise).numpy()  # a state-independent shift
+    for t in range(6):
+        got = dist.pick(head[t].numpy() + shifted[t])
+        np.testing.assert_array_equal(got, expected[t].numpy())
 
 
 def test_obs_encoder_box_discrete_dict() -> None:

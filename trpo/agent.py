@@ -139,14 +139,18 @@ class TRPO:
             self._collector = RolloutCollector(
                 self.env_spec, self.config.num_envs, self.config.vector_mode, self.encoder, self.dist,
                 self.obs_norm, self.reward_scaler, self.device, seed=self.seed + 7919 * self.num_updates,
+                num_workers=self.config.num_workers,
             )
         return self._collector
 
     def _update(self) -> dict[str, Any]:
         cfg = self.config
         t0 = time.perf_counter()
-        # 1. Collect a batch with pi_old.
-        batch = self._collector_or_new().collect(self.actor, cfg.steps_per_env, self.sample_gen)
+        # 1. Collect a batch with pi_old (set going during the previous update's value fit, when there was one).
+        collector = self._collector_or_new()
+        if not collector.collecting:
+            collector.start(self.actor, cfg.steps_per_env, self.sample_gen)
+        batch = collector.finish(self.actor)
         t1 = time.perf_counter()
         # 2. Advantages, with V(s) and V(s') from the current critic.
         with torch.no_grad():
@@ -159,13 +163,17 @@ class TRPO:
         obs = batch.obs.reshape(-1, batch.obs.shape[-1])
         actions = batch.actions.reshape(-1, *batch.actions.shape[2:])
         step, entropy = self.policy_step(obs, actions, batch.log_probs.reshape(-1), adv)
+        self.num_steps += batch.obs.shape[0] * batch.obs.shape[1]
+        self.num_updates += 1
         t2 = time.perf_counter()
+        # The next batch needs only the new policy, not the critic: with worker processes it is collected while
+        # this process fits V below (its advantages use the refitted critic all the same).
+        if self.num_steps < self.total_steps:
+            collector.start(self.actor, cfg.steps_per_env, self.sample_gen)
         # 4. Fit the value function on the batch's targets.
         value_loss = self.fit_value(obs, targets.reshape(-1).detach())
         t3 = time.perf_counter()
 
-        self.num_steps += batch.obs.shape[0] * batch.obs.shape[1]
-        self.num_updates += 1
         return self._metrics(batch, step, entropy, value_loss, values, targets, raw_adv, (t0, t1, t2, t3))
 
     def _flat_actor(self) -> tuple[Tensor, Callable[[Tensor], dict[str, Tensor]]]:
@@ -306,7 +314,7 @@ class TRPO:
         batched = _is_batched(self.observation_space, obs)
         params = self.actor(self._policy_input(obs, batched))
         action = self.dist.mode(params) if deterministic else self.dist.sample(params, self.predict_gen)
-        env_action = self.dist.to_env(action)
+        env_action = self.dist.to_env(action.cpu().numpy())
         return env_action if batched else env_action[0]
 
     def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> dict[str, Any]:

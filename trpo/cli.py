@@ -25,7 +25,7 @@ USER_ERRORS = (ConfigError, EnvError, UnsupportedSpaceError, CheckpointError)
 DEFAULT_ENV = "CartPole-v1"
 RUN_KEYS = ("env", "total_steps", "seed", "preset")  # file keys that are not TRPOConfig fields
 # Fields a resumed run may change: they do not alter the algorithm's math.
-RESUME_SAFE = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "vector_mode")
+RESUME_SAFE = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "vector_mode", "num_workers")
 
 
 class UsageError(ValueError):

@@ -38,7 +38,11 @@ class TRPOConfig:
     """Environment steps per env per update; a batch holds num_envs * steps_per_env transitions."""
     vector_mode: VectorMode = "sync"
     """'sync' steps all envs in this process; 'subprocess' splits them over worker processes (one per core at
-    most), each collecting its share of the batch with a copy of the frozen policy. Bit-identical runs either way."""
+    most), each collecting its share of the batch with a copy of the frozen policy, while this process fits the
+    critic on the previous batch. Bit-identical runs either way."""
+    num_workers: int = 0
+    """Worker processes for vector_mode 'subprocess' (0: one per env, at most one per core). Fewer leave a core
+    to this process's value fit, which overlaps the collection."""
 
     # --- advantages (advantages.py) ---
     gamma: float = 0.99
@@ -132,7 +136,7 @@ def _plain(value: Any) -> Any:
 
 
 _POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample")
-_NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "torch_threads")
+_NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "torch_threads", "num_workers")
 _POSITIVE_FLOAT = ("max_kl", "value_lr", "clip_obs", "clip_reward", "cg_tol")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
 
@@ -152,6 +156,8 @@ def validate(cfg: TRPOConfig) -> None:
     for name in _UNIT_INTERVAL:
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"{name} must lie in [0, 1], got {getattr(cfg, name)}")
+    if cfg.num_workers > cfg.num_envs:
+        raise ConfigError(f"num_workers must be <= num_envs ({cfg.num_envs}), got {cfg.num_workers}")
     if not 0.0 < cfg.backtrack_ratio < 1.0:
         raise ConfigError(f"backtrack_ratio must lie in (0, 1), got {cfg.backtrack_ratio}")
     if not (math.isfinite(cfg.cg_damping) and cfg.cg_damping >= 0):

@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from trpo.spaces import ActionDistribution, Params
@@ -41,25 +40,24 @@ class Actor(nn.Module):
         return self.head(self.body(obs))
 
     def numpy_policy(self) -> NumpyPolicy:
-        """A frozen CPU copy of this actor for per-step inference in rollouts."""
+        """A frozen CPU copy of this actor's head output (params[0]) for per-step inference in rollouts."""
         linears = [m for m in self.body if isinstance(m, nn.Linear)]
         as_np = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
         layers = [(as_np(m.weight).T.copy(), as_np(m.bias)) for m in [*linears, self.head.linear]]
-        log_std = as_np(self.head.log_std) if hasattr(self.head, "log_std") else None
-        return NumpyPolicy(layers, self.activation, log_std)
+        return NumpyPolicy(layers, self.activation)
 
 
 class NumpyPolicy:
-    """The actor's MLP as float32 numpy matmuls: a few microseconds per step for a handful of envs, where a torch
-    forward costs tens. Picklable, so worker processes receive it once per batch. Returns distribution params
-    as torch tensors, as the actor does."""
+    """The actor's MLP up to params[0] (logits or the Gaussian mean) as float32 numpy matmuls: a few
+    microseconds per step for a handful of envs, where a torch forward costs tens. Picklable, so worker
+    processes receive it once per batch. The rest of params (a Gaussian's log-std) depends on no state: rollouts
+    fold it into the batch's noise (`ActionDistribution.shift`)."""
 
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], activation: str, log_std: np.ndarray | None):
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], activation: str):
         self.layers = layers
         self.activation = activation
-        self.log_std = log_std
 
-    def __call__(self, obs: np.ndarray) -> Params:
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
         # einsum without BLAS computes every row the same way whatever the number of rows (BLAS does not), so
         # envs split over worker processes get bit-identical actions to envs stepped together.
         h = obs
@@ -67,10 +65,7 @@ class NumpyPolicy:
             h = np.einsum("ij,jk->ik", h, w) + b
             h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
         w, b = self.layers[-1]
-        out = torch.from_numpy(np.einsum("ij,jk->ik", h, w) + b)
-        if self.log_std is None:
-            return (out,)
-        return out, torch.from_numpy(self.log_std).expand_as(out)
+        return np.einsum("ij,jk->ik", h, w) + b
 
 
 class Critic(nn.Module):

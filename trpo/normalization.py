@@ -16,7 +16,12 @@ class RunningMeanStd:
 
     def update(self, batch: np.ndarray) -> None:
         batch = np.asarray(batch, dtype=np.float64)
-        b_mean, b_var, b_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        b_count = batch.shape[0]
+        # batch.mean(0) and batch.var(0), bit for bit, without their Python wrappers: reward scaling updates
+        # these statistics at every time step of a batch.
+        b_mean = np.add.reduce(batch, axis=0) / b_count
+        dev = batch - b_mean
+        b_var = np.add.reduce(dev * dev, axis=0) / b_count
         delta = b_mean - self.mean
         total = self.count + b_count
         self.mean = self.mean + delta * b_count / total
@@ -67,7 +72,8 @@ class FrozenObsNorm:
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         if self.mean is None:
             return obs
-        return np.clip((obs - self.mean) * self.inv_std, -self.clip, self.clip)
+        # minimum/maximum: np.clip's values at a fraction of its call overhead (this runs at every env step).
+        return np.minimum(np.maximum((obs - self.mean) * self.inv_std, -self.clip), self.clip)
 
 
 class RewardScaler:
@@ -85,6 +91,6 @@ class RewardScaler:
             return rewards.astype(np.float32)
         self.returns = self.returns * self.gamma + rewards
         self.stats.update(self.returns)
-        scaled = np.clip(rewards / np.sqrt(self.stats.var + 1e-8), -self.clip, self.clip)
+        scaled = np.minimum(np.maximum(rewards / np.sqrt(self.stats.var + 1e-8), -self.clip), self.clip)
         self.returns[dones] = 0.0
         return scaled.astype(np.float32)

@@ -8,6 +8,7 @@ bootstrap from V(final obs) while a termination does not.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing as mp
 import os
 from collections.abc import Callable
@@ -85,52 +86,58 @@ class EnvRunner:
         self.ep_return = np.zeros(len(envs))
         self.ep_length = np.zeros(len(envs), dtype=np.int64)
 
-    def _encode(self, obs: Any, i: int, what: str = "observation") -> np.ndarray:
-        encoded = self.encoder.one(obs)
-        if not np.isfinite(encoded).all():
+    def _check_finite(self, obs: np.ndarray, what: str) -> None:
+        """One check for all k envs' encoded observations [k, D]; finds the env only when one is bad."""
+        if not np.isfinite(obs).all():
+            i = int(np.flatnonzero(~np.isfinite(obs).all(axis=1))[0])
             raise EnvError(f"environment returned a non-finite {what} (NaN or inf) in env {self.first_index + i}")
-        return encoded
 
     def reset(self, seed: int) -> np.ndarray:
         for i, env in enumerate(self.envs):
-            self.obs[i] = self._encode(env.reset(seed=seed + self.first_index + i)[0], i)
+            self.obs[i] = self.encoder.one(env.reset(seed=seed + self.first_index + i)[0])
+        self._check_finite(self.obs, "observation")
         self.ep_return[:] = 0.0
         self.ep_length[:] = 0
         return self.obs.copy()
 
-    def run(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, noise: np.ndarray) -> Segment:
-        steps, k, d = noise.shape[0], len(self.envs), self.encoder.dim
+    def run(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> Segment:
+        """Step every env shifted_noise.shape[0] times. The action at step t is
+        pick(policy(normalized obs) + shifted_noise[t]) (`ActionDistribution.shift` / `pick`), all in numpy."""
+        steps, k, d = shifted_noise.shape[0], len(self.envs), self.encoder.dim
         seg = Segment(
             obs=np.zeros((steps, k, d), np.float32), next_obs=np.zeros((steps, k, d), np.float32),
             actions=np.empty(0), rewards=np.zeros((steps, k)), terminated=np.zeros((steps, k), bool),
             truncated=np.zeros((steps, k), bool), episode_returns=[], episode_lengths=[],
         )
-        noise_t = torch.from_numpy(noise)
         actions = []
         for t in range(steps):
             seg.obs[t] = self.obs
-            action = self.dist.sample_with_noise(policy(obs_norm(self.obs)), noise_t[t])
+            action = self.dist.pick(policy(obs_norm(self.obs)) + shifted_noise[t])
             actions.append(action)
-            env_actions = self.dist.to_env(action)
+            env_actions = self.dist.to_env_list(action)
+            ended = False
             for i, env in enumerate(self.envs):
                 raw, reward, terminated, truncated, _ = env.step(env_actions[i])
-                if not np.isfinite(reward):
+                if not math.isfinite(reward):
                     raise EnvError("environment returned a non-finite reward (NaN or inf) in env "
                                    f"{self.first_index + i}")
-                seg.next_obs[t, i] = self._encode(raw, i, "final observation" if terminated or truncated else
-                                                  "observation")
+                seg.next_obs[t, i] = self.encoder.one(raw)
                 seg.rewards[t, i], seg.terminated[t, i], seg.truncated[t, i] = reward, terminated, truncated
                 self.ep_return[i] += reward
                 self.ep_length[i] += 1
                 if terminated or truncated:
+                    ended = True
                     seg.episode_returns.append(float(self.ep_return[i]))
                     seg.episode_lengths.append(int(self.ep_length[i]))
                     self.ep_return[i], self.ep_length[i] = 0.0, 0
-                    raw, _ = env.reset()
-                    self.obs[i] = self._encode(raw, i)
+                    self.obs[i] = self.encoder.one(env.reset()[0])
                 else:
                     self.obs[i] = seg.next_obs[t, i]
-        seg.actions = torch.stack(actions).numpy()
+            if ended:
+                done = seg.terminated[t] | seg.truncated[t]
+                self._check_finite(np.where(done[:, None], seg.next_obs[t], 0.0), "final observation")
+            self._check_finite(self.obs, "observation")
+        seg.actions = np.stack(actions)
         return seg
 
     def close(self) -> None:
@@ -195,9 +202,13 @@ class WorkerPool:
             conn.send(("reset", seed))
         return np.concatenate(self._gather())
 
-    def run(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, noise: np.ndarray) -> list[Segment]:
+    def start(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> None:
+        """Set every worker collecting its envs' share of the batch; returns at once (see `finish`)."""
         for conn, lo, hi in zip(self.conns, self.slices[:-1], self.slices[1:], strict=True):
-            conn.send(("run", (policy, obs_norm, noise[:, lo:hi])))
+            conn.send(("run", (policy, obs_norm, shifted_noise[:, lo:hi])))
+
+    def finish(self) -> list[Segment]:
+        """Wait for the segments of the batch that `start` set going."""
         return self._gather()
 
     def close(self) -> None:
@@ -225,6 +236,21 @@ class Batch:
     episode_lengths: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Pending:
+    """A batch set going by `RolloutCollector.start`: pi_old as the envs see it, and the actor it came from."""
+
+    policy: NumpyPolicy
+    obs_norm: FrozenObsNorm
+    shifted_noise: np.ndarray  # [T, N, head_dim]
+    generator: torch.Generator
+    theta: Tensor  # the actor's parameters at start()
+
+
+def _flat_params(actor: Actor) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
+
+
 class RolloutCollector:
     """Collects batches from `num_envs` envs, in this process or in worker processes.
 
@@ -234,7 +260,8 @@ class RolloutCollector:
     """
 
     def __init__(self, spec: EnvSpec, num_envs: int, mode: str, encoder: ObsEncoder, dist: ActionDistribution,
-                 obs_norm: ObsNormalizer, reward_scaler: RewardScaler, device: torch.device, seed: int) -> None:
+                 obs_norm: ObsNormalizer, reward_scaler: RewardScaler, device: torch.device, seed: int,
+                 num_workers: int = 0) -> None:
         self.encoder = encoder
         self.dist = dist
         self.obs_norm = obs_norm
@@ -249,30 +276,59 @@ class RolloutCollector:
                 raise EnvError("vector_mode 'subprocess' cannot start env workers inside a daemonic process "
                                "(e.g. a multiprocessing.Pool worker); use vector_mode 'sync' there")
             make_env(spec).close()  # fail early, in this process, with a clear message
-            self.runner = WorkerPool(spec, num_envs, encoder, dist, min(num_envs, os.cpu_count() or 1))
+            workers = num_workers or min(num_envs, os.cpu_count() or 1)
+            self.runner = WorkerPool(spec, num_envs, encoder, dist, workers)
         else:
             if isinstance(spec, gym.Env) and num_envs != 1:
                 raise EnvError("an env instance serves only num_envs=1; pass an id or a factory")
             self.runner = EnvRunner([make_env(spec) for _ in range(num_envs)], encoder, dist, 0)
         obs_norm.update(self.runner.reset(seed))
+        self._pending: _Pending | None = None
 
     @torch.no_grad()
-    def collect(self, actor: Actor, steps: int, generator: torch.Generator) -> Batch:
-        """`steps` steps of every env with pi_old = the actor as it is now. Actions are sampled from a numpy copy
-        of the actor with noise drawn from `generator` for the whole batch at once; log pi_old(a|s) is computed
-        afterwards in one batched pass."""
-        n, d = self.num_envs, self.encoder.dim
+    def start(self, actor: Actor, steps: int, generator: torch.Generator) -> None:
+        """Freeze pi_old (a numpy copy of the actor and the observation statistics), draw the noise of the whole
+        batch from `generator`, and set the envs going. With worker processes this returns at once, so the
+        caller can fit the critic while the batch is collected (the batch does not depend on the critic)."""
+        if self._pending is not None:
+            raise RuntimeError("a batch is already being collected; call finish() first")
         policy = actor.numpy_policy()
-        noise = self.dist.noise((steps, n, self.dist.head_dim), generator).numpy()
+        noise = self.dist.noise((steps, self.num_envs, self.dist.head_dim), generator)
+        # No family's shift depends on the state (a Gaussian's log-std is a free parameter): any input will do.
+        params = tuple(p.cpu() for p in actor(torch.zeros(1, self.encoder.dim, device=self.device)))
+        shifted = self.dist.shift(params, noise).numpy()
         frozen = self.obs_norm.frozen()
         if isinstance(self.runner, WorkerPool):
-            parts = self.runner.run(policy, frozen, noise)
+            self.runner.start(policy, frozen, shifted)
+        self._pending = _Pending(policy, frozen, shifted, generator, _flat_params(actor))
+
+    @property
+    def collecting(self) -> bool:
+        """Whether `start` set a batch going that `finish` has not yet returned."""
+        return self._pending is not None
+
+    @torch.no_grad()
+    def finish(self, actor: Actor) -> Batch:
+        """The batch that `start` set going, with log pi_old(a|s) computed in one batched pass of `actor`, which
+        must still be pi_old: if its parameters changed since `start`, that batch is dropped and a new one
+        collected."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("no batch is being collected; call start() first")
+        steps, n, d = pending.shifted_noise.shape[0], self.num_envs, self.encoder.dim
+        if not torch.equal(pending.theta, _flat_params(actor)):
+            if isinstance(self.runner, WorkerPool):
+                self.runner.finish()  # collected by another policy: read and drop
+            return self.collect(actor, steps, pending.generator)
+        if isinstance(self.runner, WorkerPool):
+            parts = self.runner.finish()
         else:
-            parts = [self.runner.run(policy, frozen, noise)]
+            parts = [self.runner.run(pending.policy, pending.obs_norm, pending.shifted_noise)]
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts], axis=1)  # noqa: E731
         raw_obs, raw_next = cat("obs"), cat("next_obs")
         terminated, truncated, rewards = cat("terminated"), cat("truncated"), cat("rewards")
 
+        frozen = pending.obs_norm
         obs = torch.as_tensor(frozen(raw_obs), device=self.device)
         next_obs = torch.as_tensor(frozen(raw_next), device=self.device)
         # Every observation the envs returned from a step, final ones included.
@@ -294,5 +350,15 @@ class RolloutCollector:
             episode_lengths=[n_ for p in parts for n_ in p.episode_lengths],
         )
 
+    def collect(self, actor: Actor, steps: int, generator: torch.Generator) -> Batch:
+        """`steps` steps of every env with pi_old = the actor as it is now: `start` then `finish`."""
+        self.start(actor, steps, generator)
+        return self.finish(actor)
+
     def close(self) -> None:
+        if self._pending is not None and isinstance(self.runner, WorkerPool):
+            # Read the batch in flight: a worker blocked writing it to a full pipe would never see "close".
+            with contextlib.suppress(Exception):
+                self.runner.finish()
+        self._pending = None
         self.runner.close()

@@ -9,8 +9,9 @@ Fisher-vector product F v = J^T M J v uses.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 Params = tuple[Tensor, ...]
+Array = TypeVar("Array", np.ndarray, Tensor)
 
 
 class UnsupportedSpaceError(ValueError):
@@ -93,16 +95,28 @@ class ActionDistribution:
         """Noise for `shape[:-1]` samples (shape[-1] = head_dim), drawn ahead so that rollouts draw it once."""
         raise NotImplementedError
 
+    def shift(self, params: Params, noise: Tensor) -> Tensor:
+        """The noise as an additive shift of the head output params[0], so that a sample is
+        `pick(params[0] + shift)`. The identity but for the Gaussian (sigma * noise); since no family's shift
+        depends on the state, rollouts shift a whole batch's noise at once."""
+        return noise
+
+    def pick(self, shifted: Array) -> Array:
+        """The sample from the shifted head output. Written with operators that numpy arrays and torch tensors
+        share: rollouts call it on numpy arrays at every env step, everything else on tensors."""
+        raise NotImplementedError
+
     def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
         """A sample as a deterministic function of params and pre-drawn noise."""
-        raise NotImplementedError
+        return self.pick(params[0] + self.shift(params, noise))
 
     def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
         head = params[0]
         return self.sample_with_noise(params, self.noise(tuple(head.shape), generator, head.device, head.dtype))
 
     def mode(self, params: Params) -> Tensor:
-        raise NotImplementedError
+        """The most likely action: the sample with zero shift."""
+        return self.pick(params[0])
 
     def log_prob(self, params: Params, actions: Tensor) -> Tensor:
         raise NotImplementedError
@@ -118,9 +132,13 @@ class ActionDistribution:
         """M(params) @ tangent per sample, M the Hessian of KL(params || .) at params."""
         raise NotImplementedError
 
-    def to_env(self, actions: Tensor) -> np.ndarray:
-        """Actions as the env expects them (clipped to Box bounds here, never in log_prob)."""
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        """Actions [B, ...] as the env expects them (clipped to Box bounds here, never in log_prob)."""
         raise NotImplementedError
+
+    def to_env_list(self, actions: np.ndarray) -> list[Any]:
+        """`to_env` as one action per env, in the form the env checks fastest."""
+        return list(self.to_env(actions))
 
 
 class _TupleHead(nn.Module):
@@ -174,11 +192,8 @@ class Categorical(ActionDistribution):
               dtype: torch.dtype = torch.float32) -> Tensor:
         return _gumbel(shape, generator, device, dtype)
 
-    def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
-        return (params[0] + noise).argmax(-1)
-
-    def mode(self, params: Params) -> Tensor:
-        return params[0].argmax(-1)
+    def pick(self, shifted: Array) -> Array:
+        return shifted.argmax(-1)  # Gumbel-max
 
     def log_prob(self, params: Params, actions: Tensor) -> Tensor:
         logp = torch.log_softmax(params[0], dim=-1)
@@ -193,8 +208,12 @@ class Categorical(ActionDistribution):
     def fisher_metric_product(self, params: Params, tangent: Params) -> Params:
         return (_categorical_metric(params[0], tangent[0]),)
 
-    def to_env(self, actions: Tensor) -> np.ndarray:
-        return actions.cpu().numpy().astype(np.int64) + self.start
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        return actions.astype(np.int64) + self.start
+
+    def to_env_list(self, actions: np.ndarray) -> list[Any]:
+        # Python ints: Discrete.contains (which envs such as CartPole assert) checks them ~10x faster than numpy's.
+        return self.to_env(actions).tolist()
 
 
 class MultiCategorical(ActionDistribution):
@@ -206,6 +225,7 @@ class MultiCategorical(ActionDistribution):
         self.sizes = [int(n) for n in space.nvec]
         self.start = np.asarray(space.start, dtype=np.int64)
         self.head_dim = sum(self.sizes)
+        self.bounds = [0, *itertools.accumulate(self.sizes)]
 
     def _split(self, logits: Tensor) -> tuple[Tensor, ...]:
         return torch.split(logits, self.sizes, dim=-1)
@@ -214,11 +234,9 @@ class MultiCategorical(ActionDistribution):
               dtype: torch.dtype = torch.float32) -> Tensor:
         return _gumbel(shape, generator, device, dtype)
 
-    def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
-        return torch.stack([lg.argmax(-1) for lg in self._split(params[0] + noise)], dim=-1)
-
-    def mode(self, params: Params) -> Tensor:
-        return torch.stack([lg.argmax(-1) for lg in self._split(params[0])], dim=-1)
+    def pick(self, shifted: Array) -> Array:
+        picks = [shifted[..., lo:hi].argmax(-1) for lo, hi in itertools.pairwise(self.bounds)]
+        return torch.stack(picks, -1) if isinstance(shifted, Tensor) else np.stack(picks, -1)
 
     def log_prob(self, params: Params, actions: Tensor) -> Tensor:
         parts = [
@@ -238,8 +256,8 @@ class MultiCategorical(ActionDistribution):
         pairs = zip(self._split(params[0]), self._split(tangent[0]), strict=True)
         return (torch.cat([_categorical_metric(lg, t) for lg, t in pairs], dim=-1),)
 
-    def to_env(self, actions: Tensor) -> np.ndarray:
-        return actions.cpu().numpy().astype(np.int64) + self.start
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        return actions.astype(np.int64) + self.start
 
 
 class Bernoulli(ActionDistribution):
@@ -255,11 +273,11 @@ class Bernoulli(ActionDistribution):
         u = torch.rand(shape, generator=generator, device=device, dtype=dtype).clamp_(1e-30, 1 - 1e-7)
         return torch.log(u) - torch.log1p(-u)
 
-    def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
-        return (params[0] > noise).to(params[0].dtype)
+    def shift(self, params: Params, noise: Tensor) -> Tensor:
+        return -noise  # logits > L  <=>  logits - L > 0
 
-    def mode(self, params: Params) -> Tensor:
-        return (params[0] > 0).to(params[0].dtype)
+    def pick(self, shifted: Array) -> Array:
+        return shifted > 0  # bool; log_prob and to_env take it as 0/1
 
     def log_prob(self, params: Params, actions: Tensor) -> Tensor:
         logits = params[0]
@@ -281,8 +299,8 @@ class Bernoulli(ActionDistribution):
         p = torch.sigmoid(params[0])
         return (p * (1 - p) * tangent[0],)
 
-    def to_env(self, actions: Tensor) -> np.ndarray:
-        return actions.cpu().numpy().astype(np.int8).reshape((-1, *self.shape))
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        return actions.astype(np.int8).reshape((-1, *self.shape))
 
 
 class _GaussianHead(nn.Module):
@@ -316,12 +334,11 @@ class DiagGaussian(ActionDistribution):
               dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
-    def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
-        mean, log_std = params
-        return mean + log_std.exp() * noise
+    def shift(self, params: Params, noise: Tensor) -> Tensor:
+        return params[1].exp() * noise  # sigma * eps
 
-    def mode(self, params: Params) -> Tensor:
-        return params[0]
+    def pick(self, shifted: Array) -> Array:
+        return shifted  # mean + sigma * eps
 
     def log_prob(self, params: Params, actions: Tensor) -> Tensor:
         mean, log_std = params
@@ -342,9 +359,9 @@ class DiagGaussian(ActionDistribution):
         log_std = params[1]
         return torch.exp(-2 * log_std) * tangent[0], 2.0 * tangent[1]
 
-    def to_env(self, actions: Tensor) -> np.ndarray:
-        arr = actions.detach().cpu().numpy().astype(np.float64)
-        arr = np.clip(arr, self.low, self.high)
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        # minimum/maximum rather than np.clip: the same values, a fraction of the call overhead per env step.
+        arr = np.minimum(np.maximum(actions.astype(np.float64), self.low), self.high)
         return arr.reshape((-1, *self.shape)).astype(self.dtype)
 
 
