@@ -46,10 +46,11 @@ class Scenario:
 
 
 def hopper_like_for_like() -> dict[str, Any]:
-    # The same settings as sb3 (rl-zoo), with max_kl on the joint KL matching sb3's per-dimension mean:
-    # 0.01 x 3 action dimensions (shared/ANCHORS.md). Everything else as sb3: sync envs in one process.
+    # The same settings as sb3 (rl-zoo). sb3-contrib's KL is a mean over Hopper's 3 action dimensions, so its
+    # Fisher matrix is F / 3 and it solves (F / 3 + 0.1 I) x = g, i.e. (F + 0.3 I) x = 3 g: on trpo's joint KL
+    # that is max_kl 0.01 x 3 and cg_damping 0.1 x 3. Everything else as sb3: sync envs in one process.
     return dict(num_envs=2, steps_per_env=1024, value_minibatch=128, gamma=0.99, gae_lambda=0.95, cg_iters=25,
-                cg_damping=0.1, value_epochs=20, value_lr=1e-3, max_kl=0.03, normalize_obs=True,
+                cg_damping=0.3, value_epochs=20, value_lr=1e-3, max_kl=0.03, normalize_obs=True,
                 normalize_reward=True, vector_mode="sync", fisher_subsample=1)
 
 
@@ -57,7 +58,9 @@ SCENARIOS = {
     "hopper-preset": Scenario("Hopper-v5, trpo's shipped preset vs sb3-contrib rl-zoo settings", "Hopper-v5",
                               SB3_MUJOCO, {}, "trpo: its Hopper preset as shipped", updates=15),
     "hopper-like": Scenario("Hopper-v5, like for like (rl-zoo MuJoCo settings on both)", "Hopper-v5", SB3_MUJOCO,
-                            hopper_like_for_like(), "trpo: same settings, max_kl 0.03 joint = sb3's 0.01 per dim",
+                            hopper_like_for_like(),
+                            "trpo: same settings; max_kl 0.03 and cg_damping 0.3 on the joint KL = sb3's 0.01 and "
+                            "0.1 on the per-dimension mean",
                             updates=15),
     "cartpole-preset": Scenario("CartPole-v1, trpo's shipped preset vs sb3-contrib rl-zoo settings", "CartPole-v1",
                                 SB3_CARTPOLE, {}, "trpo: its CartPole preset as shipped", updates=40),
@@ -144,7 +147,7 @@ def run_trpo(env_id: str, overrides: dict[str, Any], updates: int, seed: int) ->
             "value": sum(r["time_value"] for r in hist) / len(hist),
             "config": {k: v for k, v in config.to_dict().items() if k in (
                 "num_envs", "steps_per_env", "vector_mode", "cg_iters", "value_epochs", "value_minibatch",
-                "max_kl", "fisher_product", "fisher_subsample")}}
+                "max_kl", "fisher_product", "fisher_subsample", "num_workers")}}
 
 
 def run_sb3(env_id: str, settings: dict[str, Any], updates: int, seed: int) -> dict[str, Any]:
@@ -236,9 +239,13 @@ def returns_trpo(env_id: str, steps: int, seed: int) -> dict[str, Any]:
     import torch
 
     from trpo import TRPO
+    from trpo.config import resolve_config
 
     torch.set_num_threads(1)
-    agent = TRPO(env_id, seed=seed)  # the shipped preset
+    # The shipped preset, with its envs stepped in this process: the same run as with its worker processes
+    # (tested bit for bit), on one core, so that two trainings at a time do not overload a 2-core machine.
+    config, _ = resolve_config(env_id, "auto", overrides={"vector_mode": "sync"})
+    agent = TRPO(env_id, config=config, seed=seed)
     start = time.perf_counter()
     agent.learn(steps)
     seconds = time.perf_counter() - start
@@ -272,22 +279,27 @@ def returns_sb3(env_id: str, settings: dict[str, Any], steps: int, seed: int) ->
     return {"lib": "sb3-contrib", "seed": seed, "mean_return": float(mean), "seconds": seconds}
 
 
-def returns_check(env_id: str, steps: int, seeds: list[int]) -> None:
+def returns_check(env_id: str, steps: int, seeds: list[int], libs: list[str], json_path: str | None) -> None:
     """Train trpo's shipped preset and sb3-contrib's rl-zoo settings on the same seeds and budget; compare the
-    final deterministic 10-episode evaluations. Runs two trainings at a time."""
+    final deterministic 10-episode evaluations. Runs two single-process trainings at a time."""
     import numpy as np
+    from learning import iqm  # benchmarks/learning.py, beside this script
 
     sb3 = SB3_MUJOCO if env_id != "CartPole-v1" else SB3_CARTPOLE
     with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
-        jobs = [pool.submit(returns_trpo, env_id, steps, seed) for seed in seeds]
-        jobs += [pool.submit(returns_sb3, env_id, sb3, steps, seed) for seed in seeds]
+        jobs = [pool.submit(returns_trpo, env_id, steps, seed) for seed in seeds if "trpo" in libs]
+        jobs += [pool.submit(returns_sb3, env_id, sb3, steps, seed) for seed in seeds if "sb3" in libs]
         results = [job.result() for job in jobs]
     print(f"\n## Returns at {steps:,} steps on {env_id} (deterministic, 10 episodes; trpo preset vs sb3 rl-zoo)")
-    print("| library | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
-    print("|---|" + "---|" * (len(seeds) + 1))
+    print("| library | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | IQM |")
+    print("|---|" + "---|" * (len(seeds) + 2))
     for lib in ("trpo", "sb3-contrib"):
         rets = [r["mean_return"] for r in results if r["lib"] == lib]
-        print(f"| {lib} | " + " | ".join(f"{x:.0f}" for x in rets) + f" | {np.mean(rets):.0f} |")
+        if rets:
+            print(f"| {lib} | " + " | ".join(f"{x:.0f}" for x in rets) + f" | {np.mean(rets):.0f} | {iqm(rets):.0f} |")
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(results, fh, indent=1)
 
 
 def main() -> None:
@@ -299,9 +311,11 @@ def main() -> None:
     parser.add_argument("--returns", type=int, default=0, metavar="STEPS",
                         help="instead: train both on Hopper-v5 for STEPS on --seeds and compare returns")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--libs", nargs="+", choices=["trpo", "sb3"], default=["trpo", "sb3"],
+                        help="with --returns: which libraries to train")
     args = parser.parse_args()
     if args.returns:
-        returns_check("Hopper-v5", args.returns, args.seeds)
+        returns_check("Hopper-v5", args.returns, args.seeds, args.libs, args.json)
         return
 
     import sb3_contrib

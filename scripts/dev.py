@@ -53,7 +53,7 @@ def setup(extras: str) -> Path:
         if index:
             run(*pip, "torch", "--index-url", index)
         elif has_gpu():
-            run(*pip, "torch>=2.1,<3")
+            run(*pip, "torch>=2.4,<3")
         else:
             run(*pip, CPU_TORCH)
     run(*pip, "-e", f".[{extras}]" if extras else ".")

@@ -221,9 +221,10 @@ def test_env_instance_and_factory_are_accepted() -> None:
         TRPO(gym.make("CartPole-v1"), config=SMALL.replace(num_envs=1, vector_mode="subprocess"), seed=0).learn(256)
 
 
-@pytest.mark.parametrize("env_id,num_envs", [("CartPole-v1", 3), ("Pendulum-v1", 2)])
-def test_subprocess_workers_give_the_same_run_as_sync(env_id: str, num_envs: int) -> None:
-    cfg = SMALL.replace(num_envs=num_envs, normalize_obs=True, normalize_reward=True)
+@pytest.mark.parametrize("env_id,num_envs,num_workers", [("CartPole-v1", 3, 0), ("Pendulum-v1", 2, 0),
+                                                          ("CartPole-v1", 3, 1)])
+def test_subprocess_workers_give_the_same_run_as_sync(env_id: str, num_envs: int, num_workers: int) -> None:
+    cfg = SMALL.replace(num_envs=num_envs, num_workers=num_workers, normalize_obs=True, normalize_reward=True)
     rows = []
     for mode in ("sync", "subprocess"):
         agent = TRPO(env_id, config=cfg.replace(vector_mode=mode), seed=0)

@@ -43,6 +43,8 @@ def test_preset_precedence_and_errors() -> None:
         resolve_config("CartPole-v1", file_values={"max_kll": 0.1})
     with pytest.raises(ConfigError, match="gamma must lie in"):
         TRPOConfig(gamma=1.5)
+    with pytest.raises(ConfigError, match="num_workers must be <= num_envs"):
+        TRPOConfig(num_envs=2, num_workers=3)
     for values in PRESETS.values():
         TRPOConfig(**values)  # every preset is a valid config
 

@@ -248,9 +248,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # rl-zoo's TRPO settings (shared/ANCHORS.md); max_kl bounds the joint KL over action dimensions here.
     # CartPole departs from rl-zoo in gae_lambda (0.98 -> 0.95) and cg_damping (1e-3 -> 0.1): with rl-zoo's
     # values 2 of 6 seeds ended below 475 at 100k steps, with these 11 of 12 reach 500 (README, Learning).
+    # Both envs step in one worker process, collecting the next batch while this process fits the critic: one
+    # job per core (the same run as stepping them here, only faster).
     "CartPole": dict(
         num_envs=2, steps_per_env=512, value_minibatch=512, cg_damping=0.1, gae_lambda=0.95, gamma=0.99,
-        value_lr=1e-3, value_epochs=20,
+        value_lr=1e-3, value_epochs=20, vector_mode="subprocess", num_workers=1,
     ),
     "Pendulum": dict(num_envs=2, steps_per_env=1024, gamma=0.9, value_epochs=15),
     "Acrobot": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024),
@@ -258,7 +260,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "MountainCarContinuous": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024),
     # Hopper departs from rl-zoo for speed (benchmarks/speed.py; returns checked against sb3-contrib there):
     # worker processes for the envs, Fisher-vector products on every 4th sample, 10 critic epochs of 256.
-    # max_kl 0.03 on the joint KL is sb3-contrib's 0.01 per action dimension (3 dimensions).
+    # max_kl 0.03 on the joint KL is sb3-contrib's 0.01 per action dimension (3 dimensions). sb3-contrib also
+    # damps 3x more (0.1 on F / 3); cg_damping 0.3 gave the same returns on 10 seeds (docs/benchmarks.md).
     "Hopper": dict(_MUJOCO, max_kl=0.03, vector_mode="subprocess", fisher_subsample=4, value_epochs=10,
                    value_minibatch=256),
     "Walker2d": dict(_MUJOCO),

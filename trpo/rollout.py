@@ -8,6 +8,7 @@ bootstrap from V(final obs) while a termination does not.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import multiprocessing as mp
 import os
@@ -180,6 +181,11 @@ class WorkerPool:
         self.conns: list[Connection] = []
         self.procs = []
         first = 0
+        if ctx.get_start_method() == "fork":
+            # As Python's gc docs advise before fork(): move every object alive now out of the collector's reach,
+            # so that neither side's collections write to the pages they share (copy-on-write would duplicate
+            # them; ~15 MiB less memory in all here). Those objects are never collected afterwards.
+            gc.freeze()
         for size in sizes:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, spec, size, first, encoder, dist), daemon=True)

@@ -2,7 +2,8 @@
 
 A distribution is described by a tuple of parameter tensors with the batch on dim 0 ("params"):
 categorical/Bernoulli logits, or a Gaussian's (mean, log_std). Each family implements, as pure functions of
-params: sampling, mode, log-probability, entropy, KL(old || new), and the product with its Fisher metric M
+params: sampling (as pick(params[0] + shift), so that rollouts can sample in numpy with noise shifted per batch),
+mode, log-probability, entropy, KL(old || new), and the product with its Fisher metric M
 (the Hessian of KL(p_old || p) in the distribution parameters at p = p_old), which the Gauss-Newton
 Fisher-vector product F v = J^T M J v uses.
 """

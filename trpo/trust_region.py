@@ -55,19 +55,28 @@ class Linearization:
 
 def autograd_linearization(params_fn: Callable[[Vector], Params], theta: Vector) -> Linearization:
     """J v and J^T u for any differentiable params_fn, from one forward pass: J^T u from the retained graph,
-    J v by differentiating the linear map u -> J^T u with respect to u ("double vjp")."""
+    J v by differentiating the linear map u -> J^T u with respect to u ("double vjp").
+
+    Each product differentiates a scalar, <outputs, u> or <J^T u, v>, rather than passing grad_outputs: the
+    gradients are the same, bit for bit, but torch imports sympy (~40 MiB) the first time grad_outputs are given.
+    """
     theta = theta.detach().requires_grad_(True)
     outputs = params_fn(theta)
     dummies = tuple(torch.zeros_like(o, requires_grad=True) for o in outputs)
-    (jt_dummy,) = torch.autograd.grad(outputs, theta, dummies, create_graph=True)
+    (jt_dummy,) = torch.autograd.grad(_inner(outputs, dummies), theta, create_graph=True)
 
     def jvp(v: Vector) -> Params:
-        return torch.autograd.grad(jt_dummy, dummies, v, retain_graph=True)
+        return torch.autograd.grad(jt_dummy @ v, dummies, retain_graph=True)
 
     def vjp(u: Params) -> Vector:
-        return torch.autograd.grad(outputs, theta, u, retain_graph=True)[0]
+        return torch.autograd.grad(_inner(outputs, u), theta, retain_graph=True)[0]
 
     return Linearization(tuple(o.detach() for o in outputs), jvp, vjp)
+
+
+def _inner(a: Params, b: Params) -> Tensor:
+    """sum_i <a_i, b_i>: its gradient in a is b, exactly."""
+    return sum(((x * y).sum() for x, y in zip(a, b, strict=True)), torch.zeros((), device=a[0].device))
 
 
 def gauss_newton_fvp(
