@@ -62,11 +62,16 @@ SCENARIOS = {
                             "trpo: same settings; max_kl 0.03 and cg_damping 0.3 on the joint KL = sb3's 0.01 and "
                             "0.1 on the per-dimension mean",
                             updates=15),
+    "hopper-like-workers": Scenario("Hopper-v5, like for like, trpo's envs in worker processes", "Hopper-v5",
+                                    SB3_MUJOCO, {**hopper_like_for_like(), "vector_mode": "subprocess"},
+                                    "trpo: the settings above; its 2 envs in 2 worker processes, which collect the "
+                                    "next batch during the value fit", updates=15),
     "cartpole-preset": Scenario("CartPole-v1, trpo's shipped preset vs sb3-contrib rl-zoo settings", "CartPole-v1",
                                 SB3_CARTPOLE, {}, "trpo: its CartPole preset as shipped", updates=40),
     "cartpole-like": Scenario("CartPole-v1, like for like (rl-zoo CartPole settings on both)", "CartPole-v1",
                               SB3_CARTPOLE, dict(num_envs=2, steps_per_env=512, value_minibatch=512, gae_lambda=0.98,
-                                                 cg_damping=1e-3, value_epochs=20, cg_iters=15, vector_mode="sync"),
+                                                 cg_damping=1e-3, value_epochs=20, cg_iters=15, vector_mode="sync",
+                                                 num_workers=0),
                               "trpo: same settings", updates=40),
 }
 

@@ -247,9 +247,7 @@ class TRPO:
             order = torch.randperm(n, generator=self.shuffle_gen).to(obs.device)
             for start in range(0, n, cfg.value_minibatch):
                 idx = order[start : start + cfg.value_minibatch]
-                loss = (self.critic(obs[idx]) - targets[idx]).pow(2).mean()
-                self.critic_optimizer.zero_grad()
-                loss.backward()
+                self.critic.mse_backward(obs[idx], targets[idx])  # grads of mean (V - target)^2
                 self.critic_optimizer.step()
         with torch.no_grad():
             return float((self.critic(obs) - targets).pow(2).mean())
