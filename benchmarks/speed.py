@@ -71,7 +71,7 @@ SCENARIOS = {
     "cartpole-like": Scenario("CartPole-v1, like for like (rl-zoo CartPole settings on both)", "CartPole-v1",
                               SB3_CARTPOLE, dict(num_envs=2, steps_per_env=512, value_minibatch=512, gae_lambda=0.98,
                                                  cg_damping=1e-3, value_epochs=20, cg_iters=15, vector_mode="sync",
-                                                 num_workers=0),
+                                                 num_workers=0, fisher_subsample=1),
                               "trpo: same settings", updates=40),
 }
 
