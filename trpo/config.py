@@ -37,9 +37,9 @@ class TRPOConfig:
     steps_per_env: int = 2048
     """Environment steps per env per update; a batch holds num_envs * steps_per_env transitions."""
     vector_mode: VectorMode = "sync"
-    """'sync' steps all envs in this process; 'subprocess' splits them over worker processes (one per core at
-    most), each collecting its share of the batch with a copy of the frozen policy, while this process fits the
-    critic on the previous batch. Bit-identical runs either way."""
+    """'sync' steps all envs in this process; 'subprocess' splits them over worker processes (num_workers), each
+    collecting its share of the batch with a copy of the frozen policy, while this process fits the critic on the
+    previous batch. Bit-identical runs either way."""
     num_workers: int = 0
     """Worker processes for vector_mode 'subprocess' (0: one per env, at most one per core). Fewer leave a core
     to this process's value fit, which overlaps the collection."""
