@@ -11,7 +11,8 @@ resident memory of the process tree, and the ratio trpo / sb3-contrib. It also p
 with both cores stepping random actions: the physical limit, and the fraction of it each library reaches.
 
 sb3-contrib's phases are timed by wrapping its collect_rollouts() and train(); the value fit starts at the
-first predict_values() call inside train(). Both libraries run with torch.set_num_threads(1), on the CPU.
+first predict_values() call inside train(). Both libraries run with torch.set_num_threads(1), on the CPU. With
+worker processes trpo collects the next batch during its value fit, so its "rollout" is the time left waiting.
 """
 
 from __future__ import annotations
