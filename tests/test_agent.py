@@ -3,6 +3,7 @@ determinism, save/load, every supported space, rollouts that keep truncation and
 
 from __future__ import annotations
 
+import gc
 import math
 
 import gymnasium as gym
@@ -278,6 +279,7 @@ def test_close_with_a_batch_in_flight_stops_the_workers_cleanly() -> None:
     procs = collector.runner.procs
     agent.close()
     assert [p.exitcode for p in procs] == [0] * len(procs)  # exited on "close", not killed after the timeout
+    assert gc.get_freeze_count() == 0  # objects frozen before forking the workers are collectable again
 
 
 def _train_in_daemon() -> str:

@@ -181,10 +181,11 @@ class WorkerPool:
         self.conns: list[Connection] = []
         self.procs = []
         first = 0
-        if ctx.get_start_method() == "fork":
+        self.froze_gc = ctx.get_start_method() == "fork"
+        if self.froze_gc:
             # As Python's gc docs advise before fork(): move every object alive now out of the collector's reach,
             # so that neither side's collections write to the pages they share (copy-on-write would duplicate
-            # them; ~15 MiB less memory in all here). Those objects are never collected afterwards.
+            # them; ~15 MiB less memory in all here). close() hands them back to the collector.
             gc.freeze()
         for size in sizes:
             parent, child = ctx.Pipe()
@@ -225,6 +226,9 @@ class WorkerPool:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
+        if self.froze_gc:
+            gc.unfreeze()  # so that objects frozen at start can be collected once garbage
+            self.froze_gc = False
 
 
 @dataclass
