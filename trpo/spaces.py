@@ -223,20 +223,21 @@ class MultiCategorical(ActionDistribution):
     def __init__(self, space: spaces.MultiDiscrete) -> None:
         if space.nvec.ndim != 1:
             raise UnsupportedSpaceError(f"unsupported action space {space!r}: only 1-D MultiDiscrete is supported")
-        self.sizes = [int(n) for n in space.nvec]
+        sizes = [int(n) for n in space.nvec]
         self.start = np.asarray(space.start, dtype=np.int64)
-        self.head_dim = sum(self.sizes)
-        self.bounds = [0, *itertools.accumulate(self.sizes)]
+        self.head_dim = sum(sizes)
+        self.bounds = [0, *itertools.accumulate(sizes)]
 
-    def _split(self, logits: Tensor) -> tuple[Tensor, ...]:
-        return torch.split(logits, self.sizes, dim=-1)
+    def _split(self, logits: Array) -> list[Array]:
+        """The logits of each sub-action (views; numpy or torch)."""
+        return [logits[..., lo:hi] for lo, hi in itertools.pairwise(self.bounds)]
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> Tensor:
         return _gumbel(shape, generator, device, dtype)
 
     def pick(self, shifted: Array) -> Array:
-        picks = [shifted[..., lo:hi].argmax(-1) for lo, hi in itertools.pairwise(self.bounds)]
+        picks = [logits.argmax(-1) for logits in self._split(shifted)]
         return torch.stack(picks, -1) if isinstance(shifted, Tensor) else np.stack(picks, -1)
 
     def log_prob(self, params: Params, actions: Tensor) -> Tensor:
