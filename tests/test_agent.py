@@ -259,11 +259,12 @@ def test_a_batch_set_going_before_the_actor_changed_is_collected_again(mode: str
     batch is dropped and collected anew with the new actor."""
     agent = TRPO("CartPole-v1", config=SMALL.replace(vector_mode=mode), seed=0)
     collector = agent._collector_or_new()
-    collector.start(agent.actor, 64, agent.sample_gen)
-    with torch.no_grad():
-        for p in agent.actor.parameters():
-            p.add_(0.5)
+    collector.start(agent.actor, 64, agent.sample_gen)  # the initial, near-uniform policy
+    with torch.no_grad():  # a policy that pushes right (action 1) with probability ~1
+        agent.actor.head.linear.weight.zero_()
+        agent.actor.head.linear.bias.copy_(torch.tensor([-30.0, 30.0]))
     batch = collector.finish(agent.actor)
+    assert bool((batch.actions == 1).all())  # acted by the new policy, not the one at start()
     flat_obs = batch.obs.reshape(-1, batch.obs.shape[-1])
     with torch.no_grad():
         expected = agent.dist.log_prob(agent.actor(flat_obs), batch.actions.reshape(-1))
@@ -273,9 +274,9 @@ def test_a_batch_set_going_before_the_actor_changed_is_collected_again(mode: str
 
 
 def test_close_with_a_batch_in_flight_stops_the_workers_cleanly() -> None:
-    agent = TRPO("Hopper-v5", config=SMALL.replace(vector_mode="subprocess", steps_per_env=1024), seed=0)
+    agent = TRPO("Hopper-v5", config=SMALL.replace(vector_mode="subprocess"), seed=0)
     collector = agent._collector_or_new()
-    collector.start(agent.actor, 1024, agent.sample_gen)  # a segment larger than a pipe's buffer
+    collector.start(agent.actor, 8192, agent.sample_gen)  # ~0.8 MB a worker: more than a socket pair buffers
     procs = collector.runner.procs
     agent.close()
     assert [p.exitcode for p in procs] == [0] * len(procs)  # exited on "close", not killed after the timeout
