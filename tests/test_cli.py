@@ -121,23 +121,58 @@ BAD_INPUTS = [
     (["train", "--num-envs", "0"], "num_envs must be a positive integer"),
     (["train", "--max-kl", "abc"], "max_kl: cannot read 'abc'"),
     (["train", "--advantage", "bogus"], "advantage must be one of"),
+    (["train", "--seed", "-1"], "seed must be a non-negative integer"),
+    (["train", "--seed", "abc"], "seed must be an integer"),
+    (["train", "--device", "mps"], "MPS is not available"),
     (["train", "--preset", "Nope"], "unknown preset 'Nope'"),
     (["train", "--config", "missing.yaml"], "config file not found"),
     (["train", "--resume", "no_such_run"], "not a run directory"),
+    (["train", "--total-step", "100"], "unrecognized arguments: --total-step 100; did you mean --total-steps?"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus (see 'trpo train --help')"),
+    (["eval", "x.pt", "--bogus"], "unrecognized arguments: --bogus (see 'trpo eval --help')"),
+    (["trian"], "invalid choice: 'trian'"),
     (["eval", "missing.pt"], "checkpoint not found"),
     (["train", "--env", "trpo_testenvs:NanObs-v0", "--total-steps", "1000"], "non-finite observation"),
     (["train", "--env", "trpo_testenvs:NanReward-v0", "--total-steps", "1000"], "non-finite reward"),
+    # The user's own env failing, in this process and in worker processes alike.
+    (["train", "--env", "trpo_testenvs:RaisesInInit-v0"], "RuntimeError: the simulator failed to start"),
+    (["train", "--env", "trpo_testenvs:RaisesInStep-v0"], "env 0 raised RuntimeError in step(): the simulator"),
+    (["train", "--env", "trpo_testenvs:RaisesInStep-v0", "--vector-mode", "subprocess", "--num-envs", "2"],
+     "raised RuntimeError in step(): the simulator diverged"),
+    (["train", "--env", "trpo_testenvs:WrongShapeObs-v0"], "env 0 raised ValueError in step()"),
 ]
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_exits_nonzero_with_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
-    extra = ["--run-dir", str(tmp_path / "run"), "--no-progress"] if args[0] == "train" else []
+    extra = ["--run-dir", str(tmp_path / "run"), "--no-progress"] if args[:2] != ["train", "--resume"] and \
+        args[0] == "train" else []
     res = trpo(*args, *extra, cwd=tmp_path)
-    assert res.returncode != 0
+    assert res.returncode == 2
     assert "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("trpo: error:")]
     assert len(lines) == 1 and message in lines[0], res.stderr
+    assert not list(tmp_path.rglob("*.pt")), "a failed run wrote a checkpoint"
+
+
+def test_bad_files_and_run_dirs_are_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir.yaml").mkdir()
+    (tmp_path / "env5.yaml").write_text("env: 5\n")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    cases = [
+        (["train", "--run-dir", "a_file"], "a_file exists and is not a directory"),
+        (["train", "--config", "a_dir.yaml"], "Is a directory"),
+        (["train", "--config", "env5.yaml"], "env must be an env id string, got 5"),
+        (["train", "--config", "list.yaml"], "must hold a mapping"),
+        (["eval", str(tmp_path)], "no checkpoint in run directory"),
+        (["train", "--run-dir", "a_file/run"], "Not a directory"),
+    ]
+    for args, message in cases:
+        res = trpo(*args, "--no-progress" if args[0] == "train" else "--json", cwd=tmp_path)
+        lines = [ln for ln in res.stderr.splitlines() if ln.startswith("trpo: error:")]
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (args, res.stderr)
+        assert len(lines) == 1 and message in lines[0], (args, res.stderr)
 
 
 def test_corrupt_checkpoint_is_reported_and_debug_shows_the_traceback(tmp_path: Path) -> None:
@@ -150,30 +185,55 @@ def test_corrupt_checkpoint_is_reported_and_debug_shows_the_traceback(tmp_path: 
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-def test_failed_run_does_not_overwrite_a_good_checkpoint(tmp_path: Path) -> None:
+def test_a_used_run_dir_is_refused_and_overwrite_starts_it_anew(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    ok = trpo("train", "--total-steps", "256", "--run-dir", str(run), *FAST)
+    ok = trpo("train", "--total-steps", "512", "--run-dir", str(run), *FAST)
     assert ok.returncode == 0, ok.stderr
-    good = (run / "final.pt").read_bytes()
-    bad = trpo("train", "--env", "trpo_testenvs:NanObs-v0", "--total-steps", "1000", "--run-dir", str(run),
-               "--no-progress")
-    assert bad.returncode != 0
-    assert (run / "final.pt").read_bytes() == good
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = trpo("train", "--total-steps", "256", "--run-dir", str(run), *FAST)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    (line,) = [ln for ln in again.stderr.splitlines() if ln.startswith("trpo: error:")]
+    assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
+    (run / "notes.txt").write_text("mine")  # not a run file: --overwrite leaves it
+    fresh = trpo("train", "--total-steps", "256", "--run-dir", str(run), "--overwrite", "--seed", "5", *FAST)
+    assert fresh.returncode == 0, fresh.stderr
+    assert [r["update"] for r in metrics(run)] == [1]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert torch.load(run / "final.pt", weights_only=True)["seed"] == 5
+    assert (run / "notes.txt").read_text() == "mine"
 
 
-def test_help_lists_every_config_field() -> None:
-    from dataclasses import fields
+def test_default_run_dirs_never_collide(tmp_path: Path) -> None:
+    from trpo.checkpoint import unique_run_dir
 
-    from trpo import TRPOConfig
+    base = tmp_path / "runs" / "CartPole-v1-s0-20261122-120000"
+    made = [unique_run_dir(base) for _ in range(3)]
+    assert [p.name for p in made] == [base.name, base.name + "-2", base.name + "-3"]
+    assert all(p.is_dir() for p in made)
+    res = trpo("train", "--total-steps", "256", *FAST, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("CartPole-v1-s0-") and p not in made]
+    assert (run / "final.pt").is_file()
 
-    res = trpo("train", "--help")
-    assert res.returncode == 0
-    for f in fields(TRPOConfig):
-        assert "--" + f.name.replace("_", "-") in res.stdout
+
+def test_version_and_choices_in_help() -> None:
+    from trpo import __version__
+
+    res = trpo("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"trpo {__version__}"
+    help_text = " ".join(trpo("train", "--help").stdout.split())
+    for flag, choices in [("--activation", "{tanh,relu}"), ("--advantage", "{gae,td,return}"),
+                          ("--update-rule", "{trpo,npg}"), ("--fisher-product", "{gauss_newton,hessian}"),
+                          ("--vector-mode", "{sync,subprocess}")]:
+        assert f"{flag} {choices}" in help_text, flag
+    assert "--overwrite" in help_text
 
 
-def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present: --device cuda is valid here")
-    res = trpo("train", "--device", "cuda", "--run-dir", str(tmp_path / "run"), "--no-progress")
-    assert res.returncode != 0 and "CUDA is not available" in res.stderr and "Traceback" not in res.stderr
+def test_output_into_a_closed_pipe_stops_quietly() -> None:
+    # `true` exits without reading, long before trpo has imported torch: the first write meets a closed pipe.
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    res = subprocess.run(f"{sys.executable} -m trpo.cli presets | true; echo ${{PIPESTATUS[0]}}", shell=True,
+                         capture_output=True, text=True, env=env, executable="/bin/bash")
+    assert res.stdout == "141\n"  # 128 + SIGPIPE, as Unix tools exit when their reader leaves
+    assert res.stderr == "", res.stderr  # no traceback, no error line: the reader chose to stop

@@ -41,7 +41,8 @@ class SpacesEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
         super().reset(seed=seed)
-        self.observation_space.seed(seed)
+        if seed is not None:  # autoresets pass None: the observations go on from the seeded stream
+            self.observation_space.seed(seed)
         self.t = 0
         return self.observation_space.sample(), {}
 
@@ -73,6 +74,30 @@ class BadValuesEnv(gym.Env):
         return obs, reward, False, self.t >= 50, {}
 
 
+class FaultyEnv(gym.Env):
+    """A user's env with a bug: raises in __init__, raises in step(), or returns an observation of the wrong
+    shape, after `after` steps."""
+
+    def __init__(self, fault: str, after: int = 5) -> None:
+        if fault == "init":
+            raise RuntimeError("the simulator failed to start")
+        self.observation_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.fault, self.after, self.t = fault, after, 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        if self.t > self.after and self.fault == "step":
+            raise RuntimeError("the simulator diverged")
+        obs = np.zeros(3 if self.t > self.after else 2, np.float32)
+        return obs, 0.0, False, self.t >= 50, {}
+
+
 def _register() -> None:
     registry = gym.envs.registration.registry
     entries: dict[str, dict[str, Any]] = {
@@ -83,6 +108,9 @@ def _register() -> None:
         ),
         "NanObs-v0": dict(entry_point=lambda: BadValuesEnv("obs")),
         "NanReward-v0": dict(entry_point=lambda: BadValuesEnv("reward")),
+        "RaisesInInit-v0": dict(entry_point=lambda: FaultyEnv("init")),
+        "RaisesInStep-v0": dict(entry_point=lambda: FaultyEnv("step")),
+        "WrongShapeObs-v0": dict(entry_point=lambda: FaultyEnv("shape")),
         "MultiDiscreteAct-v0": dict(
             entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([3, 2]))
         ),

@@ -23,12 +23,12 @@ from torch.func import functional_call
 
 from trpo import advantages as adv_lib
 from trpo import checkpoint
-from trpo.config import ConfigError, TRPOConfig, preset_name_for, resolve_config
+from trpo.config import RESUME_SAFE_FIELDS, RUN_RECORD_KEYS, ConfigError, TRPOConfig, load_yaml, resolve_config
 from trpo.logger import MetricsLog, Progress
 from trpo.networks import Actor, Critic
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.optim import Adam
-from trpo.rollout import Batch, EnvSpec, RolloutCollector, env_id_of, make_env
+from trpo.rollout import Batch, EnvError, EnvSpec, RolloutCollector, env_failure, env_id_of, make_env
 from trpo.spaces import ObsEncoder, Params, make_distribution
 from trpo.trust_region import StepResult, autograd_linearization, gauss_newton_fvp, hessian_fvp, trpo_step
 
@@ -46,8 +46,12 @@ class TRPO:
     """Trust Region Policy Optimization on a Gymnasium environment.
 
     env: an env id ('CartPole-v1', 'module:EnvId'), a zero-argument factory, or a `gymnasium.Env` instance.
-    config: the hyperparameters; when omitted, the preset for the env id (if any) over the defaults.
+    config: the hyperparameters, exactly; when omitted, the env id's preset (if any) over the field defaults.
+    **overrides: config fields set on top of that (`TRPO("Hopper-v5", max_kl=0.02)` is the Hopper preset with
+        max_kl 0.02; with `config=`, that config with these fields replaced).
     run_dir: where learn() writes config.yaml, metrics.jsonl, TensorBoard events and checkpoints (optional).
+    overwrite: a run_dir that already holds a run is refused (use `TRPO.resume` to continue it); True removes
+        that run's files first.
     """
 
     def __init__(
@@ -57,20 +61,30 @@ class TRPO:
         seed: int = 0,
         run_dir: str | Path | None = None,
         progress: bool = False,
+        overwrite: bool = False,
+        **overrides: Any,
     ) -> None:
         self.env_spec = env
         self.env_id = env_id_of(env)
-        self.preset = preset_name_for(self.env_id) if (config is None and self.env_id) else None
-        self.config = config if config is not None else resolve_config(self.env_id, "auto")[0]
+        if config is None:
+            config, self.preset = resolve_config(self.env_id, "auto", overrides=overrides)
+        else:
+            self.preset = None
+            if overrides:
+                config = TRPOConfig.from_dict({**config.to_dict(), **overrides})
+        self.config = config
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.overwrite = overwrite
+        self._run_dir_ready = False  # checked (new run) or adopted (resumed) by the first learn()
         self.progress = progress
         cfg = self.config
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device(cfg.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available on this machine")
+        check_device(self.device)
 
         self._eval_env = make_env(env)
         self.observation_space = self._eval_env.observation_space
@@ -295,10 +309,14 @@ class TRPO:
     def _open_run_dir(self) -> MetricsLog | None:
         if self.run_dir is None:
             return None
+        if not self._run_dir_ready:
+            if self.num_updates == 0:  # a new run; a loaded agent continues the run it was saved from
+                checkpoint.prepare_new_run_dir(self.run_dir, self.overwrite)
+            self._run_dir_ready = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
         record = {"env": self.env_id, "seed": self.seed, "total_steps": self.total_steps, "preset": self.preset,
                   **self.config.to_dict(), "versions": versions()}
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
+        checkpoint.write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
         return MetricsLog(self.run_dir, keep_updates=self.num_updates)
 
     # --- inference -----------------------------------------------------------------------------------------
@@ -324,17 +342,26 @@ class TRPO:
         if isinstance(self.env_spec, gym.Env):
             self._collector = None  # the shared instance is about to be reset; start training afresh after
         returns, lengths = [], []
-        obs, _ = env.reset(seed=self.seed + 1_000_003 if seed is None else seed)
-        for _ in range(episodes):
-            total, length, done = 0.0, 0, False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(self.predict(obs, deterministic))
-                total += float(reward)
-                length += 1
-                done = bool(terminated or truncated)
-            returns.append(total)
-            lengths.append(length)
-            obs, _ = env.reset()
+        call = "reset()"
+        try:  # the user's env: what it raises becomes one EnvError
+            obs, _ = env.reset(seed=self.seed + 1_000_003 if seed is None else seed)
+            for _ in range(episodes):
+                total, length, done = 0.0, 0, False
+                while not done:
+                    action = self.predict(obs, deterministic)
+                    call = "step()"
+                    obs, reward, terminated, truncated, _ = env.step(action)
+                    total += float(reward)
+                    length += 1
+                    done = bool(terminated or truncated)
+                returns.append(total)
+                lengths.append(length)
+                call = "reset()"
+                obs, _ = env.reset()
+        except Exception as exc:
+            if isinstance(exc, EnvError | ConfigError):
+                raise
+            raise env_failure(exc, call) from exc
         return {"mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
                 "episodes": episodes, "mean_length": float(np.mean(lengths)), "returns": returns,
                 "lengths": lengths}
@@ -370,29 +397,64 @@ class TRPO:
              overrides: dict[str, Any] | None = None) -> TRPO:
         """Rebuild an agent from a checkpoint file or run directory. `env` defaults to the saved env id;
         `overrides` replaces config fields (the CLI allows only those that leave the math unchanged)."""
-        state = checkpoint.load(checkpoint.resolve(path))
+        file = checkpoint.resolve(path)
+        state = checkpoint.load(file)
         config = TRPOConfig.from_dict({**state["config"], **(overrides or {})})
         if device is not None:
             config = config.replace(device=device)
         spec = env if env is not None else state["env_id"]
         if spec is None:
-            raise checkpoint.CheckpointError(f"{path} was trained on an env without an id; pass env=...")
+            raise checkpoint.CheckpointError(f"{file} was trained on an env without an id; pass env=...")
         agent = cls(spec, config=config, seed=state["seed"], run_dir=run_dir, progress=progress)
-        agent.preset = state.get("preset")
         try:
-            agent.actor.load_state_dict(state["actor"])
-            agent.critic.load_state_dict(state["critic"])
-        except RuntimeError as exc:
-            raise checkpoint.CheckpointError(f"{path} does not match the spaces of env {spec!r}") from exc
-        agent.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        agent.obs_norm.stats.load_state_dict(state["obs_norm"])
-        agent.reward_scaler.stats.load_state_dict(state["reward_norm"])
-        agent.sample_gen.set_state(state["rng"]["sample"])
-        agent.shuffle_gen.set_state(state["rng"]["shuffle"])
-        agent.predict_gen.set_state(state["rng"]["predict"])
-        agent.num_steps = int(state["num_steps"])
-        agent.num_updates = int(state["num_updates"])
-        agent.total_steps = int(state["total_steps"])
+            agent.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            agent.close()
+            raise checkpoint.CheckpointError(f"{file} does not fit env {spec!r} or this trpo version "
+                                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        return agent
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved (the config and env are the constructor's business)."""
+        self.preset = state.get("preset")
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.obs_norm.stats.load_state_dict(state["obs_norm"])
+        self.reward_scaler.stats.load_state_dict(state["reward_norm"])
+        self.sample_gen.set_state(state["rng"]["sample"])
+        self.shuffle_gen.set_state(state["rng"]["shuffle"])
+        if state["rng"]["predict"].numel() == self.predict_gen.get_state().numel():
+            self.predict_gen.set_state(state["rng"]["predict"])  # else saved on another device type: reseeded
+        self.num_steps = int(state["num_steps"])
+        self.num_updates = int(state["num_updates"])
+        self.total_steps = int(state["total_steps"])
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, progress: bool = False, **overrides: Any) -> TRPO:
+        """The run in `run_dir`, ready to continue with `learn(agent.total_steps)`: from its latest checkpoint,
+        or, if it was stopped before writing one, from the start with its saved config, env and seed (its
+        earlier rows and events are removed). `overrides` may change only fields that leave the run's math
+        unchanged (RESUME_SAFE_FIELDS)."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise checkpoint.RunDirError(f"cannot resume: {run_dir} is not a run directory (no config.yaml)")
+        fixed = sorted(set(overrides) - set(RESUME_SAFE_FIELDS))
+        if fixed:
+            raise ConfigError(f"a resumed run keeps its own config: {', '.join(fixed)} cannot change (these may: "
+                              f"{', '.join(RESUME_SAFE_FIELDS)})")
+        record = load_yaml(str(run_dir / "config.yaml"))
+        if (run_dir / checkpoint.LATEST).is_file():
+            agent = cls.load(run_dir / checkpoint.LATEST, run_dir=run_dir, progress=progress, overrides=overrides)
+        else:
+            if not record.get("env"):
+                raise checkpoint.RunDirError(f"cannot resume {run_dir}: it was trained on an env without an id")
+            values = {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS}
+            config = TRPOConfig.from_dict({**values, **overrides})
+            agent = cls(record["env"], config=config, seed=record.get("seed", 0), run_dir=run_dir,
+                        progress=progress, overwrite=True)
+            agent.preset = record.get("preset")
+        agent.total_steps = int(record.get("total_steps") or agent.total_steps)
         return agent
 
     def close(self) -> None:
@@ -400,6 +462,18 @@ class TRPO:
             self._collector.close()
             self._collector = None
         self._eval_env.close()
+
+
+def check_device(device: torch.device) -> None:
+    """A clear ConfigError for a device this machine does not have (torch would fail later, deep in a step)."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r} requested but MPS is not available on this machine")
 
 
 def _is_batched(space: gym.Space, obs: Any) -> bool:

@@ -7,29 +7,51 @@ Errors the user can fix print one line and exit with status 2; `--debug` shows t
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from trpo.checkpoint import LATEST, CheckpointError
-from trpo.config import PRESET_STEPS, PRESETS, ConfigError, TRPOConfig, field_docs, load_yaml, resolve_config
+from trpo import __version__
+from trpo.checkpoint import CheckpointError, RunDirError, unique_run_dir, write_text_atomic
+from trpo.config import (
+    PRESET_STEPS,
+    PRESETS,
+    RUN_RECORD_KEYS,
+    ConfigError,
+    TRPOConfig,
+    field_docs,
+    load_yaml,
+    resolve_config,
+)
 from trpo.rollout import EnvError
 from trpo.spaces import UnsupportedSpaceError
 
-USER_ERRORS = (ConfigError, EnvError, UnsupportedSpaceError, CheckpointError)
+USER_ERRORS = (ConfigError, EnvError, UnsupportedSpaceError, CheckpointError, RunDirError)
 DEFAULT_ENV = "CartPole-v1"
-RUN_KEYS = ("env", "total_steps", "seed", "preset")  # file keys that are not TRPOConfig fields
-# Fields a resumed run may change: they do not alter the algorithm's math.
-RESUME_SAFE = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "vector_mode", "num_workers")
+# A resumed run takes these from its own run directory.
+RESUME_FIXED = ("env", "seed", "config", "preset", "run_dir", "overwrite")
 
 
 class UsageError(ValueError):
     """A bad command-line value (reported like the other user errors)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that name the (sub)command's own help, and no abbreviated flags."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.subcommands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _flag(name: str) -> str:
@@ -48,28 +70,36 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         else:
-            group.add_argument(_flag(f.name), dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+            # Literal fields show their choices; the config validates them (same message as for YAML files).
+            choices = get_args(hint) if get_origin(hint) is Literal else ()
+            metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
+            group.add_argument(_flag(f.name), dest=f.name, default=None, metavar=metavar, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trpo", description="Trust Region Policy Optimization for Gymnasium.")
+def build_parser() -> _Parser:
+    parser = _Parser(prog="trpo", description="Trust Region Policy Optimization for Gymnasium.")
+    parser.add_argument("--version", action="version", version=f"trpo {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,eval,presets}")
 
-    train = sub.add_parser("train", help="train an agent (default: CartPole-v1)")
+    train = sub.add_parser("train", help="train an agent (default: CartPole-v1)",
+                           usage="trpo train [--env ENV] [--total-steps N] [--run-dir DIR] [options]")
     train.add_argument("--env", default=None, help=f"Gymnasium env id or module:EnvId (default {DEFAULT_ENV})")
     train.add_argument("--total-steps", default=None, help="env steps to train for (default: the preset's budget)")
-    train.add_argument("--seed", default=None, help="random seed (default 0)")
-    train.add_argument("--run-dir", default=None, help="output directory (default runs/ENV-sSEED-TIME)")
+    train.add_argument("--seed", default=None, help="random seed, a non-negative integer (default 0)")
+    train.add_argument("--run-dir", default=None,
+                       help="output directory; refused if it holds a run (default runs/ENV-sSEED-TIME, never reused)")
+    train.add_argument("--overwrite", action="store_true", help="remove the run in --run-dir first, then start anew")
     train.add_argument("--config", default=None, help="YAML file of config fields (and env, total_steps, seed)")
     train.add_argument("--preset", default=None, help="preset name, 'auto' (by env id, the default) or 'none'")
-    train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    train.add_argument("--resume", default=None, metavar="RUN_DIR",
+                       help="continue a run: from its latest checkpoint, or from the start if it wrote none")
     train.add_argument("--no-progress", action="store_true", help="no progress display")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     _add_config_flags(train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint or run directory")
-    ev.add_argument("path", help="run directory or checkpoint file")
+    ev.add_argument("path", help="run directory (its newest checkpoint) or checkpoint file")
     ev.add_argument("--episodes", default="10", help="episodes to run (default 10)")
     ev.add_argument("--seed", default=None, help="evaluation seed")
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
@@ -79,7 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     sub.add_parser("presets", help="list the presets and their settings")
+    parser.subcommands = dict(sub.choices)
     return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse, reporting a flag that no (sub)command knows against the subcommand's own flags."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = parser.subcommands.get(args.command or "", parser)
+        known = [opt for action in target._actions for opt in action.option_strings]
+        hint = difflib.get_close_matches(extra[0].split("=", 1)[0], known, n=1)
+        suggestion = f"; did you mean {hint[0]}?" if hint else ""
+        target.error(f"unrecognized arguments: {' '.join(extra)}{suggestion}")
+    return args
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -104,46 +148,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TRPOConfig) if getattr(args, f.name) is not None}
     if args.resume:
-        return _resume(args, overrides)
+        given = [_flag(name) for name in RESUME_FIXED if getattr(args, name) not in (None, False)]
+        if given:
+            raise UsageError(f"--resume continues the run as it was set up; drop {', '.join(given)}")
+        agent = TRPO.resume(args.resume, progress=not args.no_progress, **overrides)
+        total_steps = _positive_int("total-steps", args.total_steps or agent.total_steps)
+        start = f"at step {agent.num_steps}" if agent.num_updates else "from the start (no checkpoint yet)"
+        print(f"trpo: resuming {agent.env_id} {start} of {total_steps} -> {agent.run_dir}", file=sys.stderr)
+        return _train_and_report(agent, total_steps)
 
     file_values = load_yaml(args.config) if args.config else {}
-    run_values = {k: file_values.pop(k) for k in RUN_KEYS if k in file_values}
-    file_values.pop("versions", None)  # a config.yaml from an earlier run can be passed back in
+    run_values = {k: file_values.pop(k) for k in RUN_RECORD_KEYS if k in file_values}
     env_id = args.env or run_values.get("env") or DEFAULT_ENV
+    if not isinstance(env_id, str):
+        raise ConfigError(f"env must be an env id string, got {env_id!r}")
     preset_arg = args.preset or run_values.get("preset") or "auto"
     config, preset = resolve_config(env_id, preset_arg, file_values, overrides)
     seed = _int("seed", args.seed if args.seed is not None else run_values.get("seed", 0))
     default_steps = PRESET_STEPS.get(preset or "", 1_000_000)
     total_steps = _positive_int("total-steps", args.total_steps or run_values.get("total_steps", default_steps))
-    safe_id = env_id.replace(":", "_").replace("/", "_")
-    run_dir = Path(args.run_dir or f"runs/{safe_id}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
 
-    agent = TRPO(env_id, config=config, seed=seed, run_dir=run_dir, progress=not args.no_progress)
+    agent = TRPO(env_id, config=config, seed=seed, progress=not args.no_progress, overwrite=args.overwrite)
     agent.preset = preset
-    print(f"trpo: training {env_id} (preset {preset or 'none'}) for {total_steps} steps, seed {seed} -> {run_dir}",
-          file=sys.stderr)
-    return _train_and_report(agent, total_steps)
-
-
-def _resume(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from trpo.agent import TRPO
-
-    run_dir = Path(args.resume)
-    if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(f"cannot resume: {run_dir} is not a run directory (no config.yaml)")
-    record = load_yaml(str(run_dir / "config.yaml"))
-    fixed = [name for name in overrides if name not in RESUME_SAFE]
-    if fixed:
-        raise UsageError(f"--resume continues with the run's own config; drop {', '.join(map(_flag, fixed))}")
-    latest = run_dir / LATEST
-    if not latest.is_file():
-        raise CheckpointError(f"cannot resume: no checkpoint in {run_dir / LATEST.parent} (the run stopped before "
-                              "its first checkpoint; start it again)")
-    total_steps = _positive_int("total-steps", args.total_steps or record.get("total_steps"))
-    agent = TRPO.load(latest, run_dir=run_dir, progress=not args.no_progress, overrides=overrides)
-    if agent.num_steps >= total_steps:
-        print(f"trpo: {run_dir} already reached {agent.num_steps} of {total_steps} steps", file=sys.stderr)
-    print(f"trpo: resuming {agent.env_id} at step {agent.num_steps} of {total_steps} -> {run_dir}", file=sys.stderr)
+    if args.run_dir:
+        agent.run_dir = Path(args.run_dir)
+    else:
+        safe_id = env_id.replace(":", "_").replace("/", "_")
+        agent.run_dir = unique_run_dir(Path(f"runs/{safe_id}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    print(f"trpo: training {env_id} (preset {preset or 'none'}) for {total_steps} steps, seed {seed} -> "
+          f"{agent.run_dir}", file=sys.stderr)
     return _train_and_report(agent, total_steps)
 
 
@@ -152,8 +185,9 @@ def _train_and_report(agent: Any, total_steps: int) -> int:
         agent.learn(total_steps)
         if agent.config.eval_episodes > 0:
             result = agent.evaluate(agent.config.eval_episodes)
-            (agent.run_dir / "eval.json").write_text(json.dumps(result) + "\n", encoding="utf-8")
-            print(f"trpo: evaluation over {result['episodes']} episodes: mean return {result['mean_return']:.2f} "
+            result["step"] = agent.num_steps
+            write_text_atomic(agent.run_dir / "eval.json", json.dumps(result) + "\n")
+            _print(f"trpo: evaluation over {result['episodes']} episodes: mean return {result['mean_return']:.2f} "
                   f"+/- {result['std_return']:.2f}")
         print(f"trpo: done; outputs in {agent.run_dir}", file=sys.stderr)
     finally:
@@ -174,39 +208,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result["env"] = agent.env_id
     result["step"] = agent.num_steps
     if args.json:
-        print(json.dumps(result))
+        _print(json.dumps(result))
     else:
-        print(f"{agent.env_id}: mean return {result['mean_return']:.2f} +/- {result['std_return']:.2f} over "
+        _print(f"{agent.env_id}: mean return {result['mean_return']:.2f} +/- {result['std_return']:.2f} over "
               f"{episodes} episodes (checkpoint at step {agent.num_steps})")
     return 0
 
 
 def cmd_presets() -> int:
     for name, values in PRESETS.items():
-        print(yaml.safe_dump({name: {"total_steps": PRESET_STEPS.get(name), **values}}, sort_keys=False), end="")
+        _print(yaml.safe_dump({name: {"total_steps": PRESET_STEPS.get(name), **values}}, sort_keys=False), end="")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
+        args = parse(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
         if args.command == "train":
             return cmd_train(args)
         if args.command == "eval":
             return cmd_eval(args)
         return cmd_presets()
-    except (*USER_ERRORS, UsageError) as exc:
-        if args.debug:
+    except _StdoutClosedError:
+        return 141  # as Unix tools do when their reader leaves: quietly, with 128 + SIGPIPE
+    except (*USER_ERRORS, UsageError, OSError) as exc:
+        if debug:
             raise
-        print(f"trpo: error: {exc}", file=sys.stderr)
+        print(f"trpo: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ntrpo: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:  # e.g. "Not a directory: 'runs/x/config.yaml'"
+        where = f": {exc.filename!r}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return " ".join(str(exc).split())
+
+
+class _StdoutClosedError(Exception):
+    """The reader of our stdout went away (`trpo presets | head`)."""
+
+
+def _print(text: str, end: str = "\n") -> None:
+    """print() to stdout, telling a reader that went away from other broken pipes (a dead env worker's)."""
+    try:
+        print(text, end=end, flush=True)
+    except BrokenPipeError:
+        # Point stdout at devnull, so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise _StdoutClosedError from None
 
 
 if __name__ == "__main__":

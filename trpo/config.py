@@ -177,6 +177,12 @@ def validate(cfg: TRPOConfig) -> None:
             raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(cfg, f.name)!r}")
 
 
+# Fields a resumed run may change: they do not alter the algorithm's math, only where and how it runs.
+RESUME_SAFE_FIELDS = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "vector_mode", "num_workers")
+# Keys of a run's config.yaml (and of a YAML config file) that are not TRPOConfig fields.
+RUN_RECORD_KEYS = ("env", "seed", "total_steps", "preset", "versions")
+
+
 def field_docs() -> dict[str, str]:
     """Field name -> its docstring (the string literal under the field), for --help and the README."""
     import ast
@@ -328,6 +334,8 @@ def load_yaml(path: str) -> dict[str, Any]:
 __all__ = [
     "PRESETS",
     "PRESET_STEPS",
+    "RESUME_SAFE_FIELDS",
+    "RUN_RECORD_KEYS",
     "ConfigError",
     "TRPOConfig",
     "field_docs",

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from trpo.checkpoint import write_text_atomic
+
 # Fields that measure time: they differ between otherwise identical runs.
 TIMING_FIELDS = ("fps", "time_rollout", "time_policy", "time_value", "time_elapsed")
 
@@ -20,13 +22,15 @@ def _json_safe(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Appends one line per update to metrics.jsonl (flushed each time) and mirrors scalars to TensorBoard."""
+    """Appends one line per update to metrics.jsonl (flushed each time) and mirrors scalars to TensorBoard.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, keep_updates: int | None = None) -> None:
+    keep_updates: rows of a resumed run's earlier life to keep (those up to its checkpoint); the rows after it,
+    and their TensorBoard events, are dropped, because the resumed run writes those updates again."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, keep_updates: int = 0) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
-        if keep_updates is not None and self.path.exists():
-            self._truncate(keep_updates)
+        last_step = self._truncate(keep_updates) if self.path.exists() else None
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.writer = None
         if tensorboard:
@@ -35,13 +39,24 @@ class MetricsLog:
             except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
                 SummaryWriter = None  # type: ignore[assignment,misc]  # noqa: N806
             if SummaryWriter is not None:
-                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+                # purge_step: TensorBoard hides the earlier events at steps >= it, those the resumed run redoes.
+                purge = None if last_step is None else last_step + 1
+                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
-    def _truncate(self, keep_updates: int) -> None:
-        """On resume: drop rows written after the checkpoint being resumed from."""
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("update", 0) <= keep_updates]
-        self.path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+    def _truncate(self, keep_updates: int) -> int | None:
+        """Keep the rows of updates 1..keep_updates; returns the env step of the last one kept (0 if none).
+        A line cut short by a kill (the last one) is dropped with them."""
+        kept, last_step = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("update", 0) <= keep_updates:
+                kept.append(line)
+                last_step = max(last_step, int(row.get("step", 0)))
+        write_text_atomic(self.path, "".join(ln + "\n" for ln in kept))
+        return last_step
 
     def write(self, row: dict[str, Any]) -> None:
         self.file.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")

@@ -24,10 +24,12 @@ class RunningMeanStd:
         b_var = np.add.reduce(dev * dev, axis=0) / b_count
         delta = b_mean - self.mean
         total = self.count + b_count
-        self.mean = self.mean + delta * b_count / total
+        # np.asarray: with shape () numpy's arithmetic returns scalars, and the statistics must stay arrays
+        # whatever their shape (state_dict, copies and in-place use all expect one).
+        self.mean = np.asarray(self.mean + delta * b_count / total)
         m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
-        self.var = m2 / total
-        self.count = total
+        self.var = np.asarray(m2 / total)
+        self.count = float(total)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
@@ -37,9 +39,10 @@ class RunningMeanStd:
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.mean = state["mean"].numpy().astype(np.float64).copy()
-        self.var = state["var"].numpy().astype(np.float64).copy()
-        self.count = float(state["count"])
+        mean, var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
+        if mean.shape != self.mean.shape or var.shape != self.var.shape:
+            raise ValueError(f"running statistics of shape {tuple(mean.shape)} do not fit shape {self.mean.shape}")
+        self.mean, self.var, self.count = mean, var, float(state["count"])
 
 
 class ObsNormalizer:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import math
 import multiprocessing as mp
 import os
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -33,21 +35,35 @@ class EnvError(ValueError):
     """The environment cannot be made or returned invalid data; the message says which."""
 
 
+def env_failure(exc: Exception, call: str, index: int | None = None) -> EnvError:
+    """An exception raised by the user's env (or by encoding what it returned), as one clear EnvError."""
+    which = "the environment" if index is None else f"env {index}"
+    message = " ".join(str(exc).split())
+    return EnvError(f"{which} raised {type(exc).__name__} in {call}" + (f": {message}" if message else ""))
+
+
 def make_env(spec: EnvSpec) -> gym.Env:
     """One env from an id (also 'module:EnvId'), a factory, or an existing instance."""
     if isinstance(spec, gym.Env):
         return spec
     if callable(spec):
-        env = spec()
+        try:
+            env = spec()
+        except Exception as exc:
+            raise env_failure(exc, "its factory") from exc
         if not isinstance(env, gym.Env):
             raise EnvError(f"env factory returned {type(env).__name__}, not a gymnasium.Env")
         return env
+    if not isinstance(spec, str):
+        raise EnvError(f"env must be an id, a factory or a gymnasium.Env, got {type(spec).__name__}")
     try:
         return gym.make(spec)
     except gym.error.Error as exc:
         raise EnvError(f"unknown environment id {spec!r}: {exc}") from exc
     except ModuleNotFoundError as exc:
         raise EnvError(f"cannot make environment {spec!r}: {exc}") from exc
+    except Exception as exc:  # the env's own constructor, or the module that registers it, failed
+        raise EnvError(f"cannot make environment {spec!r}: {type(exc).__name__}: {exc}") from exc
 
 
 def env_id_of(spec: EnvSpec) -> str | None:
@@ -95,7 +111,10 @@ class EnvRunner:
 
     def reset(self, seed: int) -> np.ndarray:
         for i, env in enumerate(self.envs):
-            self.obs[i] = self.encoder.one(env.reset(seed=seed + self.first_index + i)[0])
+            try:
+                self.obs[i] = self.encoder.one(env.reset(seed=seed + self.first_index + i)[0])
+            except Exception as exc:
+                raise env_failure(exc, "reset()", self.first_index + i) from exc
         self._check_finite(self.obs, "observation")
         self.ep_return[:] = 0.0
         self.ep_length[:] = 0
@@ -118,11 +137,15 @@ class EnvRunner:
             env_actions = self.dist.to_env_list(action)
             ended = False
             for i, env in enumerate(self.envs):
-                raw, reward, terminated, truncated, _ = env.step(env_actions[i])
+                try:  # the user's env: whatever it raises, or returns that cannot be read, becomes an EnvError
+                    raw, reward, terminated, truncated, _ = env.step(env_actions[i])
+                    reward = float(reward)
+                    seg.next_obs[t, i] = self.encoder.one(raw)
+                except Exception as exc:
+                    raise env_failure(exc, "step()", self.first_index + i) from exc
                 if not math.isfinite(reward):
                     raise EnvError("environment returned a non-finite reward (NaN or inf) in env "
                                    f"{self.first_index + i}")
-                seg.next_obs[t, i] = self.encoder.one(raw)
                 seg.rewards[t, i], seg.terminated[t, i], seg.truncated[t, i] = reward, terminated, truncated
                 self.ep_return[i] += reward
                 self.ep_length[i] += 1
@@ -131,7 +154,10 @@ class EnvRunner:
                     seg.episode_returns.append(float(self.ep_return[i]))
                     seg.episode_lengths.append(int(self.ep_length[i]))
                     self.ep_return[i], self.ep_length[i] = 0.0, 0
-                    self.obs[i] = self.encoder.one(env.reset()[0])
+                    try:
+                        self.obs[i] = self.encoder.one(env.reset()[0])
+                    except Exception as exc:
+                        raise env_failure(exc, "reset()", self.first_index + i) from exc
                 else:
                     self.obs[i] = seg.next_obs[t, i]
             if ended:
@@ -159,15 +185,28 @@ def _worker(conn: Connection, spec: EnvSpec, count: int, first_index: int, encod
                 break
             try:
                 result = runner.reset(payload) if command == "reset" else runner.run(*payload)
-                conn.send(("ok", result))
             except Exception as exc:  # report to the main process, which raises it there
-                conn.send(("error", exc))
+                _send_error(conn, exc)
+            else:
+                conn.send(("ok", result))
     except (EOFError, KeyboardInterrupt):
         pass
+    except Exception as exc:  # making the envs failed
+        _send_error(conn, exc)
     finally:
         if runner is not None:
             runner.close()
         conn.close()
+
+
+def _send_error(conn: Connection, exc: Exception) -> None:
+    """Send an exception to the main process, with this process's traceback as a note (shown by --debug)."""
+    if hasattr(exc, "add_note"):  # Python >= 3.11
+        exc.add_note("in an env worker process:\n" + "".join(traceback.format_exception(exc)))
+    try:
+        conn.send(("error", exc))
+    except Exception:  # an exception that does not pickle
+        conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
 class WorkerPool:
@@ -197,22 +236,38 @@ class WorkerPool:
             first += size
         self.slices = np.cumsum([0, *sizes])
 
+    def _died(self, k: int) -> EnvError:
+        self.procs[k].join(timeout=1)
+        return EnvError(f"env worker process {k} (envs {self.slices[k]}-{self.slices[k + 1] - 1}) died "
+                        f"(exit code {self.procs[k].exitcode}); the latest checkpoint is intact")
+
+    def _send(self, k: int, message: tuple[str, Any]) -> None:
+        try:
+            self.conns[k].send(message)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise self._died(k) from exc
+
     def _gather(self) -> list[Any]:
-        results = [conn.recv() for conn in self.conns]
+        results = []
+        for k, conn in enumerate(self.conns):
+            try:
+                results.append(conn.recv())
+            except (EOFError, ConnectionResetError) as exc:
+                raise self._died(k) from exc
         for status, value in results:
             if status == "error":
                 raise value
         return [value for _, value in results]
 
     def reset(self, seed: int) -> np.ndarray:
-        for conn in self.conns:
-            conn.send(("reset", seed))
+        for k in range(len(self.conns)):
+            self._send(k, ("reset", seed))
         return np.concatenate(self._gather())
 
     def start(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> None:
         """Set every worker collecting its envs' share of the batch; returns at once (see `finish`)."""
-        for conn, lo, hi in zip(self.conns, self.slices[:-1], self.slices[1:], strict=True):
-            conn.send(("run", (policy, obs_norm, shifted_noise[:, lo:hi])))
+        for k, (lo, hi) in enumerate(itertools.pairwise(self.slices)):
+            self._send(k, ("run", (policy, obs_norm, shifted_noise[:, lo:hi])))
 
     def finish(self) -> list[Segment]:
         """Wait for the segments of the batch that `start` set going."""
