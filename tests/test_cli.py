@@ -107,6 +107,67 @@ def test_sigkill_leaves_a_resumable_run(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     updates = [r["update"] for r in metrics(run)]
     assert updates == list(range(1, killed_at + 3))  # rows past the checkpoint were dropped, then continued
+    # TensorBoard hides the events the killed run wrote past its checkpoint: one value per step.
+    assert tensorboard_steps(run) == [256 * u for u in updates]
+
+
+def strip_timing(rows: list[dict]) -> list[dict]:
+    from trpo.logger import TIMING_FIELDS
+
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+
+
+def start_and_kill(run: Path, args: list[str], rows: int) -> None:
+    """Start `trpo train` in a subprocess and SIGKILL it once metrics.jsonl holds `rows` rows."""
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    proc = subprocess.Popen([sys.executable, "-m", "trpo.cli", "train", "--run-dir", str(run), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= rows):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def tensorboard_steps(run: Path, tag: str = "trpo/kl") -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return [event.step for event in acc.Scalars(tag)]
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path: Path) -> None:
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    args = ["--total-steps", "40000", "--checkpoint-every", "1000", *FAST]
+    start_and_kill(run, args, rows=3)
+    assert not (run / "checkpoints" / "latest.pt").exists() and len(metrics(run)) >= 3
+    res = trpo("train", "--resume", str(run), "--total-steps", "1280", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "from the start" in res.stderr
+    # The saved config and seed, from update 1: the same run as one never interrupted.
+    full = trpo("train", "--run-dir", str(ref), "--total-steps", "1280", *args[2:])
+    assert full.returncode == 0, full.stderr
+    assert [r["update"] for r in metrics(run)] == [1, 2, 3, 4, 5]
+    assert strip_timing(metrics(run)) == strip_timing(metrics(ref))
+    assert tensorboard_steps(run) == tensorboard_steps(ref) == [256, 512, 768, 1024, 1280]
+
+
+def test_resume_keeps_the_runs_setup_and_allows_only_safe_changes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = trpo("train", "--total-steps", "256", "--run-dir", str(run), "--checkpoint-every", "1", *FAST)
+    assert first.returncode == 0, first.stderr
+    for flags, message in [(["--env", "Pendulum-v1"], "drop --env"), (["--seed", "2"], "drop --seed"),
+                           (["--run-dir", str(tmp_path / "x"), "--overwrite"], "drop --run-dir, --overwrite"),
+                           (["--max-kl", "0.1"], "max_kl cannot change")]:
+        res = trpo("train", "--resume", str(run), *flags, "--no-progress")
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    ok = trpo("train", "--resume", str(run), "--total-steps", "512", "--num-workers", "1", "--device", "cpu",
+              "--no-progress", "--eval-episodes", "1")
+    assert ok.returncode == 0, ok.stderr
+    assert [r["update"] for r in metrics(run)] == [1, 2]
+    assert yaml.safe_load((run / "config.yaml").read_text())["total_steps"] == 512
+    assert json.loads((run / "eval.json").read_text())["step"] == 512
 
 
 BAD_INPUTS = [

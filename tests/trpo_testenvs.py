@@ -114,6 +114,11 @@ def _register() -> None:
         "MultiDiscreteAct-v0": dict(
             entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([3, 2]))
         ),
+        "MultiBinaryAct-v0": dict(entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (3,)), spaces.MultiBinary(4))),
+        "DiscreteObs-v0": dict(entry_point=lambda: SpacesEnv(spaces.Discrete(5, start=2), spaces.Discrete(3))),
+        "DictObs-v0": dict(entry_point=lambda: SpacesEnv(
+            spaces.Dict({"pos": spaces.Box(-1, 1, (2, 2)), "mode": spaces.Discrete(3)}), spaces.Box(-1, 1, (2,))
+        )),
     }
     for env_id, kwargs in entries.items():
         if env_id not in registry:
