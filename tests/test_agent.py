@@ -90,7 +90,8 @@ def strip_timing(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+# The test env autoresets every 20 steps: its observations must follow the seed through them too.
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "trpo_testenvs:DictObs-v0"])
 def test_same_seed_same_metrics(env_id: str) -> None:
     cfg = SMALL.replace(normalize_obs=True, normalize_reward=True)
     runs = []
@@ -297,6 +298,19 @@ def test_subprocess_mode_inside_a_daemonic_process_is_a_clear_error() -> None:
     with multiprocessing.get_context("fork").Pool(1) as pool:
         message = pool.apply(_train_in_daemon)
     assert "daemonic process" in message
+
+
+def test_an_env_worker_that_dies_is_a_clear_error() -> None:
+    import os
+    import signal
+
+    agent = TRPO("CartPole-v1", config=SMALL.replace(vector_mode="subprocess"), seed=0)
+    collector = agent._collector_or_new()
+    collector.start(agent.actor, 64, agent.sample_gen)
+    os.kill(collector.runner.procs[1].pid, signal.SIGKILL)
+    with pytest.raises(EnvError, match=r"env worker process 1 \(envs 1-1\) died \(exit code -9\)"):
+        collector.finish(agent.actor)
+    agent.close()  # and closing the rest of the pool does not hang
 
 
 def test_errors_in_worker_processes_reach_the_caller() -> None:

@@ -180,3 +180,28 @@ def test_readme_python_snippet_runs_as_written(tmp_path: Path, monkeypatch: pyte
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert namespace["agent"].num_steps > 0
     namespace["agent"].close()
+
+
+def test_api_run_dirs_are_refused_when_used_and_resumed_on_request(tmp_path: Path) -> None:
+    from trpo.checkpoint import RunDirError
+
+    run = tmp_path / "run"
+    cfg = TRPOConfig(**SMALL, checkpoint_every=1)
+    first = TRPO("CartPole-v1", config=cfg, run_dir=run)
+    first.learn(256)
+    first.learn(384)  # the same agent goes on in its own run dir
+    first.close()
+    with pytest.raises(RunDirError, match="already holds a run"):
+        TRPO("CartPole-v1", config=cfg, run_dir=run).learn(128)
+    resumed = TRPO.resume(run)
+    assert resumed.num_updates == 3 and resumed.total_steps == 384
+    resumed.learn(512)
+    resumed.close()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [int(re.search(r'"update": (\d+)', ln).group(1)) for ln in lines] == [1, 2, 3, 4]
+    anew = TRPO("CartPole-v1", config=cfg, run_dir=run, overwrite=True, seed=9)
+    anew.learn(128)
+    anew.close()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(ConfigError, match="max_kl cannot change"):
+        TRPO.resume(run, max_kl=0.5)

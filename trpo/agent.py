@@ -410,8 +410,9 @@ class TRPO:
             agent.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as exc:
             agent.close()
-            raise checkpoint.CheckpointError(f"{file} does not fit env {spec!r} or this trpo version "
-                                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+            trained_on = f", trained on {state['env_id']!r}" if state["env_id"] != env_id_of(spec) else ""
+            raise checkpoint.CheckpointError(f"{file} does not fit env {spec!r}{trained_on} (or this trpo version): "
+                                             f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         return agent
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -136,11 +136,14 @@ def _positive_int(name: str, value: Any) -> int:
     return int(number)
 
 
-def _int(name: str, value: Any) -> int:
+def _seed(value: Any) -> int:
     try:
-        return int(value)
+        seed = int(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{name} must be an integer, got {value!r}") from None
+        raise UsageError(f"seed must be an integer, got {value!r}") from None
+    if seed < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {seed}")
+    return seed
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -164,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"env must be an env id string, got {env_id!r}")
     preset_arg = args.preset or run_values.get("preset") or "auto"
     config, preset = resolve_config(env_id, preset_arg, file_values, overrides)
-    seed = _int("seed", args.seed if args.seed is not None else run_values.get("seed", 0))
+    seed = _seed(args.seed if args.seed is not None else run_values.get("seed", 0))
     default_steps = PRESET_STEPS.get(preset or "", 1_000_000)
     total_steps = _positive_int("total-steps", args.total_steps or run_values.get("total_steps", default_steps))
 
@@ -199,9 +202,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trpo.agent import TRPO
 
     episodes = _positive_int("episodes", args.episodes)
+    seed = None if args.seed is None else _seed(args.seed)
     agent = TRPO.load(args.path, env=args.env, device=args.device)
     try:
-        seed = None if args.seed is None else _int("seed", args.seed)
         result = agent.evaluate(episodes, deterministic=not args.stochastic, seed=seed)
     finally:
         agent.close()

@@ -58,9 +58,9 @@ def make_env(spec: EnvSpec) -> gym.Env:
         raise EnvError(f"env must be an id, a factory or a gymnasium.Env, got {type(spec).__name__}")
     try:
         return gym.make(spec)
-    except gym.error.Error as exc:
+    except gym.error.UnregisteredEnv as exc:
         raise EnvError(f"unknown environment id {spec!r}: {exc}") from exc
-    except ModuleNotFoundError as exc:
+    except (gym.error.Error, ModuleNotFoundError) as exc:  # e.g. DependencyNotInstalled: mujoco is missing
         raise EnvError(f"cannot make environment {spec!r}: {exc}") from exc
     except Exception as exc:  # the env's own constructor, or the module that registers it, failed
         raise EnvError(f"cannot make environment {spec!r}: {type(exc).__name__}: {exc}") from exc
