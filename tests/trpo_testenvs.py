@@ -53,30 +53,9 @@ class SpacesEnv(gym.Env):
         return self.observation_space.sample(), reward, False, self.t >= self.horizon, {}
 
 
-class BadValuesEnv(gym.Env):
-    """Returns NaN in the observation or the reward after a few steps."""
-
-    def __init__(self, where: str = "obs", after: int = 5) -> None:
-        self.observation_space = spaces.Box(-1, 1, (2,), np.float32)
-        self.action_space = spaces.Discrete(2)
-        self.where, self.after, self.t = where, after, 0
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(2, np.float32), {}
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        self.t += 1
-        bad = self.t > self.after
-        obs = np.full(2, np.nan if bad and self.where == "obs" else 0.0, np.float32)
-        reward = float("nan") if bad and self.where == "reward" else 0.0
-        return obs, reward, False, self.t >= 50, {}
-
-
 class FaultyEnv(gym.Env):
-    """A user's env with a bug: raises in __init__, raises in step(), or returns an observation of the wrong
-    shape, after `after` steps."""
+    """A user's env with a bug, after `after` steps: NaN in the observation ("obs") or the reward ("reward"), an
+    exception in __init__ ("init") or step() ("step"), or an observation of the wrong shape ("shape")."""
 
     def __init__(self, fault: str, after: int = 5) -> None:
         if fault == "init":
@@ -92,10 +71,13 @@ class FaultyEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         self.t += 1
-        if self.t > self.after and self.fault == "step":
+        bad = self.t > self.after
+        if bad and self.fault == "step":
             raise RuntimeError("the simulator diverged")
-        obs = np.zeros(3 if self.t > self.after else 2, np.float32)
-        return obs, 0.0, False, self.t >= 50, {}
+        obs = np.full(3 if bad and self.fault == "shape" else 2, np.nan if bad and self.fault == "obs" else 0.0,
+                      np.float32)
+        reward = float("nan") if bad and self.fault == "reward" else 0.0
+        return obs, reward, False, self.t >= 50, {}
 
 
 def _register() -> None:
@@ -106,8 +88,8 @@ def _register() -> None:
         "TupleAction-v0": dict(
             entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (2,)), spaces.Tuple((spaces.Discrete(2),)))
         ),
-        "NanObs-v0": dict(entry_point=lambda: BadValuesEnv("obs")),
-        "NanReward-v0": dict(entry_point=lambda: BadValuesEnv("reward")),
+        "NanObs-v0": dict(entry_point=lambda: FaultyEnv("obs")),
+        "NanReward-v0": dict(entry_point=lambda: FaultyEnv("reward")),
         "RaisesInInit-v0": dict(entry_point=lambda: FaultyEnv("init")),
         "RaisesInStep-v0": dict(entry_point=lambda: FaultyEnv("step")),
         "WrongShapeObs-v0": dict(entry_point=lambda: FaultyEnv("shape")),
