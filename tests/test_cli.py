@@ -168,6 +168,9 @@ def test_resume_keeps_the_runs_setup_and_allows_only_safe_changes(tmp_path: Path
     assert [r["update"] for r in metrics(run)] == [1, 2]
     assert yaml.safe_load((run / "config.yaml").read_text())["total_steps"] == 512
     assert json.loads((run / "eval.json").read_text())["step"] == 512
+    done = trpo("train", "--resume", str(run), "--no-progress")
+    assert done.returncode == 0 and "already reached 512 of 512 steps" in done.stderr, done.stderr
+    assert [r["update"] for r in metrics(run)] == [1, 2]
 
 
 BAD_INPUTS = [

@@ -156,6 +156,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume continues the run as it was set up; drop {', '.join(given)}")
         agent = TRPO.resume(args.resume, progress=not args.no_progress, **overrides)
         total_steps = _positive_int("total-steps", args.total_steps or agent.total_steps)
+        if agent.num_steps >= total_steps:
+            agent.close()
+            print(f"trpo: {agent.run_dir} already reached {agent.num_steps} of {total_steps} steps; pass a larger "
+                  "--total-steps to train further", file=sys.stderr)
+            return 0
         start = f"at step {agent.num_steps}" if agent.num_updates else "from the start (no checkpoint yet)"
         print(f"trpo: resuming {agent.env_id} {start} of {total_steps} -> {agent.run_dir}", file=sys.stderr)
         return _train_and_report(agent, total_steps)
