@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import yaml
 from torch import Tensor
-from torch.func import functional_call
 
 from trpo import advantages as adv_lib
 from trpo import checkpoint
@@ -29,8 +28,8 @@ from trpo.networks import Actor, Critic
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.optim import Adam
 from trpo.rollout import Batch, EnvError, EnvSpec, RolloutCollector, env_failure, env_id_of, make_env
-from trpo.spaces import ObsEncoder, Params, make_distribution
-from trpo.trust_region import StepResult, autograd_linearization, gauss_newton_fvp, hessian_fvp, trpo_step
+from trpo.spaces import ObsEncoder, make_distribution
+from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
 
@@ -106,6 +105,7 @@ class TRPO:
         self.sample_gen = torch.Generator(device="cpu").manual_seed(self.seed)  # rollouts sample on the CPU
         self.shuffle_gen = torch.Generator(device="cpu").manual_seed(self.seed + 1)
         self.predict_gen = torch.Generator(device=self.device).manual_seed(self.seed + 2)
+        self.update_rule = make_update_rule(cfg, self.dist, self.actor, self.shuffle_gen)
         self.num_steps = 0
         self.num_updates = 0
         self.total_steps = 0
@@ -174,10 +174,16 @@ class TRPO:
                                                batch.terminated, batch.truncated, cfg.gamma, cfg.gae_lambda)
         raw_adv = advantages.reshape(-1)
         adv = adv_lib.normalize(raw_adv) if cfg.normalize_advantages else raw_adv
-        # 3. Policy step.
+        # 3. Policy step: the update rule (update_rules.py), on all samples but a held-out share if asked.
         obs = batch.obs.reshape(-1, batch.obs.shape[-1])
         actions = batch.actions.reshape(-1, *batch.actions.shape[2:])
-        step, entropy = self.policy_step(obs, actions, batch.log_probs.reshape(-1), adv)
+        with torch.no_grad():
+            old_params = tuple(p.detach() for p in self.actor(obs))
+        full = PolicyBatch(obs, actions, batch.log_probs.reshape(-1), adv, old_params)
+        train, holdout = full.split(cfg.holdout_fraction, self.shuffle_gen)
+        step = self.update_rule.update(self.actor, train)
+        step.update(policy_stats(self.actor, self.dist, train, holdout))
+        step["entropy"] = float(self.dist.entropy(old_params).mean())
         self.num_steps += batch.obs.shape[0] * batch.obs.shape[1]
         self.num_updates += 1
         t2 = time.perf_counter()
@@ -189,68 +195,7 @@ class TRPO:
         value_loss = self.fit_value(obs, targets.reshape(-1).detach())
         t3 = time.perf_counter()
 
-        return self._metrics(batch, step, entropy, value_loss, values, targets, raw_adv, (t0, t1, t2, t3))
-
-    def _flat_actor(self) -> tuple[Tensor, Callable[[Tensor], dict[str, Tensor]]]:
-        """theta as one vector, and a map back to named parameter tensors (views into theta)."""
-        named = list(self.actor.named_parameters())
-        theta = torch.cat([p.detach().reshape(-1) for _, p in named])
-        shapes = [(name, p.shape, p.numel()) for name, p in named]
-
-        def unflatten(vec: Tensor) -> dict[str, Tensor]:
-            out, offset = {}, 0
-            for name, shape, numel in shapes:
-                out[name] = vec[offset : offset + numel].view(shape)
-                offset += numel
-            return out
-
-        return theta, unflatten
-
-    def policy_step(self, obs: Tensor, actions: Tensor, old_log_probs: Tensor, adv: Tensor) -> tuple[StepResult, float]:
-        """The TRPO (or NPG) step on one batch; writes the new parameters into the actor if accepted."""
-        cfg = self.config
-        theta_old, unflatten = self._flat_actor()
-
-        def params_of(theta: Tensor, x: Tensor) -> Params:
-            return functional_call(self.actor, unflatten(theta), (x,))
-
-        with torch.no_grad():
-            old_params = tuple(p.detach() for p in self.actor(obs))
-            entropy = float(self.dist.entropy(old_params).mean())
-
-        def surrogate(theta: Tensor, params: Params | None = None) -> Tensor:
-            # L(theta) = mean[ pi_theta(a|s) / pi_old(a|s) * A ]
-            params = params_of(theta, obs) if params is None else params
-            return (torch.exp(self.dist.log_prob(params, actions) - old_log_probs) * adv).mean()
-
-        def mean_kl(theta: Tensor, x: Tensor, old: Params) -> Tensor:
-            return self.dist.kl(old, params_of(theta, x)).mean()
-
-        @torch.no_grad()
-        def evaluate(theta: Tensor) -> tuple[float, float]:
-            params = params_of(theta, obs)  # one forward pass for both
-            return float(self.dist.kl(old_params, params).mean()), float(surrogate(theta, params))
-
-        theta = theta_old.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(surrogate(theta), theta)
-
-        k = cfg.fisher_subsample
-        sub_obs, sub_old = (obs, old_params) if k == 1 else (obs[::k], tuple(p[::k] for p in old_params))
-        if cfg.fisher_product == "hessian":
-            fvp = hessian_fvp(lambda th: mean_kl(th, sub_obs, sub_old), theta_old, cfg.cg_damping)
-        else:
-            lin = autograd_linearization(lambda th: params_of(th, sub_obs), theta_old)
-            fvp = gauss_newton_fvp(lin, self.dist.fisher_metric_product, cfg.cg_damping)
-
-        result = trpo_step(
-            theta_old, grad, fvp, evaluate,
-            max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
-            backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
-            line_search=cfg.update_rule == "trpo",
-        )
-        if result.accepted:
-            torch.nn.utils.vector_to_parameters(result.theta, self.actor.parameters())
-        return result, entropy
+        return self._metrics(batch, step, value_loss, values, targets, raw_adv, (t0, t1, t2, t3))
 
     def fit_value(self, obs: Tensor, targets: Tensor) -> float:
         """Adam on the mean squared error, value_epochs passes of shuffled minibatches. Returns the loss over
@@ -266,8 +211,8 @@ class TRPO:
         with torch.no_grad():
             return float((self.critic(obs) - targets).pow(2).mean())
 
-    def _metrics(self, batch: Batch, step: StepResult, entropy: float, value_loss: float, values: Tensor,
-                 targets: Tensor, raw_adv: Tensor, times: tuple[float, float, float, float]) -> dict[str, Any]:
+    def _metrics(self, batch: Batch, step: dict[str, Any], value_loss: float, values: Tensor, targets: Tensor,
+                 raw_adv: Tensor, times: tuple[float, float, float, float]) -> dict[str, Any]:
         t0, t1, t2, t3 = times
         var_t = float(targets.var())
         explained = 1.0 - float((targets - values).var()) / var_t if var_t > 0 else math.nan
@@ -278,19 +223,7 @@ class TRPO:
             "episodes": len(rets),
             "episode_return_mean": float(np.mean(rets)) if rets else math.nan,
             "episode_length_mean": float(np.mean(lens)) if lens else math.nan,
-            "kl": step.kl,
-            "surrogate_gain": step.surrogate_gain,
-            "expected_gain": step.expected_gain,
-            "line_search_steps": step.line_search_steps,
-            "step_fraction": step.step_fraction,
-            "step_accepted": step.accepted,
-            "step_status": step.reason,
-            "cg_iterations": step.cg_iterations,
-            "cg_residual": step.cg_residual,
-            "xFx": step.xFx,
-            "beta": step.beta,
-            "grad_norm": step.grad_norm,
-            "entropy": entropy,
+            **step,
             "value_loss": value_loss,
             "explained_variance": explained,
             "advantage_mean": float(raw_adv.mean()),
@@ -380,6 +313,7 @@ class TRPO:
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
+            "update_rule": self.update_rule.state_dict(),
             "obs_norm": self.obs_norm.stats.state_dict(),
             "reward_norm": self.reward_scaler.stats.state_dict(),
             "rng": {"sample": self.sample_gen.get_state(), "shuffle": self.shuffle_gen.get_state(),
@@ -421,6 +355,7 @@ class TRPO:
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.update_rule.load_state_dict(state.get("update_rule", {}))  # absent from checkpoints before the rules
         self.obs_norm.stats.load_state_dict(state["obs_norm"])
         self.reward_scaler.stats.load_state_dict(state["reward_norm"])
         self.sample_gen.set_state(state["rng"]["sample"])

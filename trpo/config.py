@@ -11,13 +11,16 @@ import dataclasses
 import itertools
 import math
 import re
+import types
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 AdvantageEstimator = Literal["gae", "td", "return"]
-UpdateRule = Literal["trpo", "npg"]
+UpdateRule = Literal["trpo", "npg", "penalty", "pg", "ppo"]
+KLConstraint = Literal["mean", "max"]
+KLPenalty = Literal["fixed", "adaptive", "theory"]
 FisherProduct = Literal["gauss_newton", "hessian"]
 VectorMode = Literal["sync", "subprocess"]
 Activation = Literal["tanh", "relu"]
@@ -54,11 +57,16 @@ class TRPOConfig:
     normalize_advantages: bool = True
     """Shift and scale advantages to mean 0, std 1 per batch."""
 
-    # --- policy step (trust_region.py) ---
+    # --- policy step (update_rules.py; trust_region.py for trpo and npg) ---
     update_rule: UpdateRule = "trpo"
-    """'trpo': line search with KL and improvement checks; 'npg': natural policy gradient, the full step as is."""
+    """'trpo': natural gradient step scaled to the trust region, line search with KL and improvement checks;
+    'npg': natural policy gradient, the same step without line search; 'penalty': Adam on L - beta * KL;
+    'pg': Adam on L (vanilla policy gradient); 'ppo': Adam on PPO's clipped surrogate."""
     max_kl: float = 0.01
-    """Trust-region size delta: the bound on the mean KL(pi_old || pi_new) over the batch."""
+    """Trust-region size delta (trpo, npg): the bound on the KL(pi_old || pi_new) over the batch."""
+    kl_constraint: KLConstraint = "mean"
+    """trpo: the line search bounds the 'mean' KL over the batch's states (the paper's practical algorithm) or
+    their 'max' KL (the constraint of its theorem)."""
     cg_iters: int = 15
     """Maximum conjugate-gradient iterations k for F x = g."""
     cg_damping: float = 0.1
@@ -74,6 +82,31 @@ class TRPOConfig:
     """Line-search shrink factor alpha."""
     max_backtracks: int = 10
     """J: line-search candidates are theta_old + alpha^j * beta * x for j = 0..J."""
+    holdout_fraction: float = 0.0
+    """Diagnostic, any rule: this share of each batch, drawn at random, is kept out of the policy step (g, F, the
+    line search, the first-order epochs), and the KL on it is logged (kl_holdout): does the step generalize?"""
+
+    # --- first-order rules: pg, penalty, ppo (update_rules.py); empty fields take the rule's default ---
+    policy_lr: float | None = None
+    """Adam learning rate of the policy (default 3e-4 for pg, penalty and ppo)."""
+    policy_epochs: int | None = None
+    """Passes over the batch per update (default: pg 1, penalty 10, ppo 10)."""
+    policy_minibatch: int | None = None
+    """Samples per Adam step, 0 = the whole batch (default: pg 0, penalty 64, ppo 64)."""
+    max_grad_norm: float | None = None
+    """Clip the policy gradient's norm to this, 0 = no clipping (default: ppo 0.5, pg and penalty 0)."""
+    clip_range: float = 0.2
+    """ppo: the clip range epsilon of the clipped surrogate."""
+    target_kl: float = 0.0
+    """ppo: stop the epochs early once the exact mean KL on the batch exceeds 1.5 * target_kl (0: never)."""
+    kl_penalty: KLPenalty = "adaptive"
+    """penalty: 'fixed' beta = penalty_coef; 'adaptive' starts at penalty_coef, doubles when KL > 1.5 kl_target
+    and halves when KL < kl_target / 1.5 after each update; 'theory': the bound of the TRPO paper's theorem,
+    C = 4 eps gamma / (1 - gamma)^2 with eps = max |A| on the batch, on the max KL over states."""
+    penalty_coef: float = 1.0
+    """penalty: beta for kl_penalty 'fixed', its starting value for 'adaptive'."""
+    kl_target: float = 0.01
+    """penalty: d_targ of the adaptive beta."""
 
     # --- value function ---
     value_lr: float = 1e-3
@@ -114,6 +147,11 @@ class TRPOConfig:
     """Deterministic evaluation episodes at the end of `trpo train`."""
 
     def __post_init__(self) -> None:
+        # A first-order rule's empty fields take its defaults: switching a preset's rule (`--update-rule ppo`)
+        # gives that rule's own settings. Resolved here, so config.yaml and checkpoints show the values used.
+        for name, value in RULE_DEFAULTS.get(self.update_rule, {}).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         validate(self)
 
     def replace(self, **changes: Any) -> TRPOConfig:
@@ -135,9 +173,19 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+# Defaults of the first-order rules: Spinning Up's VPG for pg (one full-batch Adam step per batch); the PPO
+# paper's MuJoCo settings for penalty (its adaptive-KL variant) and ppo (Schulman et al. 2017, table 3), with
+# SB3's gradient-norm clipping for ppo.
+RULE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pg": dict(policy_lr=3e-4, policy_epochs=1, policy_minibatch=0, max_grad_norm=0.0),
+    "penalty": dict(policy_lr=3e-4, policy_epochs=10, policy_minibatch=64, max_grad_norm=0.0),
+    "ppo": dict(policy_lr=3e-4, policy_epochs=10, policy_minibatch=64, max_grad_norm=0.5),
+}
+
 _POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample")
 _NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "torch_threads", "num_workers")
-_POSITIVE_FLOAT = ("max_kl", "value_lr", "clip_obs", "clip_reward", "cg_tol")
+_POSITIVE_FLOAT = ("max_kl", "value_lr", "clip_obs", "clip_reward", "cg_tol", "kl_target")
+_NON_NEGATIVE_FLOAT = ("target_kl", "penalty_coef")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
 
 
@@ -153,6 +201,22 @@ def validate(cfg: TRPOConfig) -> None:
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{name} must be a positive number, got {value}")
+    for name in _NON_NEGATIVE_FLOAT:
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a number >= 0, got {value}")
+    if cfg.policy_lr is not None and not (math.isfinite(cfg.policy_lr) and cfg.policy_lr > 0):
+        raise ConfigError(f"policy_lr must be a positive number, got {cfg.policy_lr}")
+    if cfg.policy_epochs is not None and cfg.policy_epochs <= 0:
+        raise ConfigError(f"policy_epochs must be a positive integer, got {cfg.policy_epochs}")
+    if cfg.policy_minibatch is not None and cfg.policy_minibatch < 0:
+        raise ConfigError(f"policy_minibatch must be >= 0 (0: the whole batch), got {cfg.policy_minibatch}")
+    if cfg.max_grad_norm is not None and not (math.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm >= 0):
+        raise ConfigError(f"max_grad_norm must be >= 0 (0: no clipping), got {cfg.max_grad_norm}")
+    if not 0.0 < cfg.clip_range < 1.0:
+        raise ConfigError(f"clip_range must lie in (0, 1), got {cfg.clip_range}")
+    if not 0.0 <= cfg.holdout_fraction < 1.0:
+        raise ConfigError(f"holdout_fraction must lie in [0, 1), got {cfg.holdout_fraction}")
     for name in _UNIT_INTERVAL:
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"{name} must lie in [0, 1], got {getattr(cfg, name)}")
@@ -211,6 +275,10 @@ def coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
 
 def coerce(name: str, hint: Any, value: Any) -> Any:
     """Convert one value (a string from the CLI or a YAML scalar) to the type of field `name`."""
+    if get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        (hint,) = (arg for arg in get_args(hint) if arg is not type(None))
     try:
         if hint is bool:
             if isinstance(value, str):
@@ -335,6 +403,7 @@ __all__ = [
     "PRESETS",
     "PRESET_STEPS",
     "RESUME_SAFE_FIELDS",
+    "RULE_DEFAULTS",
     "RUN_RECORD_KEYS",
     "ConfigError",
     "TRPOConfig",

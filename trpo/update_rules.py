@@ -1,0 +1,341 @@
+"""Policy update rules: the TRPO family on one machinery, behind one narrow call.
+
+    rule = make_update_rule(config, dist, actor, generator)
+    stats = rule.update(actor, batch)        # the new parameters go into `actor`; `stats` are logged
+
+| rule      | maximizes                                  | how                                 | class              |
+|-----------|--------------------------------------------|-------------------------------------|--------------------|
+| `trpo`    | L s.t. KL <= delta (mean or max KL)         | CG natural step, line search        | TrustRegionRule    |
+| `npg`     | L along the natural gradient, to KL = delta | the same step, taken as is          | TrustRegionRule    |
+| `pg`      | L                                           | Adam ascent                         | PolicyGradientRule |
+| `penalty` | L - beta KL (fixed, adaptive; theorem's C)  | Adam ascent                         | PenaltyRule        |
+| `ppo`     | L_clip                                      | Adam ascent, early stop at a KL     | PPORule            |
+
+Every rule sees the same `PolicyBatch` (collector, advantages, normalization and critic are shared), and
+`policy_stats` measures every rule's step the same way afterwards (exact mean and max KL, and on a held-out
+share of the batch). The objectives are pure functions in objectives.py; the trust-region step in
+trust_region.py. Adding a rule: a class with `update`, `state_dict`, `load_state_dict`, and one line in RULES.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from trpo import objectives as obj
+from trpo.config import TRPOConfig
+from trpo.networks import Actor
+from trpo.optim import Adam
+from trpo.spaces import ActionDistribution, Params
+from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp, trpo_step
+
+
+@dataclass(frozen=True)
+class PolicyBatch:
+    """What a rule learns from: flat samples, pi_old's log-probabilities and distribution params, advantages."""
+
+    obs: Tensor  # [B, D], normalized as pi_old saw them
+    actions: Tensor  # [B, ...]
+    old_log_probs: Tensor  # [B]: log pi_old(a|s)
+    advantages: Tensor  # [B], normalized if the config says so
+    old_params: Params  # pi_old's distribution params on obs, detached
+
+    @property
+    def size(self) -> int:
+        return self.obs.shape[0]
+
+    def subset(self, idx: Tensor) -> PolicyBatch:
+        return PolicyBatch(self.obs[idx], self.actions[idx], self.old_log_probs[idx], self.advantages[idx],
+                           tuple(p[idx] for p in self.old_params))
+
+    def split(self, fraction: float, generator: torch.Generator) -> tuple[PolicyBatch, PolicyBatch | None]:
+        """A random `fraction` of the samples held out (at least one on each side), or (self, None) for 0."""
+        if fraction <= 0:
+            return self, None
+        n = self.size
+        held = min(max(1, round(fraction * n)), n - 1)
+        order = torch.randperm(n, generator=generator).to(self.obs.device)
+        return self.subset(order[held:]), self.subset(order[:held])
+
+
+class UpdateRule(Protocol):
+    """One policy update per batch; state (optimizer moments, an adaptive beta) goes into checkpoints."""
+
+    def update(self, actor: Actor, batch: PolicyBatch) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def policy_stats(actor: Actor, dist: ActionDistribution, batch: PolicyBatch,
+                 holdout: PolicyBatch | None) -> dict[str, Any]:
+    """Every rule's step measured alike, after it: the exact mean and max over states of KL(pi_old || pi_new)
+    (the theorem bounds the max; TRPO constrains the mean), and both on the held-out share when there is one."""
+    with torch.no_grad():
+        per_state = dist.kl(batch.old_params, actor(batch.obs))
+        stats: dict[str, Any] = {"kl": float(per_state.mean()), "kl_max": float(per_state.max())}
+        if holdout is not None:
+            held = dist.kl(holdout.old_params, actor(holdout.obs))
+            stats["kl_holdout"], stats["kl_holdout_max"] = float(held.mean()), float(held.max())
+    return stats
+
+
+# --- trpo and npg ------------------------------------------------------------------------------------------
+
+
+def flat_parameters(actor: Actor) -> tuple[Tensor, Callable[[Tensor, Tensor], Params]]:
+    """theta as one vector, and params_of(theta, obs): the actor's distribution params with theta plugged in."""
+    named = list(actor.named_parameters())
+    theta = torch.cat([p.detach().reshape(-1) for _, p in named])
+    shapes = [(name, p.shape, p.numel()) for name, p in named]
+
+    def params_of(vec: Tensor, obs: Tensor) -> Params:
+        tensors, offset = {}, 0
+        for name, shape, numel in shapes:
+            tensors[name] = vec[offset : offset + numel].view(shape)
+            offset += numel
+        return functional_call(actor, tensors, (obs,))
+
+    return theta, params_of
+
+
+class TrustRegionRule:
+    """trpo and npg: g, x = F^-1 g by CG with Fisher-vector products, beta = sqrt(2 delta / x^T F x), then the
+    backtracking line search (trpo) or the full step (npg): trust_region.trpo_step."""
+
+    def __init__(self, config: TRPOConfig, dist: ActionDistribution) -> None:
+        self.config, self.dist = config, dist
+
+    def update(self, actor: Actor, batch: PolicyBatch) -> dict[str, Any]:
+        cfg, dist = self.config, self.dist
+        theta_old, params_of = flat_parameters(actor)
+        reduce_kl = torch.amax if cfg.kl_constraint == "max" else torch.mean  # what the line search bounds
+
+        def surrogate(theta: Tensor, params: Params | None = None) -> Tensor:
+            params = params_of(theta, batch.obs) if params is None else params
+            return obj.surrogate(dist.log_prob(params, batch.actions), batch.old_log_probs, batch.advantages)
+
+        @torch.no_grad()
+        def evaluate(theta: Tensor) -> tuple[float, float]:
+            params = params_of(theta, batch.obs)  # one forward pass for both
+            return float(reduce_kl(dist.kl(batch.old_params, params))), float(surrogate(theta, params))
+
+        theta = theta_old.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(surrogate(theta), theta)
+
+        k = cfg.fisher_subsample
+        sub_obs = batch.obs if k == 1 else batch.obs[::k]
+        sub_old = batch.old_params if k == 1 else tuple(p[::k] for p in batch.old_params)
+        if cfg.fisher_product == "hessian":
+            fvp = hessian_fvp(lambda th: dist.kl(sub_old, params_of(th, sub_obs)).mean(), theta_old, cfg.cg_damping)
+        else:
+            lin = autograd_linearization(lambda th: params_of(th, sub_obs), theta_old)
+            fvp = gauss_newton_fvp(lin, dist.fisher_metric_product, cfg.cg_damping)
+
+        step = trpo_step(
+            theta_old, grad, fvp, evaluate,
+            max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
+            backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
+            line_search=cfg.update_rule == "trpo",
+        )
+        if step.accepted:
+            torch.nn.utils.vector_to_parameters(step.theta, actor.parameters())
+        return {
+            "surrogate_gain": step.surrogate_gain,
+            "expected_gain": step.expected_gain,
+            "line_search_steps": step.line_search_steps,
+            "step_fraction": step.step_fraction,
+            "step_accepted": step.accepted,
+            "step_status": step.reason,
+            "cg_iterations": step.cg_iterations,
+            "cg_residual": step.cg_residual,
+            "xFx": step.xFx,
+            "beta": step.beta,
+            "grad_norm": step.grad_norm,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+# --- first-order rules -------------------------------------------------------------------------------------
+
+Objective = Callable[[Params, PolicyBatch], Tensor]  # (params of the minibatch, the minibatch) -> scalar
+
+
+def surrogate_of(dist: ActionDistribution, params: Params, batch: PolicyBatch) -> Tensor:
+    return obj.surrogate(dist.log_prob(params, batch.actions), batch.old_log_probs, batch.advantages)
+
+
+def gradient_ascent(actor: Actor, optimizer: Adam, batch: PolicyBatch, objective: Objective, epochs: int,
+                    minibatch: int, max_grad_norm: float, generator: torch.Generator,
+                    stop: Callable[[], bool] | None = None) -> int:
+    """Adam on -objective: `epochs` passes of shuffled minibatches (0: the whole batch, unshuffled), the
+    gradient's norm clipped to max_grad_norm (0: not clipped); after each pass, `stop()` may end it early.
+    Returns the number of passes run."""
+    params = list(actor.parameters())
+    n = batch.size
+    size = n if minibatch <= 0 else min(minibatch, n)
+    for epoch in range(1, epochs + 1):
+        order = None if size == n else torch.randperm(n, generator=generator).to(batch.obs.device)
+        for start in range(0, n, size):
+            part = batch if order is None else batch.subset(order[start : start + size])
+            grads = torch.autograd.grad(-objective(actor(part.obs), part), params)
+            if max_grad_norm > 0:  # as torch.nn.utils.clip_grad_norm_
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                if norm > max_grad_norm:
+                    grads = tuple(g * (max_grad_norm / (norm + 1e-6)) for g in grads)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            optimizer.step()
+        if stop is not None and stop():
+            return epoch
+    return epochs
+
+
+def surrogate_gradient_norm(actor: Actor, dist: ActionDistribution, batch: PolicyBatch) -> tuple[float, float]:
+    """(||g||, L(theta_old)) on the whole batch, before a first-order rule moves the policy."""
+    params = list(actor.parameters())
+    value = surrogate_of(dist, actor(batch.obs), batch)
+    grads = torch.autograd.grad(value, params)
+    return float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))), float(value)
+
+
+def _exact_surrogate(actor: Actor, dist: ActionDistribution, batch: PolicyBatch) -> float:
+    with torch.no_grad():
+        return float(surrogate_of(dist, actor(batch.obs), batch))
+
+
+class PolicyGradientRule:
+    """pg: Adam ascent on L (at theta_old its gradient is the policy gradient g); Spinning Up's VPG by default."""
+
+    def __init__(self, config: TRPOConfig, dist: ActionDistribution, actor: Actor, generator: torch.Generator) -> None:
+        self.config, self.dist, self.generator = config, dist, generator
+        self.optimizer = Adam(actor.parameters(), lr=float(config.policy_lr or 0.0))
+
+    def update(self, actor: Actor, batch: PolicyBatch) -> dict[str, Any]:
+        cfg = self.config
+        grad_norm, before = surrogate_gradient_norm(actor, self.dist, batch)
+        epochs = gradient_ascent(actor, self.optimizer, batch, lambda p, b: surrogate_of(self.dist, p, b),
+                                    int(cfg.policy_epochs or 1), int(cfg.policy_minibatch or 0),
+                                    float(cfg.max_grad_norm or 0.0), self.generator)
+        return {"surrogate_gain": _exact_surrogate(actor, self.dist, batch) - before, "grad_norm": grad_norm,
+                "step_accepted": True, "step_status": "first_order", "policy_epochs_run": epochs}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class PenaltyRule:
+    """penalty: Adam ascent on L - beta * KL(pi_old || pi_theta).
+
+    kl_penalty 'fixed': beta = penalty_coef, on the mean KL. 'adaptive': the same, beta adapted after each update
+    from the update's exact mean KL (objectives.adaptive_beta). 'theory': the theorem's bound, L / (1 - gamma) -
+    C * max KL with C from this batch's max |A| (objectives.theory_penalty_objective): minibatches use their own
+    max KL."""
+
+    def __init__(self, config: TRPOConfig, dist: ActionDistribution, actor: Actor, generator: torch.Generator) -> None:
+        self.config, self.dist, self.generator = config, dist, generator
+        self.optimizer = Adam(actor.parameters(), lr=float(config.policy_lr or 0.0))
+        self.beta = float(config.penalty_coef)
+
+    def objective(self, batch_beta: float) -> Objective:
+        cfg, dist = self.config, self.dist
+        if cfg.kl_penalty == "theory":
+            return lambda p, b: obj.theory_penalty_objective(surrogate_of(dist, p, b), dist.kl(b.old_params, p).max(),
+                                                             batch_beta, cfg.gamma)
+        return lambda p, b: obj.penalized_surrogate(surrogate_of(dist, p, b), dist.kl(b.old_params, p).mean(),
+                                                    batch_beta)
+
+    def update(self, actor: Actor, batch: PolicyBatch) -> dict[str, Any]:
+        cfg = self.config
+        if cfg.kl_penalty == "theory":
+            epsilon = float(batch.advantages.abs().max())
+            beta = obj.theory_coefficient(epsilon, cfg.gamma)
+        else:
+            epsilon, beta = math.nan, self.beta
+        grad_norm, before = surrogate_gradient_norm(actor, self.dist, batch)
+        epochs = gradient_ascent(actor, self.optimizer, batch, self.objective(beta), int(cfg.policy_epochs or 1),
+                                    int(cfg.policy_minibatch or 0), float(cfg.max_grad_norm or 0.0), self.generator)
+        stats = {"surrogate_gain": _exact_surrogate(actor, self.dist, batch) - before, "grad_norm": grad_norm,
+                 "step_accepted": True, "step_status": "first_order", "policy_epochs_run": epochs,
+                 "penalty_beta": beta}
+        if cfg.kl_penalty == "theory":
+            stats["penalty_epsilon"] = epsilon
+        elif cfg.kl_penalty == "adaptive":
+            with torch.no_grad():
+                kl = float(self.dist.kl(batch.old_params, actor(batch.obs)).mean())
+            self.beta = obj.adaptive_beta(self.beta, kl, cfg.kl_target)
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "beta": self.beta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.beta = float(state["beta"])
+
+
+class PPORule:
+    """ppo: Adam ascent on the clipped surrogate L_clip, optionally stopped once the exact mean KL on the batch
+    exceeds 1.5 target_kl (checked after each pass); the critic stays the separate network fitted as for TRPO."""
+
+    def __init__(self, config: TRPOConfig, dist: ActionDistribution, actor: Actor, generator: torch.Generator) -> None:
+        self.config, self.dist, self.generator = config, dist, generator
+        self.optimizer = Adam(actor.parameters(), lr=float(config.policy_lr or 0.0))
+
+    def update(self, actor: Actor, batch: PolicyBatch) -> dict[str, Any]:
+        cfg, dist = self.config, self.dist
+
+        def objective(params: Params, part: PolicyBatch) -> Tensor:
+            return obj.clipped_surrogate(dist.log_prob(params, part.actions), part.old_log_probs, part.advantages,
+                                         cfg.clip_range)
+
+        def kl_exceeded() -> bool:
+            with torch.no_grad():
+                return float(dist.kl(batch.old_params, actor(batch.obs)).mean()) > 1.5 * cfg.target_kl
+
+        grad_norm, before = surrogate_gradient_norm(actor, dist, batch)
+        epochs = gradient_ascent(actor, self.optimizer, batch, objective, int(cfg.policy_epochs or 1),
+                                    int(cfg.policy_minibatch or 0), float(cfg.max_grad_norm or 0.0), self.generator,
+                                    stop=kl_exceeded if cfg.target_kl > 0 else None)
+        with torch.no_grad():
+            log_probs = dist.log_prob(actor(batch.obs), batch.actions)
+        stopped = cfg.target_kl > 0 and epochs < int(cfg.policy_epochs or 1)
+        return {"surrogate_gain": float(obj.surrogate(log_probs, batch.old_log_probs, batch.advantages)) - before,
+                "grad_norm": grad_norm, "step_accepted": True,
+                "step_status": "early_stop" if stopped else "first_order", "policy_epochs_run": epochs,
+                "clip_fraction": obj.clip_fraction(log_probs, batch.old_log_probs, cfg.clip_range)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+RULES: dict[str, Callable[..., UpdateRule]] = {
+    "trpo": lambda cfg, dist, actor, gen: TrustRegionRule(cfg, dist),
+    "npg": lambda cfg, dist, actor, gen: TrustRegionRule(cfg, dist),
+    "pg": PolicyGradientRule,
+    "penalty": PenaltyRule,
+    "ppo": PPORule,
+}
+
+
+def make_update_rule(config: TRPOConfig, dist: ActionDistribution, actor: Actor,
+                     generator: torch.Generator) -> UpdateRule:
+    return RULES[config.update_rule](config, dist, actor, generator)
