@@ -17,6 +17,7 @@ from torch import distributions as dists
 from trpo import TRPO, TRPOConfig
 from trpo.logger import TIMING_FIELDS
 from trpo.rollout import EnvError
+from trpo.update_rules import PolicyBatch, policy_stats
 
 SMALL = TRPOConfig(num_envs=2, steps_per_env=128, value_epochs=2, value_minibatch=64)
 
@@ -37,6 +38,15 @@ def fresh_batch(agent: TRPO):
     return obs, actions, batch.log_probs.reshape(-1), normalize(adv.reshape(-1))
 
 
+def policy_update(agent: TRPO, obs, actions, old_logp, adv) -> dict:
+    """One call of the agent's update rule on a batch, with the figures every rule logs."""
+    with torch.no_grad():
+        old = tuple(p.detach() for p in agent.actor(obs))
+    batch = PolicyBatch(obs, actions, old_logp, adv, old)
+    stats = agent.update_rule.update(agent.actor, batch)
+    return {**stats, **policy_stats(agent.actor, agent.dist, batch, None)}
+
+
 @pytest.mark.parametrize("env_id,max_kl", [("CartPole-v1", 0.01), ("Pendulum-v1", 0.02), ("Acrobot-v1", 0.005)])
 def test_measured_kl_after_real_updates_is_within_delta(env_id: str, max_kl: float) -> None:
     agent = TRPO(env_id, config=SMALL.replace(max_kl=max_kl), seed=0)
@@ -45,7 +55,7 @@ def test_measured_kl_after_real_updates_is_within_delta(env_id: str, max_kl: flo
         obs, actions, old_logp, adv = fresh_batch(agent)
         with torch.no_grad():
             old = tuple(p.clone() for p in agent.actor(obs))
-        step, _ = agent.policy_step(obs, actions, old_logp, adv)
+        step = policy_update(agent, obs, actions, old_logp, adv)
         with torch.no_grad():
             new = agent.actor(obs)
         # Independent check with torch.distributions, joint over action dimensions.
@@ -56,10 +66,10 @@ def test_measured_kl_after_real_updates_is_within_delta(env_id: str, max_kl: flo
                                  dists.Independent(dists.Normal(new[0], new[1].exp()), 1)).mean()
         kl = float(kl.detach())
         assert kl <= max_kl * (1 + 1e-5)
-        assert kl == pytest.approx(step.kl, rel=1e-4, abs=1e-9)
-        accepted += step.accepted
-        if step.accepted:
-            assert step.surrogate_gain >= 0
+        assert kl == pytest.approx(step["kl"], rel=1e-4, abs=1e-9)
+        accepted += step["step_accepted"]
+        if step["step_accepted"]:
+            assert step["surrogate_gain"] >= 0
     assert accepted >= 3  # the checks pass on real batches, not only by rejecting
     agent.close()
 
@@ -71,8 +81,8 @@ def test_failed_line_search_restores_parameters_bit_for_bit(monkeypatch) -> None
     monkeypatch.setattr(agent.dist, "kl", lambda old, new: exact_kl(old, new) + 1.0)
     before = snapshot(agent.actor)
     obs, actions, old_logp, adv = fresh_batch(agent)
-    step, _ = agent.policy_step(obs, actions, old_logp, adv)
-    assert not step.accepted and step.reason == "line_search_failed"
+    step = policy_update(agent, obs, actions, old_logp, adv)
+    assert not step["step_accepted"] and step["step_status"] == "line_search_failed"
     for a, b in zip(before, agent.actor.parameters(), strict=True):
         assert torch.equal(a, b)
     agent.close()

@@ -288,7 +288,8 @@ def test_version_and_choices_in_help() -> None:
     assert res.returncode == 0 and res.stdout.strip() == f"trpo {__version__}"
     help_text = " ".join(trpo("train", "--help").stdout.split())
     for flag, choices in [("--activation", "{tanh,relu}"), ("--advantage", "{gae,td,return}"),
-                          ("--update-rule", "{trpo,npg}"), ("--fisher-product", "{gauss_newton,hessian}"),
+                          ("--update-rule", "{trpo,npg,penalty,pg,ppo}"), ("--kl-constraint", "{mean,max}"),
+                          ("--kl-penalty", "{fixed,adaptive,theory}"), ("--fisher-product", "{gauss_newton,hessian}"),
                           ("--vector-mode", "{sync,subprocess}")]:
         assert f"{flag} {choices}" in help_text, flag
     assert "--overwrite" in help_text

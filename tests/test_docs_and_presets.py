@@ -18,8 +18,11 @@ def test_readme_documents_every_config_field() -> None:
         assert f"| `{f.name}` | `--{f.name.replace('_', '-')}` |" in README, f.name
 
 
-def test_readme_documents_every_metric() -> None:
-    agent = TRPO("Pendulum-v1", config=TRPOConfig(num_envs=1, steps_per_env=64, value_epochs=1), seed=0)
+@pytest.mark.parametrize("rule,extra", [("trpo", {"holdout_fraction": 0.25}), ("npg", {}), ("pg", {}),
+                                        ("penalty", {}), ("penalty", {"kl_penalty": "theory"}), ("ppo", {})])
+def test_readme_documents_every_metric(rule: str, extra: dict) -> None:
+    config = TRPOConfig(num_envs=1, steps_per_env=64, value_epochs=1, update_rule=rule, **extra)
+    agent = TRPO("Pendulum-v1", config=config, seed=0)
     agent.learn(64)
     for key in agent.history[-1]:
         assert f"`{key}`" in README, key

@@ -83,7 +83,10 @@ def test_every_piece_of_state_round_trips(tmp_path: Path, name: str) -> None:
 
 def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
     changed = dict(num_envs=2, steps_per_env=32, vector_mode="subprocess", num_workers=1, gamma=0.97, gae_lambda=0.9,
-                   advantage="td", normalize_advantages=False, update_rule="npg", max_kl=0.02, cg_iters=7,
+                   advantage="td", normalize_advantages=False, update_rule="penalty", max_kl=0.02, cg_iters=7,
+                   kl_constraint="max", holdout_fraction=0.1, policy_lr=1e-3, policy_epochs=2, policy_minibatch=16,
+                   max_grad_norm=1.0, clip_range=0.1, target_kl=0.02, kl_penalty="fixed", penalty_coef=2.0,
+                   kl_target=0.02,
                    cg_damping=0.05, cg_tol=1e-8, fisher_product="hessian", fisher_subsample=2, backtrack_ratio=0.5,
                    max_backtracks=4, value_lr=3e-4, value_epochs=2, value_minibatch=16, actor_hidden=(8,),
                    critic_hidden=(8, 4), activation="relu", init_log_std=-1.0, normalize_obs=True,

@@ -142,7 +142,7 @@ class TRPOConfig:
     torch_threads: int = 1
     """torch.set_num_threads for this process (0 leaves torch's default)."""
     checkpoint_every: int = 10
-    """Write checkpoints/latest.pt every K policy updates (0: only final.pt)."""
+    """Write checkpoints/latest.pt every K policy updates (0: only at the end)."""
     eval_episodes: int = 10
     """Deterministic evaluation episodes at the end of `trpo train`."""
 

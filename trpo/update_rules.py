@@ -208,7 +208,7 @@ def surrogate_gradient_norm(actor: Actor, dist: ActionDistribution, batch: Polic
     params = list(actor.parameters())
     value = surrogate_of(dist, actor(batch.obs), batch)
     grads = torch.autograd.grad(value, params)
-    return float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))), float(value)
+    return float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))), float(value.detach())
 
 
 def _exact_surrogate(actor: Actor, dist: ActionDistribution, batch: PolicyBatch) -> float:
