@@ -40,9 +40,7 @@ def fresh_batch(agent: TRPO):
 
 def policy_update(agent: TRPO, obs, actions, old_logp, adv) -> dict:
     """One call of the agent's update rule on a batch, with the figures every rule logs."""
-    with torch.no_grad():
-        old = tuple(p.detach() for p in agent.actor(obs))
-    batch = PolicyBatch(obs, actions, old_logp, adv, old)
+    batch = PolicyBatch.of(agent.actor, obs, actions, old_logp, adv)
     stats = agent.update_rule.update(agent.actor, batch)
     return {**stats, **policy_stats(agent.actor, agent.dist, batch, None)}
 

@@ -55,10 +55,7 @@ def test_adaptive_beta_doubles_above_and_halves_below_the_band(kl: float, expect
 
 
 def _batch(agent: TRPO) -> PolicyBatch:
-    obs, actions, old_logp, adv = fresh_batch(agent)
-    with torch.no_grad():
-        old = tuple(p.detach() for p in agent.actor(obs))
-    return PolicyBatch(obs, actions, old_logp, adv, old)
+    return PolicyBatch.of(agent.actor, *fresh_batch(agent))
 
 
 def test_theory_penalty_uses_the_theorems_c_and_eps_and_takes_tiny_steps() -> None:

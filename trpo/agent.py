@@ -1,8 +1,9 @@
-"""class TRPO: composes rollouts, advantages, the trust-region step and the value fit into `learn`, and offers
-`predict`, `evaluate`, `save` and `load`.
+"""class TRPO: composes rollouts, advantages, the policy update rule and the value fit into `learn`, and offers
+`predict`, `evaluate`, `save`, `load` and `resume`.
 
 One update (`_update`) reads like the paper's algorithm box:
-    collect a batch with pi_old -> advantages -> policy step (CG + line search) -> fit V -> log.
+    collect a batch with pi_old -> advantages -> policy step (the update rule: trpo's CG + line search, or
+    another member of the family, update_rules.py) -> fit V -> log.
 """
 
 from __future__ import annotations
@@ -177,13 +178,10 @@ class TRPO:
         # 3. Policy step: the update rule (update_rules.py), on all samples but a held-out share if asked.
         obs = batch.obs.reshape(-1, batch.obs.shape[-1])
         actions = batch.actions.reshape(-1, *batch.actions.shape[2:])
-        with torch.no_grad():
-            old_params = tuple(p.detach() for p in self.actor(obs))
-        full = PolicyBatch(obs, actions, batch.log_probs.reshape(-1), adv, old_params)
+        full = PolicyBatch.of(self.actor, obs, actions, batch.log_probs.reshape(-1), adv)
         train, holdout = full.split(cfg.holdout_fraction, self.shuffle_gen)
         step = self.update_rule.update(self.actor, train)
         step.update(policy_stats(self.actor, self.dist, train, holdout))
-        step["entropy"] = float(self.dist.entropy(old_params).mean())
         self.num_steps += batch.obs.shape[0] * batch.obs.shape[1]
         self.num_updates += 1
         t2 = time.perf_counter()

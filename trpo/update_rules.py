@@ -46,6 +46,13 @@ class PolicyBatch:
     advantages: Tensor  # [B], normalized if the config says so
     old_params: Params  # pi_old's distribution params on obs, detached
 
+    @classmethod
+    def of(cls, actor: Actor, obs: Tensor, actions: Tensor, old_log_probs: Tensor, advantages: Tensor) -> PolicyBatch:
+        """The batch with pi_old's params computed by `actor`, which must still be pi_old."""
+        with torch.no_grad():
+            old_params = tuple(p.detach() for p in actor(obs))
+        return cls(obs, actions, old_log_probs, advantages, old_params)
+
     @property
     def size(self) -> int:
         return self.obs.shape[0]
@@ -77,10 +84,12 @@ class UpdateRule(Protocol):
 def policy_stats(actor: Actor, dist: ActionDistribution, batch: PolicyBatch,
                  holdout: PolicyBatch | None) -> dict[str, Any]:
     """Every rule's step measured alike, after it: the exact mean and max over states of KL(pi_old || pi_new)
-    (the theorem bounds the max; TRPO constrains the mean), and both on the held-out share when there is one."""
+    (the theorem bounds the max; TRPO constrains the mean), and both on the held-out share when there is one;
+    and pi_old's entropy."""
     with torch.no_grad():
         per_state = dist.kl(batch.old_params, actor(batch.obs))
-        stats: dict[str, Any] = {"kl": float(per_state.mean()), "kl_max": float(per_state.max())}
+        stats: dict[str, Any] = {"kl": float(per_state.mean()), "kl_max": float(per_state.max()),
+                                 "entropy": float(dist.entropy(batch.old_params).mean())}
         if holdout is not None:
             held = dist.kl(holdout.old_params, actor(holdout.obs))
             stats["kl_holdout"], stats["kl_holdout_max"] = float(held.mean()), float(held.max())
