@@ -45,24 +45,30 @@ def policy_update(agent: TRPO, obs, actions, old_logp, adv) -> dict:
     return {**stats, **policy_stats(agent.actor, agent.dist, batch, None)}
 
 
+def update_with_independent_kl(agent: TRPO) -> tuple[dict, torch.Tensor]:
+    """One update rule call on a fresh batch, and the per-state KL(pi_old || pi_new) it caused, computed
+    independently with torch.distributions (joint over action dimensions)."""
+    obs, actions, old_logp, adv = fresh_batch(agent)
+    with torch.no_grad():
+        old = tuple(p.clone() for p in agent.actor(obs))
+    step = policy_update(agent, obs, actions, old_logp, adv)
+    with torch.no_grad():
+        new = agent.actor(obs)
+        if isinstance(agent.action_space, spaces.Discrete):
+            kl = dists.kl_divergence(dists.Categorical(logits=old[0]), dists.Categorical(logits=new[0]))
+        else:
+            kl = dists.kl_divergence(dists.Independent(dists.Normal(old[0], old[1].exp()), 1),
+                                     dists.Independent(dists.Normal(new[0], new[1].exp()), 1))
+    return step, kl
+
+
 @pytest.mark.parametrize("env_id,max_kl", [("CartPole-v1", 0.01), ("Pendulum-v1", 0.02), ("Acrobot-v1", 0.005)])
 def test_measured_kl_after_real_updates_is_within_delta(env_id: str, max_kl: float) -> None:
     agent = TRPO(env_id, config=SMALL.replace(max_kl=max_kl), seed=0)
     accepted = 0
     for _ in range(4):
-        obs, actions, old_logp, adv = fresh_batch(agent)
-        with torch.no_grad():
-            old = tuple(p.clone() for p in agent.actor(obs))
-        step = policy_update(agent, obs, actions, old_logp, adv)
-        with torch.no_grad():
-            new = agent.actor(obs)
-        # Independent check with torch.distributions, joint over action dimensions.
-        if isinstance(agent.action_space, spaces.Discrete):
-            kl = dists.kl_divergence(dists.Categorical(logits=old[0]), dists.Categorical(logits=new[0])).mean()
-        else:
-            kl = dists.kl_divergence(dists.Independent(dists.Normal(old[0], old[1].exp()), 1),
-                                 dists.Independent(dists.Normal(new[0], new[1].exp()), 1)).mean()
-        kl = float(kl.detach())
+        step, per_state = update_with_independent_kl(agent)
+        kl = float(per_state.mean())
         assert kl <= max_kl * (1 + 1e-5)
         assert kl == pytest.approx(step["kl"], rel=1e-4, abs=1e-9)
         accepted += step["step_accepted"]

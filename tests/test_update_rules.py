@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 import trpo_testenvs  # noqa: F401 - registers the test envs
-from test_agent import fresh_batch, policy_update
+from test_agent import fresh_batch, update_with_independent_kl
 from test_cli import FAST, metrics, trpo
-from torch import distributions as dists
 
 from trpo import TRPO, TRPOConfig
 from trpo import objectives as obj
@@ -106,19 +105,7 @@ def test_max_kl_line_search_never_accepts_a_max_state_kl_above_delta(env_id: str
     agent = TRPO(env_id, config=SMALL.replace(kl_constraint="max", max_kl=delta), seed=0)
     accepted = 0
     for _ in range(4):
-        obs, actions, old_logp, adv = fresh_batch(agent)
-        with torch.no_grad():
-            old = tuple(p.clone() for p in agent.actor(obs))
-        step = policy_update(agent, obs, actions, old_logp, adv)
-        with torch.no_grad():
-            new = agent.actor(obs)
-        # Independent per-state KL with torch.distributions, joint over action dimensions.
-        if env_id == "CartPole-v1":
-            per_state = dists.kl_divergence(dists.Categorical(logits=old[0]), dists.Categorical(logits=new[0]))
-        else:
-            per_state = dists.kl_divergence(dists.Independent(dists.Normal(old[0], old[1].exp()), 1),
-                                            dists.Independent(dists.Normal(new[0], new[1].exp()), 1))
-        per_state = per_state.detach()
+        step, per_state = update_with_independent_kl(agent)
         assert float(per_state.max()) <= delta * (1 + 1e-5)
         assert float(per_state.max()) == pytest.approx(step["kl_max"], rel=1e-4, abs=1e-9)
         accepted += step["step_accepted"]
