@@ -169,11 +169,11 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
                 continue
             stack = np.array(curves)
             mean = np.nanmean(stack, axis=0)
-            ax.plot(grid, mean, label=f"{variant} ({len(curves)} seeds)")
+            ax.plot(grid, mean, label=f"{variant} ({len(curves)} seeds; band: min-max)")
             ax.fill_between(grid, np.nanmin(stack, axis=0), np.nanmax(stack, axis=0), alpha=0.15)
         ax.set_title(env_id)
         ax.set_xlabel("env steps")
-        ax.set_ylabel("training episode return (mean; band: min-max over seeds)")
+        ax.set_ylabel("training episode return")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
