@@ -1,4 +1,4 @@
-"""Command line: `trpo train`, `trpo eval`, `trpo presets`.
+"""Command line: `trpo train`, `trpo eval`, `trpo presets`, `trpo plot`.
 
 Every field of TRPOConfig is a flag (`max_kl` -> `--max-kl`); booleans take `--x / --no-x`, tuples `64,64`.
 Errors the user can fix print one line and exit with status 2; `--debug` shows the traceback instead.
@@ -30,10 +30,11 @@ from trpo.config import (
     load_yaml,
     resolve_config,
 )
+from trpo.plot import PlotError
 from trpo.rollout import EnvError
 from trpo.spaces import UnsupportedSpaceError
 
-USER_ERRORS = (ConfigError, EnvError, UnsupportedSpaceError, CheckpointError, RunDirError)
+USER_ERRORS = (ConfigError, EnvError, UnsupportedSpaceError, CheckpointError, RunDirError, PlotError)
 DEFAULT_ENV = "CartPole-v1"
 # A resumed run takes these from its own run directory.
 RESUME_FIXED = ("env", "seed", "config", "preset", "run_dir", "overwrite")
@@ -80,7 +81,7 @@ def build_parser() -> _Parser:
     parser = _Parser(prog="trpo", description="Trust Region Policy Optimization for Gymnasium.")
     parser.add_argument("--version", action="version", version=f"trpo {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,eval,presets}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,eval,presets,plot}")
 
     train = sub.add_parser("train", help="train an agent (default: CartPole-v1)",
                            usage="trpo train [--env ENV] [--total-steps N] [--run-dir DIR] [options]")
@@ -109,6 +110,17 @@ def build_parser() -> _Parser:
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     sub.add_parser("presets", help="list the presets and their settings")
+
+    pl = sub.add_parser("plot", help="learning curves (or any metric) from run directories",
+                        description="One panel per env, one line per label: the mean over its runs, with a band "
+                        "from their min to their max, against env steps.")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_GLOB",
+                    help="run directories, glob patterns ('runs/ppo-*'), or directories holding run directories")
+    pl.add_argument("--out", default="curves.png", help="image file to write (default curves.png; .pdf, .svg too)")
+    pl.add_argument("--metric", default="episode_return_mean", help="a metrics.jsonl key (default episode_return_mean)")
+    pl.add_argument("--label-by", default=None, metavar="FIELD[,FIELD]",
+                    help="label runs by these config fields (default: the run directory's name without its seed)")
+    pl.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     parser.subcommands = dict(sub.choices)
     return parser
 
@@ -223,6 +235,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from trpo.plot import load_runs, plot
+
+    label_by = [name.strip() for name in args.label_by.split(",") if name.strip()] if args.label_by else []
+    runs = load_runs(args.runs, label_by)
+    out = plot(runs, args.out, args.metric)
+    groups = len({(run.env, run.label) for run in runs})
+    _print(f"trpo: plotted {args.metric} of {len(runs)} runs in {groups} groups -> {out}")
+    return 0
+
+
 def cmd_presets() -> int:
     for name, values in PRESETS.items():
         _print(yaml.safe_dump({name: {"total_steps": PRESET_STEPS.get(name), **values}}, sort_keys=False), end="")
@@ -240,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "plot":
+            return cmd_plot(args)
         return cmd_presets()
     except _StdoutClosedError:
         return 141  # as Unix tools do when their reader leaves: quietly, with 128 + SIGPIPE
