@@ -25,7 +25,7 @@ from trpo import advantages as adv_lib
 from trpo import checkpoint
 from trpo.config import RESUME_SAFE_FIELDS, RUN_RECORD_KEYS, ConfigError, TRPOConfig, load_yaml, resolve_config
 from trpo.logger import MetricsLog, Progress
-from trpo.networks import Actor, Critic
+from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.optim import Adam
 from trpo.rollout import Batch, EnvError, EnvSpec, RolloutCollector, env_failure, env_id_of, make_env
@@ -259,7 +259,7 @@ class TRPO:
     @torch.no_grad()
     def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
         """Action(s) for one observation or a batch (leading dim), as the env takes them."""
-        batched = _is_batched(self.observation_space, obs)
+        batched = self.encoder.is_batched(obs)
         params = self.actor(self._policy_input(obs, batched))
         action = self.dist.mode(params) if deterministic else self.dist.sample(params, self.predict_gen)
         env_action = self.dist.to_env(action.cpu().numpy())
@@ -396,24 +396,3 @@ class TRPO:
             self._collector.close()
             self._collector = None
         self._eval_env.close()
-
-
-def check_device(device: torch.device) -> None:
-    """A clear ConfigError for a device this machine does not have (torch would fail later, deep in a step)."""
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {str(device)!r} requested but CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} "
-                              "CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {str(device)!r} requested but MPS is not available on this machine")
-
-
-def _is_batched(space: gym.Space, obs: Any) -> bool:
-    if isinstance(space, gym.spaces.Dict):
-        key, sub = next(iter(space.spaces.items()))
-        return _is_batched(sub, obs[key])
-    if isinstance(space, gym.spaces.Discrete):
-        return np.ndim(obs) == 1
-    return np.ndim(obs) == len(space.shape) + 1

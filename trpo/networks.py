@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trpo.config import ConfigError
 from trpo.spaces import ActionDistribution, Params
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -102,3 +103,15 @@ class Critic(nn.Module):
                 grad = grad @ linear.weight
                 grad = (torch.ops.aten.tanh_backward(grad, x) if self.activation == "tanh"
                         else torch.ops.aten.threshold_backward(grad, x, 0))
+
+
+def check_device(device: torch.device) -> None:
+    """A clear ConfigError for a device this machine does not have (torch would fail later, deep in a step)."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r} requested but MPS is not available on this machine")

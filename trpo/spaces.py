@@ -47,6 +47,19 @@ class ObsEncoder:
             return np.asarray(obs, dtype=np.float32).reshape(-1)
         return _encode(self.space, _add_batch_dim(self.space, obs))[0].astype(np.float32, copy=False)
 
+    def is_batched(self, obs: Any) -> bool:
+        """Whether `obs` is a batch of observations (one more leading dim than the space's), not a single one."""
+        return _is_batched(self.space, obs)
+
+
+def _is_batched(space: spaces.Space, obs: Any) -> bool:
+    if isinstance(space, spaces.Dict):
+        key, sub = next(iter(space.spaces.items()))
+        return _is_batched(sub, obs[key])
+    if isinstance(space, spaces.Discrete):
+        return np.ndim(obs) == 1
+    return np.ndim(obs) == len(space.shape) + 1
+
 
 def _obs_dim(space: spaces.Space) -> int:
     if isinstance(space, spaces.Box):
