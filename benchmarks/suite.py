@@ -1,0 +1,126 @@
+"""Learning benchmark: envs x seeds x a budget, each run an ordinary run directory made by `trpo train`.
+
+    .venv/bin/python benchmarks/suite.py --env Hopper-v5 Walker2d-v5 --seeds 0 1 2 3 4 --steps 1000000 --jobs 2
+    .venv/bin/python benchmarks/suite.py --env Hopper-v5 --label ppo --set update_rule=ppo --shard 1/3
+    .venv/bin/python benchmarks/suite.py --env Hopper-v5 --summary          # the table only, from what is done
+
+Runs go to OUT/ENV/LABEL-sSEED (OUT default runs/suite). Run again after an interruption: finished runs (an
+eval.json at the budget) are skipped, started ones continue from their last checkpoint (`trpo train --resume`),
+the rest start. `--shard i/k` takes every k-th run from the i-th, so k sittings (or machines sharing the
+directory) split one benchmark. Each run trains on one core (`--vector-mode sync`, the same runs as the presets'
+worker processes give), `--jobs` at a time. The table per env and label: final deterministic evaluation over 10
+episodes, mean, std, IQM with a 95% stratified-bootstrap confidence interval (rliable, in the bench extra), min
+and max across seeds, beside the published TRPO figures (shared/ANCHORS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+# sb3-contrib's published TRPO (1M steps, 3 seeds, MuJoCo v3) and rl-baselines3-zoo's single runs.
+PUBLISHED = {
+    "HalfCheetah": (1803, 1785), "Hopper": (3372, 3618), "Walker2d": (4502, 4933), "Ant": (3554, 4982),
+    "Swimmer": (359, 365.7), "CartPole": (None, 500), "Pendulum": (None, -174.6), "Acrobot": (None, -83.1),
+}
+
+
+def run_dir(out: Path, env: str, label: str, seed: int) -> Path:
+    return out / env / f"{label}-s{seed}"
+
+
+def finished(path: Path, steps: int) -> bool:
+    result = path / "eval.json"
+    return result.is_file() and json.loads(result.read_text()).get("step", 0) >= steps
+
+
+def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str]) -> str:
+    if finished(path, steps):
+        return f"done already: {path}"
+    if (path / "config.yaml").is_file():  # started before: continue it (from the start if it has no checkpoint)
+        cmd = ["train", "--resume", str(path), "--total-steps", str(steps)]
+    else:
+        cmd = ["train", "--env", env, "--seed", str(seed), "--total-steps", str(steps), "--run-dir", str(path),
+               "--eval-episodes", "10", *flags]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f"{path.name}.log", "a") as log:
+        code = subprocess.run([sys.executable, "-m", "trpo.cli", *cmd, "--no-progress", "--vector-mode", "sync"],
+                              stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        return f"FAILED (exit {code}, see {path}.log): {path}"
+    return f"{path}: {json.loads((path / 'eval.json').read_text())['mean_return']:.1f}"
+
+
+def iqm_with_ci(values: list[float]) -> str:
+    """IQM and its 95% stratified-bootstrap interval from rliable (Agarwal et al. 2021)."""
+    try:
+        from rliable import library as rly
+        from rliable import metrics
+    except ImportError:
+        return f"{plain_iqm(values):.1f} (CI: pip install -e '.[bench]')"
+    scores = {"x": np.asarray(values, dtype=float)[:, None]}
+    point, ci = rly.get_interval_estimates(scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000)
+    return f"{point['x'][0]:.1f} [{ci['x'][0, 0]:.1f}, {ci['x'][1, 0]:.1f}]"
+
+
+def plain_iqm(values: list[float]) -> float:
+    xs = np.sort(np.asarray(values, dtype=float))
+    k = len(xs) // 4
+    return float(xs[k : len(xs) - k].mean())
+
+
+def summary(out: Path, envs: list[str], steps: int) -> None:
+    print("\n| env | label | steps | seeds | final eval per seed | mean | std | IQM [95% CI] | min | max | "
+          "sb3-contrib | rl-zoo |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for env in envs:
+        labels: dict[str, list[tuple[int, float]]] = {}
+        for result in sorted((out / env).glob("*-s*/eval.json")):
+            record = json.loads(result.read_text())
+            if record.get("step", 0) < steps:
+                continue
+            label, _, seed = result.parent.name.rpartition("-s")
+            labels.setdefault(label, []).append((int(seed), record["mean_return"]))
+        sb3, zoo = PUBLISHED.get(env.rsplit("-v", 1)[0], (None, None))
+        for label, runs in labels.items():
+            runs.sort()
+            values = [v for _, v in runs]
+            print(f"| {env} | {label} | {steps:,} | {' '.join(str(s) for s, _ in runs)} | "
+                  f"{', '.join(f'{v:.1f}' for v in values)} | {np.mean(values):.1f} | {np.std(values):.1f} | "
+                  f"{iqm_with_ci(values)} | {min(values):.1f} | {max(values):.1f} | {sb3 or '-'} | {zoo or '-'} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", nargs="+", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--label", default="trpo", help="names this configuration's runs (default trpo)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config fields, as for trpo train")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--shard", default="1/1", metavar="I/K", help="run only every K-th run, from the I-th")
+    parser.add_argument("--out", type=Path, default=Path("runs/suite"))
+    parser.add_argument("--summary", action="store_true", help="print the table of finished runs, train nothing")
+    args = parser.parse_args()
+
+    flags = [part for item in args.set for part in ("--" + item.split("=", 1)[0].replace("_", "-"),
+                                                    item.split("=", 1)[1])]
+    index, count = (int(x) for x in args.shard.split("/"))
+    if not args.summary:
+        jobs = [(run_dir(args.out, env, args.label, seed), env, seed) for env in args.env for seed in args.seeds]
+        jobs = jobs[index - 1 :: count]
+        print(f"# {len(jobs)} runs (shard {args.shard}), {args.jobs} at a time, {args.steps:,} steps each", flush=True)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for line in pool.map(lambda job: run_one(job[0], job[1], job[2], args.steps, flags), jobs):
+                print(line, flush=True)
+    summary(args.out, args.env, args.steps)
+
+
+if __name__ == "__main__":
+    main()
