@@ -62,7 +62,7 @@ def iqm_with_ci(values: list[float]) -> str:
     try:
         from rliable import library as rly
         from rliable import metrics
-    except ImportError:
+    except (ImportError, TypeError):  # TypeError: arch 7 (rliable's bootstrap) under pandas 3
         return f"{plain_iqm(values):.1f} (CI: pip install -e '.[bench]')"
     scores = {"x": np.asarray(values, dtype=float)[:, None]}
     point, ci = rly.get_interval_estimates(scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000)
