@@ -186,12 +186,13 @@ def surrogate_of(dist: ActionDistribution, params: Params, batch: PolicyBatch) -
     return obj.surrogate(dist.log_prob(params, batch.actions), batch.old_log_probs, batch.advantages)
 
 
-def gradient_ascent(actor: Actor, optimizer: Adam, batch: PolicyBatch, objective: Objective, epochs: int,
-                    minibatch: int, max_grad_norm: float, generator: torch.Generator,
-                    stop: Callable[[], bool] | None = None) -> int:
-    """Adam on -objective: `epochs` passes of shuffled minibatches (0: the whole batch, unshuffled), the
-    gradient's norm clipped to max_grad_norm (0: not clipped); after each pass, `stop()` may end it early.
-    Returns the number of passes run."""
+def gradient_ascent(actor: Actor, optimizer: Adam, batch: PolicyBatch, objective: Objective, config: TRPOConfig,
+                    generator: torch.Generator, stop: Callable[[], bool] | None = None) -> int:
+    """Adam on -objective: `policy_epochs` passes of shuffled minibatches of `policy_minibatch` samples (0: the
+    whole batch, unshuffled), the gradient's norm clipped to `max_grad_norm` (0: not clipped); after each pass,
+    `stop()` may end it early. Returns the number of passes run."""
+    epochs, minibatch = int(config.policy_epochs or 1), int(config.policy_minibatch or 0)
+    max_grad_norm = float(config.max_grad_norm or 0.0)
     params = list(actor.parameters())
     n = batch.size
     size = n if minibatch <= 0 else min(minibatch, n)
@@ -235,9 +236,8 @@ class PolicyGradientRule:
     def update(self, actor: Actor, batch: PolicyBatch) -> dict[str, Any]:
         cfg = self.config
         grad_norm, before = surrogate_gradient_norm(actor, self.dist, batch)
-        epochs = gradient_ascent(actor, self.optimizer, batch, lambda p, b: surrogate_of(self.dist, p, b),
-                                    int(cfg.policy_epochs or 1), int(cfg.policy_minibatch or 0),
-                                    float(cfg.max_grad_norm or 0.0), self.generator)
+        epochs = gradient_ascent(actor, self.optimizer, batch, lambda p, b: surrogate_of(self.dist, p, b), cfg,
+                                 self.generator)
         return {"surrogate_gain": _exact_surrogate(actor, self.dist, batch) - before, "grad_norm": grad_norm,
                 "step_accepted": True, "step_status": "first_order", "policy_epochs_run": epochs}
 
@@ -277,8 +277,7 @@ class PenaltyRule:
         else:
             epsilon, beta = math.nan, self.beta
         grad_norm, before = surrogate_gradient_norm(actor, self.dist, batch)
-        epochs = gradient_ascent(actor, self.optimizer, batch, self.objective(beta), int(cfg.policy_epochs or 1),
-                                    int(cfg.policy_minibatch or 0), float(cfg.max_grad_norm or 0.0), self.generator)
+        epochs = gradient_ascent(actor, self.optimizer, batch, self.objective(beta), cfg, self.generator)
         stats = {"surrogate_gain": _exact_surrogate(actor, self.dist, batch) - before, "grad_norm": grad_norm,
                  "step_accepted": True, "step_status": "first_order", "policy_epochs_run": epochs,
                  "penalty_beta": beta}
@@ -318,9 +317,8 @@ class PPORule:
                 return float(dist.kl(batch.old_params, actor(batch.obs)).mean()) > 1.5 * cfg.target_kl
 
         grad_norm, before = surrogate_gradient_norm(actor, dist, batch)
-        epochs = gradient_ascent(actor, self.optimizer, batch, objective, int(cfg.policy_epochs or 1),
-                                    int(cfg.policy_minibatch or 0), float(cfg.max_grad_norm or 0.0), self.generator,
-                                    stop=kl_exceeded if cfg.target_kl > 0 else None)
+        epochs = gradient_ascent(actor, self.optimizer, batch, objective, cfg, self.generator,
+                                 stop=kl_exceeded if cfg.target_kl > 0 else None)
         with torch.no_grad():
             log_probs = dist.log_prob(actor(batch.obs), batch.actions)
         stopped = cfg.target_kl > 0 and epochs < int(cfg.policy_epochs or 1)
