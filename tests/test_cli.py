@@ -173,6 +173,36 @@ def test_resume_keeps_the_runs_setup_and_allows_only_safe_changes(tmp_path: Path
     assert [r["update"] for r in metrics(run)] == [1, 2]
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in ("Z", "X")  # exited, unreaped
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
+def test_env_workers_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    proc = subprocess.Popen([sys.executable, "-m", "trpo.cli", "train", "--run-dir", str(run), "--total-steps",
+                             "400000", "--num-envs", "2", "--num-workers", "2", "--vector-mode", "subprocess",
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and metrics(run)):
+        time.sleep(0.05)
+    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and not all(_gone(pid) for pid in workers):
+        time.sleep(0.05)
+    alive = [pid for pid in workers if not _gone(pid)]
+    for pid in alive:  # do not leave them behind, whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "env workers outlived their main process"
+
+
 BAD_INPUTS = [
     (["train", "--env", "NoSuchEnv-v9"], "unknown environment id 'NoSuchEnv-v9'"),
     (["train", "--env", "no_such_module:Foo-v0"], "no_such_module"),

@@ -173,8 +173,13 @@ class EnvRunner:
 
 
 def _worker(conn: Connection, spec: EnvSpec, count: int, first_index: int, encoder: ObsEncoder,
-            dist: ActionDistribution) -> None:
+            dist: ActionDistribution, inherited: list[Connection]) -> None:
     """A worker process: owns `count` envs and answers ('reset', seed), ('run', args) and ('close', None)."""
+    # A forked worker holds copies of the main process's ends of the pipes made so far, its own included: close
+    # them, or a main process that dies (SIGKILL, out of memory) would leave this worker waiting forever on a
+    # pipe that never reports end-of-file.
+    for end in inherited:
+        end.close()
     torch.set_num_threads(1)
     runner: EnvRunner | None = None
     try:
@@ -220,7 +225,8 @@ class WorkerPool:
         self.conns: list[Connection] = []
         self.procs = []
         first = 0
-        self.froze_gc = ctx.get_start_method() == "fork"
+        forked = ctx.get_start_method() == "fork"
+        self.froze_gc = forked
         if self.froze_gc:
             # As Python's gc docs advise before fork(): move every object alive now out of the collector's reach,
             # so that neither side's collections write to the pages they share (copy-on-write would duplicate
@@ -228,7 +234,8 @@ class WorkerPool:
             gc.freeze()
         for size in sizes:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, spec, size, first, encoder, dist), daemon=True)
+            inherited = [*self.conns, parent] if forked else []
+            proc = ctx.Process(target=_worker, args=(child, spec, size, first, encoder, dist, inherited), daemon=True)
             proc.start()
             child.close()
             self.conns.append(parent)
