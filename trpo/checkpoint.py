@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -62,29 +63,30 @@ def unique_run_dir(base: Path) -> Path:
     raise RunDirError(f"no free run directory name next to {base}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` all at once: a killed run leaves the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_atomic(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path` (atomic on POSIX)."""
+def _replace_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over `path` (atomic on POSIX): a
+    killed run leaves the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            torch.save({"format": FORMAT, **state}, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a text file (config.yaml, metrics.jsonl, eval.json) all at once."""
+    _replace_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def save_atomic(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write a checkpoint all at once."""
+    _replace_atomically(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

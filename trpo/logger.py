@@ -43,7 +43,7 @@ class MetricsLog:
                 purge = None if last_step is None else last_step + 1
                 self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
-    def _truncate(self, keep_updates: int) -> int | None:
+    def _truncate(self, keep_updates: int) -> int:
         """Keep the rows of updates 1..keep_updates; returns the env step of the last one kept (0 if none).
         A line cut short by a kill (the last one) is dropped with them."""
         kept, last_step = [], 0
