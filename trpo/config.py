@@ -318,6 +318,12 @@ _MUJOCO = dict(
     max_kl=0.01,
 )
 
+
+def _sb3_matched(action_dim: int, max_kl_per_dim: float = 0.01, **extra: Any) -> dict[str, Any]:
+    """_MUJOCO with sb3-contrib's effective trust region on the joint KL; its env workers run in one process."""
+    return dict(_MUJOCO, max_kl=round(max_kl_per_dim * action_dim, 6), cg_damping=round(0.1 * action_dim, 6),
+                vector_mode="subprocess", num_workers=1, **extra)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # rl-zoo's TRPO settings (shared/ANCHORS.md); max_kl bounds the joint KL over action dimensions here.
     # CartPole departs from rl-zoo in gae_lambda (0.98 -> 0.95) and cg_damping (1e-3 -> 0.1): with rl-zoo's
@@ -339,18 +345,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     # damps 3x more (0.1 on F / 3); cg_damping 0.3 gave the same returns on 10 seeds (docs/benchmarks.md).
     "Hopper": dict(_MUJOCO, max_kl=0.03, vector_mode="subprocess", fisher_subsample=4, value_epochs=10,
                    value_minibatch=256),
-    "Walker2d": dict(_MUJOCO),
-    "Ant": dict(_MUJOCO),
-    "Humanoid": dict(_MUJOCO),
-    "HalfCheetah": dict(_MUJOCO, max_kl=0.04),
-    "Swimmer": dict(_MUJOCO, gamma=0.9999),
+    # The other MuJoCo tasks take sb3-contrib's trust region as it acts (shared/ANCHORS.md): its KL is averaged
+    # over action dimensions, so its max KL and damping are action_dim times ours on the joint KL. rl-zoo's
+    # per-dimension max KL is 0.01 (HalfCheetah 0.04), damping 0.1. Results at 1M: docs/BENCHMARKS.md.
+    "Walker2d": _sb3_matched(action_dim=6),
+    "Ant": _sb3_matched(action_dim=8),
+    "Humanoid": _sb3_matched(action_dim=17),
+    "HalfCheetah": _sb3_matched(action_dim=6, max_kl_per_dim=0.04),
+    "Swimmer": _sb3_matched(action_dim=2, gamma=0.9999),
+    # No published TRPO settings for these: the same rule.
+    "InvertedPendulum": _sb3_matched(action_dim=1),
+    "InvertedDoublePendulum": _sb3_matched(action_dim=1),
+    "Reacher": _sb3_matched(action_dim=2),
 }
 
 # Training budgets (env steps) that go with the presets, from rl-zoo.
 PRESET_STEPS: dict[str, int] = {
     "CartPole": 100_000, "Pendulum": 100_000, "Acrobot": 100_000, "MountainCar": 100_000,
     "MountainCarContinuous": 50_000, "Hopper": 1_000_000, "Walker2d": 1_000_000, "Ant": 1_000_000,
-    "Humanoid": 2_000_000, "HalfCheetah": 1_000_000, "Swimmer": 1_000_000,
+    "Humanoid": 2_000_000, "HalfCheetah": 1_000_000, "Swimmer": 1_000_000, "InvertedPendulum": 1_000_000,
+    "InvertedDoublePendulum": 1_000_000, "Reacher": 1_000_000,
 }
 
 
