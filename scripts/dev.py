@@ -69,8 +69,10 @@ def main() -> int:
     if command == "test":
         py = setup("test")
         run(py, "-m", "ruff", "check", "trpo", "tests", "scripts", "benchmarks")
-        # pytest's own exit code is the result; -n 2 spreads the suite over both cores.
-        return subprocess.run([str(py), "-m", "pytest", "-n", "2", *sys.argv[2:]], cwd=ROOT).returncode
+        # pytest's own exit code is the result; -n 2 spreads the suite over both cores, keeping each xdist_group
+        # (the Ray tests, which share one Ray runtime) on one of them.
+        return subprocess.run([str(py), "-m", "pytest", "-n", "2", "--dist", "loadgroup", *sys.argv[2:]],
+                              cwd=ROOT).returncode
     sys.exit(f"usage: {sys.argv[0]} [setup|test] [pytest args]")
 
 

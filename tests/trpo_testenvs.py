@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import gymnasium as gym
@@ -78,6 +80,27 @@ class FaultyEnv(gym.Env):
                       np.float32)
         reward = float("nan") if bad and self.fault == "reward" else 0.0
         return obs, reward, False, self.t >= 50, {}
+
+
+class DiesEnv(gym.Env):
+    """Kills its own process (SIGKILL) at any step taken while the file `flag` exists: a worker that keeps
+    dying, wherever it is restarted. Otherwise a trivial env whose episodes last 20 steps."""
+
+    def __init__(self, flag: str) -> None:
+        self.observation_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.flag, self.t = flag, 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if os.path.exists(self.flag):
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.t += 1
+        return np.zeros(2, np.float32), float(action), False, self.t >= 20, {}
 
 
 def _register() -> None:

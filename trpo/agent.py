@@ -155,7 +155,8 @@ class TRPO:
             self._collector = RolloutCollector(
                 self.env_spec, self.config.num_envs, self.config.vector_mode, self.encoder, self.dist,
                 self.obs_norm, self.reward_scaler, self.device, seed=self.seed + 7919 * self.num_updates,
-                num_workers=self.config.num_workers,
+                num_workers=self.config.num_workers, ray_address=self.config.ray_address,
+                max_worker_restarts=self.config.max_worker_restarts,
             )
         return self._collector
 
@@ -230,6 +231,7 @@ class TRPO:
             "time_rollout": t1 - t0,
             "time_policy": t2 - t1,
             "time_value": t3 - t2,
+            "worker_restarts": batch.worker_restarts,
         }
         if hasattr(self.actor.head, "log_std"):
             row["log_std_mean"] = float(self.actor.head.log_std.detach().mean())

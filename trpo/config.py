@@ -22,7 +22,7 @@ UpdateRule = Literal["trpo", "npg", "penalty", "pg", "ppo"]
 KLConstraint = Literal["mean", "max"]
 KLPenalty = Literal["fixed", "adaptive", "theory"]
 FisherProduct = Literal["gauss_newton", "hessian"]
-VectorMode = Literal["sync", "subprocess"]
+VectorMode = Literal["sync", "subprocess", "ray"]
 Activation = Literal["tanh", "relu"]
 
 
@@ -40,12 +40,19 @@ class TRPOConfig:
     steps_per_env: int = 2048
     """Environment steps per env per update; a batch holds num_envs * steps_per_env transitions."""
     vector_mode: VectorMode = "sync"
-    """'sync' steps all envs in this process; 'subprocess' splits them over worker processes (num_workers), each
-    collecting its share of the batch with a copy of the frozen policy, while this process fits the critic on the
-    previous batch. Bit-identical runs either way."""
+    """'sync' steps all envs in this process; 'subprocess' splits them over worker processes (num_workers), 'ray'
+    over Ray actors (num_workers, on this machine or a cluster: ray_address), each collecting its share of the
+    batch with a copy of the frozen policy while this process fits the critic on the previous batch. Bit-identical
+    runs in every mode (until a Ray actor is restarted)."""
     num_workers: int = 0
-    """Worker processes for vector_mode 'subprocess' (0: one per env, at most one per core). Fewer leave a core
+    """Worker processes or Ray actors (0: one per env, at most one per core of this machine). Fewer leave a core
     to this process's value fit, which overlaps the collection."""
+    ray_address: str | None = None
+    """vector_mode 'ray': the cluster to join ('auto', 'ray://host:10001', 'host:6379'); empty: a Ray runtime on
+    this machine, started for the run and stopped after it."""
+    max_worker_restarts: int = 3
+    """vector_mode 'ray': how often one actor's share of a batch is collected again by a new actor after its
+    process died, before the run ends with an error (its latest checkpoint intact)."""
 
     # --- advantages (advantages.py) ---
     gamma: float = 0.99
@@ -183,7 +190,8 @@ RULE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 _POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample")
-_NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "torch_threads", "num_workers")
+_NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "torch_threads", "num_workers",
+                     "max_worker_restarts")
 _POSITIVE_FLOAT = ("max_kl", "value_lr", "clip_obs", "clip_reward", "cg_tol", "kl_target")
 _NON_NEGATIVE_FLOAT = ("target_kl", "penalty_coef")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
@@ -242,7 +250,8 @@ def validate(cfg: TRPOConfig) -> None:
 
 
 # Fields a resumed run may change: they do not alter the algorithm's math, only where and how it runs.
-RESUME_SAFE_FIELDS = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "vector_mode", "num_workers")
+RESUME_SAFE_FIELDS = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "vector_mode", "num_workers",
+                      "ray_address", "max_worker_restarts")
 # Keys of a run's config.yaml (and of a YAML config file) that are not TRPOConfig fields.
 RUN_RECORD_KEYS = ("env", "seed", "total_steps", "preset", "versions")
 

@@ -13,11 +13,12 @@ import itertools
 import math
 import multiprocessing as mp
 import os
+import pickle
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,6 +28,9 @@ from torch import Tensor
 from trpo.networks import Actor, NumpyPolicy
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
 from trpo.spaces import ActionDistribution, ObsEncoder
+
+if TYPE_CHECKING:
+    from trpo.ray_rollout import RayPool
 
 EnvSpec = str | Callable[[], gym.Env] | gym.Env
 
@@ -204,14 +208,20 @@ def _worker(conn: Connection, spec: EnvSpec, count: int, first_index: int, encod
         conn.close()
 
 
-def _send_error(conn: Connection, exc: Exception) -> None:
-    """Send an exception to the main process, with this process's traceback as a note (shown by --debug)."""
+def worker_error(exc: Exception) -> Exception:
+    """An exception raised in a worker, ready to send to the main process: with the worker's traceback as a note
+    (shown by --debug), or as a RuntimeError carrying its text if it does not pickle."""
     if hasattr(exc, "add_note"):  # Python >= 3.11
         exc.add_note("in an env worker process:\n" + "".join(traceback.format_exception(exc)))
     try:
-        conn.send(("error", exc))
-    except Exception:  # an exception that does not pickle
-        conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+        pickle.dumps(exc)
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _send_error(conn: Connection, exc: Exception) -> None:
+    conn.send(("error", worker_error(exc)))
 
 
 class WorkerPool:
@@ -306,6 +316,7 @@ class Batch:
     truncated: Tensor  # [T, N] bool
     episode_returns: list[float] = field(default_factory=list)  # raw returns of episodes ending in the batch
     episode_lengths: list[int] = field(default_factory=list)
+    worker_restarts: int = 0  # Ray actors replaced while collecting this batch (their share collected again)
 
 
 @dataclass
@@ -324,7 +335,7 @@ def _flat_params(actor: Actor) -> Tensor:
 
 
 class RolloutCollector:
-    """Collects batches from `num_envs` envs, in this process or in worker processes.
+    """Collects batches from `num_envs` envs, in this process, in worker processes or on Ray actors.
 
     pi_old is frozen for the whole batch: the actor's weights *and* the observation-normalization statistics,
     which are updated with the batch's observations only after it is collected. Rewards are scaled afterwards,
@@ -333,23 +344,28 @@ class RolloutCollector:
 
     def __init__(self, spec: EnvSpec, num_envs: int, mode: str, encoder: ObsEncoder, dist: ActionDistribution,
                  obs_norm: ObsNormalizer, reward_scaler: RewardScaler, device: torch.device, seed: int,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, ray_address: str | None = None, max_worker_restarts: int = 3) -> None:
         self.encoder = encoder
         self.dist = dist
         self.obs_norm = obs_norm
         self.reward_scaler = reward_scaler
         self.device = device
         self.num_envs = num_envs
-        self.runner: EnvRunner | WorkerPool
-        if mode == "subprocess":
+        self.runner: EnvRunner | WorkerPool | RayPool
+        if mode in ("subprocess", "ray"):
             if isinstance(spec, gym.Env):
-                raise EnvError("an env instance cannot be sent to worker processes; pass an id or a factory")
-            if mp.current_process().daemon:
+                raise EnvError(f"an env instance cannot be sent to {mode} workers; pass an id or a factory")
+            if mode == "subprocess" and mp.current_process().daemon:
                 raise EnvError("vector_mode 'subprocess' cannot start env workers inside a daemonic process "
                                "(e.g. a multiprocessing.Pool worker); use vector_mode 'sync' there")
             make_env(spec).close()  # fail early, in this process, with a clear message
             workers = num_workers or min(num_envs, os.cpu_count() or 1)
-            self.runner = WorkerPool(spec, num_envs, encoder, dist, workers)
+            if mode == "ray":
+                from trpo.ray_rollout import RayPool  # Ray is an optional extra
+
+                self.runner = RayPool(spec, num_envs, encoder, dist, workers, ray_address, max_worker_restarts)
+            else:
+                self.runner = WorkerPool(spec, num_envs, encoder, dist, workers)
         else:
             if isinstance(spec, gym.Env) and num_envs != 1:
                 raise EnvError("an env instance serves only num_envs=1; pass an id or a factory")
@@ -370,7 +386,7 @@ class RolloutCollector:
         params = tuple(p.cpu() for p in actor(torch.zeros(1, self.encoder.dim, device=self.device)))
         shifted = self.dist.shift(params, noise).numpy()
         frozen = self.obs_norm.frozen()
-        if isinstance(self.runner, WorkerPool):
+        if not isinstance(self.runner, EnvRunner):
             self.runner.start(policy, frozen, shifted)
         self._pending = _Pending(policy, frozen, shifted, generator, _flat_params(actor))
 
@@ -389,13 +405,14 @@ class RolloutCollector:
             raise RuntimeError("no batch is being collected; call start() first")
         steps, n, d = pending.shifted_noise.shape[0], self.num_envs, self.encoder.dim
         if not torch.equal(pending.theta, _flat_params(actor)):
-            if isinstance(self.runner, WorkerPool):
+            if not isinstance(self.runner, EnvRunner):
                 self.runner.finish()  # collected by another policy: read and drop
             return self.collect(actor, steps, pending.generator)
-        if isinstance(self.runner, WorkerPool):
-            parts = self.runner.finish()
-        else:
+        restarts = getattr(self.runner, "restarts", 0)
+        if isinstance(self.runner, EnvRunner):
             parts = [self.runner.run(pending.policy, pending.obs_norm, pending.shifted_noise)]
+        else:
+            parts = self.runner.finish()
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts], axis=1)  # noqa: E731
         raw_obs, raw_next = cat("obs"), cat("next_obs")
         terminated, truncated, rewards = cat("terminated"), cat("truncated"), cat("rewards")
@@ -420,6 +437,7 @@ class RolloutCollector:
             truncated=torch.as_tensor(truncated, device=self.device),
             episode_returns=[r for p in parts for r in p.episode_returns],
             episode_lengths=[n_ for p in parts for n_ in p.episode_lengths],
+            worker_restarts=getattr(self.runner, "restarts", 0) - restarts,
         )
 
     def collect(self, actor: Actor, steps: int, generator: torch.Generator) -> Batch:
@@ -428,7 +446,7 @@ class RolloutCollector:
         return self.finish(actor)
 
     def close(self) -> None:
-        if self._pending is not None and isinstance(self.runner, WorkerPool):
+        if self._pending is not None and not isinstance(self.runner, EnvRunner):
             # Read the batch in flight: a worker blocked writing it to a full pipe would never see "close".
             with contextlib.suppress(Exception):
                 self.runner.finish()

@@ -1,0 +1,151 @@
+"""vector_mode 'ray': the same runs as 'sync', a killed actor replaced, a dying worker ending the run cleanly,
+a two-node cluster, and the CLI. Ray runtimes are started with few CPUs; tests share one where they can."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli import metrics, strip_timing, trpo
+from trpo_testenvs import DiesEnv
+
+from trpo import TRPO, TRPOConfig
+from trpo.config import ConfigError
+from trpo.ray_rollout import RayPool
+from trpo.rollout import EnvError
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker: one Ray runtime at a time
+# Ray starts its workers at nice 15; on a 2-core machine busy with other jobs their start-up (importing torch)
+# then takes a minute. Only the tests' scheduling priority changes.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
+SMALL = TRPOConfig(num_envs=4, steps_per_env=128, num_workers=2)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    if ray.is_initialized():
+        ray.shutdown()
+    # Actors import the test envs' module as a user's actors would import theirs: through the runtime_env.
+    tests = str(Path(__file__).parent)
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": tests}})
+    yield
+    ray.shutdown()
+
+
+def pool_of(agent: TRPO) -> RayPool:
+    assert agent._collector is not None and isinstance(agent._collector.runner, RayPool)
+    return agent._collector.runner
+
+
+def test_ray_runs_are_bit_identical_to_sync(local_ray: None) -> None:
+    histories = []
+    for mode in ("sync", "ray"):
+        agent = TRPO("CartPole-v1", SMALL.replace(vector_mode=mode), seed=5)
+        agent.learn(3 * 512)
+        histories.append(strip_timing(agent.history))
+        agent.close()
+    assert histories[0] == histories[1]
+    assert [row["worker_restarts"] for row in histories[1]] == [0, 0, 0]
+
+
+def test_a_killed_actor_is_replaced_and_its_share_collected_again(local_ray: None) -> None:
+    pytest.importorskip("mujoco")
+    agent = TRPO("Hopper-v5", seed=0, steps_per_env=256, value_epochs=1, vector_mode="ray", num_workers=2)
+    agent.learn(512)  # one update; the next batch is now being collected, during the value fit
+    pool = pool_of(agent)
+    (pid, _), (other, _) = pool.placement()
+    os.kill(pid, signal.SIGKILL)  # mid-batch: its share of the batch in flight is lost
+    agent.learn(3 * 512)
+    assert [row["worker_restarts"] for row in agent.history] == [0, 1, 0]
+    assert all(row["step"] == 512 * row["update"] for row in agent.history)  # full batches throughout
+    new_pid, _ = pool.placement()[0]
+    assert new_pid != pid and pool.placement()[1][0] == other and pool.restarts == 1
+    agent.close()
+
+
+def test_a_worker_that_keeps_dying_ends_the_run_with_a_clear_error_and_an_intact_checkpoint(
+        local_ray: None, tmp_path: Path) -> None:
+    flag = tmp_path / "die"
+    env = functools.partial(DiesEnv, str(flag))
+    run = tmp_path / "run"
+    agent = TRPO(env, SMALL.replace(vector_mode="ray", checkpoint_every=1, max_worker_restarts=2), seed=0,
+                 run_dir=run)
+    agent.learn(2 * 512)
+    flag.touch()  # from now on every actor dies at its next step, restarted or not
+    with pytest.raises(EnvError, match=r"Ray env actor 0 \(envs 0-1\) died 3 times in one batch "
+                                       r"\(max_worker_restarts=2\); the latest checkpoint is intact"):
+        agent.learn(6 * 512)
+    agent.close()
+    flag.unlink()
+    done = len(metrics(run))
+    assert done >= 2
+    resumed = TRPO.load(run / "checkpoints" / "latest.pt", env=env, run_dir=run)  # a factory has no id to store
+    assert resumed.num_updates == done
+    resumed.learn((done + 1) * 512)
+    assert [row["update"] for row in metrics(run)] == list(range(1, done + 2))
+    assert resumed.history[-1]["worker_restarts"] == 0
+    resumed.close()
+
+
+def test_an_env_that_does_not_import_on_the_actors_is_a_clear_error(
+        local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "only_here.py").write_text("from trpo_testenvs import CounterEnv\n\nclass Env(CounterEnv): ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable in this process, not on the Ray runtime's path
+    from only_here import Env  # type: ignore[import-not-found]
+
+    agent = TRPO(Env, SMALL.replace(vector_mode="ray"), seed=0)
+    with pytest.raises(EnvError, match=r"a Ray env actor could not start: .*No module named 'only_here'.*runtime_env"):
+        agent.learn(512)
+    agent.close()
+
+
+def test_without_ray_the_mode_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trpo.ray_rollout import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ConfigError, match=r"vector_mode 'ray' needs Ray: pip install \"trpo\[ray\]\""):
+        import_ray()
+
+
+def test_cli_ray_run_matches_sync_and_resumes(tmp_path: Path) -> None:
+    common = ["--env", "CartPole-v1", "--total-steps", "2048", "--steps-per-env", "256", "--num-envs", "4",
+              "--checkpoint-every", "1", "--eval-episodes", "1", "--no-progress", "--preset", "none"]
+    sync, on_ray = tmp_path / "sync", tmp_path / "ray"
+    assert trpo("train", *common, "--run-dir", str(sync)).returncode == 0
+    res = trpo("train", *common, "--run-dir", str(on_ray), "--vector-mode", "ray", "--num-workers", "2")
+    assert res.returncode == 0, res.stderr
+    assert strip_timing(metrics(on_ray)) == strip_timing(metrics(sync))
+    assert "vector_mode: ray" in (on_ray / "config.yaml").read_text()
+    more = trpo("train", "--resume", str(on_ray), "--total-steps", "3072", "--no-progress")
+    assert more.returncode == 0, more.stderr
+    assert [row["update"] for row in metrics(on_ray)] == [1, 2, 3]
+
+
+def test_cartpole_learns_on_a_two_node_cluster_with_an_actor_on_each_node() -> None:
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        # As tests/test_learning.py's CartPole test (same seed and budget; threshold calibrated there on 6 seeds).
+        agent = TRPO("CartPole-v1", seed=0, vector_mode="ray", num_workers=2, ray_address=cluster.address)
+        agent.learn(20_000)
+        nodes = {node for _, node in pool_of(agent).placement()}
+        result = agent.evaluate(10)
+        agent.close()
+        assert len(nodes) == 2  # one actor per node: the batch crossed nodes
+        assert result["mean_return"] >= 100, result
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
