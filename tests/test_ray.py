@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,16 @@ def test_without_ray_the_mode_says_how_to_install_it(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ConfigError, match=r"vector_mode 'ray' needs Ray: pip install \"trpo\[ray\]\""):
         import_ray()
+
+
+def test_cli_without_ray_is_one_line_and_writes_no_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    code = ("import sys; sys.modules['ray'] = None; from trpo.cli import main; "  # as if Ray were not installed
+            f"sys.exit(main(['train', '--env', 'CartPole-v1', '--vector-mode', 'ray', '--run-dir', {str(run)!r}]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == 'trpo: error: vector_mode \'ray\' needs Ray: pip install "trpo[ray]"'
+    assert not run.exists()
 
 
 def test_cli_ray_run_matches_sync_and_resumes(tmp_path: Path) -> None:

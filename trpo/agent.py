@@ -123,6 +123,8 @@ class TRPO:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         self.total_steps = int(total_steps)
+        if self.num_steps < self.total_steps:
+            self._collector_or_new()  # envs, workers, Ray: a failure here leaves no run files behind
         log = self._open_run_dir()
         progress = Progress(self.total_steps, self.num_steps) if self.progress else None
         try:
