@@ -103,6 +103,51 @@ class DiesEnv(gym.Env):
         return np.zeros(2, np.float32), float(action), False, self.t >= 20, {}
 
 
+class MaskedChoiceEnv(gym.Env):
+    """Each step shows one of `states` situations (one-hot); in each only some actions are valid (a fixed random
+    table, 2 or more per sub-action) and one of those pays 1. An invalid action raises. The mask comes in
+    info["action_mask"], or with in_obs=True in a Dict observation; nvec of length > 1 gives MultiDiscrete
+    actions (a mask and a reward per sub-action). At step `empty_at` the mask allows nothing in sub-action 0."""
+
+    def __init__(self, nvec: tuple[int, ...] = (6,), states: int = 4, in_obs: bool = False, horizon: int = 20,
+                 empty_at: int | None = None) -> None:
+        self.nvec, self.states, self.in_obs, self.horizon, self.empty_at = nvec, states, in_obs, horizon, empty_at
+        self.action_space = spaces.Discrete(nvec[0]) if len(nvec) == 1 else spaces.MultiDiscrete(list(nvec))
+        one_hot = spaces.Box(0, 1, (states,), np.float32)
+        self.observation_space = (spaces.Dict({"obs": one_hot, "action_mask": spaces.MultiBinary(sum(nvec))})
+                                  if in_obs else one_hot)
+        table = np.random.default_rng(123)
+        self.valid = [[np.sort(table.choice(n, table.integers(2, n), replace=False)) for n in nvec]
+                      for _ in range(states)]
+        self.best = [[int(table.choice(v)) for v in row] for row in self.valid]
+        self.s, self.t = 0, 0
+
+    def mask(self) -> np.ndarray:
+        parts = [np.isin(np.arange(n), v).astype(np.int8) for n, v in zip(self.nvec, self.valid[self.s], strict=True)]
+        if self.t == self.empty_at:
+            parts[0][:] = 0
+        return np.concatenate(parts)
+
+    def _out(self) -> tuple[Any, dict]:
+        obs = np.eye(self.states, dtype=np.float32)[self.s]
+        mask = self.mask()
+        return ({"obs": obs, "action_mask": mask}, {}) if self.in_obs else (obs, {"action_mask": mask})
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.s, self.t = int(self.np_random.integers(self.states)), 0
+        return self._out()
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        picks = np.atleast_1d(np.asarray(action))
+        for i, (a, valid) in enumerate(zip(picks, self.valid[self.s], strict=True)):
+            if a not in valid:
+                raise ValueError(f"invalid action {int(a)} for sub-action {i} in state {self.s}")
+        reward = float(np.mean([a == b for a, b in zip(picks, self.best[self.s], strict=True)]))
+        self.s, self.t = int(self.np_random.integers(self.states)), self.t + 1
+        return (*self._out()[:1], reward, False, self.t >= self.horizon, self._out()[1])
+
+
 def _register() -> None:
     registry = gym.envs.registration.registry
     entries: dict[str, dict[str, Any]] = {

@@ -29,7 +29,7 @@ from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.optim import Adam
 from trpo.rollout import Batch, EnvError, EnvSpec, RolloutCollector, env_failure, env_id_of, make_env
-from trpo.spaces import ObsEncoder, make_distribution
+from trpo.spaces import MASK_KEY, ObsEncoder, empty_mask_row, make_distribution, mask_source
 from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
@@ -89,11 +89,12 @@ class TRPO:
         self._eval_env = make_env(env)
         self.observation_space = self._eval_env.observation_space
         self.action_space = self._eval_env.action_space
-        self.encoder = ObsEncoder(self.observation_space)
         self.dist = make_distribution(self.action_space)
+        self.encoder = ObsEncoder(self.observation_space, self._mask_source(), self.dist.head_dim)
 
         torch.manual_seed(self.seed)  # network initialization
-        self.actor = Actor(self.encoder.dim, self.dist, cfg.actor_hidden, cfg.activation, cfg.init_log_std)
+        self.actor = Actor(self.encoder.dim, self.dist, cfg.actor_hidden, cfg.activation, cfg.init_log_std,
+                           mask_dim=self.encoder.mask_dim)
         self.critic = Critic(self.encoder.dim, cfg.critic_hidden, cfg.activation)
         self.actor.to(self.device)
         self.critic.to(self.device)
@@ -101,7 +102,7 @@ class TRPO:
         # torch.optim, whose import costs ~70 MiB (trpo/optim.py).
         self.critic_optimizer = Adam(self.critic.parameters(), lr=cfg.value_lr)
 
-        self.obs_norm = ObsNormalizer(self.encoder.dim, cfg.normalize_obs, cfg.clip_obs)
+        self.obs_norm = ObsNormalizer(self.encoder.dim, cfg.normalize_obs, cfg.clip_obs, self.encoder.mask_dim)
         self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.normalize_reward, cfg.clip_reward)
         self.sample_gen = torch.Generator(device="cpu").manual_seed(self.seed)  # rollouts sample on the CPU
         self.shuffle_gen = torch.Generator(device="cpu").manual_seed(self.seed + 1)
@@ -112,6 +113,17 @@ class TRPO:
         self.total_steps = 0
         self.history: list[dict[str, Any]] = []
         self._collector: RolloutCollector | None = None
+
+    def _mask_source(self) -> str | None:
+        """Action masks from a Dict observation's "action_mask" or from info["action_mask"] (Gymnasium's
+        conventions; see spaces.mask_source): the env is reset once here to look at its info."""
+        info = None
+        if not (isinstance(self.observation_space, gym.spaces.Dict) and MASK_KEY in self.observation_space.spaces):
+            try:
+                info = self._eval_env.reset(seed=self.seed)[1]
+            except Exception as exc:
+                raise env_failure(exc, "reset()") from exc
+        return mask_source(self.observation_space, self.dist, info)
 
     # --- training ------------------------------------------------------------------------------------------
 
@@ -256,15 +268,25 @@ class TRPO:
 
     # --- inference -----------------------------------------------------------------------------------------
 
-    def _policy_input(self, obs: Any, batched: bool) -> Tensor:
-        encoded = self.encoder(obs) if batched else self.encoder.one(obs)[None]
+    def _policy_input(self, obs: Any, batched: bool, action_mask: Any) -> Tensor:
+        if batched:
+            encoded = self.encoder(obs, action_mask)
+        else:
+            encoded = self.encoder.one(obs, None if action_mask is None else {MASK_KEY: action_mask})[None]
+        if self.encoder.mask_dim and self.dist.mask_groups is not None:
+            bad = empty_mask_row(encoded[:, -self.encoder.mask_dim:], self.dist.mask_groups)
+            if bad is not None:
+                raise ValueError(f"the action mask of observation {bad} allows no action")
         return torch.as_tensor(self.obs_norm.frozen()(encoded), device=self.device)
 
     @torch.no_grad()
-    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
-        """Action(s) for one observation or a batch (leading dim), as the env takes them."""
+    def predict(self, obs: Any, deterministic: bool = True, action_mask: Any = None) -> np.ndarray:
+        """Action(s) for one observation or a batch (leading dim), as the env takes them. An env that masks its
+        actions through info["action_mask"] needs that mask here (a Dict observation carries its own)."""
         batched = self.encoder.is_batched(obs)
-        params = self.actor(self._policy_input(obs, batched))
+        if self.encoder.mask_from == "info" and action_mask is None:
+            raise ValueError("this env masks its actions: pass action_mask=info['action_mask']")
+        params = self.actor(self._policy_input(obs, batched, action_mask))
         action = self.dist.mode(params) if deterministic else self.dist.sample(params, self.predict_gen)
         env_action = self.dist.to_env(action.cpu().numpy())
         return env_action if batched else env_action[0]
@@ -279,20 +301,21 @@ class TRPO:
         returns, lengths = [], []
         call = "reset()"
         try:  # the user's env: what it raises becomes one EnvError
-            obs, _ = env.reset(seed=self.seed + 1_000_003 if seed is None else seed)
+            obs, info = env.reset(seed=self.seed + 1_000_003 if seed is None else seed)
             for _ in range(episodes):
                 total, length, done = 0.0, 0, False
                 while not done:
-                    action = self.predict(obs, deterministic)
+                    action = self.predict(obs, deterministic, info.get(MASK_KEY) if self.encoder.mask_from == "info"
+                                          else None)
                     call = "step()"
-                    obs, reward, terminated, truncated, _ = env.step(action)
+                    obs, reward, terminated, truncated, info = env.step(action)
                     total += float(reward)
                     length += 1
                     done = bool(terminated or truncated)
                 returns.append(total)
                 lengths.append(length)
                 call = "reset()"
-                obs, _ = env.reset()
+                obs, info = env.reset()
         except Exception as exc:
             if isinstance(exc, EnvError | ConfigError):
                 raise

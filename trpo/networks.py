@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from trpo.config import ConfigError
-from trpo.spaces import ActionDistribution, Params
+from trpo.spaces import ActionDistribution, Params, apply_mask
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -28,25 +28,31 @@ def mlp_body(in_dim: int, hidden: Sequence[int], activation: str) -> nn.Sequenti
 
 
 class Actor(nn.Module):
-    """pi_theta(a|s): an MLP body and the distribution family's head, returning distribution params."""
+    """pi_theta(a|s): an MLP body and the distribution family's head, returning distribution params. With
+    `mask_dim` > 0 the observation vector ends with the action mask (spaces.ObsEncoder), and masked logits are
+    set to MASKED_LOGIT here, so that sampling, log-probabilities, KL, entropy and the Fisher metric are all those
+    of the masked policy."""
 
-    def __init__(
-        self, obs_dim: int, dist: ActionDistribution, hidden: Sequence[int], activation: str, init_log_std: float
-    ) -> None:
+    def __init__(self, obs_dim: int, dist: ActionDistribution, hidden: Sequence[int], activation: str,
+                 init_log_std: float, mask_dim: int = 0) -> None:
         super().__init__()
         self.activation = activation
+        self.mask_dim = mask_dim
         self.body = mlp_body(obs_dim, hidden, activation)
         self.head = dist.make_head(hidden[-1] if hidden else obs_dim, init_log_std)
 
     def forward(self, obs: Tensor) -> Params:
-        return self.head(self.body(obs))
+        params = self.head(self.body(obs))
+        if self.mask_dim:
+            params = (apply_mask(params[0], obs[..., -self.mask_dim:]), *params[1:])
+        return params
 
     def numpy_policy(self) -> NumpyPolicy:
         """A frozen CPU copy of this actor's head output (params[0]) for per-step inference in rollouts."""
         linears = [m for m in self.body if isinstance(m, nn.Linear)]
         as_np = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
         layers = [(as_np(m.weight).T.copy(), as_np(m.bias)) for m in [*linears, self.head.linear]]
-        return NumpyPolicy(layers, self.activation)
+        return NumpyPolicy(layers, self.activation, self.mask_dim)
 
 
 class NumpyPolicy:
@@ -55,9 +61,10 @@ class NumpyPolicy:
     processes receive it once per batch. The rest of params (a Gaussian's log-std) depends on no state: rollouts
     fold it into the batch's noise (`ActionDistribution.shift`)."""
 
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], activation: str):
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], activation: str, mask_dim: int = 0):
         self.layers = layers
         self.activation = activation
+        self.mask_dim = mask_dim
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         # einsum without BLAS computes every row the same way whatever the number of rows (BLAS does not), so
@@ -67,7 +74,8 @@ class NumpyPolicy:
             h = np.einsum("ij,jk->ik", h, w) + b
             h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
         w, b = self.layers[-1]
-        return np.einsum("ij,jk->ik", h, w) + b
+        out = np.einsum("ij,jk->ik", h, w) + b
+        return apply_mask(out, obs[:, -self.mask_dim:]) if self.mask_dim else out
 
 
 class Critic(nn.Module):

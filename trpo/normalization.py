@@ -46,11 +46,13 @@ class RunningMeanStd:
 
 
 class ObsNormalizer:
-    """(obs - mean) / sqrt(var + eps), clipped; a no-op when disabled."""
+    """(obs - mean) / sqrt(var + eps), clipped; a no-op when disabled. The last `passthrough` columns (an action
+    mask) are left as they are."""
 
-    def __init__(self, dim: int, enabled: bool, clip: float) -> None:
+    def __init__(self, dim: int, enabled: bool, clip: float, passthrough: int = 0) -> None:
         self.enabled = enabled
         self.clip = clip
+        self.passthrough = passthrough
         self.stats = RunningMeanStd((dim,))
 
     def update(self, obs: np.ndarray) -> None:
@@ -62,8 +64,11 @@ class ObsNormalizer:
         """The normalization with the current statistics, fixed: what pi_old sees during one batch."""
         if not self.enabled:
             return FrozenObsNorm(None, None, self.clip)
+        mean = self.stats.mean.astype(np.float32)
         inv_std = (1.0 / np.sqrt(self.stats.var + 1e-8)).astype(np.float32)
-        return FrozenObsNorm(self.stats.mean.astype(np.float32), inv_std, self.clip)
+        if self.passthrough:  # 0/1 mask columns: mean 0, scale 1 (a clip below 1 keeps them > 0, which is enough)
+            mean[-self.passthrough:], inv_std[-self.passthrough:] = 0.0, 1.0
+        return FrozenObsNorm(mean, inv_std, self.clip)
 
 
 class FrozenObsNorm:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from trpo.networks import Actor, NumpyPolicy
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
-from trpo.spaces import ActionDistribution, ObsEncoder
+from trpo.spaces import ActionDistribution, ObsEncoder, empty_mask_row
 
 if TYPE_CHECKING:
     from trpo.ray_rollout import RayPool
@@ -113,13 +113,21 @@ class EnvRunner:
             i = int(np.flatnonzero(~np.isfinite(obs).all(axis=1))[0])
             raise EnvError(f"environment returned a non-finite {what} (NaN or inf) in env {self.first_index + i}")
 
+    def _check_masks(self) -> None:
+        """Every env about to act has at least one valid action (in each sub-action)."""
+        if self.encoder.mask_dim and self.dist.mask_groups is not None:
+            bad = empty_mask_row(self.obs[:, -self.encoder.mask_dim:], self.dist.mask_groups)
+            if bad is not None:
+                raise EnvError(f"env {self.first_index + bad} gave an action_mask that allows no action")
+
     def reset(self, seed: int) -> np.ndarray:
         for i, env in enumerate(self.envs):
             try:
-                self.obs[i] = self.encoder.one(env.reset(seed=seed + self.first_index + i)[0])
+                self.obs[i] = self.encoder.one(*env.reset(seed=seed + self.first_index + i))
             except Exception as exc:
                 raise env_failure(exc, "reset()", self.first_index + i) from exc
         self._check_finite(self.obs, "observation")
+        self._check_masks()
         self.ep_return[:] = 0.0
         self.ep_length[:] = 0
         return self.obs.copy()
@@ -142,9 +150,9 @@ class EnvRunner:
             ended = False
             for i, env in enumerate(self.envs):
                 try:  # the user's env: whatever it raises, or returns that cannot be read, becomes an EnvError
-                    raw, reward, terminated, truncated, _ = env.step(env_actions[i])
+                    raw, reward, terminated, truncated, info = env.step(env_actions[i])
                     reward = float(reward)
-                    seg.next_obs[t, i] = self.encoder.one(raw)
+                    seg.next_obs[t, i] = self.encoder.one(raw, info)
                 except Exception as exc:
                     raise env_failure(exc, "step()", self.first_index + i) from exc
                 if not math.isfinite(reward):
@@ -159,7 +167,7 @@ class EnvRunner:
                     seg.episode_lengths.append(int(self.ep_length[i]))
                     self.ep_return[i], self.ep_length[i] = 0.0, 0
                     try:
-                        self.obs[i] = self.encoder.one(env.reset()[0])
+                        self.obs[i] = self.encoder.one(*env.reset())
                     except Exception as exc:
                         raise env_failure(exc, "reset()", self.first_index + i) from exc
                 else:
@@ -168,6 +176,7 @@ class EnvRunner:
                 done = seg.terminated[t] | seg.truncated[t]
                 self._check_finite(np.where(done[:, None], seg.next_obs[t], 0.0), "final observation")
             self._check_finite(self.obs, "observation")
+            self._check_masks()
         seg.actions = np.stack(actions)
         return seg
 

@@ -30,26 +30,63 @@ class UnsupportedSpaceError(ValueError):
 # --- observations -----------------------------------------------------------------------------------------
 
 
+MASK_KEY = "action_mask"  # Gymnasium's convention: info["action_mask"], or a Dict observation's key
+MASKED_LOGIT = -1e9  # a masked action's logit: probability exactly 0 in float32, log-probability finite
+
+
 class ObsEncoder:
-    """Flattens Box, one-hot encodes Discrete, concatenates the parts of a Dict into one float32 vector."""
+    """Flattens Box, one-hot encodes Discrete, concatenates the parts of a Dict into one float32 vector.
 
-    def __init__(self, space: spaces.Space) -> None:
+    With action masking (`mask_from` 'obs': a Dict observation's "action_mask" entry; 'info': the reset/step
+    info's "action_mask"), the vector ends with the mask as 0/1 columns, `mask_dim` of them, one per logit;
+    the actor reads them from there (`Actor.forward`), so every quantity computed from the actor is masked."""
+
+    def __init__(self, space: spaces.Space, mask_from: str | None = None, mask_dim: int = 0) -> None:
         self.space = space
-        self.dim = _obs_dim(space)
+        self.mask_from = mask_from
+        self.mask_dim = mask_dim if mask_from else 0
+        self.features = space
+        if mask_from == "obs":
+            assert isinstance(space, spaces.Dict)
+            self.features = spaces.Dict({k: v for k, v in space.spaces.items() if k != MASK_KEY})
+        self.dim = _obs_dim(self.features) + self.mask_dim
 
-    def __call__(self, obs: Any) -> np.ndarray:
-        """Encode a batch of observations (leading dim = batch) to a float32 array [B, dim]."""
-        return _encode(self.space, obs).astype(np.float32, copy=False)
+    def __call__(self, obs: Any, masks: Any = None) -> np.ndarray:
+        """Encode a batch of observations (leading dim = batch) to a float32 array [B, dim]; `masks` [B, mask_dim]
+        when the masks come from infos."""
+        features = _encode(self.features, obs).astype(np.float32, copy=False)
+        if not self.mask_dim:
+            return features
+        masks = obs[MASK_KEY] if self.mask_from == "obs" else masks
+        if masks is None:
+            raise ValueError("this env's actions are masked: pass the mask (info['action_mask'])")
+        return np.concatenate([features, self._mask(masks, len(features))], axis=1)
 
-    def one(self, obs: Any) -> np.ndarray:
-        """Encode a single (unbatched) observation to [dim]."""
-        if isinstance(self.space, spaces.Box):  # the common case, on the rollout's hot path
+    def one(self, obs: Any, info: dict[str, Any] | None = None) -> np.ndarray:
+        """Encode a single (unbatched) observation (and, for info masks, its info) to [dim]."""
+        if not self.mask_dim and isinstance(self.space, spaces.Box):  # the common case, on the hot path
             return np.asarray(obs, dtype=np.float32).reshape(-1)
-        return _encode(self.space, _add_batch_dim(self.space, obs))[0].astype(np.float32, copy=False)
+        features = _encode(self.features, _add_batch_dim(self.features, obs))[0].astype(np.float32, copy=False)
+        if not self.mask_dim:
+            return features
+        if self.mask_from == "obs":
+            mask = obs[MASK_KEY]
+        elif info is None or MASK_KEY not in info:
+            raise ValueError("the env gave info['action_mask'] at its first reset but not here")
+        else:
+            mask = info[MASK_KEY]
+        return np.concatenate([features, self._mask(mask, 1)[0]])
+
+    def _mask(self, mask: Any, rows: int) -> np.ndarray:
+        arr = np.asarray(mask)
+        if arr.size != rows * self.mask_dim:
+            raise ValueError(f"action_mask has {arr.size // max(rows, 1)} entries, the action space "
+                             f"{self.mask_dim} (one per action, per sub-action for MultiDiscrete)")
+        return (arr.reshape(rows, self.mask_dim) != 0).astype(np.float32)
 
     def is_batched(self, obs: Any) -> bool:
         """Whether `obs` is a batch of observations (one more leading dim than the space's), not a single one."""
-        return _is_batched(self.space, obs)
+        return _is_batched(self.features, obs)
 
 
 def _is_batched(space: spaces.Space, obs: Any) -> bool:
@@ -97,6 +134,9 @@ class ActionDistribution:
     """Interface of an action-distribution family. Methods are pure functions of params and actions."""
 
     head_dim: int
+    # Logit ranges that each hold one categorical; an action mask needs one valid action in each. None: this
+    # family takes no action masks.
+    mask_groups: list[tuple[int, int]] | None = None
 
     def make_head(self, in_dim: int, init_log_std: float) -> nn.Module:
         """A module mapping features [B, in_dim] to params."""
@@ -201,6 +241,7 @@ class Categorical(ActionDistribution):
         self.n = int(space.n)
         self.start = int(space.start)
         self.head_dim = self.n
+        self.mask_groups = [(0, self.n)]
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> Tensor:
@@ -240,6 +281,7 @@ class MultiCategorical(ActionDistribution):
         self.start = np.asarray(space.start, dtype=np.int64)
         self.head_dim = sum(sizes)
         self.bounds = [0, *itertools.accumulate(sizes)]
+        self.mask_groups = list(itertools.pairwise(self.bounds))
 
     def _split(self, logits: Array) -> list[Array]:
         """The logits of each sub-action (views; numpy or torch)."""
@@ -378,6 +420,35 @@ class DiagGaussian(ActionDistribution):
         # minimum/maximum rather than np.clip: the same values, a fraction of the call overhead per env step.
         arr = np.minimum(np.maximum(actions.astype(np.float64), self.low), self.high)
         return arr.reshape((-1, *self.shape)).astype(self.dtype)
+
+
+def apply_mask(logits: Array, mask: Array) -> Array:
+    """Masked actions' logits set to MASKED_LOGIT (numpy or torch): their probability is exactly 0, so they are
+    never sampled or chosen, and they add nothing to log-probabilities, entropy, KL or the Fisher metric
+    (p = 0), nor gradients (the logit is a constant)."""
+    if isinstance(logits, Tensor):
+        return torch.where(mask > 0, logits, torch.full_like(logits, MASKED_LOGIT))
+    return np.where(mask > 0, logits, np.float32(MASKED_LOGIT))
+
+
+def empty_mask_row(masks: np.ndarray, groups: list[tuple[int, int]]) -> int | None:
+    """The first row of masks [B, mask_dim] that allows no action in some group (sub-action), or None."""
+    for lo, hi in groups:
+        empty = ~(masks[:, lo:hi] > 0).any(axis=1)
+        if empty.any():
+            return int(np.flatnonzero(empty)[0])
+    return None
+
+
+def mask_source(space: spaces.Space, dist: ActionDistribution, reset_info: dict[str, Any] | None) -> str | None:
+    """Where the env's action masks come from: 'obs' (a Dict observation with an "action_mask" entry), 'info'
+    (the reset info holds "action_mask"), or None."""
+    source = ("obs" if isinstance(space, spaces.Dict) and MASK_KEY in space.spaces
+              else "info" if isinstance(reset_info, dict) and MASK_KEY in reset_info else None)
+    if source and dist.mask_groups is None:
+        raise UnsupportedSpaceError("the env gives an action_mask, but action masking is for Discrete and "
+                                    "MultiDiscrete action spaces")
+    return source
 
 
 def make_distribution(space: spaces.Space) -> ActionDistribution:
