@@ -379,7 +379,11 @@ class RolloutCollector:
             if isinstance(spec, gym.Env) and num_envs != 1:
                 raise EnvError("an env instance serves only num_envs=1; pass an id or a factory")
             self.runner = EnvRunner([make_env(spec) for _ in range(num_envs)], encoder, dist, 0)
-        obs_norm.update(self.runner.reset(seed))
+        try:
+            obs_norm.update(self.runner.reset(seed))
+        except BaseException:
+            self.runner.close()  # worker processes, Ray actors and a Ray runtime started for them
+            raise
         self._pending: _Pending | None = None
 
     @torch.no_grad()
