@@ -65,6 +65,7 @@ def iqm_with_ci(values: list[float]) -> str:
     except (ImportError, TypeError):  # TypeError: arch 7 (rliable's bootstrap) under pandas 3
         return f"{plain_iqm(values):.1f} (CI: pip install -e '.[bench]')"
     scores = {"x": np.asarray(values, dtype=float)[:, None]}
+    np.random.seed(0)  # arch's bootstrap (under rliable) also draws from numpy's global generator
     point, ci = rly.get_interval_estimates(scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000,
                                            random_state=np.random.RandomState(0))  # the same table every time
     return f"{point['x'][0]:.1f} [{ci['x'][0, 0]:.1f}, {ci['x'][1, 0]:.1f}]"

@@ -354,7 +354,7 @@ def test_numpy_rollout_policy_matches_the_torch_actor(space: spaces.Space, activ
     torch.manual_seed(0)
     actor = Actor(4, make_distribution(space), (8, 8), activation, init_log_std=-0.5)
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    fast = actor.numpy_policy()(obs)
+    fast = actor.rollout_policy()(obs)
     with torch.no_grad():
         exact = actor(torch.from_numpy(obs))[0]
     torch.testing.assert_close(torch.from_numpy(fast), exact, rtol=1e-5, atol=1e-6)

@@ -148,6 +148,34 @@ class MaskedChoiceEnv(gym.Env):
         return (*self._out()[:1], reward, False, self.t >= self.horizon, self._out()[1])
 
 
+class PixelSideEnv(gym.Env):
+    """An image (size x size x 2 uint8, channels last) with one lit column, in one channel; the action must say
+    whether it is in the left (0) or right (1) half: reward 1 if so. 10 steps per episode; random scores 5."""
+
+    def __init__(self, size: int = 12, channels_last: bool = True) -> None:
+        self.size, self.channels_last = size, channels_last
+        shape = (size, size, 2) if channels_last else (2, size, size)
+        self.observation_space = spaces.Box(0, 255, shape, np.uint8)
+        self.action_space = spaces.Discrete(2)
+        self.col, self.t = 0, 0
+
+    def _obs(self) -> np.ndarray:
+        img = np.zeros((2, self.size, self.size), np.uint8)
+        self.col = int(self.np_random.integers(self.size))
+        img[int(self.np_random.integers(2)), :, self.col] = 255
+        return img.transpose(1, 2, 0).copy() if self.channels_last else img
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward = float(int(action) == int(self.col >= self.size // 2))
+        self.t += 1
+        return self._obs(), reward, False, self.t >= 10, {}
+
+
 def _register() -> None:
     registry = gym.envs.registration.registry
     entries: dict[str, dict[str, Any]] = {

@@ -93,16 +93,22 @@ class TRPO:
         self.encoder = ObsEncoder(self.observation_space, self._mask_source(), self.dist.head_dim)
 
         torch.manual_seed(self.seed)  # network initialization
-        self.actor = Actor(self.encoder.dim, self.dist, cfg.actor_hidden, cfg.activation, cfg.init_log_std,
-                           mask_dim=self.encoder.mask_dim)
-        self.critic = Critic(self.encoder.dim, cfg.critic_hidden, cfg.activation)
+        image = self.encoder.image
+        try:
+            self.actor = Actor(self.encoder.dim, self.dist, cfg.actor_hidden, cfg.activation, cfg.init_log_std,
+                               self.encoder.mask_dim, image, cfg.image_encoder)
+            self.critic = Critic(self.encoder.dim, cfg.critic_hidden, cfg.activation, image, cfg.image_encoder)
+        except ValueError as exc:  # e.g. images too small for the chosen CNN
+            raise ConfigError(str(exc)) from exc
         self.actor.to(self.device)
         self.critic.to(self.device)
         # Fused Adam (all critic tensors in one kernel call: ~1.5x faster value fitting on the CPU), not from
         # torch.optim, whose import costs ~70 MiB (trpo/optim.py).
         self.critic_optimizer = Adam(self.critic.parameters(), lr=cfg.value_lr)
 
-        self.obs_norm = ObsNormalizer(self.encoder.dim, cfg.normalize_obs, cfg.clip_obs, self.encoder.mask_dim)
+        # Pixels are already scaled to [0, 1]; per-pixel statistics would only add noise.
+        self.obs_norm = ObsNormalizer(self.encoder.dim, cfg.normalize_obs and image is None, cfg.clip_obs,
+                                      self.encoder.mask_dim)
         self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.normalize_reward, cfg.clip_reward)
         self.sample_gen = torch.Generator(device="cpu").manual_seed(self.seed)  # rollouts sample on the CPU
         self.shuffle_gen = torch.Generator(device="cpu").manual_seed(self.seed + 1)

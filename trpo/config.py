@@ -24,6 +24,7 @@ KLPenalty = Literal["fixed", "adaptive", "theory"]
 FisherProduct = Literal["gauss_newton", "hessian"]
 VectorMode = Literal["sync", "subprocess", "ray"]
 Activation = Literal["tanh", "relu"]
+ImageEncoder = Literal["paper", "nature"]
 
 
 class ConfigError(ValueError):
@@ -123,19 +124,23 @@ class TRPOConfig:
     value_minibatch: int = 128
     """Critic minibatch size."""
 
-    # --- networks (networks.py) ---
+    # --- networks (networks.py, encoders.py) ---
     actor_hidden: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes of the policy network."""
+    """Hidden layer sizes of the policy network (MLP observations)."""
     critic_hidden: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes of the value network."""
+    """Hidden layer sizes of the value network (MLP observations)."""
     activation: Activation = "tanh"
-    """Hidden activation of both networks."""
+    """Hidden activation of both MLPs."""
+    image_encoder: ImageEncoder = "paper"
+    """CNN for image observations (a Box of image shape; no observation normalization for them): 'paper', the
+    TRPO paper's Atari network (2 conv layers of 16 filters, 20 hidden units), or 'nature', DQN's (3 conv
+    layers, 512 hidden units; images of 36x36 or more)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of Gaussian policies."""
 
     # --- normalization ---
     normalize_obs: bool = False
-    """Running mean/std observation normalization (statistics saved in checkpoints)."""
+    """Running mean/std observation normalization (statistics saved in checkpoints); never for images."""
     normalize_reward: bool = False
     """Scale rewards by the running std of the discounted return."""
     clip_obs: float = 10.0

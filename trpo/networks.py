@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,21 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from trpo.config import ConfigError
+from trpo.encoders import ConvBody, ImageLayout, make_body
 from trpo.spaces import ActionDistribution, Params, apply_mask
-
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
-
-
-def mlp_body(in_dim: int, hidden: Sequence[int], activation: str) -> nn.Sequential:
-    """Hidden layers only, orthogonally initialized with gain sqrt(2)."""
-    layers: list[nn.Module] = []
-    for size in hidden:
-        linear = nn.Linear(in_dim, size)
-        nn.init.orthogonal_(linear.weight, gain=math.sqrt(2))
-        nn.init.zeros_(linear.bias)
-        layers += [linear, _ACTIVATIONS[activation]()]
-        in_dim = size
-    return nn.Sequential(*layers)
 
 
 class Actor(nn.Module):
@@ -34,12 +21,13 @@ class Actor(nn.Module):
     of the masked policy."""
 
     def __init__(self, obs_dim: int, dist: ActionDistribution, hidden: Sequence[int], activation: str,
-                 init_log_std: float, mask_dim: int = 0) -> None:
+                 init_log_std: float, mask_dim: int = 0, image: ImageLayout | None = None,
+                 image_encoder: str = "paper") -> None:
         super().__init__()
         self.activation = activation
         self.mask_dim = mask_dim
-        self.body = mlp_body(obs_dim, hidden, activation)
-        self.head = dist.make_head(hidden[-1] if hidden else obs_dim, init_log_std)
+        self.body = make_body(obs_dim, hidden, activation, image, image_encoder)
+        self.head = dist.make_head(self.body.out_dim, init_log_std)
 
     def forward(self, obs: Tensor) -> Params:
         params = self.head(self.body(obs))
@@ -47,8 +35,11 @@ class Actor(nn.Module):
             params = (apply_mask(params[0], obs[..., -self.mask_dim:]), *params[1:])
         return params
 
-    def numpy_policy(self) -> NumpyPolicy:
-        """A frozen CPU copy of this actor's head output (params[0]) for per-step inference in rollouts."""
+    def rollout_policy(self) -> RolloutPolicy:
+        """A frozen CPU copy of this actor's head output (params[0]) for per-step inference in rollouts: numpy
+        matmuls for an MLP, the torch modules for a CNN."""
+        if isinstance(self.body, ConvBody):
+            return TorchPolicy(self)
         linears = [m for m in self.body if isinstance(m, nn.Linear)]
         as_np = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
         layers = [(as_np(m.weight).T.copy(), as_np(m.bias)) for m in [*linears, self.head.linear]]
@@ -78,25 +69,49 @@ class NumpyPolicy:
         return apply_mask(out, obs[:, -self.mask_dim:]) if self.mask_dim else out
 
 
+class TorchPolicy:
+    """The actor's params[0] for rollouts when its body is a CNN: a CPU copy of the modules, run one observation
+    at a time so that every env's action is computed the same way however envs are split over processes
+    (batched convolutions may differ in the last bits). Picklable."""
+
+    def __init__(self, actor: Actor) -> None:
+        self.actor = copy.deepcopy(actor).cpu().requires_grad_(False)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            rows = [self.actor(torch.from_numpy(np.ascontiguousarray(obs[i : i + 1])))[0] for i in range(len(obs))]
+        return torch.cat(rows).numpy()
+
+
 class Critic(nn.Module):
     """V_phi(s): an MLP with a scalar output."""
 
-    def __init__(self, obs_dim: int, hidden: Sequence[int], activation: str) -> None:
+    def __init__(self, obs_dim: int, hidden: Sequence[int], activation: str, image: ImageLayout | None = None,
+                 image_encoder: str = "paper") -> None:
         super().__init__()
         self.activation = activation
-        self.body = mlp_body(obs_dim, hidden, activation)
-        self.out = nn.Linear(hidden[-1] if hidden else obs_dim, 1)
+        self.body = make_body(obs_dim, hidden, activation, image, image_encoder)
+        self.out = nn.Linear(self.body.out_dim, 1)
         nn.init.orthogonal_(self.out.weight, gain=1.0)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.out(self.body(obs)).squeeze(-1)
 
-    @torch.no_grad()
     def mse_backward(self, obs: Tensor, targets: Tensor) -> None:
-        """Set each parameter's .grad to the gradient of mean((V(obs) - targets)^2), with the MLP's backward pass
-        written out. It runs the kernels autograd runs, so the gradients are autograd's bit for bit (tested), at
-        about a third of the overhead for a minibatch of 128: the value fit takes hundreds of these per update."""
+        """Set each parameter's .grad to the gradient of mean((V(obs) - targets)^2). For an MLP the backward
+        pass is written out: it runs the kernels autograd runs, so the gradients are autograd's bit for bit
+        (tested), at about a third of the overhead for a minibatch of 128 (the value fit takes hundreds of these
+        per update). A CNN goes through autograd."""
+        if isinstance(self.body, ConvBody):
+            for p in self.parameters():
+                p.grad = None
+            (self(obs) - targets).pow(2).mean().backward()
+            return
+        with torch.no_grad():
+            self._mlp_mse_backward(obs, targets)
+
+    def _mlp_mse_backward(self, obs: Tensor, targets: Tensor) -> None:
         linears = [m for m in self.body if isinstance(m, nn.Linear)] + [self.out]
         layer_inputs = [obs]
         for linear in linears[:-1]:
@@ -123,3 +138,6 @@ def check_device(device: torch.device) -> None:
                               "CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {str(device)!r} requested but MPS is not available on this machine")
+
+
+RolloutPolicy = NumpyPolicy | TorchPolicy  # what rollouts call: normalized observations [k, D] -> params[0]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from trpo.config import ConfigError
-from trpo.networks import NumpyPolicy
+from trpo.networks import RolloutPolicy
 from trpo.normalization import FrozenObsNorm
 from trpo.rollout import EnvError, EnvRunner, EnvSpec, Segment, make_env, worker_error
 from trpo.spaces import ActionDistribution, ObsEncoder
@@ -61,14 +61,14 @@ class RayWorker:
         except Exception as exc:
             return "error", worker_error(exc)
 
-    def run(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> tuple[str, Any]:
+    def run(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> tuple[str, Any]:
         try:
             assert self.runner is not None, "run() before reset()"
             return "ok", self.runner.run(policy, obs_norm, shifted_noise)
         except Exception as exc:
             return "error", worker_error(exc)
 
-    def reset_and_run(self, seed: int, policy: NumpyPolicy, obs_norm: FrozenObsNorm,
+    def reset_and_run(self, seed: int, policy: RolloutPolicy, obs_norm: FrozenObsNorm,
                       shifted_noise: np.ndarray) -> tuple[str, Any]:
         """A replacement actor's first task: fresh envs, then its share of the batch in flight."""
         status, value = self.reset(seed)
@@ -157,7 +157,7 @@ class RayPool:
     def _restart_seed(self) -> int:
         return self.seed + RESTART_SEED * self.restarts
 
-    def start(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> None:
+    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> None:
         """Set every actor collecting its envs' share of the batch; returns at once (see `finish`)."""
         policy_ref = self.ray.put(policy)  # one copy in the object store, read by every actor
         self.pending = (policy_ref, obs_norm, shifted_noise)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trpo.networks import Actor, NumpyPolicy
+from trpo.networks import Actor, RolloutPolicy
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
 from trpo.spaces import ActionDistribution, ObsEncoder, empty_mask_row
 
@@ -132,7 +132,7 @@ class EnvRunner:
         self.ep_length[:] = 0
         return self.obs.copy()
 
-    def run(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> Segment:
+    def run(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> Segment:
         """Step every env shifted_noise.shape[0] times. The action at step t is
         pick(policy(normalized obs) + shifted_noise[t]) (`ActionDistribution.shift` / `pick`), all in numpy."""
         steps, k, d = shifted_noise.shape[0], len(self.envs), self.encoder.dim
@@ -290,7 +290,7 @@ class WorkerPool:
             self._send(k, ("reset", seed))
         return np.concatenate(self._gather())
 
-    def start(self, policy: NumpyPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> None:
+    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> None:
         """Set every worker collecting its envs' share of the batch; returns at once (see `finish`)."""
         for k, (lo, hi) in enumerate(itertools.pairwise(self.slices)):
             self._send(k, ("run", (policy, obs_norm, shifted_noise[:, lo:hi])))
@@ -332,7 +332,7 @@ class Batch:
 class _Pending:
     """A batch set going by `RolloutCollector.start`: pi_old as the envs see it, and the actor it came from."""
 
-    policy: NumpyPolicy
+    policy: RolloutPolicy
     obs_norm: FrozenObsNorm
     shifted_noise: np.ndarray  # [T, N, head_dim]
     generator: torch.Generator
@@ -393,7 +393,7 @@ class RolloutCollector:
         caller can fit the critic while the batch is collected (the batch does not depend on the critic)."""
         if self._pending is not None:
             raise RuntimeError("a batch is already being collected; call finish() first")
-        policy = actor.numpy_policy()
+        policy = actor.rollout_policy()
         noise = self.dist.noise((steps, self.num_envs, self.dist.head_dim), generator)
         # No family's shift depends on the state (a Gaussian's log-std is a free parameter): any input will do.
         params = tuple(p.cpu() for p in actor(torch.zeros(1, self.encoder.dim, device=self.device)))

@@ -19,6 +19,8 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from trpo.encoders import image_layout
+
 Params = tuple[Tensor, ...]
 Array = TypeVar("Array", np.ndarray, Tensor)
 
@@ -49,12 +51,14 @@ class ObsEncoder:
         if mask_from == "obs":
             assert isinstance(space, spaces.Dict)
             self.features = spaces.Dict({k: v for k, v in space.spaces.items() if k != MASK_KEY})
+        self.image = image_layout(self.features)  # images: channels first, uint8 scaled to [0, 1]
         self.dim = _obs_dim(self.features) + self.mask_dim
 
     def __call__(self, obs: Any, masks: Any = None) -> np.ndarray:
         """Encode a batch of observations (leading dim = batch) to a float32 array [B, dim]; `masks` [B, mask_dim]
         when the masks come from infos."""
-        features = _encode(self.features, obs).astype(np.float32, copy=False)
+        features = (self.image.encode(obs) if self.image else _encode(self.features, obs)).astype(np.float32,
+                                                                                                  copy=False)
         if not self.mask_dim:
             return features
         masks = obs[MASK_KEY] if self.mask_from == "obs" else masks
@@ -64,9 +68,12 @@ class ObsEncoder:
 
     def one(self, obs: Any, info: dict[str, Any] | None = None) -> np.ndarray:
         """Encode a single (unbatched) observation (and, for info masks, its info) to [dim]."""
-        if not self.mask_dim and isinstance(self.space, spaces.Box):  # the common case, on the hot path
+        if not self.mask_dim and self.image is None and isinstance(self.space, spaces.Box):  # the hot path
             return np.asarray(obs, dtype=np.float32).reshape(-1)
-        features = _encode(self.features, _add_batch_dim(self.features, obs))[0].astype(np.float32, copy=False)
+        if self.image is not None:
+            features = self.image.encode(np.asarray(obs)[None])[0]
+        else:
+            features = _encode(self.features, _add_batch_dim(self.features, obs))[0].astype(np.float32, copy=False)
         if not self.mask_dim:
             return features
         if self.mask_from == "obs":

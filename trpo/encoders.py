@@ -1,0 +1,121 @@
+"""Observation encoders (the networks' bodies): an MLP for vectors, a CNN for images.
+
+A Box observation of image shape (2-D grey, or 3-D with channels first or last, both spatial sides >= 8) is
+encoded by `spaces.ObsEncoder` as a flat float32 vector in channels-first order, uint8 pixels scaled to [0, 1];
+`ConvBody` views it as [B, C, H, W] again. Two CNNs: the TRPO paper's Atari network ('paper': two conv layers of
+16 filters 4x4 with stride 2, then 20 hidden units; Schulman et al. 2015, section 8) and the DQN/Nature network
+('nature': 32 8x8/4, 64 4x4/2, 64 3x3/1, then 512 hidden units).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+# (out_channels, kernel, stride) per conv layer, then the hidden layer's width.
+CNNS: dict[str, tuple[list[tuple[int, int, int]], int]] = {
+    "paper": ([(16, 4, 2), (16, 4, 2)], 20),
+    "nature": ([(32, 8, 4), (64, 4, 2), (64, 3, 1)], 512),
+}
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How an image observation is stored: its shape as channels-first (C, H, W), whether the env gives channels
+    last, and the pixel scale (1/255 for uint8)."""
+
+    channels: int
+    height: int
+    width: int
+    channels_last: bool
+    scale: float
+
+    @property
+    def size(self) -> int:
+        return self.channels * self.height * self.width
+
+    def encode(self, obs: np.ndarray) -> np.ndarray:
+        """A batch [B, *space shape] as float32 [B, C*H*W], channels first, scaled."""
+        arr = np.asarray(obs, dtype=np.float32)
+        arr = arr.reshape(arr.shape[0], self.height, self.width, -1) if self.channels_last else arr
+        if self.channels_last:
+            arr = arr.transpose(0, 3, 1, 2)
+        flat = np.ascontiguousarray(arr).reshape(arr.shape[0], -1)
+        return flat * np.float32(self.scale) if self.scale != 1.0 else flat
+
+
+def image_layout(space: spaces.Space) -> ImageLayout | None:
+    """The layout of an image observation space, or None for anything else. 3-D shapes are channels-first when
+    the first side is the smallest (e.g. stacked frames, 4 x 84 x 84), else channels-last (Gymnasium's H x W x C)."""
+    if not isinstance(space, spaces.Box) or len(space.shape) not in (2, 3):
+        return None
+    shape = space.shape
+    if len(shape) == 2:
+        channels, (height, width), last = 1, shape, True
+    elif shape[0] < min(shape[1], shape[2]):
+        channels, height, width, last = shape[0], shape[1], shape[2], False
+    else:
+        height, width, channels, last = shape[0], shape[1], shape[2], True
+    if min(height, width) < 8:
+        return None
+    scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+    return ImageLayout(int(channels), int(height), int(width), last, scale)
+
+
+class MLPBody(nn.Sequential):
+    """Hidden layers only, orthogonally initialized with gain sqrt(2)."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], activation: str) -> None:
+        layers: list[nn.Module] = []
+        for size in hidden:
+            linear = nn.Linear(in_dim, size)
+            nn.init.orthogonal_(linear.weight, gain=math.sqrt(2))
+            nn.init.zeros_(linear.bias)
+            layers += [linear, _ACTIVATIONS[activation]()]
+            in_dim = size
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+class ConvBody(nn.Module):
+    """One of CNNS on the image part of the observation vector (an action mask after it is left to the actor),
+    then its hidden layer; ReLU throughout, orthogonal init with gain sqrt(2)."""
+
+    def __init__(self, layout: ImageLayout, kind: str) -> None:
+        super().__init__()
+        self.layout = layout
+        convs, hidden = CNNS[kind]
+        layers: list[nn.Module] = []
+        channels, side = layout.channels, (layout.height, layout.width)
+        for out, kernel, stride in convs:
+            side = ((side[0] - kernel) // stride + 1, (side[1] - kernel) // stride + 1)
+            if min(side) < 1:
+                raise ValueError(f"image_encoder '{kind}' needs larger images than {layout.height}x{layout.width}")
+            layers += [nn.Conv2d(channels, out, kernel, stride), nn.ReLU()]
+            channels = out
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels * side[0] * side[1], hidden)
+        for m in [*self.convs, self.fc]:
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.orthogonal_(m.weight, gain=math.sqrt(2))
+                nn.init.zeros_(m.bias)
+        self.out_dim = hidden
+
+    def forward(self, obs: Tensor) -> Tensor:
+        lay = self.layout
+        x = obs[..., : lay.size].reshape(-1, lay.channels, lay.height, lay.width)
+        return torch.relu(self.fc(self.convs(x).flatten(1))).reshape(*obs.shape[:-1], -1)  # leading dims kept
+
+
+def make_body(in_dim: int, hidden: Sequence[int], activation: str, image: ImageLayout | None,
+              image_encoder: str) -> MLPBody | ConvBody:
+    """The body for an observation: a CNN for images, else an MLP."""
+    return ConvBody(image, image_encoder) if image is not None else MLPBody(in_dim, hidden, activation)
