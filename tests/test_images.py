@@ -4,6 +4,8 @@ against autograd's Hessian of the KL, rollouts in every mode, checkpoints, and a
 from __future__ import annotations
 
 import functools
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from trpo import TRPO, TRPOConfig
 from trpo.config import ConfigError
 from trpo.encoders import ConvBody, ImageLayout, image_layout
 from trpo.networks import Actor, TorchPolicy
+from trpo.rollout import EnvError
 from trpo.spaces import ObsEncoder, make_distribution
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp
 
@@ -105,3 +108,36 @@ def test_cnn_policy_learns_where_the_lit_column_is() -> None:
     result = agent.evaluate(10, deterministic=False)
     agent.close()
     assert result["mean_return"] >= 8.5, result
+
+
+def test_atari_ids_get_the_standard_preprocessing_and_the_paper_cnn(tmp_path: Path) -> None:
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    agent = TRPO("ALE/Pong-v5", TRPOConfig(num_envs=1, steps_per_env=32, value_epochs=1), seed=0)
+    assert agent.observation_space == spaces.Box(0, 255, (4, 84, 84), np.uint8)  # 4 stacked 84x84 grey frames
+    assert agent.encoder.image == ImageLayout(4, 84, 84, False, 1 / 255) and isinstance(agent.actor.body, ConvBody)
+    agent.learn(64)
+    agent.save(tmp_path / "pong.pt")
+    loaded = TRPO.load(tmp_path / "pong.pt")  # rebuilt from the id, preprocessing included
+    obs = np.random.default_rng(0).integers(0, 256, (4, 84, 84), dtype=np.uint8)
+    np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
+    agent.close()
+    loaded.close()
+
+
+def test_minatar_ids_register_themselves_and_train() -> None:
+    pytest.importorskip("minatar")
+    agent = TRPO("MinAtar/Breakout-v1", TRPOConfig(num_envs=2, steps_per_env=64, value_epochs=1), seed=0)
+    assert agent.encoder.image == ImageLayout(4, 10, 10, True, 1.0)  # bool channels, last
+    agent.learn(256)
+    assert all(np.isfinite(r["kl"]) for r in agent.history)
+    agent.close()
+
+
+@pytest.mark.parametrize("env_id,module,hint", [("ALE/Pong-v5", "ale_py", "trpo[atari]"),
+                                                ("MinAtar/Breakout-v1", "minatar.gym", "trpo[minatar]")])
+def test_missing_game_packages_say_how_to_install_them(monkeypatch: pytest.MonkeyPatch, env_id: str, module: str,
+                                                       hint: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(EnvError, match=re.escape(f'pip install "{hint}"')):
+        TRPO(env_id)

@@ -61,6 +61,10 @@ def make_env(spec: EnvSpec) -> gym.Env:
     if not isinstance(spec, str):
         raise EnvError(f"env must be an id, a factory or a gymnasium.Env, got {type(spec).__name__}")
     try:
+        if spec.startswith("ALE/"):
+            return make_atari(spec)
+        if spec.startswith("MinAtar/"):
+            _register_minatar()
         return gym.make(spec)
     except gym.error.UnregisteredEnv as exc:
         raise EnvError(f"unknown environment id {spec!r}: {exc}") from exc
@@ -68,6 +72,30 @@ def make_env(spec: EnvSpec) -> gym.Env:
         raise EnvError(f"cannot make environment {spec!r}: {exc}") from exc
     except Exception as exc:  # the env's own constructor, or the module that registers it, failed
         raise EnvError(f"cannot make environment {spec!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def make_atari(env_id: str) -> gym.Env:
+    """An 'ALE/Name-v5' game with the standard preprocessing (Machado et al. 2018 via Gymnasium's wrappers):
+    up to 30 no-op starts, 4 frames per action (max of the last two), 84 x 84 greyscale, 4 frames stacked
+    (obs 4 x 84 x 84 uint8); sticky actions as the v5 games define them; episodes end at game over."""
+    try:
+        import ale_py
+    except ImportError as exc:
+        raise EnvError(f"{env_id} needs ale-py: pip install \"trpo[atari]\"") from exc
+    gym.register_envs(ale_py)
+    env = gym.make(env_id, frameskip=1)  # AtariPreprocessing skips the frames
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
+    return gym.wrappers.FrameStackObservation(env, 4)
+
+
+def _register_minatar() -> None:
+    """MinAtar registers its 'MinAtar/Name-v0/v1' ids only when asked."""
+    try:
+        from minatar.gym import register_envs
+    except ImportError as exc:
+        raise EnvError("MinAtar games need minatar: pip install \"trpo[minatar]\"") from exc
+    if "MinAtar/Breakout-v1" not in gym.registry:
+        register_envs()
 
 
 def env_id_of(spec: EnvSpec) -> str | None:
