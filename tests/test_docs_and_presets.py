@@ -52,7 +52,7 @@ def test_preset_precedence_and_errors() -> None:
         TRPOConfig(**values)  # every preset is a valid config
 
 
-@pytest.mark.parametrize("name,per_dim", [("Hopper", 0.01), ("Walker2d", 0.01), ("Ant", 0.01), ("Humanoid", 0.01),
+@pytest.mark.parametrize("name,per_dim", [("Walker2d", 0.01), ("Ant", 0.01), ("Humanoid", 0.01),
                                           ("HalfCheetah", 0.04), ("Swimmer", 0.01), ("Reacher", 0.01)])
 def test_mujoco_presets_match_sb3_contribs_trust_region_on_the_joint_kl(name: str, per_dim: float) -> None:
     # sb3-contrib averages its KL over action dimensions: its max KL per dimension times action_dim is ours.
@@ -60,8 +60,7 @@ def test_mujoco_presets_match_sb3_contribs_trust_region_on_the_joint_kl(name: st
     pytest.importorskip("mujoco")
     action_dim = gym.make(f"{name}-v5").action_space.shape[0]
     assert PRESETS[name]["max_kl"] == pytest.approx(per_dim * action_dim)
-    if name != "Hopper":  # Hopper's damping was measured separately (docs/benchmarks.md)
-        assert PRESETS[name]["cg_damping"] == pytest.approx(0.1 * action_dim)
+    assert PRESETS[name]["cg_damping"] == pytest.approx(0.1 * action_dim)  # (Hopper is tuned apart: 1M returns)
 
 
 @pytest.mark.parametrize("env_id", ["Hopper-v5", "HalfCheetah-v5"])
