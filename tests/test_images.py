@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from torch.func import functional_call
 from trpo_testenvs import PixelSideEnv
 
 from trpo import TRPO, TRPOConfig
@@ -22,6 +21,7 @@ from trpo.networks import Actor, TorchPolicy
 from trpo.rollout import EnvError
 from trpo.spaces import ObsEncoder, make_distribution
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp
+from trpo.update_rules import flat_parameters
 
 SMALL = TRPOConfig(num_envs=4, steps_per_env=128, max_kl=0.02)
 
@@ -57,13 +57,10 @@ def test_cnn_fisher_vector_product_is_the_hessian_of_the_mean_kl(kind: str, side
     for p in actor.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
     obs = torch.rand(6, layout.size, dtype=torch.float64)
-    names = [n for n, _ in actor.named_parameters()]
-    shapes = [p.shape for p in actor.parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
+    theta, params_of = flat_parameters(actor)
 
     def params_fn(t: torch.Tensor) -> tuple:
-        split = torch.split(t, [int(np.prod(s)) for s in shapes])
-        return functional_call(actor, {n: v.view(s) for n, v, s in zip(names, split, shapes, strict=True)}, (obs,))
+        return params_of(t, obs)
 
     old = tuple(p.detach() for p in params_fn(theta))
     exact = hessian_fvp(lambda t: dist.kl(old, params_fn(t)).mean(), theta, 0.1)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from torch.func import functional_call
 from trpo_testenvs import MaskedChoiceEnv, SpacesEnv
 
 from trpo import TRPO, TRPOConfig
@@ -20,6 +19,7 @@ from trpo.networks import Actor
 from trpo.rollout import EnvError
 from trpo.spaces import UnsupportedSpaceError, make_distribution
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp
+from trpo.update_rules import flat_parameters
 
 SPACES = {"discrete": spaces.Discrete(5), "multidiscrete": spaces.MultiDiscrete([3, 4])}
 SMALL = TRPOConfig(num_envs=4, steps_per_env=128)
@@ -78,13 +78,10 @@ def test_masked_policy_is_the_categorical_over_valid_actions(name: str) -> None:
 @pytest.mark.parametrize("name", list(SPACES))
 def test_masked_fisher_product_is_the_exact_fisher_over_valid_actions(name: str) -> None:
     dist, actor, obs, masks = masked_problem(name, seed=1)
-    names = [n for n, _ in actor.named_parameters()]
-    shapes = [p.shape for p in actor.parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
+    theta, params_of = flat_parameters(actor)
 
     def params_fn(t: torch.Tensor) -> tuple:
-        split = torch.split(t, [int(np.prod(s)) for s in shapes])
-        return functional_call(actor, {n: v.view(s) for n, v, s in zip(names, split, shapes, strict=True)}, (obs,))
+        return params_of(t, obs)
 
     # F = mean over states of sum over valid joint actions of p(a|s) grad log p(a|s) grad log p(a|s)^T.
     fisher = torch.zeros(theta.numel(), theta.numel(), dtype=torch.float64)
