@@ -66,6 +66,8 @@ def make_env(spec: EnvSpec) -> gym.Env:
         if spec.startswith("MinAtar/"):
             _register_minatar()
         return gym.make(spec)
+    except EnvError:  # a missing game package, said as it is
+        raise
     except gym.error.UnregisteredEnv as exc:
         raise EnvError(f"unknown environment id {spec!r}: {exc}") from exc
     except (gym.error.Error, ModuleNotFoundError) as exc:  # e.g. DependencyNotInstalled: mujoco is missing
