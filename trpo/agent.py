@@ -29,7 +29,7 @@ from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.optim import Adam
 from trpo.rollout import Batch, EnvError, EnvSpec, RolloutCollector, env_failure, env_id_of, make_env
-from trpo.spaces import MASK_KEY, ObsEncoder, empty_mask_row, make_distribution, mask_source
+from trpo.spaces import MASK_KEY, ObsEncoder, make_distribution, mask_source
 from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
@@ -90,7 +90,7 @@ class TRPO:
         self.observation_space = self._eval_env.observation_space
         self.action_space = self._eval_env.action_space
         self.dist = make_distribution(self.action_space)
-        self.encoder = ObsEncoder(self.observation_space, self._mask_source(), self.dist.head_dim)
+        self.encoder = ObsEncoder(self.observation_space, self._mask_source(), self.dist.mask_groups)
 
         torch.manual_seed(self.seed)  # network initialization
         image = self.encoder.image
@@ -279,10 +279,9 @@ class TRPO:
             encoded = self.encoder(obs, action_mask)
         else:
             encoded = self.encoder.one(obs, None if action_mask is None else {MASK_KEY: action_mask})[None]
-        if self.encoder.mask_dim and self.dist.mask_groups is not None:
-            bad = empty_mask_row(encoded[:, -self.encoder.mask_dim:], self.dist.mask_groups)
-            if bad is not None:
-                raise ValueError(f"the action mask of observation {bad} allows no action")
+        bad = self.encoder.empty_mask_row(encoded)
+        if bad is not None:
+            raise ValueError(f"the action mask of observation {bad} allows no action")
         return torch.as_tensor(self.obs_norm.frozen()(encoded), device=self.device)
 
     @torch.no_grad()

@@ -45,9 +45,8 @@ class ImageLayout:
     def encode(self, obs: np.ndarray) -> np.ndarray:
         """A batch [B, *space shape] as float32 [B, C*H*W], channels first, scaled."""
         arr = np.asarray(obs, dtype=np.float32)
-        arr = arr.reshape(arr.shape[0], self.height, self.width, -1) if self.channels_last else arr
-        if self.channels_last:
-            arr = arr.transpose(0, 3, 1, 2)
+        if self.channels_last:  # [B, H, W] (grey) or [B, H, W, C] -> [B, C, H, W]
+            arr = arr.reshape(arr.shape[0], self.height, self.width, -1).transpose(0, 3, 1, 2)
         flat = np.ascontiguousarray(arr).reshape(arr.shape[0], -1)
         return flat * np.float32(self.scale) if self.scale != 1.0 else flat
 

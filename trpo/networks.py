@@ -15,7 +15,8 @@ from trpo.spaces import ActionDistribution, Params, apply_mask
 
 
 class Actor(nn.Module):
-    """pi_theta(a|s): an MLP body and the distribution family's head, returning distribution params. With
+    """pi_theta(a|s): a body (encoders.py: an MLP, or a CNN for images) and the distribution family's head,
+    returning distribution params. With
     `mask_dim` > 0 the observation vector ends with the action mask (spaces.ObsEncoder), and masked logits are
     set to MASKED_LOGIT here, so that sampling, log-probabilities, KL, entropy and the Fisher metric are all those
     of the masked policy."""
@@ -84,7 +85,7 @@ class TorchPolicy:
 
 
 class Critic(nn.Module):
-    """V_phi(s): an MLP with a scalar output."""
+    """V_phi(s): a body (an MLP, or a CNN for images) with a scalar output."""
 
     def __init__(self, obs_dim: int, hidden: Sequence[int], activation: str, image: ImageLayout | None = None,
                  image_encoder: str = "paper") -> None:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from trpo.networks import Actor, RolloutPolicy
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
-from trpo.spaces import ActionDistribution, ObsEncoder, empty_mask_row
+from trpo.spaces import ActionDistribution, ObsEncoder
 
 if TYPE_CHECKING:
     from trpo.ray_rollout import RayPool
@@ -145,10 +145,9 @@ class EnvRunner:
 
     def _check_masks(self) -> None:
         """Every env about to act has at least one valid action (in each sub-action)."""
-        if self.encoder.mask_dim and self.dist.mask_groups is not None:
-            bad = empty_mask_row(self.obs[:, -self.encoder.mask_dim:], self.dist.mask_groups)
-            if bad is not None:
-                raise EnvError(f"env {self.first_index + bad} gave an action_mask that allows no action")
+        bad = self.encoder.empty_mask_row(self.obs)
+        if bad is not None:
+            raise EnvError(f"env {self.first_index + bad} gave an action_mask that allows no action")
 
     def reset(self, seed: int) -> np.ndarray:
         for i, env in enumerate(self.envs):

@@ -43,10 +43,12 @@ class ObsEncoder:
     info's "action_mask"), the vector ends with the mask as 0/1 columns, `mask_dim` of them, one per logit;
     the actor reads them from there (`Actor.forward`), so every quantity computed from the actor is masked."""
 
-    def __init__(self, space: spaces.Space, mask_from: str | None = None, mask_dim: int = 0) -> None:
+    def __init__(self, space: spaces.Space, mask_from: str | None = None,
+                 mask_groups: list[tuple[int, int]] | None = None) -> None:
         self.space = space
         self.mask_from = mask_from
-        self.mask_dim = mask_dim if mask_from else 0
+        self.mask_groups = mask_groups if mask_from else None  # the action distribution's logit groups
+        self.mask_dim = self.mask_groups[-1][1] if self.mask_groups else 0
         self.features = space
         if mask_from == "obs":
             assert isinstance(space, spaces.Dict)
@@ -90,6 +92,18 @@ class ObsEncoder:
             raise ValueError(f"action_mask has {arr.size // max(rows, 1)} entries, the action space "
                              f"{self.mask_dim} (one per action, per sub-action for MultiDiscrete)")
         return (arr.reshape(rows, self.mask_dim) != 0).astype(np.float32)
+
+    def empty_mask_row(self, encoded: np.ndarray) -> int | None:
+        """The first row of encoded observations [B, dim] whose mask allows no action in some group
+        (sub-action), or None (also when nothing is masked)."""
+        if not self.mask_groups:
+            return None
+        masks = encoded[:, -self.mask_dim:]
+        for lo, hi in self.mask_groups:
+            empty = ~(masks[:, lo:hi] > 0).any(axis=1)
+            if empty.any():
+                return int(np.flatnonzero(empty)[0])
+        return None
 
     def is_batched(self, obs: Any) -> bool:
         """Whether `obs` is a batch of observations (one more leading dim than the space's), not a single one."""
@@ -436,15 +450,6 @@ def apply_mask(logits: Array, mask: Array) -> Array:
     if isinstance(logits, Tensor):
         return torch.where(mask > 0, logits, torch.full_like(logits, MASKED_LOGIT))
     return np.where(mask > 0, logits, np.float32(MASKED_LOGIT))
-
-
-def empty_mask_row(masks: np.ndarray, groups: list[tuple[int, int]]) -> int | None:
-    """The first row of masks [B, mask_dim] that allows no action in some group (sub-action), or None."""
-    for lo, hi in groups:
-        empty = ~(masks[:, lo:hi] > 0).any(axis=1)
-        if empty.any():
-            return int(np.flatnonzero(empty)[0])
-    return None
 
 
 def mask_source(space: spaces.Space, dist: ActionDistribution, reset_info: dict[str, Any] | None) -> str | None:
