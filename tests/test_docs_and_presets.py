@@ -19,7 +19,8 @@ def test_readme_documents_every_config_field() -> None:
 
 
 @pytest.mark.parametrize("rule,extra", [("trpo", {"holdout_fraction": 0.25}), ("npg", {}), ("pg", {}),
-                                        ("penalty", {}), ("penalty", {"kl_penalty": "theory"}), ("ppo", {})])
+                                        ("penalty", {}), ("penalty", {"kl_penalty": "theory"}), ("ppo", {}),
+                                        ("trpo", {"sampling": "vine"})])
 def test_readme_documents_every_metric(rule: str, extra: dict) -> None:
     config = TRPOConfig(num_envs=1, steps_per_env=64, value_epochs=1, update_rule=rule, **extra)
     agent = TRPO("Pendulum-v1", config=config, seed=0)

@@ -92,7 +92,8 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
                    critic_hidden=(8, 4), activation="relu", init_log_std=-1.0, normalize_obs=True,
                    normalize_reward=True, clip_obs=5.0, clip_reward=4.0, device="cpu", torch_threads=1,
                    checkpoint_every=3, eval_episodes=2, ray_address="127.0.0.1:6379", max_worker_restarts=5,
-                   image_encoder="nature")
+                   image_encoder="nature", sampling="vine", vine_states=4, vine_actions=3, vine_all_actions=False,
+                   vine_horizon=5, vine_bootstrap=False)
     defaults = TRPOConfig()
     assert set(changed) == {f.name for f in dataclasses.fields(TRPOConfig)}  # a new field must join this test
     assert [k for k, v in changed.items() if getattr(defaults, k) == v] == ["device", "torch_threads"]

@@ -147,6 +147,64 @@ class MaskedChoiceEnv(gym.Env):
         self.s, self.t = int(self.np_random.integers(self.states)), self.t + 1
         return (*self._out()[:1], reward, False, self.t >= self.horizon, self._out()[1])
 
+    def save_state(self) -> tuple[int, int]:  # vine sampling's protocol
+        return self.s, self.t
+
+    def restore_state(self, state: tuple[int, int]) -> None:
+        self.s, self.t = state
+
+
+class LayeredMDP(gym.Env):
+    """A small MDP whose Q values are known exactly: `layers` steps per episode, `nodes` nodes per layer (one-hot
+    observation of (layer, node)), `actions` actions. From node j of layer l, action a pays R[l, j, a] and leads
+    to node j' of the next layer with probability P[l, j, a, j'] (drawn from the env's RNG); the episode
+    terminates after the last layer. With action_free_moves, P does not depend on a (only the reward does).
+    Implements vine sampling's save_state/restore_state."""
+
+    def __init__(self, layers: int = 4, nodes: int = 2, actions: int = 3, action_free_moves: bool = False) -> None:
+        self.layers, self.nodes = layers, nodes
+        self.observation_space = spaces.Box(0, 1, (layers * nodes,), np.float32)
+        self.action_space = spaces.Discrete(actions)
+        table = np.random.default_rng(7)
+        self.R = table.uniform(-1, 1, (layers, nodes, actions))
+        p = table.dirichlet(np.ones(nodes), (layers, nodes, 1 if action_free_moves else actions))
+        self.P = np.broadcast_to(p, (layers, nodes, actions, nodes)).copy()
+        self.layer, self.node = 0, 0
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros(self.layers * self.nodes, np.float32)
+        obs[min(self.layer, self.layers - 1) * self.nodes + self.node] = 1.0
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.layer, self.node = 0, int(self.np_random.integers(self.nodes))
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        a = int(action)
+        reward = float(self.R[self.layer, self.node, a])
+        # one uniform draw whatever the action: the inverse CDF makes branches with common random numbers agree
+        self.node = int(np.searchsorted(np.cumsum(self.P[self.layer, self.node, a]), self.np_random.uniform()))
+        self.node = min(self.node, self.nodes - 1)
+        self.layer += 1
+        return self._obs(), reward, self.layer >= self.layers, False, {}
+
+    def exact_q(self, probs: np.ndarray, gamma: float) -> np.ndarray:
+        """Q^pi[l, j, a] by backward induction, pi given as probs[l, j, a]."""
+        q = np.zeros_like(self.R)
+        v_next = np.zeros(self.nodes)
+        for layer in reversed(range(self.layers)):
+            q[layer] = self.R[layer] + gamma * self.P[layer] @ v_next
+            v_next = (probs[layer] * q[layer]).sum(-1)
+        return q
+
+    def save_state(self) -> tuple[int, int]:
+        return self.layer, self.node
+
+    def restore_state(self, state: tuple[int, int]) -> None:
+        self.layer, self.node = state
+
 
 class PixelSideEnv(gym.Env):
     """An image (size x size x 2 uint8, channels last) with one lit column, in one channel; the action must say
@@ -194,6 +252,7 @@ def _register() -> None:
         ),
         "MultiBinaryAct-v0": dict(entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (3,)), spaces.MultiBinary(4))),
         "DiscreteObs-v0": dict(entry_point=lambda: SpacesEnv(spaces.Discrete(5, start=2), spaces.Discrete(3))),
+        "Layered-v0": dict(entry_point=LayeredMDP),
         "DictObs-v0": dict(entry_point=lambda: SpacesEnv(
             spaces.Dict({"pos": spaces.Box(-1, 1, (2, 2)), "mode": spaces.Discrete(3)}), spaces.Box(-1, 1, (2,))
         )),

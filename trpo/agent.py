@@ -23,6 +23,7 @@ from torch import Tensor
 
 from trpo import advantages as adv_lib
 from trpo import checkpoint
+from trpo import vine as vine_lib
 from trpo.config import RESUME_SAFE_FIELDS, RUN_RECORD_KEYS, ConfigError, TRPOConfig, load_yaml, resolve_config
 from trpo.logger import MetricsLog, Progress
 from trpo.networks import Actor, Critic, check_device
@@ -91,6 +92,7 @@ class TRPO:
         self.action_space = self._eval_env.action_space
         self.dist = make_distribution(self.action_space)
         self.encoder = ObsEncoder(self.observation_space, self._mask_source(), self.dist.mask_groups)
+        self.vine = self._vine_settings()
 
         torch.manual_seed(self.seed)  # network initialization
         image = self.encoder.image
@@ -130,6 +132,22 @@ class TRPO:
             except Exception as exc:
                 raise env_failure(exc, "reset()") from exc
         return mask_source(self.observation_space, self.dist, info)
+
+    def _vine_settings(self) -> vine_lib.VineSettings | None:
+        """sampling 'vine': the settings, once this env is known to allow it (its state can be saved and
+        restored, and every-action branches meet no action mask)."""
+        cfg = self.config
+        if cfg.sampling != "vine":
+            return None
+        settings = vine_lib.VineSettings(cfg.vine_states, cfg.vine_actions, cfg.vine_all_actions, cfg.vine_horizon)
+        try:
+            vine_lib.check_env(self._eval_env)
+        except vine_lib.UnsupportedEnvStateError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.encoder.mask_dim and vine_lib.branches_every_action(self.dist, settings):
+            raise ConfigError("sampling 'vine' over every action does not take action masks yet; set "
+                              "vine_all_actions false to branch on vine_actions valid actions sampled from pi_old")
+        return settings
 
     # --- training ------------------------------------------------------------------------------------------
 
@@ -176,7 +194,7 @@ class TRPO:
                 self.env_spec, self.config.num_envs, self.config.vector_mode, self.encoder, self.dist,
                 self.obs_norm, self.reward_scaler, self.device, seed=self.seed + 7919 * self.num_updates,
                 num_workers=self.config.num_workers, ray_address=self.config.ray_address,
-                max_worker_restarts=self.config.max_worker_restarts,
+                max_worker_restarts=self.config.max_worker_restarts, vine=self.vine,
             )
         return self._collector
 
@@ -197,13 +215,18 @@ class TRPO:
         raw_adv = advantages.reshape(-1)
         adv = adv_lib.normalize(raw_adv) if cfg.normalize_advantages else raw_adv
         # 3. Policy step: the update rule (update_rules.py), on all samples but a held-out share if asked.
+        #    Vine sampling: the policy learns from the branches' Q estimates instead (vine.py).
         obs = batch.obs.reshape(-1, batch.obs.shape[-1])
         actions = batch.actions.reshape(-1, *batch.actions.shape[2:])
-        full = PolicyBatch.of(self.actor, obs, actions, batch.log_probs.reshape(-1), adv)
+        if batch.vine is None:
+            full, vine_stats = PolicyBatch.of(self.actor, obs, actions, batch.log_probs.reshape(-1), adv), {}
+        else:
+            full, vine_stats = self._vine_policy_batch(batch.vine)
         train, holdout = full.split(cfg.holdout_fraction, self.shuffle_gen)
         step = self.update_rule.update(self.actor, train)
         step.update(policy_stats(self.actor, self.dist, train, holdout))
-        self.num_steps += batch.obs.shape[0] * batch.obs.shape[1]
+        step.update(vine_stats)
+        self.num_steps += batch.env_steps
         self.num_updates += 1
         t2 = time.perf_counter()
         # The next batch needs only the new policy, not the critic: with worker processes it is collected while
@@ -215,6 +238,31 @@ class TRPO:
         t3 = time.perf_counter()
 
         return self._metrics(batch, step, value_loss, values, targets, raw_adv, (t0, t1, t2, t3))
+
+    def _vine_policy_batch(self, vine: vine_lib.VineBatch) -> tuple[PolicyBatch, dict[str, Any]]:
+        """The policy's samples from the branches: K per rollout state, with the every-action weights
+        (vine.all_action_advantages) or Q - mean_k Q for the self-normalized estimator; and their statistics."""
+        cfg = self.config
+        with torch.no_grad():
+            last_values = self.critic(vine.last_obs)
+        q = vine_lib.branch_q_values(vine.rewards, vine.steps, vine.terminated, last_values, cfg.gamma,
+                                     cfg.vine_bootstrap)
+        states, k = q.shape
+        if vine.all_actions:
+            adv, groups = vine_lib.all_action_advantages(q, vine.old_log_probs.exp()), None
+        else:
+            adv = q - q.mean(-1, keepdim=True)
+            groups = torch.arange(states, device=q.device).repeat_interleave(k)
+        adv = adv.reshape(-1)
+        if cfg.normalize_advantages:  # scaled only: a shift would change the every-action surrogate's gradient
+            adv = adv / (adv.std() + 1e-8)
+        actions = vine.actions.reshape(states * k, *vine.actions.shape[2:])
+        batch = PolicyBatch.of(self.actor, vine.obs.repeat_interleave(k, 0), actions, vine.old_log_probs.reshape(-1),
+                               adv, groups)
+        stats = {"vine_states": states, "vine_branches": states * k, "vine_steps": vine.env_steps,
+                 "vine_q_mean": float(q.mean()), "vine_q_spread": float(q.std(-1, correction=0).mean()),
+                 "vine_ended": float((vine.steps < vine.rewards.shape[-1]).float().mean())}
+        return batch, stats
 
     def fit_value(self, obs: Tensor, targets: Tensor) -> float:
         """Adam on the mean squared error, value_epochs passes of shuffled minibatches. Returns the loss over
@@ -247,7 +295,7 @@ class TRPO:
             "explained_variance": explained,
             "advantage_mean": float(raw_adv.mean()),
             "advantage_std": float(raw_adv.std()),
-            "fps": (batch.obs.shape[0] * batch.obs.shape[1]) / (t3 - t0),
+            "fps": batch.env_steps / (t3 - t0),
             "time_rollout": t1 - t0,
             "time_policy": t2 - t1,
             "time_value": t3 - t2,

@@ -25,6 +25,7 @@ FisherProduct = Literal["gauss_newton", "hessian"]
 VectorMode = Literal["sync", "subprocess", "ray"]
 Activation = Literal["tanh", "relu"]
 ImageEncoder = Literal["paper", "nature"]
+Sampling = Literal["single_path", "vine"]
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,24 @@ class TRPOConfig:
     max_worker_restarts: int = 3
     """vector_mode 'ray': how often one actor's share of a batch is collected again by a new actor after its
     process died, before the run ends with an error (its latest checkpoint intact)."""
+
+    sampling: Sampling = "single_path"
+    """'single_path': the policy learns from the batch's trajectories (advantages below). 'vine' (the TRPO paper's
+    section 5.2, vine.py): it learns from branches instead: from vine_states states per env of the batch's
+    trajectories, vine_actions actions each, every one followed by a short rollout from the restored env state
+    with common random numbers; the critic still learns from the trajectories. Branch steps count as env steps."""
+    vine_states: int = 16
+    """vine: rollout-set states per env per batch, drawn uniformly from the batch's steps."""
+    vine_actions: int = 4
+    """vine: actions per rollout-set state, sampled from pi_old (the self-normalized estimator); Discrete spaces
+    try every action instead while vine_all_actions is on."""
+    vine_all_actions: bool = True
+    """vine, Discrete action spaces: branch on every action (the estimator sum_a pi(a|s) Q(s, a))."""
+    vine_horizon: int = 32
+    """vine: env steps per branch at most (the first action included); a branch also ends with its episode."""
+    vine_bootstrap: bool = True
+    """vine: add gamma^H V(s_H) from the critic where a branch is cut off (or truncated by a time limit); off: the
+    paper's truncated Monte Carlo return."""
 
     # --- advantages (advantages.py) ---
     gamma: float = 0.99
@@ -194,7 +213,8 @@ RULE_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": dict(policy_lr=3e-4, policy_epochs=10, policy_minibatch=64, max_grad_norm=0.5),
 }
 
-_POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample")
+_POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample",
+                 "vine_states", "vine_horizon")
 _NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "torch_threads", "num_workers",
                      "max_worker_restarts")
 _POSITIVE_FLOAT = ("max_kl", "value_lr", "clip_obs", "clip_reward", "cg_tol", "kl_target")
@@ -247,6 +267,14 @@ def validate(cfg: TRPOConfig) -> None:
         sizes = getattr(cfg, name)
         if not sizes or any(s <= 0 for s in sizes):
             raise ConfigError(f"{name} must be a non-empty list of positive sizes, got {list(sizes)}")
+    if cfg.vine_actions < 2:
+        raise ConfigError(f"vine_actions must be >= 2 (the estimator compares the branches), got {cfg.vine_actions}")
+    if cfg.sampling == "vine":
+        if cfg.vine_states > cfg.steps_per_env:
+            raise ConfigError(f"vine_states must be <= steps_per_env ({cfg.steps_per_env}), got {cfg.vine_states}")
+        if cfg.update_rule == "ppo":
+            raise ConfigError("sampling 'vine' works with update rules trpo, npg, pg and penalty; ppo's clipped "
+                              "surrogate has no form for the vine estimators")
     hints = get_type_hints(TRPOConfig)
     for f in fields(cfg):
         choices = get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else ()

@@ -99,6 +99,14 @@ class RewardScaler:
             return rewards.astype(np.float32)
         self.returns = self.returns * self.gamma + rewards
         self.stats.update(self.returns)
-        scaled = np.minimum(np.maximum(rewards / np.sqrt(self.stats.var + 1e-8), -self.clip), self.clip)
+        scaled = self.scale(rewards)
         self.returns[dones] = 0.0
+        return scaled
+
+    def scale(self, rewards: np.ndarray) -> np.ndarray:
+        """Rewards of any shape scaled and clipped with the current statistics, which stay as they are (vine
+        branches' rewards)."""
+        if not self.enabled:
+            return rewards.astype(np.float32)
+        scaled = np.minimum(np.maximum(rewards / np.sqrt(self.stats.var + 1e-8), -self.clip), self.clip)
         return scaled.astype(np.float32)

@@ -2,6 +2,7 @@
 
     r_t(theta) = pi_theta(a_t|s_t) / pi_old(a_t|s_t)                     probability ratio
     L          = mean_t r_t A_t                                           TRPO's surrogate (Schulman et al. 2015)
+    L_vine     = mean_n sum_k r_nk Q_nk / sum_k r_nk                      vine, K sampled actions per state (sec. 5.2)
     L_clip     = mean_t min(r_t A_t, clip(r_t, 1 - e, 1 + e) A_t)           PPO's clipped surrogate (2017, eq. 7)
     L_pen      = L - beta * KL(pi_old || pi_theta)                        the penalty form (2015 sec. 4; 2017 sec. 4)
     C          = 4 eps gamma / (1 - gamma)^2,  eps = max_{s,a} |A(s,a)|     the bound's coefficient (2015, Theorem 1)
@@ -26,6 +27,17 @@ def ratio(log_probs: Tensor, old_log_probs: Tensor) -> Tensor:
 def surrogate(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor) -> Tensor:
     """L = mean_t r_t A_t (its gradient at theta_old is the policy gradient g)."""
     return (ratio(log_probs, old_log_probs) * advantages).mean()
+
+
+def self_normalized_surrogate(log_probs: Tensor, old_log_probs: Tensor, q: Tensor, groups: Tensor) -> Tensor:
+    """L_vine = mean over rollout states n of sum_k r_nk Q_nk / sum_k r_nk: the vine's self-normalized importance
+    sampling estimator for K actions sampled from pi_old at each state. Samples of one state share a `groups` id;
+    any subset of samples (a minibatch, a held-out share) is again an estimate over the states it holds."""
+    r = ratio(log_probs, old_log_probs)
+    ids, index = torch.unique(groups, return_inverse=True)
+    weighted = torch.zeros(len(ids), dtype=r.dtype, device=r.device).index_add(0, index, r * q)
+    total = torch.zeros(len(ids), dtype=r.dtype, device=r.device).index_add(0, index, r)
+    return (weighted / total).mean()
 
 
 def clipped_surrogate(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip_range: float) -> Tensor:

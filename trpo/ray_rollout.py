@@ -23,6 +23,7 @@ from trpo.networks import RolloutPolicy
 from trpo.normalization import FrozenObsNorm
 from trpo.rollout import EnvError, EnvRunner, EnvSpec, Segment, make_env, worker_error
 from trpo.spaces import ActionDistribution, ObsEncoder
+from trpo.vine import VinePlan
 
 START_TIMEOUT_S = 120.0  # for Ray to place the actors (a cluster without free CPUs would wait forever)
 RESTART_SEED = 1_000_003  # a restarted actor's envs are seeded seed + RESTART_SEED * restarts + index
@@ -61,18 +62,19 @@ class RayWorker:
         except Exception as exc:
             return "error", worker_error(exc)
 
-    def run(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> tuple[str, Any]:
+    def run(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
+            plan: VinePlan | None = None) -> tuple[str, Any]:
         try:
             assert self.runner is not None, "run() before reset()"
-            return "ok", self.runner.run(policy, obs_norm, shifted_noise)
+            return "ok", self.runner.run(policy, obs_norm, shifted_noise, plan)
         except Exception as exc:
             return "error", worker_error(exc)
 
     def reset_and_run(self, seed: int, policy: RolloutPolicy, obs_norm: FrozenObsNorm,
-                      shifted_noise: np.ndarray) -> tuple[str, Any]:
+                      shifted_noise: np.ndarray, plan: VinePlan | None = None) -> tuple[str, Any]:
         """A replacement actor's first task: fresh envs, then its share of the batch in flight."""
         status, value = self.reset(seed)
-        return (status, value) if status == "error" else self.run(policy, obs_norm, shifted_noise)
+        return (status, value) if status == "error" else self.run(policy, obs_norm, shifted_noise, plan)
 
 
 class RayPool:
@@ -105,7 +107,7 @@ class RayPool:
         self.restarts = 0
         self.seed = 0
         self.refs: list[Any] = []
-        self.pending: tuple[Any, FrozenObsNorm, np.ndarray] | None = None
+        self.pending: tuple[Any, FrozenObsNorm, np.ndarray, VinePlan | None] | None = None
         try:  # wait until Ray has placed every actor, or say why it cannot
             ray.get([a.where.remote() for a in self.actors], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as exc:
@@ -157,22 +159,23 @@ class RayPool:
     def _restart_seed(self) -> int:
         return self.seed + RESTART_SEED * self.restarts
 
-    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> None:
+    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
+              plan: VinePlan | None = None) -> None:
         """Set every actor collecting its envs' share of the batch; returns at once (see `finish`)."""
         policy_ref = self.ray.put(policy)  # one copy in the object store, read by every actor
-        self.pending = (policy_ref, obs_norm, shifted_noise)
-        self.refs = [a.run.remote(policy_ref, obs_norm, shifted_noise[:, lo:hi])
+        self.pending = (policy_ref, obs_norm, shifted_noise, plan)
+        self.refs = [a.run.remote(policy_ref, obs_norm, shifted_noise[:, lo:hi], _share(plan, lo, hi))
                      for a, (lo, hi) in zip(self.actors, itertools.pairwise(self.slices), strict=True)]
 
     def finish(self) -> list[Segment]:
         """Wait for the segments of the batch that `start` set going, collecting a dead actor's share again."""
         assert self.pending is not None, "finish() before start()"
-        policy_ref, obs_norm, noise = self.pending
+        policy_ref, obs_norm, noise, plan = self.pending
         segments = []
         for k, (lo, hi) in enumerate(itertools.pairwise(self.slices)):
-            share = noise[:, lo:hi]
-            segments.append(self._get(k, lambda a, s=share: a.reset_and_run.remote(self._restart_seed(), policy_ref,
-                                                                                    obs_norm, s)))
+            share, vine = noise[:, lo:hi], _share(plan, lo, hi)
+            segments.append(self._get(k, lambda a, s=share, v=vine: a.reset_and_run.remote(
+                self._restart_seed(), policy_ref, obs_norm, s, v)))
         self.pending = None
         return segments
 
@@ -188,3 +191,7 @@ class RayPool:
         if self.started_runtime and self.ray.is_initialized():
             self.ray.shutdown()
             self.started_runtime = False
+
+
+def _share(plan: VinePlan | None, lo: int, hi: int) -> VinePlan | None:
+    return None if plan is None else plan.envs(lo, hi)

@@ -28,6 +28,7 @@ from torch import Tensor
 from trpo.networks import Actor, RolloutPolicy
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
 from trpo.spaces import ActionDistribution, ObsEncoder
+from trpo.vine import Branches, StateAccess, VineBatch, VinePlan, VineSettings, draw_plan, run_branches
 
 if TYPE_CHECKING:
     from trpo.ray_rollout import RayPool
@@ -122,6 +123,7 @@ class Segment:
     truncated: np.ndarray  # [T, k] bool
     episode_returns: list[float]
     episode_lengths: list[int]
+    branches: Branches | None = None  # vine sampling's branches off this segment
 
 
 class EnvRunner:
@@ -136,6 +138,7 @@ class EnvRunner:
         self.obs = np.zeros((len(envs), encoder.dim), dtype=np.float32)
         self.ep_return = np.zeros(len(envs))
         self.ep_length = np.zeros(len(envs), dtype=np.int64)
+        self.access: list[StateAccess] | None = None  # made at the first vine batch
 
     def _check_finite(self, obs: np.ndarray, what: str) -> None:
         """One check for all k envs' encoded observations [k, D]; finds the env only when one is bad."""
@@ -161,10 +164,19 @@ class EnvRunner:
         self.ep_length[:] = 0
         return self.obs.copy()
 
-    def run(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> Segment:
+    def run(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
+            plan: VinePlan | None = None) -> Segment:
         """Step every env shifted_noise.shape[0] times. The action at step t is
-        pick(policy(normalized obs) + shifted_noise[t]) (`ActionDistribution.shift` / `pick`), all in numpy."""
+        pick(policy(normalized obs) + shifted_noise[t]) (`ActionDistribution.shift` / `pick`), all in numpy.
+        With a vine plan, the env states at the plan's steps are saved on the way, and the branches run after."""
         steps, k, d = shifted_noise.shape[0], len(self.envs), self.encoder.dim
+        save_at = np.zeros((steps, k), bool)
+        saved: list[list[tuple[Any, ...]]] = [[] for _ in range(k)]
+        if plan is not None:
+            if self.access is None:
+                self.access = [StateAccess(env) for env in self.envs]
+            for i in range(k):
+                save_at[plan.times[i], i] = True
         seg = Segment(
             obs=np.zeros((steps, k, d), np.float32), next_obs=np.zeros((steps, k, d), np.float32),
             actions=np.empty(0), rewards=np.zeros((steps, k)), terminated=np.zeros((steps, k), bool),
@@ -173,6 +185,8 @@ class EnvRunner:
         actions = []
         for t in range(steps):
             seg.obs[t] = self.obs
+            for i in np.flatnonzero(save_at[t]):
+                saved[i].append(self.access[i].save())
             action = self.dist.pick(policy(obs_norm(self.obs)) + shifted_noise[t])
             actions.append(action)
             env_actions = self.dist.to_env_list(action)
@@ -207,6 +221,10 @@ class EnvRunner:
             self._check_finite(self.obs, "observation")
             self._check_masks()
         seg.actions = np.stack(actions)
+        if plan is not None:
+            start_obs = np.stack([seg.obs[plan.times[i], i] for i in range(k)])
+            seg.branches = run_branches(self.envs, saved, self.access, start_obs, plan, self.encoder, self.dist,
+                                        policy, obs_norm, self.first_index)
         return seg
 
     def close(self) -> None:
@@ -319,10 +337,12 @@ class WorkerPool:
             self._send(k, ("reset", seed))
         return np.concatenate(self._gather())
 
-    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray) -> None:
+    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
+              plan: VinePlan | None = None) -> None:
         """Set every worker collecting its envs' share of the batch; returns at once (see `finish`)."""
         for k, (lo, hi) in enumerate(itertools.pairwise(self.slices)):
-            self._send(k, ("run", (policy, obs_norm, shifted_noise[:, lo:hi])))
+            share = None if plan is None else plan.envs(lo, hi)
+            self._send(k, ("run", (policy, obs_norm, shifted_noise[:, lo:hi], share)))
 
     def finish(self) -> list[Segment]:
         """Wait for the segments of the batch that `start` set going."""
@@ -355,6 +375,12 @@ class Batch:
     episode_returns: list[float] = field(default_factory=list)  # raw returns of episodes ending in the batch
     episode_lengths: list[int] = field(default_factory=list)
     worker_restarts: int = 0  # Ray actors replaced while collecting this batch (their share collected again)
+    vine: VineBatch | None = None  # vine sampling's branches (the policy learns from these)
+
+    @property
+    def env_steps(self) -> int:
+        """Env steps taken for this batch: the trajectories' and the vine branches'."""
+        return self.obs.shape[0] * self.obs.shape[1] + (0 if self.vine is None else self.vine.env_steps)
 
 
 @dataclass
@@ -366,6 +392,7 @@ class _Pending:
     shifted_noise: np.ndarray  # [T, N, head_dim]
     generator: torch.Generator
     theta: Tensor  # the actor's parameters at start()
+    plan: VinePlan | None
 
 
 def _flat_params(actor: Actor) -> Tensor:
@@ -382,7 +409,9 @@ class RolloutCollector:
 
     def __init__(self, spec: EnvSpec, num_envs: int, mode: str, encoder: ObsEncoder, dist: ActionDistribution,
                  obs_norm: ObsNormalizer, reward_scaler: RewardScaler, device: torch.device, seed: int,
-                 num_workers: int = 0, ray_address: str | None = None, max_worker_restarts: int = 3) -> None:
+                 num_workers: int = 0, ray_address: str | None = None, max_worker_restarts: int = 3,
+                 vine: VineSettings | None = None) -> None:
+        self.vine = vine
         self.encoder = encoder
         self.dist = dist
         self.obs_norm = obs_norm
@@ -427,10 +456,11 @@ class RolloutCollector:
         # No family's shift depends on the state (a Gaussian's log-std is a free parameter): any input will do.
         params = tuple(p.cpu() for p in actor(torch.zeros(1, self.encoder.dim, device=self.device)))
         shifted = self.dist.shift(params, noise).numpy()
+        plan = None if self.vine is None else draw_plan(self.dist, params, self.num_envs, steps, self.vine, generator)
         frozen = self.obs_norm.frozen()
         if not isinstance(self.runner, EnvRunner):
-            self.runner.start(policy, frozen, shifted)
-        self._pending = _Pending(policy, frozen, shifted, generator, _flat_params(actor))
+            self.runner.start(policy, frozen, shifted, plan)
+        self._pending = _Pending(policy, frozen, shifted, generator, _flat_params(actor), plan)
 
     @property
     def collecting(self) -> bool:
@@ -452,7 +482,7 @@ class RolloutCollector:
             return self.collect(actor, steps, pending.generator)
         restarts = getattr(self.runner, "restarts", 0)
         if isinstance(self.runner, EnvRunner):
-            parts = [self.runner.run(pending.policy, pending.obs_norm, pending.shifted_noise)]
+            parts = [self.runner.run(pending.policy, pending.obs_norm, pending.shifted_noise, pending.plan)]
         else:
             parts = self.runner.finish()
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts], axis=1)  # noqa: E731
@@ -480,6 +510,30 @@ class RolloutCollector:
             episode_returns=[r for p in parts for r in p.episode_returns],
             episode_lengths=[n_ for p in parts for n_ in p.episode_lengths],
             worker_restarts=getattr(self.runner, "restarts", 0) - restarts,
+            vine=None if pending.plan is None else self._vine_batch(actor, pending, raw_obs, parts),
+        )
+
+    def _vine_batch(self, actor: Actor, pending: _Pending, raw_obs: np.ndarray, parts: list[Segment]) -> VineBatch:
+        """The branches as tensors: rollout states and final observations normalized with pi_old's statistics,
+        rewards scaled with the statistics the trunk's rewards left (the branches do not update either)."""
+        plan, frozen = pending.plan, pending.obs_norm
+        assert plan is not None
+        br = Branches.concat([p.branches for p in parts if p.branches is not None])
+        n, m, k = br.steps.shape
+        states = np.concatenate([raw_obs[plan.times[i], i] for i in range(n)])  # [N * M, D], env-major
+        obs = torch.as_tensor(frozen(states), device=self.device)
+        actions = torch.as_tensor(br.actions.reshape(n * m * k, *br.actions.shape[3:]), device=self.device)
+        log_probs = self.dist.log_prob(actor(obs.repeat_interleave(k, 0)), actions)
+        as_tensor = lambda a: torch.as_tensor(a.reshape(n * m, *a.shape[2:]), device=self.device)  # noqa: E731
+        return VineBatch(
+            obs=obs,
+            actions=actions.reshape(n * m, k, *actions.shape[1:]),
+            old_log_probs=log_probs.reshape(n * m, k),
+            rewards=as_tensor(self.reward_scaler.scale(br.rewards)),
+            steps=as_tensor(br.steps),
+            terminated=as_tensor(br.terminated),
+            last_obs=as_tensor(frozen(br.last_obs)),
+            all_actions=plan.first is None,
         )
 
     def collect(self, actor: Actor, steps: int, generator: torch.Generator) -> Batch:

@@ -45,13 +45,24 @@ class PolicyBatch:
     old_log_probs: Tensor  # [B]: log pi_old(a|s)
     advantages: Tensor  # [B], normalized if the config says so
     old_params: Params  # pi_old's distribution params on obs, detached
+    # Vine sampling with sampled actions: the rollout state of each sample, and `advantages` holds Q - mean_k Q
+    # there (objectives.self_normalized_surrogate). None: the surrogate is mean(r A).
+    groups: Tensor | None = None
 
     @classmethod
-    def of(cls, actor: Actor, obs: Tensor, actions: Tensor, old_log_probs: Tensor, advantages: Tensor) -> PolicyBatch:
+    def of(cls, actor: Actor, obs: Tensor, actions: Tensor, old_log_probs: Tensor, advantages: Tensor,
+           groups: Tensor | None = None) -> PolicyBatch:
         """The batch with pi_old's params computed by `actor`, which must still be pi_old."""
         with torch.no_grad():
             old_params = tuple(p.detach() for p in actor(obs))
-        return cls(obs, actions, old_log_probs, advantages, old_params)
+        return cls(obs, actions, old_log_probs, advantages, old_params, groups)
+
+    def surrogate(self, log_probs: Tensor) -> Tensor:
+        """L(theta) from log pi_theta(a|s) of the batch's samples: TRPO's mean(r A), or the vine's self-normalized
+        estimator."""
+        if self.groups is None:
+            return obj.surrogate(log_probs, self.old_log_probs, self.advantages)
+        return obj.self_normalized_surrogate(log_probs, self.old_log_probs, self.advantages, self.groups)
 
     @property
     def size(self) -> int:
@@ -59,7 +70,7 @@ class PolicyBatch:
 
     def subset(self, idx: Tensor) -> PolicyBatch:
         return PolicyBatch(self.obs[idx], self.actions[idx], self.old_log_probs[idx], self.advantages[idx],
-                           tuple(p[idx] for p in self.old_params))
+                           tuple(p[idx] for p in self.old_params), None if self.groups is None else self.groups[idx])
 
     def split(self, fraction: float, generator: torch.Generator) -> tuple[PolicyBatch, PolicyBatch | None]:
         """A random `fraction` of the samples held out (at least one on each side), or (self, None) for 0."""
@@ -129,7 +140,7 @@ class TrustRegionRule:
 
         def surrogate(theta: Tensor, params: Params | None = None) -> Tensor:
             params = params_of(theta, batch.obs) if params is None else params
-            return obj.surrogate(dist.log_prob(params, batch.actions), batch.old_log_probs, batch.advantages)
+            return batch.surrogate(dist.log_prob(params, batch.actions))
 
         @torch.no_grad()
         def evaluate(theta: Tensor) -> tuple[float, float]:
@@ -183,7 +194,7 @@ Objective = Callable[[Params, PolicyBatch], Tensor]  # (params of the minibatch,
 
 
 def surrogate_of(dist: ActionDistribution, params: Params, batch: PolicyBatch) -> Tensor:
-    return obj.surrogate(dist.log_prob(params, batch.actions), batch.old_log_probs, batch.advantages)
+    return batch.surrogate(dist.log_prob(params, batch.actions))
 
 
 def gradient_ascent(actor: Actor, optimizer: Adam, batch: PolicyBatch, objective: Objective, config: TRPOConfig,
