@@ -45,15 +45,16 @@ def pool_of(agent: TRPO) -> RayPool:
     return agent._collector.runner
 
 
-def test_ray_runs_are_bit_identical_to_sync(local_ray: None) -> None:
+@pytest.mark.parametrize("sampling", ["single_path", "vine"])
+def test_ray_runs_are_bit_identical_to_sync(local_ray: None, sampling: str) -> None:
     histories = []
     for mode in ("sync", "ray"):
-        agent = TRPO("CartPole-v1", SMALL.replace(vector_mode=mode), seed=5)
+        agent = TRPO("CartPole-v1", SMALL.replace(vector_mode=mode, sampling=sampling, vine_states=8), seed=5)
         agent.learn(3 * 512)
         histories.append(strip_timing(agent.history))
         agent.close()
     assert histories[0] == histories[1]
-    assert [row["worker_restarts"] for row in histories[1]] == [0, 0, 0]
+    assert len(histories[1]) >= 2 and all(row["worker_restarts"] == 0 for row in histories[1])
 
 
 def test_a_killed_actor_is_replaced_and_its_share_collected_again(local_ray: None) -> None:

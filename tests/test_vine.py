@@ -279,3 +279,28 @@ def test_vine_presets_train_checkpoint_evaluate_and_resume_through_the_cli(tmp_p
     assert all(r["vine_branches"] == 2 * 4 * (2 if env_id.startswith("Cart") else 4) for r in resumed)
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert state["num_steps"] == resumed[-1]["step"] and state["config"]["sampling"] == "vine"
+
+
+def _exact_start_value(agent: TRPO, mdp: LayeredMDP, gamma: float) -> float:
+    grid = torch.eye(mdp.layers * mdp.nodes)
+    with torch.no_grad():
+        probs = torch.softmax(agent.actor(grid)[0], -1).numpy().reshape(mdp.layers, mdp.nodes, -1).astype(np.float64)
+    return float((probs[0] * mdp.exact_q(probs, gamma)[0]).sum(-1).mean())  # start nodes are uniform
+
+
+@pytest.mark.parametrize("all_actions", [True, False])
+def test_vine_trpo_finds_the_optimal_policy_of_the_small_mdp(all_actions: bool) -> None:
+    """The exact value of the learned policy closes >= 97% of the gap from the initial policy's to the optimum
+    within 8,000 env steps (branches included). Calibrated on seeds 0-5: 99.1-100% for both estimators at
+    8,000 steps; at 2,500 steps 85-95%, so the threshold needs the learning to finish."""
+    mdp, gamma = LayeredMDP(), 0.9
+    v = np.zeros(mdp.nodes)
+    for layer in reversed(range(mdp.layers)):
+        v = (mdp.R[layer] + gamma * mdp.P[layer] @ v).max(-1)
+    optimum = float(v.mean())
+    agent = TRPO(LayeredMDP, seed=3, num_envs=2, steps_per_env=64, sampling="vine", vine_states=16,
+                 vine_all_actions=all_actions, gamma=gamma, max_kl=0.05)
+    start = _exact_start_value(agent, mdp, gamma)
+    agent.learn(8000)
+    assert _exact_start_value(agent, mdp, gamma) >= start + 0.97 * (optimum - start)
+    agent.close()
