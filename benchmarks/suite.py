@@ -8,7 +8,8 @@ Runs go to OUT/ENV/LABEL-sSEED (OUT default runs/suite). Run again after an inte
 eval.json at the budget) are skipped, started ones continue from their last checkpoint (`trpo train --resume`),
 the rest start. `--shard i/k` takes every k-th run from the i-th, so k sittings (or machines sharing the
 directory) split one benchmark. Each run trains on one core (`--vector-mode sync`, the same runs as the presets'
-worker processes give), `--jobs` at a time. The table per env and label: final deterministic evaluation over 10
+worker processes give, unless `--set vector_mode=...`), `--jobs` at a time. `--set` takes any config field
+(booleans as true/false). The table per env and label: final deterministic evaluation over 10
 episodes, mean, std, IQM with a 95% stratified-bootstrap confidence interval (rliable, in the bench extra), min
 and max across seeds, beside the published TRPO figures (shared/ANCHORS.md).
 """
@@ -23,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from trpo.config import ConfigError, coerce_fields
 
 # sb3-contrib's published TRPO (1M steps, 3 seeds, MuJoCo v3) and rl-baselines3-zoo's single runs.
 PUBLISHED = {
@@ -40,7 +43,23 @@ def finished(path: Path, steps: int) -> bool:
     return result.is_file() and json.loads(result.read_text()).get("step", 0) >= steps
 
 
-def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str]) -> str:
+def train_flags(items: list[str]) -> tuple[list[str], str]:
+    """FIELD=VALUE items as `trpo train` flags (booleans as --field / --no-field, checked against the config),
+    and the vector mode the runs use: 'sync' (one core per run, the same runs as the presets' worker process
+    gives) unless the items set one."""
+    values = dict(item.split("=", 1) for item in items)
+    mode = values.pop("vector_mode", "sync")
+    flags = []
+    for name, value in coerce_fields(values).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, values[name]]
+    return flags, mode
+
+
+def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str], mode: str) -> str:
     if finished(path, steps):
         return f"done already: {path}"
     if (path / "config.yaml").is_file():  # started before: continue it (from the start if it has no checkpoint)
@@ -50,7 +69,7 @@ def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str]) -> st
                "--eval-episodes", "10", *flags]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f"{path.name}.log", "a") as log:
-        code = subprocess.run([sys.executable, "-m", "trpo.cli", *cmd, "--no-progress", "--vector-mode", "sync"],
+        code = subprocess.run([sys.executable, "-m", "trpo.cli", *cmd, "--vector-mode", mode, "--no-progress"],
                               stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         return f"FAILED (exit {code}, see {path}.log): {path}"
@@ -111,15 +130,17 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="print the table of finished runs, train nothing")
     args = parser.parse_args()
 
-    flags = [part for item in args.set for part in ("--" + item.split("=", 1)[0].replace("_", "-"),
-                                                    item.split("=", 1)[1])]
+    try:
+        flags, mode = train_flags(args.set)
+    except (ConfigError, ValueError) as exc:
+        parser.error(f"--set: {exc}")
     index, count = (int(x) for x in args.shard.split("/"))
     if not args.summary:
         jobs = [(run_dir(args.out, env, args.label, seed), env, seed) for env in args.env for seed in args.seeds]
         jobs = jobs[index - 1 :: count]
         print(f"# {len(jobs)} runs (shard {args.shard}), {args.jobs} at a time, {args.steps:,} steps each", flush=True)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for line in pool.map(lambda job: run_one(job[0], job[1], job[2], args.steps, flags), jobs):
+            for line in pool.map(lambda job: run_one(job[0], job[1], job[2], args.steps, flags, mode), jobs):
                 print(line, flush=True)
     summary(args.out, args.env, args.steps)
 

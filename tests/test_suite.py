@@ -34,3 +34,13 @@ def test_suite_runs_skips_and_resumes(tmp_path: Path) -> None:
         assert [r["update"] for r in rows] == [1, 2, 3, 4]
     assert "| CartPole-v1 | trpo | 1,024 | 0 1 |" in more
     assert "| 500 |" in more  # rl-zoo's CartPole figure beside ours
+
+
+def test_suite_sets_any_field_booleans_included(tmp_path: Path) -> None:
+    suite(tmp_path, "--steps", "256", "--label", "vine", "--set", "steps_per_env=128", "value_epochs=1",
+          "eval_episodes=1", "normalize_advantages=false", "sampling=vine", "vine_states=4")
+    config = (tmp_path / "CartPole-v1" / "vine-s0" / "config.yaml").read_text()
+    assert "normalize_advantages: false" in config and "sampling: vine" in config and "vector_mode: sync" in config
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--env", "CartPole-v1", "--set",
+                          "max_kl=big", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--set: max_kl: cannot read 'big' as float" in bad.stderr
