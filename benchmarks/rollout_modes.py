@@ -62,7 +62,7 @@ def payload(env_id: str, workers: int, seed: int) -> dict[str, Any]:
     sent = sum(len(pickle.dumps((pending.policy, pending.obs_norm, pending.shifted_noise[:, s[0]:s[-1] + 1])))
                for s in shares)
     t0 = time.perf_counter()
-    segment = collector.runner.run(pending.policy, pending.obs_norm, pending.shifted_noise)  # type: ignore[union-attr]
+    segment = collector.runner.run(pending.policy, pending.obs_norm, pending.shifted_noise)  # type: ignore[attr-defined]
     collect = time.perf_counter() - t0
     back = len(pickle.dumps(segment))  # the shares' segments add up to about the whole batch's
     policy = len(pickle.dumps(pending.policy))

@@ -140,7 +140,7 @@ def test_cli_ray_run_matches_sync_and_resumes(tmp_path: Path) -> None:
     assert [row["update"] for row in metrics(on_ray)] == [1, 2, 3]
 
 
-def test_cartpole_learns_on_a_two_node_cluster_with_an_actor_on_each_node() -> None:
+def test_cartpole_learns_on_a_two_node_cluster_with_an_actor_on_each_node(tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
@@ -157,6 +157,14 @@ def test_cartpole_learns_on_a_two_node_cluster_with_an_actor_on_each_node() -> N
         agent.close()
         assert len(nodes) == 2  # one actor per node: the batch crossed nodes
         assert result["mean_return"] >= 100, result
+        # With a cluster running here (as `ray start` leaves one), an empty ray_address still starts a runtime of
+        # the run's own, as documented; ray.init's default joined the cluster and refused the run's num_cpus.
+        ray.shutdown()
+        run = tmp_path / "own"
+        res = trpo("train", "--env", "CartPole-v1", "--total-steps", "256", "--steps-per-env", "128", "--num-envs",
+                   "2", "--vector-mode", "ray", "--num-workers", "2", "--preset", "none", "--eval-episodes", "1",
+                   "--no-progress", "--run-dir", str(run))
+        assert res.returncode == 0, res.stderr
     finally:
         if ray.is_initialized():
             ray.shutdown()

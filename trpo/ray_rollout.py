@@ -79,18 +79,18 @@ class RayWorker:
 
 class RayPool:
     """Envs split over `workers` Ray actors (1 CPU each, spread over the cluster's nodes); the same interface as
-    `rollout.WorkerPool`: reset, start (returns at once), finish, close. `restarts` counts replaced actors."""
+    `rollout.WorkerPool` (the `rollout.Backend` protocol): reset, start (returns at once), finish, drop, close.
+    `restarts` counts replaced actors."""
 
     def __init__(self, spec: EnvSpec, num_envs: int, encoder: ObsEncoder, dist: ActionDistribution, workers: int,
                  address: str | None, max_restarts: int) -> None:
         ray = self.ray = import_ray()
         self.started_runtime = not ray.is_initialized()
         if self.started_runtime:
-            init: dict[str, Any] = dict(include_dashboard=False)
-            if address:
-                init["address"] = address
-            else:
-                # A runtime on this machine: a CPU per actor even if that oversubscribes, and the driver's import
+            init: dict[str, Any] = dict(include_dashboard=False, address=address or "local")
+            if not address:
+                # A new runtime on this machine ("local": not one that another program runs here, which ray.init
+                # would otherwise join): a CPU per actor even if that oversubscribes, and the driver's import
                 # path for the actors, so env modules importable here (e.g. 'my_pkg:MyEnv-v0') import there too.
                 init["num_cpus"] = max(os.cpu_count() or 1, workers)
                 init["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
@@ -178,6 +178,10 @@ class RayPool:
                 self._restart_seed(), policy_ref, obs_norm, s, v)))
         self.pending = None
         return segments
+
+    def drop(self) -> None:
+        """Read the batch in flight (collecting a dead actor's share again, as `finish`) and forget it."""
+        self.finish()
 
     def placement(self) -> list[tuple[int, str]]:
         """(process id, node id) of each actor."""

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -29,9 +29,6 @@ from trpo.networks import Actor, RolloutPolicy
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
 from trpo.spaces import ActionDistribution, ObsEncoder
 from trpo.vine import Branches, StateAccess, VineBatch, VinePlan, VineSettings, draw_plan, run_branches
-
-if TYPE_CHECKING:
-    from trpo.ray_rollout import RayPool
 
 EnvSpec = str | Callable[[], gym.Env] | gym.Env
 
@@ -126,9 +123,31 @@ class Segment:
     branches: Branches | None = None  # vine sampling's branches off this segment
 
 
+class Backend(Protocol):
+    """The rollout seam: how a batch's envs are stepped. `EnvRunner` (vector_mode 'sync', in this process),
+    `WorkerPool` ('subprocess'), `ray_rollout.RayPool` ('ray'); each gives the same segments for the same policy
+    and noise. Adding a backend: a class with these members and one branch in `RolloutCollector.__init__`."""
+
+    restarts: int  # workers replaced after dying (Ray only; 0 elsewhere)
+
+    def reset(self, seed: int) -> np.ndarray: ...
+
+    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
+              plan: VinePlan | None = None) -> None: ...
+
+    def finish(self) -> list[Segment]: ...
+
+    def drop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class EnvRunner:
     """Steps k envs for a whole segment with a frozen policy, autoresetting ended episodes. Lives in this
-    process (vector_mode 'sync') or in a worker process ('subprocess'); both give the same results."""
+    process (vector_mode 'sync': a `Backend` that collects the batch when `finish` asks for it) or in a worker
+    process ('subprocess'); both give the same results."""
+
+    restarts = 0
 
     def __init__(self, envs: list[gym.Env], encoder: ObsEncoder, dist: ActionDistribution, first_index: int) -> None:
         self.envs = envs
@@ -139,6 +158,7 @@ class EnvRunner:
         self.ep_return = np.zeros(len(envs))
         self.ep_length = np.zeros(len(envs), dtype=np.int64)
         self.access: list[StateAccess] | None = None  # made at the first vine batch
+        self.pending: tuple[Any, ...] | None = None  # start()'s arguments, run by finish()
 
     def _check_finite(self, obs: np.ndarray, what: str) -> None:
         """One check for all k envs' encoded observations [k, D]; finds the env only when one is bad."""
@@ -227,6 +247,18 @@ class EnvRunner:
                                         policy, obs_norm, self.first_index)
         return seg
 
+    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
+              plan: VinePlan | None = None) -> None:
+        self.pending = (policy, obs_norm, shifted_noise, plan)
+
+    def finish(self) -> list[Segment]:
+        assert self.pending is not None, "finish() before start()"
+        args, self.pending = self.pending, None
+        return [self.run(*args)]
+
+    def drop(self) -> None:
+        self.pending = None
+
     def close(self) -> None:
         for env in self.envs:
             env.close()
@@ -282,6 +314,8 @@ def _send_error(conn: Connection, exc: Exception) -> None:
 
 class WorkerPool:
     """Envs split over worker processes (one per core at most); one message each way per batch, not per step."""
+
+    restarts = 0
 
     def __init__(self, spec: EnvSpec, num_envs: int, encoder: ObsEncoder, dist: ActionDistribution,
                  workers: int) -> None:
@@ -347,6 +381,10 @@ class WorkerPool:
     def finish(self) -> list[Segment]:
         """Wait for the segments of the batch that `start` set going."""
         return self._gather()
+
+    def drop(self) -> None:
+        """Read the batch in flight and forget it."""
+        self._gather()
 
     def close(self) -> None:
         for conn in self.conns:
@@ -418,7 +456,7 @@ class RolloutCollector:
         self.reward_scaler = reward_scaler
         self.device = device
         self.num_envs = num_envs
-        self.runner: EnvRunner | WorkerPool | RayPool
+        self.runner: Backend
         if mode in ("subprocess", "ray"):
             if isinstance(spec, gym.Env):
                 raise EnvError(f"an env instance cannot be sent to {mode} workers; pass an id or a factory")
@@ -458,8 +496,7 @@ class RolloutCollector:
         shifted = self.dist.shift(params, noise).numpy()
         plan = None if self.vine is None else draw_plan(self.dist, params, self.num_envs, steps, self.vine, generator)
         frozen = self.obs_norm.frozen()
-        if not isinstance(self.runner, EnvRunner):
-            self.runner.start(policy, frozen, shifted, plan)
+        self.runner.start(policy, frozen, shifted, plan)
         self._pending = _Pending(policy, frozen, shifted, generator, _flat_params(actor), plan)
 
     @property
@@ -477,14 +514,10 @@ class RolloutCollector:
             raise RuntimeError("no batch is being collected; call start() first")
         steps, n, d = pending.shifted_noise.shape[0], self.num_envs, self.encoder.dim
         if not torch.equal(pending.theta, _flat_params(actor)):
-            if not isinstance(self.runner, EnvRunner):
-                self.runner.finish()  # collected by another policy: read and drop
+            self.runner.drop()  # set going with another policy
             return self.collect(actor, steps, pending.generator)
-        restarts = getattr(self.runner, "restarts", 0)
-        if isinstance(self.runner, EnvRunner):
-            parts = [self.runner.run(pending.policy, pending.obs_norm, pending.shifted_noise, pending.plan)]
-        else:
-            parts = self.runner.finish()
+        restarts = self.runner.restarts
+        parts = self.runner.finish()
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts], axis=1)  # noqa: E731
         raw_obs, raw_next = cat("obs"), cat("next_obs")
         terminated, truncated, rewards = cat("terminated"), cat("truncated"), cat("rewards")
@@ -509,7 +542,7 @@ class RolloutCollector:
             truncated=torch.as_tensor(truncated, device=self.device),
             episode_returns=[r for p in parts for r in p.episode_returns],
             episode_lengths=[n_ for p in parts for n_ in p.episode_lengths],
-            worker_restarts=getattr(self.runner, "restarts", 0) - restarts,
+            worker_restarts=self.runner.restarts - restarts,
             vine=None if pending.plan is None else self._vine_batch(actor, pending, raw_obs, parts),
         )
 
@@ -542,9 +575,9 @@ class RolloutCollector:
         return self.finish(actor)
 
     def close(self) -> None:
-        if self._pending is not None and not isinstance(self.runner, EnvRunner):
+        if self._pending is not None:
             # Read the batch in flight: a worker blocked writing it to a full pipe would never see "close".
             with contextlib.suppress(Exception):
-                self.runner.finish()
+                self.runner.drop()
         self._pending = None
         self.runner.close()
