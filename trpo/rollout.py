@@ -123,6 +123,13 @@ class Segment:
     branches: Branches | None = None  # vine sampling's branches off this segment
 
 
+def check_masks(encoder: ObsEncoder, obs: np.ndarray, first_index: int) -> None:
+    """Every env about to act (rows of obs, env first_index onwards) has a valid action in each sub-action."""
+    bad = encoder.empty_mask_row(obs)
+    if bad is not None:
+        raise EnvError(f"env {first_index + bad} gave an action_mask that allows no action")
+
+
 class Backend(Protocol):
     """The rollout seam: how a batch's envs are stepped. `EnvRunner` (vector_mode 'sync', in this process),
     `WorkerPool` ('subprocess'), `ray_rollout.RayPool` ('ray'); each gives the same segments for the same policy
@@ -167,10 +174,7 @@ class EnvRunner:
             raise EnvError(f"environment returned a non-finite {what} (NaN or inf) in env {self.first_index + i}")
 
     def _check_masks(self) -> None:
-        """Every env about to act has at least one valid action (in each sub-action)."""
-        bad = self.encoder.empty_mask_row(self.obs)
-        if bad is not None:
-            raise EnvError(f"env {self.first_index + bad} gave an action_mask that allows no action")
+        check_masks(self.encoder, self.obs, self.first_index)
 
     def reset(self, seed: int) -> np.ndarray:
         for i, env in enumerate(self.envs):

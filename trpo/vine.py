@@ -205,7 +205,7 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
                  policy: Any, obs_norm: Any, first_index: int) -> Branches:
     """Every branch of `plan` from the saved trunk states (saved[i][m] of env i, observation start_obs[i, m]),
     then each env restored to where its trunk stopped. Errors from the user's env are raised as EnvError."""
-    from trpo.rollout import EnvError, env_failure  # rollout imports this module
+    from trpo.rollout import EnvError, check_masks, env_failure  # rollout imports this module
 
     n_envs, n_states = plan.times.shape
     n_branches, horizon = plan.num_actions, plan.continuation.shape[2] + 1
@@ -243,8 +243,7 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
                     if term or trunc:
                         terminated[i, m, b] = term
                         break
-                    if encoder.empty_mask_row(obs) is not None:
-                        raise EnvError(f"env {first_index + i} gave an action_mask that allows no action")
+                    check_masks(encoder, obs, first_index + i)
                 last_obs[i, m, b] = obs[0]
         access[i].restore(trunk_end)
         first_actions.append(np.stack(per_env))
