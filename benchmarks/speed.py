@@ -26,13 +26,12 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-# rl-zoo's sb3-contrib TRPO settings for the scenarios (shared/ANCHORS.md).
-SB3_MUJOCO = dict(n_envs=2, n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95, cg_max_steps=25,
-                  cg_damping=0.1, n_critic_updates=20, learning_rate=1e-3, target_kl=0.01, normalize=True)
-SB3_CARTPOLE = dict(n_envs=2, n_steps=512, batch_size=512, gamma=0.99, gae_lambda=0.98, cg_max_steps=15,
-                    cg_damping=1e-3, n_critic_updates=20, learning_rate=1e-3, target_kl=0.01, normalize=False)
+from peer_sb3 import ZOO, ZOO_MUJOCO  # beside this script: rl-zoo's sb3-contrib TRPO settings
+
+SB3_MUJOCO, SB3_CARTPOLE = ZOO_MUJOCO, ZOO["CartPole"]
 
 
 @dataclass
@@ -260,29 +259,16 @@ def returns_trpo(env_id: str, steps: int, seed: int) -> dict[str, Any]:
     return {"lib": "trpo", "seed": seed, "mean_return": result["mean_return"], "seconds": seconds}
 
 
-def returns_sb3(env_id: str, settings: dict[str, Any], steps: int, seed: int) -> dict[str, Any]:
-    import torch
-    from sb3_contrib import TRPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.vec_env import VecNormalize
+def returns_sb3(env_id: str, steps: int, seed: int) -> dict[str, Any]:
+    import tempfile
 
-    torch.set_num_threads(1)
-    s = dict(settings)
-    n_envs, normalize = s.pop("n_envs"), s.pop("normalize")
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    if normalize:
-        env = VecNormalize(env, gamma=s["gamma"])
-    model = TRPO("MlpPolicy", env, seed=seed, device="cpu", **s)
+    from peer_sb3 import run
+
     start = time.perf_counter()
-    model.learn(steps)
-    seconds = time.perf_counter() - start
-    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1_000_003)
-    if normalize:
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
-        eval_env.obs_rms = env.obs_rms
-    mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
-    return {"lib": "sb3-contrib", "seed": seed, "mean_return": float(mean), "seconds": seconds}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(env_id, seed, steps, Path(tmp), checkpoint_every=steps)
+    return {"lib": "sb3-contrib", "seed": seed, "mean_return": result["mean_return"],
+            "seconds": time.perf_counter() - start}
 
 
 def returns_check(env_id: str, steps: int, seeds: list[int], libs: list[str], json_path: str | None) -> None:
@@ -291,10 +277,9 @@ def returns_check(env_id: str, steps: int, seeds: list[int], libs: list[str], js
     import numpy as np
     from learning import iqm  # benchmarks/learning.py, beside this script
 
-    sb3 = SB3_MUJOCO if env_id != "CartPole-v1" else SB3_CARTPOLE
     with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
         jobs = [pool.submit(returns_trpo, env_id, steps, seed) for seed in seeds if "trpo" in libs]
-        jobs += [pool.submit(returns_sb3, env_id, sb3, steps, seed) for seed in seeds if "sb3" in libs]
+        jobs += [pool.submit(returns_sb3, env_id, steps, seed) for seed in seeds if "sb3" in libs]
         results = [job.result() for job in jobs]
     print(f"\n## Returns at {steps:,} steps on {env_id} (deterministic, 10 episodes; trpo preset vs sb3 rl-zoo)")
     print("| library | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | IQM |")

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/suite.py --env Hopper-v5 Walker2d-v5 --seeds 0 1 2 3 4 --steps 1000000 --jobs 2
     .venv/bin/python benchmarks/suite.py --env Hopper-v5 --label ppo --set update_rule=ppo --shard 1/3
     .venv/bin/python benchmarks/suite.py --env Hopper-v5 --summary          # the table only, from what is done
+    .venv/bin/python benchmarks/suite.py --env Swimmer-v5 --peer sb3-contrib   # the peer, same seeds and budget
 
 Runs go to OUT/ENV/LABEL-sSEED (OUT default runs/suite). Run again after an interruption: finished runs (an
 eval.json at the budget) are skipped, started ones continue from their last checkpoint (`trpo train --resume`),
@@ -11,7 +12,9 @@ directory) split one benchmark. Each run trains on one core (`--vector-mode sync
 worker processes give, unless `--set vector_mode=...`), `--jobs` at a time. `--set` takes any config field
 (booleans as true/false). The table per env and label: final deterministic evaluation over 10
 episodes, mean, std, IQM with a 95% stratified-bootstrap confidence interval (rliable, in the bench extra), min
-and max across seeds, beside the published TRPO figures (shared/ANCHORS.md).
+and max across seeds, beside the published TRPO figures (shared/ANCHORS.md). `--peer sb3-contrib` runs
+sb3-contrib's TRPO with rl-zoo's settings instead (benchmarks/peer_sb3.py), label `sb3-contrib`, as run
+directories of the same shape: its rows sit in the same table and its curves in the same `trpo plot`.
 """
 
 from __future__ import annotations
@@ -59,18 +62,22 @@ def train_flags(items: list[str]) -> tuple[list[str], str]:
     return flags, mode
 
 
-def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str], mode: str) -> str:
+def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str], mode: str, peer: str = "") -> str:
     if finished(path, steps):
         return f"done already: {path}"
-    if (path / "config.yaml").is_file():  # started before: continue it (from the start if it has no checkpoint)
+    if peer:  # peer_sb3.py continues from its own checkpoint
+        cmd = [str(Path(__file__).with_name("peer_sb3.py")), "--env", env, "--seed", str(seed), "--steps", str(steps),
+               "--run-dir", str(path)]
+    elif (path / "config.yaml").is_file():  # started before: continue it (from the start if it has no checkpoint)
         cmd = ["train", "--resume", str(path), "--total-steps", str(steps)]
     else:
         cmd = ["train", "--env", env, "--seed", str(seed), "--total-steps", str(steps), "--run-dir", str(path),
                "--eval-episodes", "10", *flags]
+    if not peer:
+        cmd = ["-m", "trpo.cli", *cmd, "--vector-mode", mode, "--no-progress"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f"{path.name}.log", "a") as log:
-        code = subprocess.run([sys.executable, "-m", "trpo.cli", *cmd, "--vector-mode", mode, "--no-progress"],
-                              stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run([sys.executable, *cmd], stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         return f"FAILED (exit {code}, see {path}.log): {path}"
     return f"{path}: {json.loads((path / 'eval.json').read_text())['mean_return']:.1f}"
@@ -122,7 +129,9 @@ def main() -> None:
     parser.add_argument("--env", nargs="+", required=True)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=1_000_000)
-    parser.add_argument("--label", default="trpo", help="names this configuration's runs (default trpo)")
+    parser.add_argument("--label", default=None, help="names this configuration's runs (default trpo, or the peer)")
+    parser.add_argument("--peer", choices=["sb3-contrib"], default="",
+                        help="run sb3-contrib's TRPO with rl-zoo's settings instead of trpo")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config fields, as for trpo train")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--shard", default="1/1", metavar="I/K", help="run only every K-th run, from the I-th")
@@ -134,13 +143,24 @@ def main() -> None:
         flags, mode = train_flags(args.set)
     except (ConfigError, ValueError) as exc:
         parser.error(f"--set: {exc}")
+    if args.peer and args.set:
+        parser.error("--set applies to trpo's runs; --peer runs rl-zoo's settings as published")
+    if args.peer:
+        from peer_sb3 import zoo_settings  # beside this script
+
+        for env in args.env:
+            try:
+                zoo_settings(env)
+            except ValueError as exc:
+                parser.error(f"--peer: {exc}")
+    label = args.label or args.peer or "trpo"
     index, count = (int(x) for x in args.shard.split("/"))
     if not args.summary:
-        jobs = [(run_dir(args.out, env, args.label, seed), env, seed) for env in args.env for seed in args.seeds]
+        jobs = [(run_dir(args.out, env, label, seed), env, seed) for env in args.env for seed in args.seeds]
         jobs = jobs[index - 1 :: count]
         print(f"# {len(jobs)} runs (shard {args.shard}), {args.jobs} at a time, {args.steps:,} steps each", flush=True)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for line in pool.map(lambda job: run_one(job[0], job[1], job[2], args.steps, flags, mode), jobs):
+            for line in pool.map(lambda job: run_one(*job, args.steps, flags, mode, args.peer), jobs):
                 print(line, flush=True)
     summary(args.out, args.env, args.steps)
 

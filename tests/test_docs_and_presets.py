@@ -31,7 +31,8 @@ def test_readme_documents_every_metric(rule: str, extra: dict) -> None:
 
 
 @pytest.mark.parametrize("env_id,name", [("CartPole-v1", "CartPole"), ("Hopper-v5", "Hopper"),
-                                         ("gymnasium.envs:HalfCheetah-v5", "HalfCheetah"), ("Unknown-v0", None)])
+                                         ("gymnasium.envs:HalfCheetah-v5", "HalfCheetah"), ("Unknown-v0", None),
+                                         ("MinAtar/SpaceInvaders-v1", "MinAtar"), ("ALE/Breakout-v5", None)])
 def test_presets_resolve_from_env_ids(env_id: str, name: str | None) -> None:
     assert preset_name_for(env_id) == name
 

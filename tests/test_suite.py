@@ -44,3 +44,26 @@ def test_suite_sets_any_field_booleans_included(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--env", "CartPole-v1", "--set",
                           "max_kl=big", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--set: max_kl: cannot read 'big' as float" in bad.stderr
+
+
+def test_suite_runs_the_sb3_contrib_peer_as_run_directories(tmp_path: Path) -> None:
+    # sb3-contrib's TRPO with rl-zoo's CartPole settings (2 envs x 512 steps per update), continued from its
+    # checkpoint when the budget grows, in the same table and the same `trpo plot` as trpo's runs.
+    out = suite(tmp_path, "--seeds", "0", "--steps", "1024", "--peer", "sb3-contrib")
+    run = tmp_path / "CartPole-v1" / "sb3-contrib-s0"
+    assert "| CartPole-v1 | sb3-contrib | 1,024 | 0 |" in out
+    assert (run / "checkpoints" / "model.zip").is_file()
+    more = suite(tmp_path, "--seeds", "0", "--steps", "2048", "--peer", "sb3-contrib")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1024, 2048] and all(r["episodes"] > 0 for r in rows)
+    result = json.loads((run / "eval.json").read_text())
+    assert result["step"] == 2048 and result["episodes"] == 10 and len(result["returns"]) == 10
+    assert "| CartPole-v1 | sb3-contrib | 2,048 | 0 |" in more
+    assert "gae_lambda: 0.98" in (run / "config.yaml").read_text()  # rl-zoo's CartPole entry
+    png = tmp_path / "curves.png"
+    subprocess.run([sys.executable, "-m", "trpo.cli", "plot", str(tmp_path / "CartPole-v1"), "--out", str(png)],
+                   check=True, capture_output=True, timeout=120)
+    assert png.stat().st_size > 0
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--env", "Foo-v0", "--peer",
+                          "sb3-contrib", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--peer: no rl-zoo TRPO settings for Foo-v0" in bad.stderr

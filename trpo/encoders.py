@@ -1,10 +1,11 @@
 """Observation encoders (the networks' bodies): an MLP for vectors, a CNN for images.
 
 A Box observation of image shape (2-D grey, or 3-D with channels first or last, both spatial sides >= 8) is
-encoded by `spaces.ObsEncoder` as a flat float32 vector in channels-first order, uint8 pixels scaled to [0, 1];
-`ConvBody` views it as [B, C, H, W] again. Two CNNs: the TRPO paper's Atari network ('paper': two conv layers of
-16 filters 4x4 with stride 2, then 20 hidden units; Schulman et al. 2015, section 8) and the DQN/Nature network
-('nature': 32 8x8/4, 64 4x4/2, 64 3x3/1, then 512 hidden units).
+encoded by `spaces.ObsEncoder` as a flat vector in channels-first order, uint8 pixels kept as uint8 (a quarter
+of float32's memory in batches and pipes); `ConvBody` views it as [B, C, H, W] again and scales pixels to
+[0, 1]. Two CNNs: the TRPO paper's Atari network ('paper': two conv layers of 16 filters 4x4 with stride 2,
+then 20 hidden units; Schulman et al. 2015, section 8) and the DQN/Nature network ('nature': 32 8x8/4,
+64 4x4/2, 64 3x3/1, then 512 hidden units).
 """
 
 from __future__ import annotations
@@ -42,13 +43,17 @@ class ImageLayout:
     def size(self) -> int:
         return self.channels * self.height * self.width
 
+    @property
+    def dtype(self) -> type[np.generic]:
+        """How encoded observations are stored: uint8 pixels as they are (scaled in `ConvBody`), else float32."""
+        return np.uint8 if self.scale != 1.0 else np.float32
+
     def encode(self, obs: np.ndarray) -> np.ndarray:
-        """A batch [B, *space shape] as float32 [B, C*H*W], channels first, scaled."""
-        arr = np.asarray(obs, dtype=np.float32)
+        """A batch [B, *space shape] as [B, C*H*W] of `dtype`, channels first, not yet scaled."""
+        arr = np.asarray(obs, dtype=self.dtype)
         if self.channels_last:  # [B, H, W] (grey) or [B, H, W, C] -> [B, C, H, W]
             arr = arr.reshape(arr.shape[0], self.height, self.width, -1).transpose(0, 3, 1, 2)
-        flat = np.ascontiguousarray(arr).reshape(arr.shape[0], -1)
-        return flat * np.float32(self.scale) if self.scale != 1.0 else flat
+        return np.ascontiguousarray(arr).reshape(arr.shape[0], -1)
 
 
 def image_layout(space: spaces.Space) -> ImageLayout | None:
@@ -110,7 +115,9 @@ class ConvBody(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         lay = self.layout
-        x = obs[..., : lay.size].reshape(-1, lay.channels, lay.height, lay.width)
+        x = obs[..., : lay.size].reshape(-1, lay.channels, lay.height, lay.width).to(self.fc.weight.dtype)
+        if lay.scale != 1.0:  # uint8 pixels to [0, 1]
+            x = x * lay.scale
         return torch.relu(self.fc(self.convs(x).flatten(1))).reshape(*obs.shape[:-1], -1)  # leading dims kept
 
 

@@ -161,7 +161,7 @@ class EnvRunner:
         self.encoder = encoder
         self.dist = dist
         self.first_index = first_index  # global index of envs[0], for error messages and seeds
-        self.obs = np.zeros((len(envs), encoder.dim), dtype=np.float32)
+        self.obs = np.zeros((len(envs), encoder.dim), dtype=encoder.dtype)
         self.ep_return = np.zeros(len(envs))
         self.ep_length = np.zeros(len(envs), dtype=np.int64)
         self.access: list[StateAccess] | None = None  # made at the first vine batch
@@ -202,7 +202,7 @@ class EnvRunner:
             for i in range(k):
                 save_at[plan.times[i], i] = True
         seg = Segment(
-            obs=np.zeros((steps, k, d), np.float32), next_obs=np.zeros((steps, k, d), np.float32),
+            obs=np.zeros((steps, k, d), self.encoder.dtype), next_obs=np.zeros((steps, k, d), self.encoder.dtype),
             actions=np.empty(0), rewards=np.zeros((steps, k)), terminated=np.zeros((steps, k), bool),
             truncated=np.zeros((steps, k), bool), episode_returns=[], episode_lengths=[],
         )

@@ -37,7 +37,8 @@ MASKED_LOGIT = -1e9  # a masked action's logit: probability exactly 0 in float32
 
 
 class ObsEncoder:
-    """Flattens Box, one-hot encodes Discrete, concatenates the parts of a Dict into one float32 vector.
+    """Flattens Box, one-hot encodes Discrete, concatenates the parts of a Dict into one vector (float32;
+    uint8 for uint8 images, which ConvBody scales).
 
     With action masking (`mask_from` 'obs': a Dict observation's "action_mask" entry; 'info': the reset/step
     info's "action_mask"), the vector ends with the mask as 0/1 columns, `mask_dim` of them, one per logit;
@@ -53,13 +54,14 @@ class ObsEncoder:
         if mask_from == "obs":
             assert isinstance(space, spaces.Dict)
             self.features = spaces.Dict({k: v for k, v in space.spaces.items() if k != MASK_KEY})
-        self.image = image_layout(self.features)  # images: channels first, uint8 scaled to [0, 1]
+        self.image = image_layout(self.features)  # images: channels first, uint8 kept (ConvBody scales)
         self.dim = _obs_dim(self.features) + self.mask_dim
+        self.dtype = self.image.dtype if self.image else np.float32  # of encoded observations
 
     def __call__(self, obs: Any, masks: Any = None) -> np.ndarray:
-        """Encode a batch of observations (leading dim = batch) to a float32 array [B, dim]; `masks` [B, mask_dim]
-        when the masks come from infos."""
-        features = (self.image.encode(obs) if self.image else _encode(self.features, obs)).astype(np.float32,
+        """Encode a batch of observations (leading dim = batch) to an array [B, dim] of `dtype`; `masks`
+        [B, mask_dim] when the masks come from infos."""
+        features = (self.image.encode(obs) if self.image else _encode(self.features, obs)).astype(self.dtype,
                                                                                                   copy=False)
         if not self.mask_dim:
             return features
@@ -91,7 +93,7 @@ class ObsEncoder:
         if arr.size != rows * self.mask_dim:
             raise ValueError(f"action_mask has {arr.size // max(rows, 1)} entries, the action space "
                              f"{self.mask_dim} (one per action, per sub-action for MultiDiscrete)")
-        return (arr.reshape(rows, self.mask_dim) != 0).astype(np.float32)
+        return (arr.reshape(rows, self.mask_dim) != 0).astype(self.dtype)
 
     def empty_mask_row(self, encoded: np.ndarray) -> int | None:
         """The first row of encoded observations [B, dim] whose mask allows no action in some group

@@ -213,7 +213,7 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
     rewards = np.zeros((*shape, horizon))
     steps = np.zeros(shape, np.int64)
     terminated = np.zeros(shape, bool)
-    last_obs = np.zeros((*shape, encoder.dim), np.float32)
+    last_obs = np.zeros((*shape, encoder.dim), encoder.dtype)
     first_actions = []
     for i, env in enumerate(envs):
         trunk_end = access[i].save()

@@ -1,0 +1,153 @@
+"""sb3-contrib's TRPO with rl-baselines3-zoo's settings, as a run directory `trpo plot` and `suite.py` read.
+
+    .venv/bin/python benchmarks/peer_sb3.py --env Swimmer-v5 --seed 0 --steps 1000000 --run-dir runs/x/sb3-s0
+    .venv/bin/python benchmarks/suite.py --env Swimmer-v5 --peer sb3-contrib     # the usual way
+
+The run directory gets config.yaml (the settings), metrics.jsonl (one row per update: env steps, episodes that
+ended in its batch, their mean return and length), checkpoints every `--checkpoint-every` env steps (model and
+VecNormalize statistics; a second call continues from the last one, as `trpo train --resume` does, though not
+bit-identically: sb3 does not save its RNG state) and eval.json (deterministic, 10 episodes, observation
+statistics frozen, the same keys as trpo's). sb3-contrib averages its Gaussian KL over action dimensions, so its
+target_kl 0.01 is max KL 0.01 x action_dim on trpo's joint KL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+# rl-baselines3-zoo's hyperparams/trpo.yml (its MuJoCo entries are for v4; `normalize` is VecNormalize with the
+# agent's gamma). MuJoCo tasks the zoo does not list (InvertedPendulum, Reacher, ...) get its MuJoCo defaults.
+ZOO_MUJOCO = dict(n_envs=2, n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95, sub_sampling_factor=1,
+                  cg_max_steps=25, cg_damping=0.1, n_critic_updates=20, learning_rate=1e-3, target_kl=0.01,
+                  normalize=True)
+ZOO = {
+    "CartPole": dict(n_envs=2, n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99,
+                     learning_rate=1e-3, n_critic_updates=20, normalize=False),
+    "Pendulum": dict(n_envs=2, n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True, sde_sample_freq=4,
+                     normalize=False),
+    "Acrobot": dict(n_envs=2, n_steps=1024, normalize=True),
+    "HalfCheetah": dict(ZOO_MUJOCO, target_kl=0.04),
+    "Swimmer": dict(ZOO_MUJOCO, gamma=0.9999),
+}
+MUJOCO = {"Ant", "Hopper", "Walker2d", "Humanoid", "HumanoidStandup", "InvertedPendulum", "InvertedDoublePendulum",
+          "Reacher", "Pusher"}
+
+
+def zoo_settings(env_id: str) -> dict[str, Any]:
+    name = re.sub(r"-v\d+$", "", env_id.rsplit("/", 1)[-1])
+    if name in ZOO:
+        return dict(ZOO[name])
+    if name in MUJOCO:
+        return dict(ZOO_MUJOCO)
+    raise ValueError(f"no rl-zoo TRPO settings for {env_id}: known {', '.join(sorted({*ZOO, *MUJOCO}))}")
+
+
+def _callback(metrics: Path, start_step: int) -> Any:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Log(BaseCallback):
+        """One metrics row per rollout, from the Monitor's episode records (episodes ended in that batch)."""
+
+        def _on_rollout_start(self) -> None:
+            self.returns: list[float] = []
+            self.lengths: list[int] = []
+            self.started = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    self.returns.append(float(info["episode"]["r"]))
+                    self.lengths.append(int(info["episode"]["l"]))
+            return True
+
+        def _on_rollout_end(self) -> None:
+            steps = self.model.n_steps * self.model.n_envs
+            row: dict[str, Any] = {"update": self.num_timesteps // steps, "step": self.num_timesteps,
+                                   "episodes": len(self.returns),
+                                   "fps": steps / max(time.perf_counter() - self.started, 1e-9)}
+            if self.returns:
+                row["episode_return_mean"] = sum(self.returns) / len(self.returns)
+                row["episode_length_mean"] = sum(self.lengths) / len(self.lengths)
+            with open(metrics, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    return Log()
+
+
+def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int = 100_000,
+        eval_episodes: int = 10) -> dict[str, Any]:
+    import torch
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)  # one core per run, as suite.py's trpo runs
+    settings = zoo_settings(env_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"env": env_id, "seed": seed, "total_steps": steps, "library": "sb3-contrib", "algo": "TRPO",
+              "policy": "MlpPolicy", **settings}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    n_envs, normalize = settings.pop("n_envs"), settings.pop("normalize")
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    model_file, stats_file = run_dir / "checkpoints" / "model.zip", run_dir / "checkpoints" / "vecnormalize.pkl"
+    metrics = run_dir / "metrics.jsonl"
+    if model_file.is_file():  # continue: drop rows logged after the checkpoint
+        if normalize:
+            env = VecNormalize.load(str(stats_file), env)
+        model = TRPO.load(str(model_file), env=env, device="cpu")
+        kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= model.num_timesteps]
+        metrics.write_text("".join(line + "\n" for line in kept))
+    else:
+        if normalize:
+            env = VecNormalize(env, gamma=settings["gamma"])
+        model = TRPO("MlpPolicy", env, seed=seed, device="cpu", **settings)
+        metrics.write_text("")
+    while model.num_timesteps < steps:
+        chunk = min(checkpoint_every, steps - model.num_timesteps)
+        model.learn(chunk, callback=_callback(metrics, model.num_timesteps), reset_num_timesteps=False)
+        model_file.parent.mkdir(exist_ok=True)
+        model.save(str(model_file))
+        if normalize:
+            env.save(str(stats_file))
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1_000_003)
+    if normalize:
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+        eval_env.obs_rms = env.obs_rms
+    returns, lengths = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True,
+                                       return_episode_rewards=True)
+    result = {"mean_return": float(sum(returns) / len(returns)),
+              "std_return": float(np.std(returns)),
+              "episodes": len(returns), "mean_length": float(sum(lengths) / len(lengths)),
+              "returns": [float(r) for r in returns], "lengths": [int(n) for n in lengths],
+              "step": int(model.num_timesteps)}
+    (run_dir / "eval.json").write_text(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--checkpoint-every", type=int, default=100_000, metavar="STEPS")
+    args = parser.parse_args()
+    try:
+        zoo_settings(args.env)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = run(args.env, args.seed, args.steps, args.run_dir, args.checkpoint_every)
+    print(f"{args.run_dir}: {result['mean_return']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
