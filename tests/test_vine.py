@@ -19,7 +19,13 @@ from trpo import TRPO, TRPOConfig
 from trpo import objectives as obj
 from trpo.config import ConfigError
 from trpo.update_rules import PolicyBatch
-from trpo.vine import StateAccess, UnsupportedEnvStateError, all_action_advantages, branch_q_values
+from trpo.vine import (
+    StateAccess,
+    UnsupportedEnvStateError,
+    all_action_advantages,
+    branch_q_values,
+    masked_stand_ins,
+)
 
 CLASSIC = ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0"]
 TIMING = ("fps", "time_rollout", "time_policy", "time_value")
@@ -190,7 +196,7 @@ def test_every_action_surrogate_is_sum_over_actions_of_pi_q() -> None:
         new_logp = torch.log_softmax(logits, -1)
         ours = obj.surrogate(new_logp.reshape(-1), old_logp.reshape(-1), adv.reshape(-1))
         direct = (new_logp.exp() * q).sum(-1).mean()
-        gaps.append(float(ours - direct))
+        gaps.append(float((ours - direct).detach()))
         assert torch.allclose(torch.autograd.grad(ours, logits, retain_graph=True)[0],
                               torch.autograd.grad(direct, logits)[0])
     assert np.allclose(gaps, gaps[0])
@@ -242,8 +248,55 @@ def test_vine_with_action_masks_samples_only_valid_actions() -> None:
     agent.learn(2000)
     assert agent.history[-1]["vine_branches"] == 2 * 16 * 3
     agent.close()
-    with pytest.raises(ConfigError, match="vine_all_actions false"):
-        TRPO(lambda: MaskedChoiceEnv(), sampling="vine")
+
+
+def test_every_action_vine_with_masks_runs_the_valid_actions_only() -> None:
+    """MaskedChoiceEnv raises on an invalid action: the every-action branches run exactly the actions the
+    rollout state's mask allows, and the masked ones take no step and weigh nothing."""
+    agent = TRPO(lambda: MaskedChoiceEnv(), num_envs=2, steps_per_env=64, sampling="vine", vine_states=16)
+    vine = agent._collector_or_new().collect(agent.actor, 64, agent.sample_gen).vine
+    assert vine is not None and vine.all_actions
+    allowed = vine.obs[:, -6:] > 0  # the mask columns of the 32 rollout states, 6 actions
+    assert vine.steps.shape == (32, 6) and not allowed.all()
+    assert torch.equal(vine.steps > 0, allowed)  # every valid action ran (1 step at least), no masked one did
+    assert vine.env_steps == int(vine.steps.sum())
+    assert torch.equal(vine.old_log_probs.exp() > 0, allowed)
+    # It learns the best valid action of each situation (20 per episode; a random valid policy scores about 8).
+    # Calibration (seeds 0-5, 2026-11-23): 20 of 20 on every seed after about 1,100 steps already.
+    agent.learn(3000)
+    row = agent.history[-1]
+    assert row["vine_branches"] < 2 * 16 * 6 and math.isfinite(row["kl"]) and math.isfinite(row["vine_q_spread"])
+    assert agent.evaluate(10)["mean_return"] >= 19
+    agent.close()
+
+
+def test_every_action_surrogate_with_masked_actions_sums_over_the_valid_ones() -> None:
+    """With pi_old(a|s) = 0 for masked actions (their stand-ins from masked_stand_ins), mean(r A) is
+    mean_n sum_{a valid} pi_theta(a|s_n) Q(s_n, a) up to a constant, with the same gradient, and stays finite
+    even where the masked log-probabilities are far apart."""
+    torch.manual_seed(2)
+    n, k = 6, 5
+    mask = torch.rand(n, k) > 0.4
+    mask[:, 0] = True  # one valid action per state at least
+    old_logits, q = torch.randn(n, k, dtype=torch.float64), torch.randn(n, k, dtype=torch.float64)
+    masked_logits = lambda x: torch.where(mask, x, torch.full_like(x, -1e9))  # noqa: E731
+    old_logp = torch.log_softmax(masked_logits(old_logits), -1)
+    adv = all_action_advantages(q, old_logp.exp())
+    actions = torch.arange(k).repeat(n, 1)
+    stand_in_actions, stand_in_old = masked_stand_ins(actions, old_logp)
+    assert torch.equal(stand_in_actions[mask], actions[mask]) and mask.gather(1, stand_in_actions).all()
+    gaps = []
+    for scale in (0.5, 1.0, 50.0):  # 50: masked log-probabilities of pi_theta and pi_old differ by far more than 1
+        logits = (old_logits + scale * torch.randn(n, k, dtype=torch.float64)).requires_grad_(True)
+        new_logp = torch.log_softmax(masked_logits(logits), -1)
+        ours = obj.surrogate(new_logp.gather(1, stand_in_actions).reshape(-1), stand_in_old.reshape(-1),
+                             adv.reshape(-1))
+        direct = (torch.where(mask, new_logp.exp(), 0.0) * q).sum(-1).mean()
+        assert torch.isfinite(ours)
+        gaps.append(float((ours - direct).detach()))
+        assert torch.allclose(torch.autograd.grad(ours, logits, retain_graph=True)[0],
+                              torch.autograd.grad(direct, logits)[0])
+    assert np.allclose(gaps, gaps[0])
 
 
 @pytest.mark.parametrize("rule", ["npg", "pg", "penalty"])

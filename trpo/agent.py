@@ -135,7 +135,7 @@ class TRPO:
 
     def _vine_settings(self) -> vine_lib.VineSettings | None:
         """sampling 'vine': the settings, once this env is known to allow it (its state can be saved and
-        restored, and every-action branches meet no action mask)."""
+        restored)."""
         cfg = self.config
         if cfg.sampling != "vine":
             return None
@@ -144,9 +144,6 @@ class TRPO:
             vine_lib.check_env(self._eval_env)
         except vine_lib.UnsupportedEnvStateError as exc:
             raise ConfigError(str(exc)) from exc
-        if self.encoder.mask_dim and vine_lib.branches_every_action(self.dist, settings):
-            raise ConfigError("sampling 'vine' over every action does not take action masks yet; set "
-                              "vine_all_actions false to branch on vine_actions valid actions sampled from pi_old")
         return settings
 
     # --- training ------------------------------------------------------------------------------------------
@@ -248,20 +245,25 @@ class TRPO:
         q = vine_lib.branch_q_values(vine.rewards, vine.steps, vine.terminated, last_values, cfg.gamma,
                                      cfg.vine_bootstrap)
         states, k = q.shape
+        actions, old_log_probs = vine.actions, vine.old_log_probs
+        run = torch.ones_like(q, dtype=torch.bool)  # branches that ran (every action: the unmasked ones)
         if vine.all_actions:
-            adv, groups = vine_lib.all_action_advantages(q, vine.old_log_probs.exp()), None
+            run = old_log_probs.exp() > 0
+            adv, groups = vine_lib.all_action_advantages(q, old_log_probs.exp()), None
+            actions, old_log_probs = vine_lib.masked_stand_ins(actions, old_log_probs)
         else:
             adv = q - q.mean(-1, keepdim=True)
             groups = torch.arange(states, device=q.device).repeat_interleave(k)
         adv = adv.reshape(-1)
         if cfg.normalize_advantages:  # scaled only: a shift would change the every-action surrogate's gradient
             adv = adv / (adv.std() + 1e-8)
-        actions = vine.actions.reshape(states * k, *vine.actions.shape[2:])
-        batch = PolicyBatch.of(self.actor, vine.obs.repeat_interleave(k, 0), actions, vine.old_log_probs.reshape(-1),
+        actions = actions.reshape(states * k, *actions.shape[2:])
+        batch = PolicyBatch.of(self.actor, vine.obs.repeat_interleave(k, 0), actions, old_log_probs.reshape(-1),
                                adv, groups)
-        stats = {"vine_states": states, "vine_branches": states * k, "vine_steps": vine.env_steps,
-                 "vine_q_mean": float(q.mean()), "vine_q_spread": float(q.std(-1, correction=0).mean()),
-                 "vine_ended": float((vine.steps < vine.rewards.shape[-1]).float().mean())}
+        q_mean, q_spread = vine_lib.q_statistics(q, run)
+        stats = {"vine_states": states, "vine_branches": int(run.sum()), "vine_steps": vine.env_steps,
+                 "vine_q_mean": q_mean, "vine_q_spread": q_spread,
+                 "vine_ended": float((vine.steps[run] < vine.rewards.shape[-1]).float().mean())}
         return batch, stats
 
     def fit_value(self, obs: Tensor, targets: Tensor) -> float:

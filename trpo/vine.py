@@ -223,7 +223,9 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
             every = plan.first is None
             acts = np.arange(n_branches) if every else dist.pick(policy(obs_norm(obs0)) + plan.first[i, m])
             per_env.append(acts)
-            for b in range(n_branches):
+            # Every action: the masked ones are not run (0 steps; pi_old gives them weight 0 in the surrogate).
+            allowed = obs0[0, -encoder.mask_dim:] > 0 if every and encoder.mask_dim else np.ones(n_branches, bool)
+            for b in np.flatnonzero(allowed):
                 access[i].restore(saved[i][m])
                 obs, action = obs0, acts[b : b + 1]
                 for h in range(horizon):
@@ -245,6 +247,7 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
                         break
                     check_masks(encoder, obs, first_index + i)
                 last_obs[i, m, b] = obs[0]
+            last_obs[i, m, ~allowed] = obs0[0]  # a masked branch's Q is V(s) (bootstrapped) or 0; its weight 0
         access[i].restore(trunk_end)
         first_actions.append(np.stack(per_env))
     return Branches(np.stack(first_actions), rewards, steps, terminated, last_obs)
@@ -272,3 +275,26 @@ def all_action_advantages(q: Tensor, old_probs: Tensor) -> Tensor:
     every update rule takes."""
     baseline = (old_probs * q).sum(-1, keepdim=True)
     return q.shape[-1] * old_probs * (q - baseline)
+
+
+def q_statistics(q: Tensor, run: Tensor) -> tuple[float, float]:
+    """Mean Q over the branches that ran (run [S, K]), and the mean over states of Q's std across a state's."""
+    if bool(run.all()):
+        return float(q.mean()), float(q.std(-1, correction=0).mean())
+    count = run.sum(-1)
+    state_mean = torch.where(run, q, 0.0).sum(-1) / count
+    spread = (torch.where(run, q - state_mean[:, None], 0.0).pow(2).sum(-1) / count).sqrt()
+    return float(q[run].mean()), float(spread.mean())
+
+
+def masked_stand_ins(actions: Tensor, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:
+    """Every-action branches [S, K] with actions masked at their state (pi_old(a|s) = 0, so weight 0 in
+    all_action_advantages) stand in as the state's most probable action, with its log pi_old: they still add
+    nothing to the surrogate, and their ratio pi_theta / pi_old stays finite (exp of two masked log-probabilities,
+    both about -1e9, could overflow). States keep their K samples, so the mean KL weighs them as before."""
+    masked = old_log_probs.exp() == 0
+    if not masked.any():
+        return actions, old_log_probs
+    best = old_log_probs.argmax(-1, keepdim=True)
+    return (torch.where(masked, actions.gather(1, best), actions),
+            torch.where(masked, old_log_probs.gather(1, best), old_log_probs))
