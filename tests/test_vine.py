@@ -18,6 +18,7 @@ from trpo_testenvs import LayeredMDP, MaskedChoiceEnv
 from trpo import TRPO, TRPOConfig
 from trpo import objectives as obj
 from trpo.config import ConfigError
+from trpo.rollout import make_env
 from trpo.update_rules import PolicyBatch
 from trpo.vine import (
     StateAccess,
@@ -60,6 +61,42 @@ def test_a_restored_state_replays_bit_for_bit_time_limit_included(env_id: str) -
     obs_a = env.reset()[0]
     access.restore(state)
     assert np.array_equal(env.reset()[0], obs_a)
+
+
+def _replay_to_the_end(env: gym.Env, actions: list) -> list:
+    out = []
+    for a in actions:
+        obs, reward, terminated, truncated, _ = env.step(a)
+        out.append((np.asarray(obs).tobytes(), reward, terminated, truncated))
+        if terminated or truncated:
+            break
+    return out
+
+
+@pytest.mark.parametrize("env_id, module, seed", [("ALE/Pong-v5", "ale_py", 5), ("MinAtar/Breakout-v1", "minatar", 1)])
+def test_image_games_restore_bit_for_bit_with_their_preprocessing(env_id: str, module: str, seed: int) -> None:
+    """Atari as trpo makes it (sticky actions, no-op starts, frame skip with max-pooling, frame stack) and MinAtar
+    (sticky actions): a restored state replays the same frames and rewards, and the RNG after it the same."""
+    pytest.importorskip(module)
+    env = make_env(env_id)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    for _ in range(3):
+        env.step(env.action_space.sample())
+    access = StateAccess(env)
+    assert access.kind == ("ale" if module == "ale_py" else "minatar")
+    state = access.save()
+    actions = [env.action_space.sample() for _ in range(300)]
+    first = _replay_to_the_end(env, actions)
+    assert len({step[0] for step in first}) >= 20  # the frames moved on (MinAtar: 25 steps to the end)
+    for _ in range(2):  # twice: a restore leaves the saved state intact
+        access.restore(state)
+        assert _replay_to_the_end(env, actions) == first
+    access.restore(state)
+    obs_a = env.reset()[0]
+    access.restore(state)
+    assert np.array_equal(env.reset()[0], obs_a)
+    env.close()
 
 
 def test_envs_whose_state_cannot_be_saved_are_refused_with_what_they_would_need() -> None:
@@ -310,28 +347,49 @@ def test_the_other_rules_take_vine_batches(rule: str) -> None:
     agent.close()
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Hopper-v5"])
-def test_vine_presets_train_checkpoint_evaluate_and_resume_through_the_cli(tmp_path: Path, env_id: str) -> None:
-    """The presets as shipped (worker processes; Hopper with normalized observations and rewards) with
-    --sampling vine: branch steps count toward --total-steps, checkpoints resume."""
+@pytest.mark.parametrize("env_id, envs, branches", [("CartPole-v1", 2, 2), ("Hopper-v5", 2, 4),
+                                                    ("MinAtar/Breakout-v1", 4, 3)])
+def test_vine_presets_train_checkpoint_evaluate_and_resume_through_the_cli(tmp_path: Path, env_id: str, envs: int,
+                                                                          branches: int) -> None:
+    """The presets as shipped (worker processes; Hopper with normalized observations and rewards; MinAtar's
+    images and CNN) with --sampling vine: branch steps count toward --total-steps, checkpoints resume."""
+    if env_id.startswith("MinAtar"):
+        pytest.importorskip("minatar")
     run = tmp_path / "run"
     first = trpo("train", "--env", env_id, "--sampling", "vine", "--vine-states", "4", "--steps-per-env", "64",
-                 "--total-steps", "600", "--checkpoint-every", "1", "--eval-episodes", "1", "--no-progress",
-                 "--run-dir", str(run))
+                 "--total-steps", str(300 * envs), "--checkpoint-every", "1", "--eval-episodes", "1",
+                 "--no-progress", "--run-dir", str(run))
     assert first.returncode == 0, first.stderr
     rows = metrics(run)
     starts = [0] + [r["step"] for r in rows[:-1]]
-    assert all(r["step"] == prev + 128 + r["vine_steps"] for prev, r in zip(starts, rows, strict=True))
-    assert rows[-1]["step"] >= 600 > rows[-2]["step"] and (run / "eval.json").is_file()
+    assert all(r["step"] == prev + 64 * envs + r["vine_steps"] for prev, r in zip(starts, rows, strict=True))
+    assert rows[-1]["step"] >= 300 * envs > rows[-2]["step"] and (run / "eval.json").is_file()
     ev = trpo("eval", str(run), "--episodes", "1", "--json")
     assert ev.returncode == 0, ev.stderr
-    more = trpo("train", "--resume", str(run), "--total-steps", "1200", "--no-progress")
+    more = trpo("train", "--resume", str(run), "--total-steps", str(600 * envs), "--no-progress")
     assert more.returncode == 0, more.stderr
     resumed = metrics(run)
-    assert len(resumed) > len(rows) and resumed[-1]["step"] >= 1200 > resumed[-2]["step"]
-    assert all(r["vine_branches"] == 2 * 4 * (2 if env_id.startswith("Cart") else 4) for r in resumed)
+    assert len(resumed) > len(rows) and resumed[-1]["step"] >= 600 * envs > resumed[-2]["step"]
+    assert all(r["vine_branches"] == envs * 4 * branches for r in resumed)
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert state["num_steps"] == resumed[-1]["step"] and state["config"]["sampling"] == "vine"
+
+
+def test_vine_on_atari_with_the_standard_preprocessing() -> None:
+    """Pong as trpo makes it (sticky actions, frame skip, 4 stacked 84 x 84 uint8 frames, the paper's CNN):
+    every one of its 6 actions branches from each rollout state, in this process and in worker processes
+    alike."""
+    pytest.importorskip("ale_py")
+    rows = []
+    for mode in ("sync", "subprocess"):
+        agent = TRPO("ALE/Pong-v5", num_envs=2, steps_per_env=32, value_epochs=1, sampling="vine", vine_states=2,
+                     vine_horizon=4, vector_mode=mode, num_workers=2, seed=3)
+        agent.learn(64)
+        rows.append({k: v for k, v in agent.history[-1].items() if k not in TIMING})
+        agent.close()
+    assert rows[0] == rows[1]
+    assert rows[0]["vine_branches"] == 2 * 2 * 6 and rows[0]["vine_steps"] == 2 * 2 * 6 * 4  # Pong lasts
+    assert rows[0]["step"] == 64 + rows[0]["vine_steps"] and math.isfinite(rows[0]["kl"])
 
 
 def _exact_start_value(agent: TRPO, mdp: LayeredMDP, gamma: float) -> float:

@@ -77,13 +77,18 @@ def make_env(spec: EnvSpec) -> gym.Env:
 def make_atari(env_id: str) -> gym.Env:
     """An 'ALE/Name-v5' game with the standard preprocessing (Machado et al. 2018 via Gymnasium's wrappers):
     up to 30 no-op starts, 4 frames per action (max of the last two), 84 x 84 greyscale, 4 frames stacked
-    (obs 4 x 84 x 84 uint8); sticky actions as the v5 games define them; episodes end at game over."""
+    (obs 4 x 84 x 84 uint8); sticky actions as the v5 games define them (per frame, probability 0.25), drawn by
+    Gymnasium's StickyAction wrapper from the env's RNG rather than inside ALE, whose saved states do not carry
+    the last action (vine sampling restores states); episodes end at game over."""
     try:
         import ale_py
     except ImportError as exc:
         raise EnvError(f"{env_id} needs ale-py: pip install \"trpo[atari]\"") from exc
     gym.register_envs(ale_py)
-    env = gym.make(env_id, frameskip=1)  # AtariPreprocessing skips the frames
+    sticky = gym.spec(env_id).kwargs.get("repeat_action_probability", 0.0)
+    env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0)  # AtariPreprocessing skips the frames
+    if sticky > 0:
+        env = gym.wrappers.StickyAction(env, repeat_action_probability=sticky)
     env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
     return gym.wrappers.FrameStackObservation(env, 4)
 

@@ -31,8 +31,16 @@ from torch import Tensor
 
 from trpo.spaces import ActionDistribution, Categorical, ObsEncoder
 
-# Wrappers whose state is saved here (TimeLimit: its step counter) or that keep none that matters once the env
-# has been reset and stepped (the order and API checks gym.make adds).
+# Wrappers that keep state during an episode: the attributes saved and restored with the env (TimeLimit's step
+# counter; Atari's preprocessing: lives, game over and the last two frames max-pooled when an episode ends
+# mid-skip; the frame stack; the sticky action's last action and repeat counters).
+_WRAPPER_STATE = {
+    "TimeLimit": ("_elapsed_steps",),
+    "AtariPreprocessing": ("lives", "game_over", "obs_buffer"),
+    "FrameStackObservation": ("obs_queue",),
+    "StickyAction": ("last_action", "is_sticky_actions", "num_repeats", "repeats_taken"),
+}
+# Wrappers that keep none that matters once the env has been reset and stepped (the checks gym.make adds).
 _STATELESS_WRAPPERS = ("OrderEnforcing", "PassiveEnvChecker")
 # Classic-control envs: everything that changes during an episode (the RNG is saved for every env).
 _CLASSIC_ATTRS = {
@@ -42,8 +50,9 @@ _CLASSIC_ATTRS = {
     "MountainCarEnv": ("state",),
     "Continuous_MountainCarEnv": ("state",),
 }
-NEEDS = ("Gymnasium's MuJoCo and classic-control envs are supported, wrapped at most by TimeLimit, "
-         "OrderEnforcing and PassiveEnvChecker (as gym.make wraps them); another env can take part by defining "
+NEEDS = ("Gymnasium's MuJoCo and classic-control envs, Atari (ale-py) and MinAtar games are supported, wrapped at "
+         "most by TimeLimit, OrderEnforcing and PassiveEnvChecker (as gym.make wraps them), and Atari's "
+         "StickyAction, AtariPreprocessing and FrameStackObservation; another env can take part by defining "
          "save_state() -> state and restore_state(state) on its unwrapped env")
 
 
@@ -61,16 +70,18 @@ def _is_mujoco(env: gym.Env) -> bool:
 
 class StateAccess:
     """Saves and restores one env's whole state: the simulator's (MuJoCo's MjData, bit for bit; a classic-control
-    env's state variables; or the env's own save_state/restore_state), its RNG, and the TimeLimit step counter,
-    so that a branch starts exactly where the trunk was and the trunk then goes on as if nothing happened."""
+    env's state variables; ALE's emulator; a MinAtar game object; or the env's own save_state/restore_state),
+    its RNG, and its wrappers' (the TimeLimit step counter; Atari's sticky actions, preprocessing and frame
+    stack), so that a branch starts exactly where the trunk was and the trunk then goes
+    on as if nothing happened."""
 
     def __init__(self, env: gym.Env) -> None:
-        self.time_limits: list[gym.wrappers.TimeLimit] = []
+        self.wrappers: list[tuple[gym.Wrapper, tuple[str, ...]]] = []
         layer = env
         while isinstance(layer, gym.Wrapper):
             name = type(layer).__name__
-            if isinstance(layer, gym.wrappers.TimeLimit):
-                self.time_limits.append(layer)
+            if name in _WRAPPER_STATE:
+                self.wrappers.append((layer, _WRAPPER_STATE[name]))
             elif name not in _STATELESS_WRAPPERS:
                 raise UnsupportedEnvStateError(f"vine sampling cannot save the state of wrapper {name}; {NEEDS}")
             layer = layer.env
@@ -82,6 +93,10 @@ class StateAccess:
             self.kind = "mujoco"
         elif name in _CLASSIC_ATTRS:
             self.kind = "classic"
+        elif name == "AtariEnv" and type(layer).__module__.startswith("ale_py"):
+            self.kind = "ale"
+        elif type(layer).__module__.startswith("minatar"):
+            self.kind = "minatar"
         else:
             raise UnsupportedEnvStateError(f"vine sampling cannot save the state of {name}; {NEEDS}")
 
@@ -91,14 +106,18 @@ class StateAccess:
             core = env.save_state()
         elif self.kind == "mujoco":
             core = copy.copy(env.data)  # a full MjData copy (warm starts included): restores bit-exactly
+        elif self.kind == "ale":
+            core = env.ale.cloneState()  # sticky actions: StickyAction's state and the env RNG (see make_atari)
+        elif self.kind == "minatar":
+            core = copy.deepcopy(env.game)  # the game, its RandomState and the last (sticky) action
         else:
             core = {a: copy.deepcopy(getattr(env, a)) for a in _CLASSIC_ATTRS[type(env).__name__]}
         rng = env._np_random
         return (core, None if rng is None else copy.deepcopy(rng.bit_generator.state),
-                [w._elapsed_steps for w in self.time_limits])
+                [{a: copy.deepcopy(getattr(w, a)) for a in attrs} for w, attrs in self.wrappers])
 
     def restore(self, state: tuple[Any, ...]) -> None:
-        core, rng, elapsed = state
+        core, rng, wrapper_states = state
         env = self.env
         if self.kind == "own":
             env.restore_state(core)
@@ -106,13 +125,18 @@ class StateAccess:
             import mujoco
 
             mujoco.mj_copyData(env.data, env.model, core)
+        elif self.kind == "ale":
+            env.ale.restoreState(core)
+        elif self.kind == "minatar":
+            env.game = copy.deepcopy(core)
         else:
             for attr, value in core.items():
                 setattr(env, attr, copy.deepcopy(value))
         if rng is not None:
             env.np_random.bit_generator.state = copy.deepcopy(rng)
-        for wrapper, steps in zip(self.time_limits, elapsed, strict=True):
-            wrapper._elapsed_steps = steps
+        for (wrapper, _), values in zip(self.wrappers, wrapper_states, strict=True):
+            for attr, value in values.items():
+                setattr(wrapper, attr, copy.deepcopy(value))
 
 
 def check_env(env: gym.Env) -> None:
