@@ -61,3 +61,20 @@ def test_parameters_without_gradients_are_left_alone() -> None:
     _train(net, opt, 3, seed=4)
     assert torch.equal(net[0].weight, first)
     assert 0 not in opt.state_dict()["state"] and 2 in opt.state_dict()["state"]
+
+
+def test_value_eps_reaches_the_critics_adam_and_survives_a_checkpoint(tmp_path) -> None:
+    from trpo import TRPO
+
+    net, twin = _pair()
+    ours, theirs = Adam(net.parameters(), lr=1e-3, eps=1e-5), torch.optim.Adam(twin.parameters(), lr=1e-3, eps=1e-5,
+                                                                               fused=True)
+    _train(net, ours, 20, seed=3)
+    _train(twin, theirs, 20, seed=3)
+    assert _same(net, twin)  # eps as torch applies it
+    agent = TRPO("Pendulum-v1", value_eps=1e-5, num_envs=1, steps_per_env=64, value_epochs=1)
+    assert agent.critic_optimizer.eps == 1e-5
+    agent.learn(64)
+    agent.save(tmp_path / "a.pt")
+    assert TRPO.load(tmp_path / "a.pt").critic_optimizer.eps == 1e-5
+    assert TRPO("Swimmer-v5", num_envs=1).critic_optimizer.eps == 1e-5  # the Swimmer preset's (sb3's) epsilon

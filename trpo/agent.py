@@ -106,7 +106,7 @@ class TRPO:
         self.critic.to(self.device)
         # Fused Adam (all critic tensors in one kernel call: ~1.5x faster value fitting on the CPU), not from
         # torch.optim, whose import costs ~70 MiB (trpo/optim.py).
-        self.critic_optimizer = Adam(self.critic.parameters(), lr=cfg.value_lr)
+        self.critic_optimizer = Adam(self.critic.parameters(), lr=cfg.value_lr, eps=cfg.value_eps)
 
         # Pixels are already scaled to [0, 1]; per-pixel statistics would only add noise.
         self.obs_norm = ObsNormalizer(self.encoder.dim, cfg.normalize_obs and image is None, cfg.clip_obs,
