@@ -50,6 +50,14 @@ def zoo_settings(env_id: str) -> dict[str, Any]:
     raise ValueError(f"no rl-zoo TRPO settings for {env_id}: known {', '.join(sorted({*ZOO, *MUJOCO}))}")
 
 
+def _step(line: str) -> float:
+    """A metrics row's env step; a row cut short by a kill counts as past any checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError):
+        return float("inf")
+
+
 def _callback(metrics: Path, start_step: int) -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -104,8 +112,8 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
         if normalize:
             env = VecNormalize.load(str(stats_file), env)
         model = TRPO.load(str(model_file), env=env, device="cpu")
-        kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= model.num_timesteps]
-        metrics.write_text("".join(line + "\n" for line in kept))
+        metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                                   if _step(line) <= model.num_timesteps))
     else:
         if normalize:
             env = VecNormalize(env, gamma=settings["gamma"])
