@@ -108,7 +108,7 @@ class TRPO:
         # torch.optim, whose import costs ~70 MiB (trpo/optim.py).
         self.critic_optimizer = Adam(self.critic.parameters(), lr=cfg.value_lr, eps=cfg.value_eps)
 
-        # Pixels are already scaled to [0, 1]; per-pixel statistics would only add noise.
+        # Pixels are scaled to [0, 1] in the CNN; per-pixel statistics would only add noise.
         self.obs_norm = ObsNormalizer(self.encoder.dim, cfg.normalize_obs and image is None, cfg.clip_obs,
                                       self.encoder.mask_dim)
         self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.normalize_reward, cfg.clip_reward)
