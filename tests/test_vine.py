@@ -32,11 +32,14 @@ CLASSIC = ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCar-v0", "Mounta
 TIMING = ("fps", "time_rollout", "time_policy", "time_value")
 
 
-def _replay(env: gym.Env, actions: list) -> list:
+def _replay(env: gym.Env, actions: list, to_the_end: bool = False) -> list:
+    """(observation bytes, reward, terminated, truncated) per action; with to_the_end, stop when the episode ends."""
     out = []
     for a in actions:
         obs, reward, terminated, truncated, _ = env.step(a)
-        out.append((obs.tobytes(), reward, terminated, truncated))
+        out.append((np.asarray(obs).tobytes(), reward, terminated, truncated))
+        if to_the_end and (terminated or truncated):
+            break
     return out
 
 
@@ -63,16 +66,6 @@ def test_a_restored_state_replays_bit_for_bit_time_limit_included(env_id: str) -
     assert np.array_equal(env.reset()[0], obs_a)
 
 
-def _replay_to_the_end(env: gym.Env, actions: list) -> list:
-    out = []
-    for a in actions:
-        obs, reward, terminated, truncated, _ = env.step(a)
-        out.append((np.asarray(obs).tobytes(), reward, terminated, truncated))
-        if terminated or truncated:
-            break
-    return out
-
-
 @pytest.mark.parametrize("env_id, module, seed", [("ALE/Pong-v5", "ale_py", 5), ("MinAtar/Breakout-v1", "minatar", 1)])
 def test_image_games_restore_bit_for_bit_with_their_preprocessing(env_id: str, module: str, seed: int) -> None:
     """Atari as trpo makes it (sticky actions, no-op starts, frame skip with max-pooling, frame stack) and MinAtar
@@ -87,11 +80,11 @@ def test_image_games_restore_bit_for_bit_with_their_preprocessing(env_id: str, m
     assert access.kind == ("ale" if module == "ale_py" else "minatar")
     state = access.save()
     actions = [env.action_space.sample() for _ in range(300)]
-    first = _replay_to_the_end(env, actions)
+    first = _replay(env, actions, to_the_end=True)
     assert len({step[0] for step in first}) >= 20  # the frames moved on (MinAtar: 25 steps to the end)
     for _ in range(2):  # twice: a restore leaves the saved state intact
         access.restore(state)
-        assert _replay_to_the_end(env, actions) == first
+        assert _replay(env, actions, to_the_end=True) == first
     access.restore(state)
     obs_a = env.reset()[0]
     access.restore(state)
