@@ -382,3 +382,72 @@ def test_runner_matches_gymnasium_same_step_autoreset() -> None:
         ended += int((term | trunc).sum())
     assert ended > 5
     agent.close()
+
+
+def test_predict_refuses_observations_that_do_not_fit_the_space_in_one_line() -> None:
+    from trpo import ObservationError
+
+    agent = TRPO("CartPole-v1", config=SMALL, seed=0)
+    obs, _ = gym.make("CartPole-v1").reset(seed=0)
+    for bad in (obs[:3], obs.reshape(2, 2), np.float32(0.5), None, obs[None, :2], np.zeros((2, 3, 4))):
+        with pytest.raises(ObservationError, match=r"^predict: .* does not fit the observation space") as info:
+            agent.predict(bad)
+        assert "\n" not in str(info.value)
+    empty = agent.predict(np.zeros((0, 4), np.float32))  # an empty batch: no actions
+    assert empty.shape == (0,)
+    disc = TRPO("trpo_testenvs:DiscreteObs-v0", config=SMALL, seed=0)  # Discrete(5, start=2)
+    assert disc.predict(2) in range(3) and disc.predict(np.array([2, 6])).shape == (2,)
+    for bad in (1, 7, 2.5, np.array([[2]])):
+        with pytest.raises(ObservationError, match="predict: "):
+            disc.predict(bad)
+    agent.close()
+    disc.close()
+
+
+def test_learn_takes_only_a_positive_integer_total() -> None:
+    from trpo import ConfigError
+
+    agent = TRPO("CartPole-v1", config=SMALL, seed=0)
+    for bad in ("100", 0, -5, 2.5, True, None):
+        with pytest.raises(ConfigError, match="total_steps must be a positive integer"):
+            agent.learn(bad)
+    agent.learn(np.int64(256))
+    assert agent.num_steps == 256
+    agent.close()
+
+
+def test_evaluation_of_an_env_without_a_time_limit_ends_and_says_so() -> None:
+    # CliffWalking has no time limit; an untrained deterministic policy walks into a wall forever.
+    agent = TRPO("CliffWalking-v1", config=SMALL.replace(eval_max_steps=300), seed=0)
+    result = agent.evaluate(2)
+    assert result["capped"] == 2 and result["lengths"] == [300, 300] and result["max_steps"] == 300
+    timed = TRPO("CartPole-v1", config=SMALL.replace(eval_max_steps=5), seed=0)  # its own limit (500) counts
+    result = timed.evaluate(1)
+    assert result["capped"] == 0 and result["max_steps"] is None and result["lengths"][0] > 5
+    agent.close()
+    timed.close()
+
+
+class _BigRewards(gym.Env):
+    """Rewards of 1e38: each fits float32, their discounted sums do not."""
+
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 1e38, False, False, {}
+
+
+def test_returns_that_overflow_float32_are_an_error_not_a_silent_skip() -> None:
+    agent = TRPO(_BigRewards, config=SMALL, seed=0)
+    with pytest.raises(EnvError, match=r"overflow float32 .* turn on normalize_reward"):
+        agent.learn(256)
+    agent.close()
+    scaled = TRPO(_BigRewards, config=SMALL.replace(normalize_reward=True), seed=0)
+    scaled.learn(256)  # the running return statistics (float64) scale them into range
+    assert math.isfinite(scaled.history[-1]["advantage_std"])
+    scaled.close()

@@ -98,13 +98,17 @@ def test_sigkill_leaves_a_resumable_run(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert latest.exists()
-    assert not list(run.rglob("*.tmp")) or all(p.name.startswith(".") for p in run.rglob("*.tmp"))
+    # At most the temporary file of the write the kill interrupted (".latest.pt.PID.tmp"), and the resume below
+    # removes it.
+    assert {p.name for p in run.rglob("*.tmp")} <= {f".latest.pt.{proc.pid}.tmp", f".config.yaml.{proc.pid}.tmp"}
+    (run / "checkpoints" / f".latest.pt.{proc.pid}.tmp").write_bytes(b"half a checkpoint")  # as if it were there
     state = torch.load(latest, weights_only=True)  # whole and readable
     killed_at = state["num_updates"]
     assert 1 <= killed_at < 40000 // 256
     res = trpo("train", "--resume", str(run), "--total-steps", str((killed_at + 2) * 256), "--no-progress",
                "--eval-episodes", "1")
     assert res.returncode == 0, res.stderr
+    assert not list(run.rglob("*.tmp"))
     updates = [r["update"] for r in metrics(run)]
     assert updates == list(range(1, killed_at + 3))  # rows past the checkpoint were dropped, then continued
     # TensorBoard hides the events the killed run wrote past its checkpoint: one value per step.
@@ -159,6 +163,7 @@ def test_resume_keeps_the_runs_setup_and_allows_only_safe_changes(tmp_path: Path
     assert first.returncode == 0, first.stderr
     for flags, message in [(["--env", "Pendulum-v1"], "drop --env"), (["--seed", "2"], "drop --seed"),
                            (["--run-dir", str(tmp_path / "x"), "--overwrite"], "drop --run-dir, --overwrite"),
+                           (["--env", ""], "drop --env"),
                            (["--max-kl", "0.1"], "max_kl cannot change")]:
         res = trpo("train", "--resume", str(run), *flags, "--no-progress")
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
@@ -181,12 +186,14 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
-def test_env_workers_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
+def test_env_workers_exit_quietly_when_the_main_process_is_killed(tmp_path: Path) -> None:
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(TESTS))
+    log = open(tmp_path / "stderr.txt", "w")  # noqa: SIM115 - the workers write here after the main process died
     proc = subprocess.Popen([sys.executable, "-m", "trpo.cli", "train", "--run-dir", str(run), "--total-steps",
                              "400000", "--num-envs", "2", "--num-workers", "2", "--vector-mode", "subprocess",
-                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=log, env=env)
+    log.close()
     deadline = time.time() + 120
     while time.time() < deadline and not ((run / "metrics.jsonl").exists() and metrics(run)):
         time.sleep(0.05)
@@ -201,6 +208,8 @@ def test_env_workers_exit_when_the_main_process_is_killed(tmp_path: Path) -> Non
     for pid in alive:  # do not leave them behind, whatever the outcome
         os.kill(pid, signal.SIGKILL)
     assert not alive, "env workers outlived their main process"
+    written = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in written and "Error" not in written, written
 
 
 BAD_INPUTS = [
@@ -215,8 +224,11 @@ BAD_INPUTS = [
     (["train", "--num-envs", "0"], "num_envs must be a positive integer"),
     (["train", "--max-kl", "abc"], "max_kl: cannot read 'abc'"),
     (["train", "--advantage", "bogus"], "advantage must be one of"),
-    (["train", "--seed", "-1"], "seed must be a non-negative integer"),
-    (["train", "--seed", "abc"], "seed must be an integer"),
+    (["train", "--seed", "-1"], "seed must be an integer in [0, 4294967295]"),
+    (["train", "--seed", "abc"], "seed must be an integer in [0, 4294967295]"),
+    (["train", "--seed", "18446744073709551616"], "seed must be an integer in [0, 4294967295]"),
+    (["train", "--torch-threads", "100000"], "torch_threads must lie in"),
+    (["train", "--env", ""], "env must be a non-empty env id"),
     (["train", "--device", "mps"], "MPS is not available"),
     (["train", "--preset", "Nope"], "unknown preset 'Nope'"),
     (["train", "--config", "missing.yaml"], "config file not found"),
@@ -230,10 +242,22 @@ BAD_INPUTS = [
     (["train", "--env", "trpo_testenvs:NanReward-v0", "--total-steps", "1000"], "non-finite reward"),
     # The user's own env failing, in this process and in worker processes alike.
     (["train", "--env", "trpo_testenvs:RaisesInInit-v0"], "RuntimeError: the simulator failed to start"),
-    (["train", "--env", "trpo_testenvs:RaisesInStep-v0"], "env 0 raised RuntimeError in step(): the simulator"),
+    (["train", "--env", "trpo_testenvs:RaisesInStep-v0"],
+     "env 0 (RaisesInStep-v0) raised RuntimeError in step(): the simulator"),
     (["train", "--env", "trpo_testenvs:RaisesInStep-v0", "--vector-mode", "subprocess", "--num-envs", "2"],
      "raised RuntimeError in step(): the simulator diverged"),
-    (["train", "--env", "trpo_testenvs:WrongShapeObs-v0"], "env 0 raised ValueError in step()"),
+    (["train", "--env", "trpo_testenvs:WrongShapeObs-v0"],
+     "env 0 (WrongShapeObs-v0) returned a bad observation from step(): an observation of shape (3,) does not fit"),
+    # What the env returns is checked against its spaces, with the env and the call named.
+    (["train", "--env", "trpo_testenvs:ReshapedObs-v0"], "an observation of shape (2, 1) does not fit"),
+    (["train", "--env", "trpo_testenvs:ResetReshapedObs-v0"], "env 0 (ResetReshapedObs-v0) returned a bad "
+     "observation from reset(): an observation of shape (2, 1)"),
+    (["train", "--env", "trpo_testenvs:OutOfRangeObs-v0"], "observation -1 is outside Discrete(4)"),
+    (["train", "--env", "trpo_testenvs:HugeReward-v0"], "returned the reward 1e+300 at step 6 of its episode"),
+    (["train", "--env", "trpo_testenvs:EmptyObs-v0"], "has no entries"),
+    (["train", "--env", "trpo_testenvs:RaisesInClose-v0", "--vector-mode", "subprocess", "--num-envs", "2"],
+     "(RaisesInClose-v0) raised RuntimeError in close(): the simulator would not shut down"),
+    (["train", "--obs-encoder", "cnn"], "obs_encoder 'cnn' needs image observations"),
 ]
 
 
@@ -254,10 +278,22 @@ def test_bad_files_and_run_dirs_are_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "a_dir.yaml").mkdir()
     (tmp_path / "env5.yaml").write_text("env: 5\n")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "latin1.yaml").write_bytes("max_kl: 0.02 # \u00e9\n".encode("latin-1"))
+    bad_runs = {"abc": "env: CartPole-v1\ntotal_steps: abc\n", "latin1": "\u00e9", "invalid": "a: [1\n",
+                "list": "- 1\n"}
+    for name, text in bad_runs.items():
+        (tmp_path / f"run_{name}").mkdir()
+        (tmp_path / f"run_{name}" / "config.yaml").write_bytes(
+            text.encode("latin-1" if name == "latin1" else "utf-8"))
     cases = [
+        (["train", "--config", "latin1.yaml"], "is not UTF-8"),
+        (["train", "--resume", "run_abc"], "total_steps must be a positive integer, got 'abc'"),
+        (["train", "--resume", "run_latin1"], "is not UTF-8"),
+        (["train", "--resume", "run_invalid"], "is not valid YAML"),
+        (["train", "--resume", "run_list"], "must hold a mapping"),
         (["train", "--run-dir", "a_file"], "a_file exists and is not a directory"),
         (["train", "--config", "a_dir.yaml"], "Is a directory"),
-        (["train", "--config", "env5.yaml"], "env must be an env id string, got 5"),
+        (["train", "--config", "env5.yaml"], "env must be a non-empty env id, got 5"),
         (["train", "--config", "list.yaml"], "must hold a mapping"),
         (["eval", str(tmp_path)], "no checkpoint in run directory"),
         (["train", "--run-dir", "a_file/run"], "Not a directory"),
@@ -283,12 +319,14 @@ def test_a_used_run_dir_is_refused_and_overwrite_starts_it_anew(tmp_path: Path) 
     run = tmp_path / "run"
     ok = trpo("train", "--total-steps", "512", "--run-dir", str(run), *FAST)
     assert ok.returncode == 0, ok.stderr
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    # The run's files (.lock names the last process that held the directory, and is no part of the run).
+    run_files = lambda: {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}  # noqa: E731
+    before = run_files()
     again = trpo("train", "--total-steps", "256", "--run-dir", str(run), *FAST)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     (line,) = [ln for ln in again.stderr.splitlines() if ln.startswith("trpo: error:")]
     assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
+    assert run_files() == before  # nothing touched
     (run / "notes.txt").write_text("mine")  # not a run file: --overwrite leaves it
     fresh = trpo("train", "--total-steps", "256", "--run-dir", str(run), "--overwrite", "--seed", "5", *FAST)
     assert fresh.returncode == 0, fresh.stderr

@@ -30,11 +30,12 @@ SMALL = TRPOConfig(num_envs=4, steps_per_env=128, max_kl=0.02)
     ((84, 84, 3), np.uint8, ImageLayout(3, 84, 84, True, 1 / 255)),
     ((4, 84, 84), np.uint8, ImageLayout(4, 84, 84, False, 1 / 255)),
     ((84, 84), np.uint8, ImageLayout(1, 84, 84, True, 1 / 255)),
-    ((10, 10, 4), np.float32, ImageLayout(4, 10, 10, True, 1.0)),  # MinAtar
+    ((10, 10, 4), np.bool_, ImageLayout(4, 10, 10, True, 1.0)),  # MinAtar
+    ((10, 10, 4), np.float32, None), ((84, 84), np.float32, None),  # float grids: features, unless obs_encoder cnn
     ((2, 2), np.float32, None), ((4, 3), np.float32, None), ((17,), np.float32, None),
 ])
 def test_image_layouts(shape: tuple, dtype: type, expected: ImageLayout | None) -> None:
-    assert image_layout(spaces.Box(0, 255, shape, dtype)) == expected
+    assert image_layout(spaces.Box(0, 1 if dtype is np.bool_ else 255, shape, dtype)) == expected
 
 
 def test_images_are_encoded_channels_first_and_scaled() -> None:
@@ -166,3 +167,31 @@ def test_missing_game_packages_say_how_to_install_them(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     with pytest.raises(EnvError, match="^" + re.escape(message) + "$"):
         TRPO(env_id)
+
+
+@pytest.mark.parametrize("dtype,obs_encoder,cnn", [
+    (np.uint8, "auto", True), (np.bool_, "auto", True),  # pixels, binary channels (MinAtar)
+    (np.float32, "auto", False), (np.float32, "cnn", True), (np.uint8, "mlp", False),
+])
+def test_the_observation_encoder_is_chosen_by_dtype_or_by_the_config(dtype: type, obs_encoder: str,
+                                                                      cnn: bool) -> None:
+    from trpo_testenvs import SpacesEnv
+
+    env = functools.partial(SpacesEnv, spaces.Box(0, 1, (10, 10), dtype), spaces.Discrete(2))
+    agent = TRPO(env, SMALL.replace(obs_encoder=obs_encoder, num_envs=1, steps_per_env=64), seed=0)
+    assert isinstance(agent.actor.body, ConvBody) == cnn and isinstance(agent.critic.body, ConvBody) == cnn
+    agent.learn(64)
+    agent.close()
+
+
+def test_stacked_vector_observations_train_an_mlp() -> None:
+    # 8 vector observations of 8 entries, 8 frames stacked (LunarLander's shape): an 8 x 8 float Box, features
+    # not pixels (it used to get a CNN, refused as "image too small").
+    from gymnasium.wrappers import FrameStackObservation
+    from trpo_testenvs import SpacesEnv
+
+    env = lambda: FrameStackObservation(SpacesEnv(spaces.Box(-1, 1, (8,)), spaces.Discrete(2)), 8)  # noqa: E731
+    agent = TRPO(env, SMALL.replace(num_envs=1, steps_per_env=64), seed=0)
+    assert not isinstance(agent.actor.body, ConvBody) and agent.encoder.dim == 64
+    agent.learn(64)
+    agent.close()

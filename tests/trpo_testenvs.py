@@ -56,8 +56,10 @@ class SpacesEnv(gym.Env):
 
 
 class FaultyEnv(gym.Env):
-    """A user's env with a bug, after `after` steps: NaN in the observation ("obs") or the reward ("reward"), an
-    exception in __init__ ("init") or step() ("step"), or an observation of the wrong shape ("shape")."""
+    """A user's env with a bug, after `after` steps: NaN in the observation ("obs") or the reward ("reward"), a
+    reward float32 cannot hold ("huge_reward": 1e300), an exception in __init__ ("init"), step() ("step") or close()
+    ("close", from the start), an observation of the wrong shape ("shape": 3 entries; "reshape": the 2 entries as
+    2 x 1)."""
 
     def __init__(self, fault: str, after: int = 5) -> None:
         if fault == "init":
@@ -69,7 +71,7 @@ class FaultyEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.t = 0
-        return np.zeros(2, np.float32), {}
+        return np.zeros((2, 1) if self.fault == "reshape" and self.after < 0 else 2, np.float32), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         self.t += 1
@@ -78,8 +80,32 @@ class FaultyEnv(gym.Env):
             raise RuntimeError("the simulator diverged")
         obs = np.full(3 if bad and self.fault == "shape" else 2, np.nan if bad and self.fault == "obs" else 0.0,
                       np.float32)
-        reward = float("nan") if bad and self.fault == "reward" else 0.0
+        if bad and self.fault == "reshape":
+            obs = obs.reshape(2, 1)
+        reward = {"reward": float("nan"), "huge_reward": 1e300}.get(self.fault, 0.0) if bad else 0.0
         return obs, reward, False, self.t >= 50, {}
+
+    def close(self) -> None:
+        if self.fault == "close":
+            raise RuntimeError("the simulator would not shut down")
+
+
+class OutOfRangeEnv(gym.Env):
+    """A Discrete(4) observation that goes out of range: -1 after `after` steps."""
+
+    def __init__(self, after: int = 3) -> None:
+        self.observation_space = spaces.Discrete(4)
+        self.action_space = spaces.Discrete(2)
+        self.after, self.t = after, 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[int, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return 0, {}
+
+    def step(self, action: Any) -> tuple[int, float, bool, bool, dict]:
+        self.t += 1
+        return (-1 if self.t > self.after else self.t % 4), 0.0, False, self.t >= 20, {}
 
 
 class DiesEnv(gym.Env):
@@ -247,6 +273,13 @@ def _register() -> None:
         "RaisesInInit-v0": dict(entry_point=lambda: FaultyEnv("init")),
         "RaisesInStep-v0": dict(entry_point=lambda: FaultyEnv("step")),
         "WrongShapeObs-v0": dict(entry_point=lambda: FaultyEnv("shape")),
+        "ReshapedObs-v0": dict(entry_point=lambda: FaultyEnv("reshape")),
+        "ResetReshapedObs-v0": dict(entry_point=lambda: FaultyEnv("reshape", after=-1)),
+        "HugeReward-v0": dict(entry_point=lambda: FaultyEnv("huge_reward")),
+        "RaisesInClose-v0": dict(entry_point=lambda: FaultyEnv("close")),
+        "OutOfRangeObs-v0": dict(entry_point=OutOfRangeEnv),
+        "EmptyObs-v0": dict(entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (0,)), spaces.Discrete(2))),
+        "FloatGrid-v0": dict(entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (10, 10)), spaces.Discrete(2))),
         "MultiDiscreteAct-v0": dict(
             entry_point=lambda: SpacesEnv(spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([3, 2]))
         ),

@@ -1,8 +1,42 @@
-"""trpo: Trust Region Policy Optimization (Schulman et al., 2015) for Gymnasium environments."""
+"""trpo: Trust Region Policy Optimization (Schulman et al., 2015) for Gymnasium environments.
+
+Names are imported on first use, so that `import trpo` (and the `trpo` command's start) stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from trpo.agent import TRPO
-from trpo.config import TRPOConfig
+# name -> the module that defines it
+_EXPORTS = {
+    "TRPO": "trpo.agent",
+    "TRPOConfig": "trpo.config",
+    "ConfigError": "trpo.config",
+    "EnvError": "trpo.rollout",
+    "ObservationError": "trpo.spaces",
+    "UnsupportedSpaceError": "trpo.spaces",
+    "CheckpointError": "trpo.checkpoint",
+    "RunDirError": "trpo.checkpoint",
+    "PlotError": "trpo.plot",
+}
 
-__all__ = ["TRPO", "TRPOConfig", "__version__"]
+if TYPE_CHECKING:
+    from trpo.agent import TRPO
+    from trpo.checkpoint import CheckpointError, RunDirError
+    from trpo.config import ConfigError, TRPOConfig
+    from trpo.plot import PlotError
+    from trpo.rollout import EnvError
+    from trpo.spaces import ObservationError, UnsupportedSpaceError
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'trpo' has no attribute {name!r}")
+
+
+__all__ = ["TRPO", "CheckpointError", "ConfigError", "EnvError", "ObservationError", "PlotError", "RunDirError",
+           "TRPOConfig", "UnsupportedSpaceError", "__version__"]

@@ -8,9 +8,12 @@ One update (`_update`) reads like the paper's algorithm box:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import platform
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,13 +27,31 @@ from torch import Tensor
 from trpo import advantages as adv_lib
 from trpo import checkpoint
 from trpo import vine as vine_lib
-from trpo.config import RESUME_SAFE_FIELDS, RUN_RECORD_KEYS, ConfigError, TRPOConfig, load_yaml, resolve_config
+from trpo.config import (
+    RESUME_SAFE_FIELDS,
+    RUN_RECORD_KEYS,
+    ConfigError,
+    TRPOConfig,
+    available_cores,
+    check_seed,
+    resolve_config,
+)
 from trpo.logger import MetricsLog, Progress
 from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.optim import Adam
-from trpo.rollout import Batch, EnvError, EnvSpec, RolloutCollector, env_failure, env_id_of, make_env
-from trpo.spaces import MASK_KEY, ObsEncoder, make_distribution, mask_source
+from trpo.rollout import (
+    Batch,
+    EnvError,
+    EnvSpec,
+    RolloutCollector,
+    close_env,
+    env_failure,
+    env_id_of,
+    has_time_limit,
+    make_env,
+)
+from trpo.spaces import MASK_KEY, ObsEncoder, ObservationError, UnsupportedSpaceError, make_distribution, mask_source
 from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
@@ -74,12 +95,12 @@ class TRPO:
             if overrides:
                 config = TRPOConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.overwrite = overwrite
-        self._run_dir_ready = False  # checked (new run) or adopted (resumed) by the first learn()
+        self.run_id: str | None = None  # names the run in config.yaml and checkpoints; set when it first writes
+        self._loaded_from: Path | None = None  # the checkpoint file this agent was loaded from
+        self._lock: checkpoint.RunDirLock | None = None  # held from the first write to run_dir until close()
         self.progress = progress
         cfg = self.config
         if cfg.torch_threads > 0:
@@ -91,7 +112,13 @@ class TRPO:
         self.observation_space = self._eval_env.observation_space
         self.action_space = self._eval_env.action_space
         self.dist = make_distribution(self.action_space)
-        self.encoder = ObsEncoder(self.observation_space, self._mask_source(), self.dist.mask_groups)
+        try:
+            self.encoder = ObsEncoder(self.observation_space, self._mask_source(), self.dist.mask_groups,
+                                      cfg.obs_encoder)
+        except ValueError as exc:
+            if isinstance(exc, UnsupportedSpaceError):
+                raise
+            raise ConfigError(str(exc)) from exc  # e.g. obs_encoder 'cnn' for observations that are no images
         self.vine = self._vine_settings()
 
         torch.manual_seed(self.seed)  # network initialization
@@ -130,7 +157,7 @@ class TRPO:
             try:
                 info = self._eval_env.reset(seed=self.seed)[1]
             except Exception as exc:
-                raise env_failure(exc, "reset()") from exc
+                raise env_failure(exc, "reset()", env=self._eval_env) from exc
         return mask_source(self.observation_space, self.dist, info)
 
     def _vine_settings(self) -> vine_lib.VineSettings | None:
@@ -153,11 +180,19 @@ class TRPO:
 
         callback(agent, metrics) runs after each update; returning False stops training early.
         """
-        if total_steps <= 0:
-            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer) or total_steps <= 0:
+            raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
         self.total_steps = int(total_steps)
+        first_claim = self.run_dir is not None and self._lock is None
+        self._claim_run_dir()
         if self.num_steps < self.total_steps:
-            self._collector_or_new()  # envs, workers, Ray: a failure here leaves no run files behind
+            try:
+                self._collector_or_new()  # envs, workers, Ray: a failure here leaves no run files behind
+            except BaseException:
+                if first_claim and self._lock is not None:
+                    self._lock.abandon()  # nor a lock file or a directory that this start made
+                    self._lock = None
+                raise
         log = self._open_run_dir()
         progress = Progress(self.total_steps, self.num_steps) if self.progress else None
         try:
@@ -210,6 +245,8 @@ class TRPO:
         advantages, targets = adv_lib.estimate(cfg.advantage, batch.rewards, values, next_values,
                                                batch.terminated, batch.truncated, cfg.gamma, cfg.gae_lambda)
         raw_adv = advantages.reshape(-1)
+        if not bool(torch.isfinite(raw_adv).all() and torch.isfinite(targets).all()):
+            raise EnvError(_overflow_message(batch))
         adv = adv_lib.normalize(raw_adv) if cfg.normalize_advantages else raw_adv
         # 3. Policy step: the update rule (update_rules.py), on all samples but a held-out share if asked.
         #    Vine sampling: the policy learns from the branches' Q estimates instead (vine.py).
@@ -309,16 +346,47 @@ class TRPO:
 
     # --- run directory -------------------------------------------------------------------------------------
 
+    def _claim_run_dir(self) -> None:
+        """Become the one writer of run_dir (`checkpoint.RunDirLock`, held until close()), clear the temporary
+        files of killed writes, and check that this agent may write there: a new run needs a directory without a
+        run (or overwrite); a loaded agent continues its own run, or starts a new one from its checkpoint in a
+        directory without a run, and never writes into another run."""
+        if self._lock is not None or self.run_dir is None:
+            return
+        lock = checkpoint.RunDirLock(self.run_dir)
+        try:
+            checkpoint.remove_temp_files(self.run_dir)
+            if self._loaded_from is None:
+                checkpoint.check_new_run_dir(self.run_dir, self.overwrite)
+            elif not self._owns_run_dir() and checkpoint.holds_run(self.run_dir):
+                raise checkpoint.RunDirError(
+                    f"{self.run_dir} holds another run than the one {self._loaded_from} was saved from; load into an "
+                    "empty run directory to go on from this checkpoint there, or continue that run with "
+                    f"TRPO.resume({str(self.run_dir)!r})")
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+
+    def _owns_run_dir(self) -> bool:
+        """Whether run_dir holds the run this (loaded) agent's checkpoint was saved from: the run ids match, or,
+        for runs saved before run ids, the checkpoint lies in run_dir."""
+        assert self.run_dir is not None and self._loaded_from is not None
+        if self.run_id is not None and (self.run_dir / "config.yaml").is_file():
+            with contextlib.suppress(checkpoint.RunDirError):
+                return checkpoint.read_run_record(self.run_dir).get("run_id") == self.run_id
+        return self._loaded_from.resolve().parent in (self.run_dir.resolve(), self.run_dir.resolve() / "checkpoints")
+
     def _open_run_dir(self) -> MetricsLog | None:
         if self.run_dir is None:
             return None
-        if not self._run_dir_ready:
-            if self.num_updates == 0:  # a new run; a loaded agent continues the run it was saved from
-                checkpoint.prepare_new_run_dir(self.run_dir, self.overwrite)
-            self._run_dir_ready = True
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_id is None or (self._loaded_from is not None and not self._owns_run_dir()):
+            # A new run, or a loaded agent starting a new run from its checkpoint: the directory is its own.
+            checkpoint.clear_run(self.run_dir)
+            self.run_id = uuid.uuid4().hex
+            self._loaded_from = None
         record = {"env": self.env_id, "seed": self.seed, "total_steps": self.total_steps, "preset": self.preset,
-                  **self.config.to_dict(), "versions": versions()}
+                  "run_id": self.run_id, **self.config.to_dict(), "versions": versions()}
         checkpoint.write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
         return MetricsLog(self.run_dir, keep_updates=self.num_updates)
 
@@ -338,35 +406,47 @@ class TRPO:
     def predict(self, obs: Any, deterministic: bool = True, action_mask: Any = None) -> np.ndarray:
         """Action(s) for one observation or a batch (leading dim), as the env takes them. An env that masks its
         actions through info["action_mask"] needs that mask here (a Dict observation carries its own)."""
-        batched = self.encoder.is_batched(obs)
         if self.encoder.mask_from == "info" and action_mask is None:
             raise ValueError("this env masks its actions: pass action_mask=info['action_mask']")
+        try:
+            return self._act(obs, deterministic, action_mask, self.encoder.is_batched(obs))
+        except ObservationError as exc:
+            raise ObservationError(f"predict: {exc}; pass one observation or a batch of them (leading dim)") from None
+
+    @torch.no_grad()
+    def _act(self, obs: Any, deterministic: bool, action_mask: Any, batched: bool) -> np.ndarray:
         params = self.actor(self._policy_input(obs, batched, action_mask))
         action = self.dist.mode(params) if deterministic else self.dist.sample(params, self.predict_gen)
         env_action = self.dist.to_env(action.cpu().numpy())
         return env_action if batched else env_action[0]
 
     def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> dict[str, Any]:
-        """Run full episodes on a separate env; returns mean/std of the raw returns and the per-episode lists."""
-        if episodes <= 0:
-            raise ValueError(f"episodes must be positive, got {episodes}")
+        """Run full episodes on a separate env; returns mean/std of the raw returns and the per-episode lists.
+        In an env without a time limit of its own, an episode ends after config.eval_max_steps steps (a policy
+        can walk into a wall forever): `capped` counts the episodes cut there."""
+        if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes <= 0:
+            raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
         env = self._eval_env
         if isinstance(self.env_spec, gym.Env):
             self._collector = None  # the shared instance is about to be reset; start training afresh after
-        returns, lengths = [], []
+        limit = None if has_time_limit(env) else self.config.eval_max_steps
+        returns, lengths, capped = [], [], 0
         call = "reset()"
-        try:  # the user's env: what it raises becomes one EnvError
-            obs, info = env.reset(seed=self.seed + 1_000_003 if seed is None else seed)
+        try:  # the user's env: what it raises, or returns that does not fit its spaces, becomes one EnvError
+            obs, info = env.reset(seed=(self.seed + 1_000_003) % 2**32 if seed is None else seed)
             for _ in range(episodes):
                 total, length, done = 0.0, 0, False
                 while not done:
-                    action = self.predict(obs, deterministic, info.get(MASK_KEY) if self.encoder.mask_from == "info"
-                                          else None)
+                    mask = info.get(MASK_KEY) if self.encoder.mask_from == "info" else None
+                    action = self._act(obs, deterministic, mask, batched=False)
                     call = "step()"
                     obs, reward, terminated, truncated, info = env.step(action)
                     total += float(reward)
                     length += 1
                     done = bool(terminated or truncated)
+                    if not done and length == limit:
+                        capped += 1
+                        done = True
                 returns.append(total)
                 lengths.append(length)
                 call = "reset()"
@@ -374,10 +454,10 @@ class TRPO:
         except Exception as exc:
             if isinstance(exc, EnvError | ConfigError):
                 raise
-            raise env_failure(exc, call) from exc
+            raise env_failure(exc, call, env=env) from exc
         return {"mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
-                "episodes": episodes, "mean_length": float(np.mean(lengths)), "returns": returns,
-                "lengths": lengths}
+                "episodes": episodes, "mean_length": float(np.mean(lengths)), "capped": capped,
+                "max_steps": limit, "returns": returns, "lengths": lengths}
 
     # --- persistence ---------------------------------------------------------------------------------------
 
@@ -385,6 +465,7 @@ class TRPO:
         return {
             "config": self.config.to_dict(),
             "env_id": self.env_id,
+            "run_id": self.run_id,
             "preset": self.preset,
             "seed": self.seed,
             "num_steps": self.num_steps,
@@ -410,28 +491,41 @@ class TRPO:
              run_dir: str | Path | None = None, progress: bool = False,
              overrides: dict[str, Any] | None = None) -> TRPO:
         """Rebuild an agent from a checkpoint file or run directory. `env` defaults to the saved env id;
-        `overrides` replaces config fields (the CLI allows only those that leave the math unchanged)."""
+        `overrides` replaces config fields (the CLI allows only those that leave the math unchanged).
+        With `run_dir`, learn() continues the checkpoint's own run there, or starts a new run from the checkpoint
+        in a directory without a run; another run's directory is refused."""
         file = checkpoint.resolve(path)
         state = checkpoint.load(file)
-        config = TRPOConfig.from_dict({**state["config"], **(overrides or {})})
-        if device is not None:
-            config = config.replace(device=device)
-        spec = env if env is not None else state["env_id"]
+        try:
+            saved = dict(state["config"])
+            # torch_threads is the machine's business: a run saved on a bigger one gets this one's cores at most.
+            if isinstance(saved.get("torch_threads"), int):
+                saved["torch_threads"] = min(saved["torch_threads"], available_cores())
+            config = TRPOConfig.from_dict(saved)
+            env_id, seed = state["env_id"], state["seed"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise checkpoint.CheckpointError(f"{file} holds no valid trpo config ({_describe(exc)})") from exc
+        changes = {**(overrides or {}), **({} if device is None else {"device": device})}
+        if changes:
+            config = TRPOConfig.from_dict({**config.to_dict(), **changes})
+        spec = env if env is not None else env_id
         if spec is None:
             raise checkpoint.CheckpointError(f"{file} was trained on an env without an id; pass env=...")
-        agent = cls(spec, config=config, seed=state["seed"], run_dir=run_dir, progress=progress)
+        agent = cls(spec, config=config, seed=seed, run_dir=run_dir, progress=progress)
         try:
             agent.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             agent.close()
-            trained_on = f", trained on {state['env_id']!r}" if state["env_id"] != env_id_of(spec) else ""
+            trained_on = f", trained on {env_id!r}" if env_id != env_id_of(spec) else ""
             raise checkpoint.CheckpointError(f"{file} does not fit env {spec!r}{trained_on} (or this trpo version): "
-                                             f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+                                             f"{_describe(exc)}") from exc
+        agent._loaded_from = file
         return agent
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` saved (the config and env are the constructor's business)."""
         self.preset = state.get("preset")
+        self.run_id = state.get("run_id")  # None in checkpoints from before run ids
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
@@ -447,34 +541,99 @@ class TRPO:
         self.total_steps = int(state["total_steps"])
 
     @classmethod
-    def resume(cls, run_dir: str | Path, progress: bool = False, **overrides: Any) -> TRPO:
-        """The run in `run_dir`, ready to continue with `learn(agent.total_steps)`: from its latest checkpoint,
-        or, if it was stopped before writing one, from the start with its saved config, env and seed (its
-        earlier rows and events are removed). `overrides` may change only fields that leave the run's math
-        unchanged (RESUME_SAFE_FIELDS)."""
+    def resume(cls, run_dir: str | Path, progress: bool = False, env: EnvSpec | None = None,
+               **overrides: Any) -> TRPO:
+        """The run in `run_dir`, ready to continue with `learn(agent.total_steps)`: from its newest saved state
+        (checkpoints/latest.pt, else final.pt), or, if it was stopped before writing one, from the start with its
+        saved config, env and seed (its earlier rows and events are removed). `env` is needed only for a run
+        trained on an env without an id (a factory or an instance); a run with an id keeps it. `overrides` may
+        change only fields that leave the run's math unchanged (RESUME_SAFE_FIELDS). The run directory is locked
+        for this agent at once: a run that is still being written is refused."""
         run_dir = Path(run_dir)
-        if not (run_dir / "config.yaml").is_file():
-            raise checkpoint.RunDirError(f"cannot resume: {run_dir} is not a run directory (no config.yaml)")
         fixed = sorted(set(overrides) - set(RESUME_SAFE_FIELDS))
         if fixed:
             raise ConfigError(f"a resumed run keeps its own config: {', '.join(fixed)} cannot change (these may: "
                               f"{', '.join(RESUME_SAFE_FIELDS)})")
-        record = load_yaml(str(run_dir / "config.yaml"))
-        if (run_dir / checkpoint.LATEST).is_file():
-            agent = cls.load(run_dir / checkpoint.LATEST, run_dir=run_dir, progress=progress, overrides=overrides)
-        else:
-            if not record.get("env"):
-                raise checkpoint.RunDirError(f"cannot resume {run_dir}: it was trained on an env without an id")
-            values = {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS}
-            config = TRPOConfig.from_dict({**values, **overrides})
-            agent = cls(record["env"], config=config, seed=record.get("seed", 0), run_dir=run_dir,
-                        progress=progress, overwrite=True)
-            agent.preset = record.get("preset")
-        agent.total_steps = int(record.get("total_steps") or agent.total_steps)
+        if not run_dir.is_dir():
+            raise checkpoint.RunDirError(f"cannot resume: {run_dir} is not a run directory")
+        lock = checkpoint.RunDirLock(run_dir)  # before reading: the run may not change under us
+        try:
+            agent = cls._resumed(run_dir, progress, env, overrides)
+        except BaseException:
+            lock.release()
+            raise
+        agent._lock = lock
+        checkpoint.remove_temp_files(run_dir)
         return agent
 
+    @classmethod
+    def _resumed(cls, run_dir: Path, progress: bool, env: EnvSpec | None, overrides: dict[str, Any]) -> TRPO:
+        record = checkpoint.read_run_record(run_dir)
+        recorded_env = record.get("env")
+        if recorded_env is not None and not isinstance(recorded_env, str):
+            raise checkpoint.RunDirError(f"{run_dir / 'config.yaml'}: env must be an env id, got {recorded_env!r}")
+        if env is not None and recorded_env is not None and env_id_of(env) != recorded_env:
+            raise ConfigError(f"the run in {run_dir} trains on {recorded_env!r} and keeps it: drop --env (API: env=), "
+                              "which is only for a run trained on an env without an id")
+        if env is None and not recorded_env:
+            raise ConfigError(f"cannot resume {run_dir}: it was trained on an env without an id (a factory or an "
+                              "instance); pass that env again (CLI: --env ID, API: TRPO.resume(run_dir, env=...))")
+        spec = env if env is not None else recorded_env
+        total = record.get("total_steps")
+        if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+            raise checkpoint.RunDirError(f"{run_dir / 'config.yaml'}: total_steps must be a positive integer, "
+                                         f"got {total!r}")
+        saved = checkpoint.newest(run_dir)
+        if saved is not None:
+            agent = cls.load(saved, env=spec, run_dir=run_dir, progress=progress, overrides=overrides)
+        else:
+            values = {k: v for k, v in record.items() if k not in (*RUN_RECORD_KEYS, "run_id")}
+            try:
+                config = TRPOConfig.from_dict({**values, **overrides})
+                seed = check_seed(record.get("seed", 0))
+            except ConfigError as exc:
+                raise checkpoint.RunDirError(f"{run_dir / 'config.yaml'}: {exc}") from None
+            agent = cls(spec, config=config, seed=seed, run_dir=run_dir, progress=progress, overwrite=True)
+            preset = record.get("preset")
+            agent.preset = preset if isinstance(preset, str) else None
+        agent.total_steps = total
+        return agent
+
+    @property
+    def finished(self) -> bool:
+        """Whether run_dir holds everything a run writes at its end: final.pt and (with eval_episodes) an
+        eval.json of the final step. A run killed between its last checkpoint and these is not finished."""
+        if self.run_dir is None or self.num_steps < self.total_steps:
+            return False
+        if not (self.run_dir / checkpoint.FINAL).is_file():
+            return False
+        if self.config.eval_episodes == 0:
+            return True
+        try:
+            return json.loads((self.run_dir / "eval.json").read_text(encoding="utf-8"))["step"] == self.num_steps
+        except (OSError, ValueError, TypeError, KeyError):
+            return False
+
     def close(self) -> None:
-        if self._collector is not None:
-            self._collector.close()
-            self._collector = None
-        self._eval_env.close()
+        """Stop the env workers, close the envs and let go of the run directory."""
+        try:
+            if self._collector is not None:
+                self._collector.close()
+                self._collector = None
+            close_env(self._eval_env)
+        finally:
+            if self._lock is not None:  # last: the workers forked from this process are gone by now
+                self._lock.release()
+                self._lock = None
+
+
+def _overflow_message(batch: Batch) -> str:
+    """Why a batch's returns are not finite although every reward was (check_reward): they overflow float32."""
+    largest = float(batch.rewards.abs().max())
+    return (f"the returns of this batch overflow float32 (its largest reward, after any scaling, is {largest:.3g}): "
+            "scale the env's rewards down, or turn on normalize_reward")
+
+
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -1,21 +1,28 @@
 """Run directories and checkpoints: atomic writes (a killed run never leaves a half-written file), loads with
-clear errors, and the rules that keep two runs from mixing in one directory."""
+clear errors, and the rules that keep two runs from mixing in one directory: one writer at a time (`RunDirLock`),
+and a run directory written only by its own run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+import yaml
 
 FORMAT = "trpo-checkpoint-v1"
 LATEST = Path("checkpoints") / "latest.pt"
 FINAL = Path("final.pt")
 # Everything a run writes into its directory (and all that --overwrite removes: other files are left alone).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final.pt", "eval.json")
+LOCK = ".lock"
+# `_replace_atomically`'s temporary files: ".NAME.PID.tmp".
+_TEMP_NAME = re.compile(r"\..+\.\d+\.tmp")
 
 
 class CheckpointError(ValueError):
@@ -26,27 +33,131 @@ class RunDirError(ValueError):
     """A run directory cannot be used as asked (it holds another run, or is not a directory)."""
 
 
+_HELD_LOCKS: set[int] = set()  # fds of the run dir locks this process holds; a forked child closes its copies
+
+
+class RunDirLock:
+    """Makes this process the one writer of a run directory: an exclusive OS lock on RUN_DIR/.lock, taken before
+    anything in the directory is touched and held until `release()`. The kernel drops it when the process ends, so
+    a killed run never leaves a stale lock. The file holds the holder's PID, for the message a second writer gets;
+    it is never deleted (two processes could otherwise lock two different files of one name)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.fd: int | None = None
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunDirError(f"run directory {run_dir} exists and is not a directory")
+        self.path = run_dir / LOCK
+        self.made_dir = not run_dir.exists()
+        self.made_file = not self.path.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock_fd(fd)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            who = "this process (close() the agent writing it first)" if holder == str(os.getpid()) \
+                else f"process {holder}"
+            raise RunDirError(f"{run_dir} is in use: the run there is being written by {who}; wait for it to end, "
+                              "or use another run directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        _HELD_LOCKS.add(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            _HELD_LOCKS.discard(self.fd)
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
+
+    def abandon(self) -> None:
+        """Release, removing the lock file (and the directory) if this lock made them: for a start that failed
+        before writing anything. Removed while still held, so no other process can be holding that file."""
+        if self.fd is not None:
+            if self.made_file:
+                self.path.unlink(missing_ok=True)
+            if self.made_dir:
+                with contextlib.suppress(OSError):  # not empty: another process made its own lock file there
+                    self.path.parent.rmdir()
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _lock_fd(fd: int) -> None:
+    """Lock a file without waiting; OSError if another holds it."""
+    if os.name == "nt":
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        # flock, not fcntl/lockf record locks: those are per process, so two agents in one process would both
+        # get them. A forked child shares the lock's open file description: it closes its copies at once.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    # An env worker forked while the lock is held would otherwise keep the run dir locked after its parent let go.
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def remove_temp_files(run_dir: Path) -> None:
+    """Remove the temporary files of writes that a killed run left (call with the run dir's lock held: no write
+    of another process is then in flight)."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if _TEMP_NAME.fullmatch(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """A run's config.yaml as a mapping; RunDirError if it is missing, not UTF-8, not YAML or not a mapping."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (no config.yaml)")
+    try:
+        record = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise RunDirError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(record, dict):
+        raise RunDirError(f"{path} must hold a mapping of field: value")
+    return record
+
+
 def holds_run(run_dir: Path) -> bool:
     """Whether `run_dir` holds (part of) a run: any of the files a run writes."""
     return any((run_dir / name).exists() for name in RUN_FILES)
 
 
-def prepare_new_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Make `run_dir` ready for a run that starts from update 0: refuse one that holds a run unless `overwrite`,
-    which first removes that run's files."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} exists and is not a directory")
-    if holds_run(run_dir):
-        if not overwrite:
-            raise RunDirError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or start over "
-                              "with --overwrite (API: TRPO.resume(run_dir), or overwrite=True)")
-        for name in RUN_FILES:
-            path = run_dir / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """A run that starts from update 0 may use `run_dir` if it holds no run, or with `overwrite`."""
+    if holds_run(run_dir) and not overwrite:
+        raise RunDirError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or start over "
+                          "with --overwrite (API: TRPO.resume(run_dir), or overwrite=True)")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove a run's files (RUN_FILES; other files are left alone)."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def unique_run_dir(base: Path) -> Path:
@@ -103,15 +214,23 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
+def newest(run_dir: Path) -> Path | None:
+    """A run directory's newest saved state: checkpoints/latest.pt (written every checkpoint_every updates and at
+    the end of every learn()), else final.pt (a run whose latest.pt was removed), else None."""
+    for candidate in (run_dir / LATEST, run_dir / FINAL):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint file as given, or for a run directory its newest state: checkpoints/latest.pt (also written
-    at the end of every learn()), else final.pt."""
+    """A checkpoint file as given, or for a run directory its newest state (`newest`)."""
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / LATEST, path / FINAL):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"no checkpoint in run directory {path} (looked for {FINAL} and {LATEST})")
+        found = newest(path)
+        if found is None:
+            raise CheckpointError(f"no checkpoint in run directory {path} (looked for {LATEST} and {FINAL})")
+        return found
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path

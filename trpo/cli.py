@@ -1,43 +1,29 @@
 """Command line: `trpo train`, `trpo eval`, `trpo presets`, `trpo plot`.
 
 Every field of TRPOConfig is a flag (`max_kl` -> `--max-kl`); booleans take `--x / --no-x`, tuples `64,64`.
-Errors the user can fix print one line and exit with status 2; `--debug` shows the traceback instead.
+Errors the user can fix print one line and exit with status 2; `--debug` shows the traceback instead. Ctrl-C and
+SIGTERM stop a run with one line saying what is saved and how to resume it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-import yaml
+# Only the standard library above: Ctrl-C while torch and gymnasium load (in main) is reported like any other.
 
-from trpo import __version__
-from trpo.checkpoint import CheckpointError, RunDirError, unique_run_dir, write_text_atomic
-from trpo.config import (
-    PRESET_STEPS,
-    PRESETS,
-    RUN_RECORD_KEYS,
-    ConfigError,
-    TRPOConfig,
-    field_docs,
-    load_yaml,
-    resolve_config,
-)
-from trpo.plot import PlotError
-from trpo.rollout import EnvError
-from trpo.spaces import UnsupportedSpaceError
-
-USER_ERRORS = (ConfigError, EnvError, UnsupportedSpaceError, CheckpointError, RunDirError, PlotError)
 DEFAULT_ENV = "CartPole-v1"
-# A resumed run takes these from its own run directory.
-RESUME_FIXED = ("env", "seed", "config", "preset", "run_dir", "overwrite")
+# A resumed run takes these from its own run directory (--env only where it was trained on an env without an id).
+RESUME_FIXED = ("seed", "config", "preset", "run_dir", "overwrite")
 
 
 class UsageError(ValueError):
@@ -60,6 +46,8 @@ def _flag(name: str) -> str:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from trpo.config import TRPOConfig, field_docs
+
     group = parser.add_argument_group("hyperparameters (TRPOConfig fields; default: preset, else the field default)")
     hints = get_type_hints(TRPOConfig)
     docs = field_docs()
@@ -78,6 +66,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> _Parser:
+    from trpo import __version__
+
     parser = _Parser(prog="trpo", description="Trust Region Policy Optimization for Gymnasium.")
     parser.add_argument("--version", action="version", version=f"trpo {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -94,7 +84,8 @@ def build_parser() -> _Parser:
     train.add_argument("--config", default=None, help="YAML file of config fields (and env, total_steps, seed)")
     train.add_argument("--preset", default=None, help="preset name, 'auto' (by env id, the default) or 'none'")
     train.add_argument("--resume", default=None, metavar="RUN_DIR",
-                       help="continue a run: from its latest checkpoint, or from the start if it wrote none")
+                       help="continue a run: from its newest checkpoint (latest.pt, else final.pt), or from the start "
+                       "if it wrote none; --env only for a run trained on an env without an id")
     train.add_argument("--no-progress", action="store_true", help="no progress display")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     _add_config_flags(train)
@@ -148,43 +139,51 @@ def _positive_int(name: str, value: Any) -> int:
     return int(number)
 
 
-def _seed(value: Any) -> int:
-    try:
-        seed = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"seed must be an integer, got {value!r}") from None
-    if seed < 0:
-        raise UsageError(f"seed must be a non-negative integer, got {seed}")
-    return seed
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from trpo.agent import TRPO
+    from trpo.checkpoint import unique_run_dir
+    from trpo.config import (
+        PRESET_STEPS,
+        RUN_RECORD_KEYS,
+        ConfigError,
+        TRPOConfig,
+        check_seed,
+        load_yaml,
+        resolve_config,
+    )
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TRPOConfig) if getattr(args, f.name) is not None}
     if args.resume:
         given = [_flag(name) for name in RESUME_FIXED if getattr(args, name) not in (None, False)]
         if given:
             raise UsageError(f"--resume continues the run as it was set up; drop {', '.join(given)}")
-        agent = TRPO.resume(args.resume, progress=not args.no_progress, **overrides)
+        _RUN["dir"] = Path(args.resume)
+        agent = TRPO.resume(args.resume, progress=not args.no_progress, env=args.env, **overrides)
         total_steps = _positive_int("total-steps", args.total_steps or agent.total_steps)
-        if agent.num_steps >= total_steps:
+        agent.total_steps = total_steps
+        if agent.finished:
             agent.close()
             print(f"trpo: {agent.run_dir} already reached {agent.num_steps} of {total_steps} steps; pass a larger "
                   "--total-steps to train further", file=sys.stderr)
             return 0
-        start = f"at step {agent.num_steps}" if agent.num_updates else "from the start (no checkpoint yet)"
-        print(f"trpo: resuming {agent.env_id} {start} of {total_steps} -> {agent.run_dir}", file=sys.stderr)
-        return _train_and_report(agent, total_steps)
+        if agent.num_steps >= total_steps:
+            print(f"trpo: {agent.run_dir} reached {agent.num_steps} steps but stopped before writing its final.pt "
+                  "and evaluation; writing them", file=sys.stderr)
+        else:
+            start = f"at step {agent.num_steps}" if agent.num_updates else "from the start (no checkpoint yet)"
+            print(f"trpo: resuming {agent.env_id} {start} of {total_steps} -> {agent.run_dir}", file=sys.stderr)
+        return _train_and_report(agent, max(total_steps, agent.num_steps))
 
     file_values = load_yaml(args.config) if args.config else {}
-    run_values = {k: file_values.pop(k) for k in RUN_RECORD_KEYS if k in file_values}
-    env_id = args.env or run_values.get("env") or DEFAULT_ENV
-    if not isinstance(env_id, str):
-        raise ConfigError(f"env must be an env id string, got {env_id!r}")
+    run_values = {k: file_values.pop(k) for k in (*RUN_RECORD_KEYS, "run_id") if k in file_values}
+    env_id = args.env if args.env is not None else run_values.get("env") or DEFAULT_ENV
+    if not isinstance(env_id, str) or not env_id.strip():
+        raise ConfigError(f"env must be a non-empty env id, got {env_id!r}")
     preset_arg = args.preset or run_values.get("preset") or "auto"
+    if not isinstance(preset_arg, str):
+        raise ConfigError(f"preset must be a preset name, 'auto' or 'none', got {preset_arg!r}")
     config, preset = resolve_config(env_id, preset_arg, file_values, overrides)
-    seed = _seed(args.seed if args.seed is not None else run_values.get("seed", 0))
+    seed = check_seed(args.seed if args.seed is not None else run_values.get("seed", 0))
     default_steps = PRESET_STEPS.get(preset or "", 1_000_000)
     total_steps = _positive_int("total-steps", args.total_steps or run_values.get("total_steps", default_steps))
 
@@ -195,12 +194,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         safe_id = env_id.replace(":", "_").replace("/", "_")
         agent.run_dir = unique_run_dir(Path(f"runs/{safe_id}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    _RUN["dir"] = agent.run_dir
     print(f"trpo: training {env_id} (preset {preset or 'none'}) for {total_steps} steps, seed {seed} -> "
           f"{agent.run_dir}", file=sys.stderr)
     return _train_and_report(agent, total_steps)
 
 
 def _train_and_report(agent: Any, total_steps: int) -> int:
+    from trpo.checkpoint import write_text_atomic
+
     try:
         agent.learn(total_steps)
         if agent.config.eval_episodes > 0:
@@ -208,19 +210,28 @@ def _train_and_report(agent: Any, total_steps: int) -> int:
             result["step"] = agent.num_steps
             write_text_atomic(agent.run_dir / "eval.json", json.dumps(result) + "\n")
             _print(f"trpo: evaluation over {result['episodes']} episodes: mean return {result['mean_return']:.2f} "
-                  f"+/- {result['std_return']:.2f}")
+                   f"+/- {result['std_return']:.2f}{_capped_note(result)}")
         print(f"trpo: done; outputs in {agent.run_dir}", file=sys.stderr)
     finally:
         agent.close()
     return 0
 
 
+def _capped_note(result: dict[str, Any]) -> str:
+    """Said where evaluation episodes were cut at eval_max_steps (an env without a time limit of its own)."""
+    if not result["capped"]:
+        return ""
+    return (f" ({result['capped']} of {result['episodes']} episodes cut at eval_max_steps={result['max_steps']}: "
+            "the env has no time limit of its own)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from trpo.agent import TRPO
+    from trpo.config import check_seed
 
     episodes = _positive_int("episodes", args.episodes)
-    seed = None if args.seed is None else _seed(args.seed)
-    agent = TRPO.load(args.path, env=args.env, device=args.device)
+    seed = None if args.seed is None else check_seed(args.seed)
+    agent = TRPO.load(args.path, env=args.env, device=args.device)  # reads only: no run dir lock
     try:
         result = agent.evaluate(episodes, deterministic=not args.stochastic, seed=seed)
     finally:
@@ -231,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _print(json.dumps(result))
     else:
         _print(f"{agent.env_id}: mean return {result['mean_return']:.2f} +/- {result['std_return']:.2f} over "
-              f"{episodes} episodes (checkpoint at step {agent.num_steps})")
+               f"{episodes} episodes (checkpoint at step {agent.num_steps}){_capped_note(result)}")
     return 0
 
 
@@ -247,35 +258,98 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_presets() -> int:
+    import yaml
+
+    from trpo.config import PRESET_STEPS, PRESETS
+
     for name, values in PRESETS.items():
         _print(yaml.safe_dump({name: {"total_steps": PRESET_STEPS.get(name), **values}}, sort_keys=False), end="")
     return 0
 
 
+# The run directory of the `trpo train` in progress, for the line printed when it is interrupted.
+_RUN: dict[str, Path] = {}
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both stop a run the same way."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    previous = None
+    # Not in the main thread (main() called from a thread), signal.signal raises: leave signals alone there.
+    with contextlib.suppress(ValueError, AttributeError):
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _RUN.clear()
     try:
-        args = parse(argv)
-        if args.command is None:
-            build_parser().print_help()
-            return 2
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "plot":
-            return cmd_plot(args)
-        return cmd_presets()
+        return _run(argv)
     except _StdoutClosedError:
         return 141  # as Unix tools do when their reader leaves: quietly, with 128 + SIGPIPE
-    except (*USER_ERRORS, UsageError, OSError) as exc:
-        if debug:
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"\ntrpo: {what}; {_saved_state(_RUN.get('dir'))}", file=sys.stderr)
+        return 143 if terminated else 130
+    except Exception as exc:
+        if debug or not _is_user_error(exc):
             raise
         print(f"trpo: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ntrpo: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR)", file=sys.stderr)
-        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> int:
+    args = parse(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    if args.command == "train":
+        return cmd_train(args)
+    if args.command == "eval":
+        return cmd_eval(args)
+    if args.command == "plot":
+        return cmd_plot(args)
+    return cmd_presets()
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Errors the user can fix (flags, files, their env, the OS refusing a write): one line, no traceback."""
+    if isinstance(exc, UsageError | OSError):
+        return True
+    from trpo.checkpoint import CheckpointError, RunDirError
+    from trpo.config import ConfigError
+    from trpo.plot import PlotError
+    from trpo.rollout import EnvError
+    from trpo.spaces import UnsupportedSpaceError
+
+    return isinstance(exc, ConfigError | EnvError | UnsupportedSpaceError | CheckpointError | RunDirError | PlotError)
+
+
+def _saved_state(run_dir: Path | None) -> str:
+    """What an interrupted `trpo train` leaves, read from the disk: the newest checkpoint and its step, else
+    whether the run can start again from its config.yaml."""
+    if run_dir is None:
+        return "nothing was written"
+    from trpo import checkpoint
+
+    resume = f"trpo train --resume {run_dir}"
+    saved = checkpoint.newest(run_dir)
+    if saved is not None:
+        try:
+            step = checkpoint.load(saved)["num_steps"]
+        except (checkpoint.CheckpointError, KeyError):
+            return f"{saved} is unreadable; {resume} starts over from the previous state"
+        return f"the checkpoint {saved} (step {step}) is intact; continue with: {resume}"
+    if (run_dir / "config.yaml").is_file():
+        return f"no checkpoint was written yet; {resume} starts the run again from its first step"
+    return f"nothing was written to {run_dir}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -7,10 +7,15 @@ field defaults < preset < YAML file < command-line flags.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import itertools
 import math
+import numbers
+import os
 import re
+import reprlib
 import types
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -25,6 +30,7 @@ FisherProduct = Literal["gauss_newton", "hessian"]
 VectorMode = Literal["sync", "subprocess", "ray"]
 Activation = Literal["tanh", "relu"]
 ImageEncoder = Literal["paper", "nature"]
+ObsEncoding = Literal["auto", "mlp", "cnn"]
 Sampling = Literal["single_path", "vine"]
 
 
@@ -153,6 +159,11 @@ class TRPOConfig:
     """Hidden layer sizes of the value network (MLP observations)."""
     activation: Activation = "tanh"
     """Hidden activation of both MLPs."""
+    obs_encoder: ObsEncoding = "auto"
+    """How observations are encoded. 'auto': a Box of image shape (2-D, or 3-D with channels first or last, both
+    spatial sides >= 8) whose dtype is uint8 or bool is an image (the CNN of image_encoder); any other Box (float
+    ones included) is flattened into the MLP. 'cnn': any Box of image shape goes through the CNN. 'mlp': every
+    observation is flattened into the MLP."""
     image_encoder: ImageEncoder = "paper"
     """CNN for image observations (a Box of image shape; no observation normalization for them): 'paper', the
     TRPO paper's Atari network (2 conv layers of 16 filters, 20 hidden units), or 'nature', DQN's (3 conv
@@ -179,8 +190,15 @@ class TRPOConfig:
     """Write checkpoints/latest.pt every K policy updates (0: only at the end)."""
     eval_episodes: int = 10
     """Deterministic evaluation episodes at the end of `trpo train`."""
+    eval_max_steps: int = 10_000
+    """An evaluation episode (`trpo eval`, the final evaluation of `trpo train`) of an env without a time limit of
+    its own ends after this many steps; the evaluation reports how many episodes were cut."""
 
     def __post_init__(self) -> None:
+        # Direct construction meets the same types as CLI and YAML values: no truthy "no", no 2.5 envs.
+        hints = _field_types()
+        for f in fields(self):
+            object.__setattr__(self, f.name, _typed(f.name, hints[f.name], getattr(self, f.name), text=False))
         # A first-order rule's empty fields take its defaults: switching a preset's rule (`--update-rule ppo`)
         # gives that rule's own settings. Resolved here, so config.yaml and checkpoints show the values used.
         for name, value in RULE_DEFAULTS.get(self.update_rule, {}).items():
@@ -217,16 +235,23 @@ RULE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 _POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample",
-                 "vine_states", "vine_horizon")
-_NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "torch_threads", "num_workers",
-                     "max_worker_restarts")
+                 "vine_states", "vine_horizon", "eval_max_steps")
+_NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "num_workers", "max_worker_restarts")
 _POSITIVE_FLOAT = ("max_kl", "value_lr", "value_eps", "clip_obs", "clip_reward", "cg_tol", "kl_target")
 _NON_NEGATIVE_FLOAT = ("target_kl", "penalty_coef")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
 
 
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the OS reports one (a container's or taskset's share),
+    else every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; not macOS or Windows
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def validate(cfg: TRPOConfig) -> None:
-    """Raise ConfigError naming the first invalid field."""
+    """Raise ConfigError naming the first value out of its field's range (the types are checked on construction)."""
     for name in _POSITIVE_INT:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
@@ -262,10 +287,16 @@ def validate(cfg: TRPOConfig) -> None:
         raise ConfigError(f"backtrack_ratio must lie in (0, 1), got {cfg.backtrack_ratio}")
     if not (math.isfinite(cfg.cg_damping) and cfg.cg_damping >= 0):
         raise ConfigError(f"cg_damping must be >= 0, got {cfg.cg_damping}")
+    # torch takes any count, then crashes or stalls far above the cores (100000 threads segfaulted, 20000 failed in
+    # libgomp, 5000 stalled): refuse before a run starts.
+    cores = available_cores()
+    if not 0 <= cfg.torch_threads <= cores:
+        raise ConfigError(f"torch_threads must lie in [0, {cores}] (the cores this machine gives the process; 0: "
+                          f"torch's default), got {cfg.torch_threads}")
     if not math.isfinite(cfg.init_log_std):
         raise ConfigError(f"init_log_std must be finite, got {cfg.init_log_std}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", cfg.device):
-        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {cfg.device!r}")
+        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {_show(cfg.device)}")
     for name in ("actor_hidden", "critic_hidden"):
         sizes = getattr(cfg, name)
         if not sizes or any(s <= 0 for s in sizes):
@@ -278,16 +309,11 @@ def validate(cfg: TRPOConfig) -> None:
         if cfg.update_rule == "ppo":
             raise ConfigError("sampling 'vine' works with update rules trpo, npg, pg and penalty; ppo's clipped "
                               "surrogate has no form for the vine estimators")
-    hints = get_type_hints(TRPOConfig)
-    for f in fields(cfg):
-        choices = get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else ()
-        if choices and getattr(cfg, f.name) not in choices:
-            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(cfg, f.name)!r}")
 
 
 # Fields a resumed run may change: they do not alter the algorithm's math, only where and how it runs.
-RESUME_SAFE_FIELDS = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "vector_mode", "num_workers",
-                      "ray_address", "max_worker_restarts")
+RESUME_SAFE_FIELDS = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "eval_max_steps", "vector_mode",
+                      "num_workers", "ray_address", "max_worker_restarts")
 # Keys of a run's config.yaml (and of a YAML config file) that are not TRPOConfig fields.
 RUN_RECORD_KEYS = ("env", "seed", "total_steps", "preset", "versions")
 
@@ -308,11 +334,10 @@ def field_docs() -> dict[str, str]:
 
 def coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
     """Turn YAML / CLI values into the field types, with errors that name the field."""
-    hints = get_type_hints(TRPOConfig)
-    known = {f.name for f in fields(TRPOConfig)}
+    hints = _field_types()
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if name not in known:
+        if name not in hints:
             raise ConfigError(f"unknown config field {name!r}")
         out[name] = coerce(name, hints[name], value)
     return out
@@ -320,30 +345,115 @@ def coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
 
 def coerce(name: str, hint: Any, value: Any) -> Any:
     """Convert one value (a string from the CLI or a YAML scalar) to the type of field `name`."""
+    return _typed(name, hint, value, text=True)
+
+
+# Seeds are offset (per env, for evaluation, per resumed collector) and reach torch.manual_seed, whose range is
+# 64-bit, and numpy: Gymnasium's env seeding and the RandomState of envs such as MinAtar's, which takes [0, 2**32).
+# numpy's 32-bit range keeps a seed plus its offsets far inside torch's.
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(value: Any) -> int:
+    """A run's seed as an int: a non-negative integer up to SEED_MAX (an integral float or integer text too)."""
+    seed = None
+    with contextlib.suppress(ConfigError):
+        seed = _typed("seed", int, value, text=True)
+    if seed is None or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed must be an integer in [0, {SEED_MAX}], got {_show(value)}")
+    return seed
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """Field name -> its type hint."""
+    return get_type_hints(TRPOConfig)
+
+
+_NONE_WORDS = ("", "none", "null")
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+class _ShortRepr(reprlib.Repr):
+    """repr in one short line, however long the YAML value was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 10_000:  # str() refuses ints of over 4300 digits
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_show = _ShortRepr().repr  # a bad value for an error message
+
+
+def _typed(name: str, hint: Any, value: Any, text: bool) -> Any:
+    """`value` as field `name` of type `hint` holds it, else a ConfigError naming both. With `text` (values from
+    the CLI or YAML) strings are parsed for the other types: '4', '1e5', 'yes', '64,64'; without, only str fields
+    take strings. Optional fields read None, '', 'none' and 'null' as None either way."""
     if get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint):
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
             return None
         (hint,) = (arg for arg in get_args(hint) if arg is not type(None))
-    try:
-        if hint is bool:
-            if isinstance(value, str):
-                lowered = value.lower()
-                if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                    raise ValueError(value)
-                return lowered in ("true", "1", "yes", "on")
-            return bool(value)
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if hint is float:
-            return float(value)
-        if get_origin(hint) is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(int(x) for x in items if str(x).strip() != "")
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
+    parse = text and isinstance(value, str)
+    if hint is bool:
+        word = value.strip().lower() if parse else None
+        if word in _TRUE_WORDS + _FALSE_WORDS:
+            return word in _TRUE_WORDS
+        if isinstance(value, bool):
+            return value
+        raise _unreadable(name, value, "bool (true or false)")
+    if hint is int:
+        whole = _whole(_number(value) if parse else value)
+        if whole is not None and -(2**63) <= whole < 2**63:  # what torch and numpy take
+            return whole
+        raise _unreadable(name, value, "int" if whole is None else "64-bit int")
+    if hint is float:
+        number = _number(value) if parse else value
+        if isinstance(number, numbers.Real) and not isinstance(number, bool):
+            with contextlib.suppress(OverflowError):  # an int beyond float's range
+                return float(number)
+        raise _unreadable(name, value, "float")
+    if get_origin(hint) is tuple:
+        items = [item for item in value.split(",") if item.strip()] if parse else value
+        if isinstance(items, list | tuple):
+            with contextlib.suppress(ConfigError):
+                return tuple(_typed(name, int, item, text) for item in items)
+        raise _unreadable(name, value, "a list of ints (64,64)")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _unreadable(name, value, "str")
+    if get_origin(hint) is Literal:
+        if isinstance(value, str) and value in get_args(hint):
+            return value
+        raise ConfigError(f"{name} must be one of {', '.join(get_args(hint))}; got {_show(value)}")
+    raise TypeError(f"TRPOConfig.{name}: no check for values of type {hint}")  # a new kind of field needs one
+
+
+def _unreadable(name: str, value: Any, kind: str) -> ConfigError:
+    return ConfigError(f"{name}: cannot read {_show(value)} as {kind}")
+
+
+def _whole(number: Any) -> int | None:
+    """An integer or an integral float as an int; None for anything else (bools included)."""
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        return None
+    if isinstance(number, numbers.Integral):
+        return int(number)
+    return int(number) if math.isfinite(number) and float(number).is_integer() else None
+
+
+def _number(text: str) -> Any:
+    """'4' -> 4, '1e5' -> 100000.0, ' 0.5 ' -> 0.5; other text stays as it is, for the type check to refuse."""
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
 
 
 # --- presets --------------------------------------------------------------------------------------------
@@ -466,6 +576,8 @@ def load_yaml(path: str) -> dict[str, Any]:
             data = yaml.safe_load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if data is None:
@@ -481,8 +593,11 @@ __all__ = [
     "RESUME_SAFE_FIELDS",
     "RULE_DEFAULTS",
     "RUN_RECORD_KEYS",
+    "SEED_MAX",
     "ConfigError",
     "TRPOConfig",
+    "available_cores",
+    "check_seed",
     "field_docs",
     "load_yaml",
     "preset_name_for",

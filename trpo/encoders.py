@@ -1,8 +1,9 @@
 """Observation encoders (the networks' bodies): an MLP for vectors, a CNN for images.
 
-A Box observation of image shape (2-D grey, or 3-D with channels first or last, both spatial sides >= 8) is
-encoded by `spaces.ObsEncoder` as a flat vector in channels-first order, uint8 pixels kept as uint8 (a quarter
-of float32's memory in batches and pipes); `ConvBody` views it as [B, C, H, W] again and scales pixels to
+An image observation (`image_layout`: by default a uint8 or bool Box of image shape, 2-D grey or 3-D with
+channels first or last, both spatial sides >= 8; TRPOConfig.obs_encoder chooses otherwise) is encoded by
+`spaces.ObsEncoder` as a flat vector in channels-first order, uint8 pixels kept as uint8 (a quarter of float32's
+memory in batches and pipes); `ConvBody` views it as [B, C, H, W] again and scales pixels to
 [0, 1]. Two CNNs: the TRPO paper's Atari network ('paper': two conv layers of 16 filters 4x4 with stride 2,
 then 20 hidden units; Schulman et al. 2015, section 8) and the DQN/Nature network ('nature': 32 8x8/4,
 64 4x4/2, 64 3x3/1, then 512 hidden units).
@@ -56,19 +57,30 @@ class ImageLayout:
         return np.ascontiguousarray(arr).reshape(arr.shape[0], -1)
 
 
-def image_layout(space: spaces.Space) -> ImageLayout | None:
-    """The layout of an image observation space, or None for anything else. 3-D shapes are channels-first when
-    the first side is the smallest (e.g. stacked frames, 4 x 84 x 84), else channels-last (Gymnasium's H x W x C)."""
-    if not isinstance(space, spaces.Box) or len(space.shape) not in (2, 3):
+def image_layout(space: spaces.Space, obs_encoder: str = "auto") -> ImageLayout | None:
+    """The layout of an image observation space, or None for observations the MLP takes (TRPOConfig.obs_encoder).
+    Image-shaped: a 2-D Box, or a 3-D one, both spatial sides >= 8; 3-D shapes are channels-first when the first
+    side is the smallest (e.g. stacked frames, 4 x 84 x 84), else channels-last (Gymnasium's H x W x C).
+    'auto' takes image-shaped Boxes of pixels (uint8) or binary channels (bool, e.g. MinAtar) as images: a float
+    Box of that shape is as often a grid of features or stacked vectors (LunarLander's 8 x 8 when 8 frames are
+    stacked), so it goes to the MLP unless obs_encoder 'cnn' says otherwise. 'mlp': never an image."""
+    if obs_encoder == "mlp":
         return None
-    shape = space.shape
+    shape = space.shape if isinstance(space, spaces.Box) else ()
     if len(shape) == 2:
         channels, (height, width), last = 1, shape, True
-    elif shape[0] < min(shape[1], shape[2]):
+    elif len(shape) == 3 and shape[0] < min(shape[1], shape[2]):
         channels, height, width, last = shape[0], shape[1], shape[2], False
-    else:
+    elif len(shape) == 3:
         height, width, channels, last = shape[0], shape[1], shape[2], True
+    else:
+        height = width = channels = 0
     if min(height, width) < 8:
+        if obs_encoder == "cnn":
+            raise ValueError(f"obs_encoder 'cnn' needs image observations (a Box of 2 or 3 dims with both spatial "
+                             f"sides >= 8), not {space}")
+        return None
+    if obs_encoder == "auto" and space.dtype not in (np.uint8, np.bool_):
         return None
     scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
     return ImageLayout(int(channels), int(height), int(width), last, scale)

@@ -21,6 +21,34 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def json_lines(data: bytes) -> list[tuple[str, Any]]:
+    """The lines of a JSON-lines file that are UTF-8 JSON, each with its value; the others (cut short by a kill,
+    damaged, edited by hand) are left out. Lines end at LF, CR or CRLF only, as in JSON lines."""
+    out = []
+    for raw in data.splitlines():
+        # ValueError covers bytes that are not UTF-8, text that is not JSON and integers of more digits than
+        # int() takes; RecursionError, arrays nested thousands deep.
+        try:
+            line = raw.decode("utf-8")
+            out.append((line, json.loads(line)))
+        except (ValueError, RecursionError):
+            continue
+    return out
+
+
+def _update_and_step(row: Any) -> tuple[int, int] | None:
+    """(update, env step) of a metrics row: an object with an integer `update` (not a bool) and an
+    integer-valued `step` (256 or 256.0); None for any other value."""
+    if not isinstance(row, dict):
+        return None
+    update, step = row.get("update"), row.get("step")
+    if isinstance(step, float) and step.is_integer():  # False for NaN and the infinities
+        step = int(step)
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (update, step)):
+        return None
+    return update, step
+
+
 class MetricsLog:
     """Appends one line per update to metrics.jsonl (flushed each time) and mirrors scalars to TensorBoard.
 
@@ -45,16 +73,16 @@ class MetricsLog:
 
     def _truncate(self, keep_updates: int) -> int:
         """Keep the rows of updates 1..keep_updates; returns the env step of the last one kept (0 if none).
-        A line cut short by a kill (the last one) is dropped with them."""
+
+        Every other line is dropped, like the line a kill cut short: rows after the checkpoint, and lines that are
+        no row of this run (not UTF-8, not JSON, not an object with an integer `update` and an integer-valued
+        `step`). A damaged row's update is unknown, so it may be one that the resumed run writes again."""
         kept, last_step = [], 0
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("update", 0) <= keep_updates:
+        for line, row in json_lines(self.path.read_bytes()):
+            update_step = _update_and_step(row)
+            if update_step is not None and update_step[0] <= keep_updates:
                 kept.append(line)
-                last_step = max(last_step, int(row.get("step", 0)))
+                last_step = max(last_step, update_step[1])
         write_text_atomic(self.path, "".join(ln + "\n" for ln in kept))
         return last_step
 

@@ -8,7 +8,7 @@ time-stamp parts (`runs/ppo-s3` -> `ppo`), or the values of config fields (`--la
 from __future__ import annotations
 
 import glob
-import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from trpo.logger import json_lines
 
 
 class PlotError(ValueError):
@@ -37,13 +39,64 @@ def _label(path: Path, config: dict[str, Any], label_by: list[str]) -> str:
     return re.sub(r"[-_]?(s|seed)\d+(-\d{8}-\d{6})?(-\d+)?$", "", path.name) or path.name
 
 
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:  # a directory, no permission, ...
+        raise PlotError(f"cannot read {file}: {exc.strerror or exc}") from exc
+
+
+def _number(value: Any) -> float | None:
+    """A JSON value as a finite float; None for null, strings, bools, containers, NaN, the infinities and
+    integers too large for a float: none of them is a point to plot."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _config(path: Path) -> dict[str, Any]:
+    """The run's config.yaml ({} where there is none, or it is empty).
+
+    One that cannot be read as a mapping, or whose `env` is not a string, is a PlotError naming it rather than a
+    run plotted under 'unknown env': the panel and the --label-by fields come from it, and a guess would put the
+    run's curve among the wrong runs without a word."""
+    file = path / "config.yaml"
+    if not file.exists():
+        return {}
+    try:
+        text = _read(file).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlotError(f"{file} is not UTF-8") from exc
+    try:
+        config = yaml.safe_load(text)
+    # ValueError: a date such as 2024-13-45 passes YAML's pattern but not datetime's check.
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise PlotError(f"{file} is not valid YAML" + (f" (line {mark.line + 1})" if mark else "")) from exc
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise PlotError(f"{file} is not a YAML mapping")
+    if not isinstance(config.get("env", ""), str | None):
+        raise PlotError(f"{file}: env is not a string")
+    return config
+
+
 def load_runs(patterns: list[str], label_by: list[str] | None = None) -> list[Run]:
-    """Run directories matching the paths or glob patterns (a directory holding run directories counts too)."""
+    """Run directories matching the paths or glob patterns (a directory holding run directories counts too).
+
+    Lines of metrics.jsonl that are not an object with a finite numeric `step` are skipped (like a line cut short
+    by a kill); the rows kept have that step as a float. A metrics.jsonl or config.yaml that cannot be read at
+    all is a PlotError naming the file."""
     dirs: list[Path] = []
     for pattern in patterns:
         for match in sorted(glob.glob(pattern)) or ([pattern] if Path(pattern).exists() else []):
             path = Path(match)
-            if (path / "metrics.jsonl").is_file():
+            if (path / "metrics.jsonl").exists():  # not is_file(): one that is a directory is reported, not skipped
                 dirs.append(path)
             elif path.is_dir():
                 dirs.extend(sorted(p.parent for p in path.glob("*/metrics.jsonl")))
@@ -51,17 +104,14 @@ def load_runs(patterns: list[str], label_by: list[str] | None = None) -> list[Ru
         raise PlotError(f"no run directories (with a metrics.jsonl) match {' '.join(patterns)}")
     runs = []
     for path in dict.fromkeys(dirs):
-        config_file = path / "config.yaml"
-        config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
         rows = []
-        for line in (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
+        for _, row in json_lines(_read(path / "metrics.jsonl")):
+            step = _number(row.get("step")) if isinstance(row, dict) else None
+            if step is not None:
+                rows.append({**row, "step": step})
         if rows:
-            env = (config or {}).get("env") or "unknown env"
-            runs.append(Run(path, str(env), _label(path, config or {}, label_by or []), rows))
+            config = _config(path)
+            runs.append(Run(path, config.get("env") or "unknown env", _label(path, config, label_by or []), rows))
     if not runs:
         raise PlotError(f"the run directories matching {' '.join(patterns)} hold no metrics rows yet")
     return runs
@@ -72,7 +122,9 @@ def curves(runs: list[Run], metric: str, points: int = 100) -> dict[str, dict[st
     steps (at most `points` of them, evenly spaced; NaN before a run's first value and after its last step)."""
     available = set().union(*(row.keys() for run in runs for row in run.rows))
     if metric not in available:
-        raise PlotError(f"no run logs the metric {metric!r}; logged: {', '.join(sorted(available))}")
+        # repr for a hand-edited name holding a line break or escape sequence: the message stays one line
+        logged = ", ".join(name if name.isprintable() else repr(name) for name in sorted(available))
+        raise PlotError(f"no run logs the metric {metric!r}; logged: {logged}")
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for env in dict.fromkeys(run.env for run in runs):
         for label in dict.fromkeys(run.label for run in runs if run.env == env):
@@ -81,8 +133,9 @@ def curves(runs: list[Run], metric: str, points: int = 100) -> dict[str, dict[st
             grid = steps if len(steps) <= points else np.linspace(steps[0], steps[-1], points)
             values = []
             for run in group:
-                pts = [(row["step"], row[metric]) for row in run.rows
-                       if isinstance(row.get(metric), int | float) and not isinstance(row.get(metric), bool)]
+                # sorted: np.interp needs increasing steps, and a hand-edited log may not have them
+                pts = sorted((row["step"], value) for row in run.rows
+                             if (value := _number(row.get(metric))) is not None)
                 if pts:
                     xs, ys = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
                     values.append(np.interp(grid, xs, ys, left=np.nan, right=np.nan))

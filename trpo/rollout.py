@@ -14,6 +14,7 @@ import math
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from trpo.networks import Actor, RolloutPolicy
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
-from trpo.spaces import ActionDistribution, ObsEncoder
+from trpo.spaces import ActionDistribution, ObsEncoder, ObservationError
 from trpo.vine import Branches, StateAccess, VineBatch, VinePlan, VineSettings, draw_plan, run_branches
 
 EnvSpec = str | Callable[[], gym.Env] | gym.Env
@@ -37,11 +38,43 @@ class EnvError(ValueError):
     """The environment cannot be made or returned invalid data; the message says which."""
 
 
-def env_failure(exc: Exception, call: str, index: int | None = None) -> EnvError:
-    """An exception raised by the user's env (or by encoding what it returned), as one clear EnvError."""
-    which = "the environment" if index is None else f"env {index}"
+def env_failure(exc: Exception, call: str, index: int | None = None, env: gym.Env | None = None) -> EnvError:
+    """An exception raised by the user's env (or by encoding what it returned), as one clear EnvError naming the
+    env (its index and id) and the call."""
+    which = _env_name(env, index)
     message = " ".join(str(exc).split())
+    if isinstance(exc, ObservationError):
+        return EnvError(f"{which} returned a bad observation from {call}: {message}")
     return EnvError(f"{which} raised {type(exc).__name__} in {call}" + (f": {message}" if message else ""))
+
+
+def _env_name(env: gym.Env | None, index: int | None) -> str:
+    """'env 3 (Hopper-v5)', 'the environment (Hopper-v5)', or without the id where the env has none."""
+    name = "the environment" if index is None else f"env {index}"
+    spec = getattr(env, "spec", None)
+    return f"{name} ({spec.id})" if spec is not None else name
+
+
+def close_env(env: gym.Env, index: int | None = None) -> None:
+    """env.close(), with what the user's env raises there as one EnvError."""
+    try:
+        env.close()
+    except Exception as exc:
+        raise env_failure(exc, "close()", index, env) from exc
+
+
+# The largest reward a batch (float32) can hold; larger ones would become inf there.
+MAX_REWARD = float(np.finfo(np.float32).max)
+
+
+def check_reward(reward: float, env: gym.Env, index: int, step: int) -> None:
+    """A reward must be a finite number that float32 can hold: EnvError naming the env and the step otherwise."""
+    if not math.isfinite(reward):
+        raise EnvError(f"{_env_name(env, index)} returned a non-finite reward ({reward}) at step {step} of its "
+                       "episode")
+    if abs(reward) > MAX_REWARD:
+        raise EnvError(f"{_env_name(env, index)} returned the reward {reward!r} at step {step} of its episode, "
+                       f"larger than float32 holds ({MAX_REWARD:.3g})")
 
 
 def make_env(spec: EnvSpec) -> gym.Env:
@@ -58,6 +91,8 @@ def make_env(spec: EnvSpec) -> gym.Env:
         return env
     if not isinstance(spec, str):
         raise EnvError(f"env must be an id, a factory or a gymnasium.Env, got {type(spec).__name__}")
+    if not spec.strip():
+        raise EnvError("the env id is empty")
     try:
         if spec.startswith("ALE/"):
             return make_atari(spec)
@@ -101,6 +136,16 @@ def _register_minatar() -> None:
         raise EnvError("MinAtar games need minatar: pip install \"trpo[minatar]\"") from exc
     if "MinAtar/Breakout-v1" not in gym.registry:
         register_envs()
+
+
+def has_time_limit(env: gym.Env) -> bool:
+    """Whether the env ends its episodes after a number of steps by itself: a TimeLimit wrapper (a registered
+    max_episode_steps adds one) anywhere in its wrapper chain."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return True
+        env = env.env
+    return False
 
 
 def env_id_of(spec: EnvSpec) -> str | None:
@@ -184,9 +229,10 @@ class EnvRunner:
     def reset(self, seed: int) -> np.ndarray:
         for i, env in enumerate(self.envs):
             try:
-                self.obs[i] = self.encoder.one(*env.reset(seed=seed + self.first_index + i))
+                # Seeds wrap at 2**32: some envs seed numpy's legacy RandomState, which takes no larger ones.
+                self.obs[i] = self.encoder.one(*env.reset(seed=(seed + self.first_index + i) % 2**32))
             except Exception as exc:
-                raise env_failure(exc, "reset()", self.first_index + i) from exc
+                raise env_failure(exc, "reset()", self.first_index + i, env) from exc
         self._check_finite(self.obs, "observation")
         self._check_masks()
         self.ep_return[:] = 0.0
@@ -226,10 +272,9 @@ class EnvRunner:
                     reward = float(reward)
                     seg.next_obs[t, i] = self.encoder.one(raw, info)
                 except Exception as exc:
-                    raise env_failure(exc, "step()", self.first_index + i) from exc
-                if not math.isfinite(reward):
-                    raise EnvError("environment returned a non-finite reward (NaN or inf) in env "
-                                   f"{self.first_index + i}")
+                    raise env_failure(exc, "step()", self.first_index + i, env) from exc
+                if not abs(reward) <= MAX_REWARD:  # inlined check_reward's test: this is the hot loop
+                    check_reward(reward, env, self.first_index + i, int(self.ep_length[i]) + 1)
                 seg.rewards[t, i], seg.terminated[t, i], seg.truncated[t, i] = reward, terminated, truncated
                 self.ep_return[i] += reward
                 self.ep_length[i] += 1
@@ -241,7 +286,7 @@ class EnvRunner:
                     try:
                         self.obs[i] = self.encoder.one(*env.reset())
                     except Exception as exc:
-                        raise env_failure(exc, "reset()", self.first_index + i) from exc
+                        raise env_failure(exc, "reset()", self.first_index + i, env) from exc
                 else:
                     self.obs[i] = seg.next_obs[t, i]
             if ended:
@@ -269,8 +314,8 @@ class EnvRunner:
         self.pending = None
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        for i, env in enumerate(self.envs):
+            close_env(env, self.first_index + i)
 
 
 def _worker(conn: Connection, spec: EnvSpec, count: int, first_index: int, encoder: ObsEncoder,
@@ -281,10 +326,16 @@ def _worker(conn: Connection, spec: EnvSpec, count: int, first_index: int, encod
     # pipe that never reports end-of-file.
     for end in inherited:
         end.close()
+    # Ctrl-C reaches the whole process group: the main process handles it and closes this worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     runner: EnvRunner | None = None
     try:
-        runner = EnvRunner([make_env(spec) for _ in range(count)], encoder, dist, first_index)
+        try:
+            runner = EnvRunner([make_env(spec) for _ in range(count)], encoder, dist, first_index)
+        except Exception as exc:  # making the envs failed: report it, then end
+            _send_error(conn, exc)
+            return
         while True:
             command, payload = conn.recv()
             if command == "close":
@@ -295,13 +346,12 @@ def _worker(conn: Connection, spec: EnvSpec, count: int, first_index: int, encod
                 _send_error(conn, exc)
             else:
                 conn.send(("ok", result))
-    except (EOFError, KeyboardInterrupt):
-        pass
-    except Exception as exc:  # making the envs failed
-        _send_error(conn, exc)
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass  # the main process went away (EOF, reset or broken pipe): end quietly, it reports what happened
     finally:
         if runner is not None:
-            runner.close()
+            with contextlib.suppress(Exception):  # the main process reports a close() that raises: its own env's
+                runner.close()
         conn.close()
 
 
@@ -472,7 +522,7 @@ class RolloutCollector:
             if mode == "subprocess" and mp.current_process().daemon:
                 raise EnvError("vector_mode 'subprocess' cannot start env workers inside a daemonic process "
                                "(e.g. a multiprocessing.Pool worker); use vector_mode 'sync' there")
-            make_env(spec).close()  # fail early, in this process, with a clear message
+            close_env(make_env(spec))  # fail early, in this process, with a clear message
             workers = num_workers or min(num_envs, os.cpu_count() or 1)
             if mode == "ray":
                 from trpo.ray_rollout import RayPool  # Ray is an optional extra

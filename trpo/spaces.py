@@ -29,6 +29,10 @@ class UnsupportedSpaceError(ValueError):
     """The environment uses a space this library cannot handle; the message names it."""
 
 
+class ObservationError(ValueError):
+    """An observation does not fit the observation space (shape, Discrete range, Dict keys)."""
+
+
 # --- observations -----------------------------------------------------------------------------------------
 
 
@@ -45,7 +49,7 @@ class ObsEncoder:
     the actor reads them from there (`Actor.forward`), so every quantity computed from the actor is masked."""
 
     def __init__(self, space: spaces.Space, mask_from: str | None = None,
-                 mask_groups: list[tuple[int, int]] | None = None) -> None:
+                 mask_groups: list[tuple[int, int]] | None = None, obs_encoder: str = "auto") -> None:
         self.space = space
         self.mask_from = mask_from
         self.mask_groups = mask_groups if mask_from else None  # the action distribution's logit groups
@@ -54,15 +58,23 @@ class ObsEncoder:
         if mask_from == "obs":
             assert isinstance(space, spaces.Dict)
             self.features = spaces.Dict({k: v for k, v in space.spaces.items() if k != MASK_KEY})
-        self.image = image_layout(self.features)  # images: channels first, uint8 kept (ConvBody scales)
-        self.dim = _obs_dim(self.features) + self.mask_dim
+        self.image = image_layout(self.features, obs_encoder)  # images: channels first, uint8 kept (ConvBody scales)
+        features = _obs_dim(self.features)
+        if features == 0:
+            raise UnsupportedSpaceError(f"the observation space {space} has no entries: the policy would see nothing")
+        self.dim = features + self.mask_dim
         self.dtype = self.image.dtype if self.image else np.float32  # of encoded observations
+        # The hot path of `one`: a plain Box, flattened.
+        self._box_shape = space.shape if not self.mask_dim and self.image is None and isinstance(
+            space, spaces.Box) else None
 
     def __call__(self, obs: Any, masks: Any = None) -> np.ndarray:
         """Encode a batch of observations (leading dim = batch) to an array [B, dim] of `dtype`; `masks`
-        [B, mask_dim] when the masks come from infos."""
-        features = (self.image.encode(obs) if self.image else _encode(self.features, obs)).astype(self.dtype,
-                                                                                                  copy=False)
+        [B, mask_dim] when the masks come from infos. ObservationError if they do not fit the space."""
+        if self.image:
+            features = self.image.encode(_checked_box(self.features, obs))
+        else:
+            features = _encode(self.features, obs).astype(self.dtype, copy=False)
         if not self.mask_dim:
             return features
         masks = obs[MASK_KEY] if self.mask_from == "obs" else masks
@@ -71,11 +83,15 @@ class ObsEncoder:
         return np.concatenate([features, self._mask(masks, len(features))], axis=1)
 
     def one(self, obs: Any, info: dict[str, Any] | None = None) -> np.ndarray:
-        """Encode a single (unbatched) observation (and, for info masks, its info) to [dim]."""
-        if not self.mask_dim and self.image is None and isinstance(self.space, spaces.Box):  # the hot path
-            return np.asarray(obs, dtype=np.float32).reshape(-1)
+        """Encode a single (unbatched) observation (and, for info masks, its info) to [dim]. ObservationError if
+        it does not fit the space."""
+        if self._box_shape is not None:  # the hot path: a shape check, then a view
+            arr = np.asarray(obs, dtype=np.float32)
+            if arr.shape != self._box_shape:
+                raise ObservationError(_wrong_shape(self.space, arr.shape))
+            return arr.reshape(-1)
         if self.image is not None:
-            features = self.image.encode(np.asarray(obs)[None])[0]
+            features = self.image.encode(_checked_box(self.features, np.asarray(obs)[None]))[0]
         else:
             features = _encode(self.features, _add_batch_dim(self.features, obs))[0].astype(np.float32, copy=False)
         if not self.mask_dim:
@@ -115,7 +131,7 @@ class ObsEncoder:
 def _is_batched(space: spaces.Space, obs: Any) -> bool:
     if isinstance(space, spaces.Dict):
         key, sub = next(iter(space.spaces.items()))
-        return _is_batched(sub, obs[key])
+        return _is_batched(sub, _entry(obs, key))
     if isinstance(space, spaces.Discrete):
         return np.ndim(obs) == 1
     return np.ndim(obs) == len(space.shape) + 1
@@ -133,20 +149,53 @@ def _obs_dim(space: spaces.Space) -> int:
     )
 
 
+def _wrong_shape(space: spaces.Space, shape: tuple[int, ...], batch: bool = False) -> str:
+    what = f"a batch of observations of shape {shape[1:]}" if batch else f"an observation of shape {shape}"
+    return f"{what} does not fit the observation space {space} (shape {space.shape})"
+
+
+def _checked_box(space: spaces.Space, obs: Any) -> np.ndarray:
+    """A batch [B, *space.shape] of Box observations as an array, or ObservationError."""
+    arr = np.asarray(obs)
+    if arr.shape[1:] != space.shape:
+        raise ObservationError(_wrong_shape(space, arr.shape, batch=True))
+    return arr
+
+
 def _encode(space: spaces.Space, obs: Any) -> np.ndarray:
+    """A batch of observations of `space` as float32 rows, checked against the space."""
     if isinstance(space, spaces.Box):
-        arr = np.asarray(obs, dtype=np.float32)
-        return arr.reshape(arr.shape[0], -1)
+        arr = _checked_box(space, np.asarray(obs, dtype=np.float32))
+        return arr.reshape(len(arr), int(np.prod(space.shape)))  # (also an empty batch)
     if isinstance(space, spaces.Discrete):
-        idx = np.asarray(obs, dtype=np.int64).reshape(-1) - int(space.start)
+        values = np.asarray(obs)
+        if values.ndim != 1:
+            raise ObservationError(f"an observation of {space} is one integer, got an array of shape "
+                                   f"{values.shape[1:]}")
+        if values.dtype.kind not in "iub" and not (values.dtype.kind == "f" and np.all(values == np.round(values))):
+            raise ObservationError(f"observation {values[:4]} of {space} is not an integer")
+        idx = values.astype(np.int64) - int(space.start)
+        if idx.size and (idx.min() < 0 or idx.max() >= space.n):
+            bad = values[(idx < 0) | (idx >= space.n)][0]
+            raise ObservationError(f"observation {bad} is outside {space} (from {space.start} to "
+                                   f"{space.start + space.n - 1})")
         return np.eye(int(space.n), dtype=np.float32)[idx]
     assert isinstance(space, spaces.Dict)
-    return np.concatenate([_encode(sub, obs[key]) for key, sub in space.spaces.items()], axis=1)
+    return np.concatenate([_encode(sub, _entry(obs, key)) for key, sub in space.spaces.items()], axis=1)
+
+
+def _entry(obs: Any, key: str) -> Any:
+    """A Dict observation's entry, or ObservationError naming what is missing."""
+    try:
+        return obs[key]
+    except (KeyError, TypeError, IndexError):
+        raise ObservationError(f"the observation has no entry {key!r} of the Dict observation space "
+                               f"(got {type(obs).__name__})") from None
 
 
 def _add_batch_dim(space: spaces.Space, obs: Any) -> Any:
     if isinstance(space, spaces.Dict):
-        return {key: _add_batch_dim(sub, obs[key]) for key, sub in space.spaces.items()}
+        return {key: _add_batch_dim(sub, _entry(obs, key)) for key, sub in space.spaces.items()}
     return np.asarray(obs)[None]
 
 
