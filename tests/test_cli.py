@@ -370,3 +370,17 @@ def test_output_into_a_closed_pipe_stops_quietly() -> None:
                          capture_output=True, text=True, env=env, executable="/bin/bash")
     assert res.stdout == "141\n"  # 128 + SIGPIPE, as Unix tools exit when their reader leaves
     assert res.stderr == "", res.stderr  # no traceback, no error line: the reader chose to stop
+
+
+def test_evaluation_in_an_env_without_a_time_limit_ends(tmp_path: Path) -> None:
+    # The deterministic CliffWalking policy walks into a wall forever: each episode is cut at eval_max_steps.
+    run = tmp_path / "run"
+    res = trpo("train", "--env", "CliffWalking-v1", "--preset", "none", "--total-steps", "1024", "--eval-episodes",
+               "1", "--run-dir", str(run), "--no-progress", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "1 of 1 episodes cut at eval_max_steps=10000: the env has no time limit of its own" in res.stdout
+    result = json.loads((run / "eval.json").read_text())
+    assert result["capped"] == 1 and result["lengths"] == [10000]
+    res = trpo("eval", str(run), "--episodes", "2", "--json", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["capped"] == 2

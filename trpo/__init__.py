@@ -6,7 +6,8 @@ Names are imported on first use, so that `import trpo` (and the `trpo` command's
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not typing's: importing typing costs start-up time, in which Ctrl-C gives a traceback
 
 __version__ = "0.1.0"
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from trpo.spaces import ObservationError, UnsupportedSpaceError
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'trpo' has no attribute {name!r}")

@@ -45,13 +45,22 @@ from trpo.rollout import (
     EnvError,
     EnvSpec,
     RolloutCollector,
+    check_reward,
     close_env,
     env_failure,
     env_id_of,
     has_time_limit,
     make_env,
 )
-from trpo.spaces import MASK_KEY, ObsEncoder, ObservationError, UnsupportedSpaceError, make_distribution, mask_source
+from trpo.spaces import (
+    MASK_KEY,
+    ObsEncoder,
+    ObservationError,
+    UnsupportedSpaceError,
+    env_reward,
+    make_distribution,
+    mask_source,
+)
 from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
@@ -245,9 +254,11 @@ class TRPO:
         advantages, targets = adv_lib.estimate(cfg.advantage, batch.rewards, values, next_values,
                                                batch.terminated, batch.truncated, cfg.gamma, cfg.gae_lambda)
         raw_adv = advantages.reshape(-1)
-        if not bool(torch.isfinite(raw_adv).all() and torch.isfinite(targets).all()):
-            raise EnvError(_overflow_message(batch))
         adv = adv_lib.normalize(raw_adv) if cfg.normalize_advantages else raw_adv
+        # Rewards float32 holds can still sum, or square in the advantages' std, beyond it: an error, not a silent
+        # string of skipped updates.
+        if not bool(torch.isfinite(adv).all() and torch.isfinite(targets).all()):
+            raise EnvError(_overflow_message(batch))
         # 3. Policy step: the update rule (update_rules.py), on all samples but a held-out share if asked.
         #    Vine sampling: the policy learns from the branches' Q estimates instead (vine.py).
         obs = batch.obs.reshape(-1, batch.obs.shape[-1])
@@ -380,11 +391,15 @@ class TRPO:
     def _open_run_dir(self) -> MetricsLog | None:
         if self.run_dir is None:
             return None
-        if self.run_id is None or (self._loaded_from is not None and not self._owns_run_dir()):
-            # A new run, or a loaded agent starting a new run from its checkpoint: the directory is its own.
+        if self._loaded_from is not None:
+            # A loaded agent: its own run goes on (one from before run ids gets one now); in a directory without a
+            # run (`_claim_run_dir` refused any other) it starts a new run from its checkpoint.
+            if self.run_id is None or not self._owns_run_dir():
+                self.run_id = uuid.uuid4().hex
+            self._loaded_from = None  # from here on, the run in run_dir is this agent's
+        elif self.run_id is None:  # a new run (with overwrite, the old run's files go first)
             checkpoint.clear_run(self.run_dir)
             self.run_id = uuid.uuid4().hex
-            self._loaded_from = None
         record = {"env": self.env_id, "seed": self.seed, "total_steps": self.total_steps, "preset": self.preset,
                   "run_id": self.run_id, **self.config.to_dict(), "versions": versions()}
         checkpoint.write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
@@ -441,8 +456,10 @@ class TRPO:
                     action = self._act(obs, deterministic, mask, batched=False)
                     call = "step()"
                     obs, reward, terminated, truncated, info = env.step(action)
-                    total += float(reward)
                     length += 1
+                    reward = env_reward(reward)
+                    check_reward(reward, env, None, length)
+                    total += reward
                     done = bool(terminated or truncated)
                     if not done and length == limit:
                         capped += 1
@@ -587,7 +604,7 @@ class TRPO:
         if saved is not None:
             agent = cls.load(saved, env=spec, run_dir=run_dir, progress=progress, overrides=overrides)
         else:
-            values = {k: v for k, v in record.items() if k not in (*RUN_RECORD_KEYS, "run_id")}
+            values = {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS}
             try:
                 config = TRPOConfig.from_dict({**values, **overrides})
                 seed = check_seed(record.get("seed", 0))

@@ -8,7 +8,9 @@ import contextlib
 import os
 import re
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -174,20 +176,49 @@ def unique_run_dir(base: Path) -> Path:
     raise RunDirError(f"no free run directory name next to {base}")
 
 
+_INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the end of a step that must not be cut, then act as they would have: a
+    checkpoint write (a KeyboardInterrupt inside torch.save's zip writer turns into its RuntimeError), a TensorBoard
+    write (one inside its queue leaves the writer's thread waiting forever at close) and forking worker processes
+    (one inside fork's callbacks is swallowed as an "ignored exception", and the run goes on). Only the main thread
+    receives signals: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in _INTERRUPTS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            handler = previous[received[0]]
+            if callable(handler):
+                handler(received[0], None)  # e.g. raises KeyboardInterrupt
+            elif handler != signal.SIG_IGN:  # the default action (or a handler set outside Python): send it again
+                os.kill(os.getpid(), received[0])
+
+
 def _replace_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path` (atomic on POSIX): a
     killed run leaves the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with interrupts_deferred():
+        try:
+            with open(tmp, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

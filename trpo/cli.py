@@ -7,19 +7,22 @@ SIGTERM stop a run with one line saying what is saved and how to resume it.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import difflib
-import json
-import os
-import signal
 import sys
-import time
-from dataclasses import fields
-from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-# Only the standard library above: Ctrl-C while torch and gymnasium load (in main) is reported like any other.
+try:  # Only the standard library here; torch and gymnasium load in main(), where Ctrl-C is reported as usual.
+    import argparse
+    import contextlib
+    import difflib
+    import json
+    import os
+    import signal
+    import time
+    from dataclasses import fields
+    from pathlib import Path
+    from typing import Any, Literal, get_args, get_origin, get_type_hints
+except KeyboardInterrupt:  # Ctrl-C in the first instants: no traceback either
+    sys.stderr.write("\ntrpo: interrupted; nothing was written\n")
+    raise SystemExit(130) from None
 
 DEFAULT_ENV = "CartPole-v1"
 # A resumed run takes these from its own run directory (--env only where it was trained on an env without an id).
@@ -175,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_and_report(agent, max(total_steps, agent.num_steps))
 
     file_values = load_yaml(args.config) if args.config else {}
-    run_values = {k: file_values.pop(k) for k in (*RUN_RECORD_KEYS, "run_id") if k in file_values}
+    run_values = {k: file_values.pop(k) for k in RUN_RECORD_KEYS if k in file_values}
     env_id = args.env if args.env is not None else run_values.get("env") or DEFAULT_ENV
     if not isinstance(env_id, str) or not env_id.strip():
         raise ConfigError(f"env must be a non-empty env id, got {env_id!r}")
@@ -204,7 +207,7 @@ def _train_and_report(agent: Any, total_steps: int) -> int:
     from trpo.checkpoint import write_text_atomic
 
     try:
-        agent.learn(total_steps)
+        agent.learn(total_steps, callback=_stop_if_signalled)
         if agent.config.eval_episodes > 0:
             result = agent.evaluate(agent.config.eval_episodes)
             result["step"] = agent.num_steps
@@ -275,17 +278,39 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both stop a run the same way."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated
+# Signals received: Python drops the KeyboardInterrupt of one that arrives inside a finalizer ("Exception ignored
+# in ..."), so the training loop also looks here after each update (`_stop_if_signalled`).
+_SIGNALS: list[int] = []
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _SIGNALS.append(signum)
+    raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _stop_if_signalled(agent: Any, metrics: dict[str, Any]) -> None:
+    """learn()'s callback: stop after this update if a signal's KeyboardInterrupt was lost."""
+    if _SIGNALS:
+        raise _Terminated if _SIGNALS[-1] == signal.SIGTERM else KeyboardInterrupt
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """SIGTERM, and Ctrl-C unless ignored (nohup, a background job), to `_on_signal`; returns what they were."""
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+        if sig is None or (sig == signal.SIGINT and signal.getsignal(sig) is not signal.default_int_handler):
+            continue
+        # Not in the main thread (main() called from a thread), signal.signal raises: leave signals alone there.
+        with contextlib.suppress(ValueError):
+            previous[sig] = signal.signal(sig, _on_signal)
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
-    previous = None
-    # Not in the main thread (main() called from a thread), signal.signal raises: leave signals alone there.
-    with contextlib.suppress(ValueError, AttributeError):
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     _RUN.clear()
+    _SIGNALS.clear()
+    previous = _install_signal_handlers()
     try:
         return _run(argv)
     except _StdoutClosedError:
@@ -301,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trpo: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run(argv: list[str] | None) -> int:

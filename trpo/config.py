@@ -315,7 +315,7 @@ def validate(cfg: TRPOConfig) -> None:
 RESUME_SAFE_FIELDS = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "eval_max_steps", "vector_mode",
                       "num_workers", "ray_address", "max_worker_restarts")
 # Keys of a run's config.yaml (and of a YAML config file) that are not TRPOConfig fields.
-RUN_RECORD_KEYS = ("env", "seed", "total_steps", "preset", "versions")
+RUN_RECORD_KEYS = ("env", "seed", "total_steps", "preset", "run_id", "versions")
 
 
 def field_docs() -> dict[str, str]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from trpo.checkpoint import write_text_atomic
+from trpo.checkpoint import interrupts_deferred, write_text_atomic
 
 # Fields that measure time: they differ between otherwise identical runs.
 TIMING_FIELDS = ("fps", "time_rollout", "time_policy", "time_value", "time_elapsed")
@@ -87,20 +87,22 @@ class MetricsLog:
         return last_step
 
     def write(self, row: dict[str, Any]) -> None:
-        self.file.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
-        self.file.flush()
-        if self.writer is not None:
-            step = int(row["step"])
-            for key, value in row.items():
-                if isinstance(value, bool) or not isinstance(value, int | float) or key == "step":
-                    continue
-                if math.isfinite(value):
-                    self.writer.add_scalar(f"trpo/{key}", value, step)
+        with interrupts_deferred():  # a whole row, and TensorBoard's writer thread never left waiting
+            self.file.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+            self.file.flush()
+            if self.writer is not None:
+                step = int(row["step"])
+                for key, value in row.items():
+                    if isinstance(value, bool) or not isinstance(value, int | float) or key == "step":
+                        continue
+                    if math.isfinite(value):
+                        self.writer.add_scalar(f"trpo/{key}", value, step)
 
     def close(self) -> None:
-        self.file.close()
-        if self.writer is not None:
-            self.writer.close()
+        with interrupts_deferred():
+            self.file.close()
+            if self.writer is not None:
+                self.writer.close()
 
 
 class Progress:

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trpo.checkpoint import interrupts_deferred
 from trpo.networks import Actor, RolloutPolicy
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
-from trpo.spaces import ActionDistribution, ObsEncoder, ObservationError
+from trpo.spaces import MAX_REWARD, ActionDistribution, ObsEncoder, ObservationError, env_reward
 from trpo.vine import Branches, StateAccess, VineBatch, VinePlan, VineSettings, draw_plan, run_branches
 
 EnvSpec = str | Callable[[], gym.Env] | gym.Env
@@ -63,11 +64,7 @@ def close_env(env: gym.Env, index: int | None = None) -> None:
         raise env_failure(exc, "close()", index, env) from exc
 
 
-# The largest reward a batch (float32) can hold; larger ones would become inf there.
-MAX_REWARD = float(np.finfo(np.float32).max)
-
-
-def check_reward(reward: float, env: gym.Env, index: int, step: int) -> None:
+def check_reward(reward: float, env: gym.Env, index: int | None, step: int) -> None:
     """A reward must be a finite number that float32 can hold: EnvError naming the env and the step otherwise."""
     if not math.isfinite(reward):
         raise EnvError(f"{_env_name(env, index)} returned a non-finite reward ({reward}) at step {step} of its "
@@ -269,7 +266,7 @@ class EnvRunner:
             for i, env in enumerate(self.envs):
                 try:  # the user's env: whatever it raises, or returns that cannot be read, becomes an EnvError
                     raw, reward, terminated, truncated, info = env.step(env_actions[i])
-                    reward = float(reward)
+                    reward = env_reward(reward)
                     seg.next_obs[t, i] = self.encoder.one(raw, info)
                 except Exception as exc:
                     raise env_failure(exc, "step()", self.first_index + i, env) from exc
@@ -328,6 +325,7 @@ def _worker(conn: Connection, spec: EnvSpec, count: int, first_index: int, encod
         end.close()
     # Ctrl-C reaches the whole process group: the main process handles it and closes this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handlers of the parent, forked with it
     torch.set_num_threads(1)
     runner: EnvRunner | None = None
     try:
@@ -391,15 +389,17 @@ class WorkerPool:
             # so that neither side's collections write to the pages they share (copy-on-write would duplicate
             # them; ~15 MiB less memory in all here). close() hands them back to the collector.
             gc.freeze()
-        for size in sizes:
-            parent, child = ctx.Pipe()
-            inherited = [*self.conns, parent] if forked else []
-            proc = ctx.Process(target=_worker, args=(child, spec, size, first, encoder, dist, inherited), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-            first += size
+        with interrupts_deferred():
+            for size in sizes:
+                parent, child = ctx.Pipe()
+                inherited = [*self.conns, parent] if forked else []
+                proc = ctx.Process(target=_worker, args=(child, spec, size, first, encoder, dist, inherited),
+                                   daemon=True)
+                proc.start()
+                child.close()
+                self.conns.append(parent)
+                self.procs.append(proc)
+                first += size
         self.slices = np.cumsum([0, *sizes])
 
     def _died(self, k: int) -> EnvError:

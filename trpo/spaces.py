@@ -33,6 +33,17 @@ class ObservationError(ValueError):
     """An observation does not fit the observation space (shape, Discrete range, Dict keys)."""
 
 
+# The largest reward a batch (float32) can hold; larger ones would become inf there.
+MAX_REWARD = float(np.finfo(np.float32).max)
+
+
+def env_reward(value: Any) -> float:
+    """A reward from env.step as a float: a real number (a 0-d numeric array too). Text is refused, not parsed."""
+    if isinstance(value, str | bytes):
+        raise TypeError(f"the reward must be a number, got {value!r}")
+    return float(value)
+
+
 # --- observations -----------------------------------------------------------------------------------------
 
 
@@ -85,11 +96,12 @@ class ObsEncoder:
     def one(self, obs: Any, info: dict[str, Any] | None = None) -> np.ndarray:
         """Encode a single (unbatched) observation (and, for info masks, its info) to [dim]. ObservationError if
         it does not fit the space."""
-        if self._box_shape is not None:  # the hot path: a shape check, then a view
-            arr = np.asarray(obs, dtype=np.float32)
-            if arr.shape != self._box_shape:
+        if self._box_shape is not None:  # the hot path: a shape and a dtype check, then a view
+            arr = np.asarray(obs)
+            if arr.shape != self._box_shape or arr.dtype.kind not in "fiub":
+                _check_numbers(self.space, arr)
                 raise ObservationError(_wrong_shape(self.space, arr.shape))
-            return arr.reshape(-1)
+            return arr.astype(np.float32, copy=False).reshape(-1)
         if self.image is not None:
             features = self.image.encode(_checked_box(self.features, np.asarray(obs)[None]))[0]
         else:
@@ -154,9 +166,15 @@ def _wrong_shape(space: spaces.Space, shape: tuple[int, ...], batch: bool = Fals
     return f"{what} does not fit the observation space {space} (shape {space.shape})"
 
 
+def _check_numbers(space: spaces.Space, arr: np.ndarray) -> None:
+    if arr.dtype.kind not in "fiub":  # text that numpy would parse, objects, None
+        raise ObservationError(f"observations of {space} are numbers, got an array of {arr.dtype}")
+
+
 def _checked_box(space: spaces.Space, obs: Any) -> np.ndarray:
-    """A batch [B, *space.shape] of Box observations as an array, or ObservationError."""
+    """A batch [B, *space.shape] of Box observations as an array of numbers, or ObservationError."""
     arr = np.asarray(obs)
+    _check_numbers(space, arr)
     if arr.shape[1:] != space.shape:
         raise ObservationError(_wrong_shape(space, arr.shape, batch=True))
     return arr
@@ -165,7 +183,7 @@ def _checked_box(space: spaces.Space, obs: Any) -> np.ndarray:
 def _encode(space: spaces.Space, obs: Any) -> np.ndarray:
     """A batch of observations of `space` as float32 rows, checked against the space."""
     if isinstance(space, spaces.Box):
-        arr = _checked_box(space, np.asarray(obs, dtype=np.float32))
+        arr = _checked_box(space, obs).astype(np.float32, copy=False)
         return arr.reshape(len(arr), int(np.prod(space.shape)))  # (also an empty batch)
     if isinstance(space, spaces.Discrete):
         values = np.asarray(obs)

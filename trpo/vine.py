@@ -20,7 +20,6 @@ runners (`run_branches`), and the estimators' pure functions (`branch_q_values`,
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trpo.spaces import ActionDistribution, Categorical, ObsEncoder
+from trpo.spaces import MAX_REWARD, ActionDistribution, Categorical, ObsEncoder, env_reward
 
 # Wrappers that keep state during an episode: the attributes saved and restored with the env (TimeLimit's step
 # counter; Atari's preprocessing: lives, game over and the last two frames max-pooled when an episode ends
@@ -257,12 +256,13 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
                         action = dist.pick(policy(obs_norm(obs)) + plan.continuation[i, m, h - 1][None])
                     try:
                         raw, reward, term, trunc, info = env.step(dist.to_env_list(action)[0])
-                        reward = float(reward)
+                        reward = env_reward(reward)
                         obs = encoder.one(raw, info)[None]
                     except Exception as exc:
                         raise env_failure(exc, "step() of a vine branch", first_index + i) from exc
-                    if not (math.isfinite(reward) and np.isfinite(obs).all()):
-                        raise EnvError(f"environment returned a non-finite reward or observation in a vine branch "
+                    if not (abs(reward) <= MAX_REWARD and np.isfinite(obs).all()):
+                        raise EnvError(f"environment returned a non-finite (or, for float32, too large) reward or "
+                                       "observation in a vine branch "
                                        f"of env {first_index + i}")
                     rewards[i, m, b, h] = reward
                     steps[i, m, b] = h + 1
