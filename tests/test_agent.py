@@ -15,8 +15,8 @@ from gymnasium import spaces
 from torch import distributions as dists
 
 from trpo import TRPO, TRPOConfig
+from trpo.envs import EnvError
 from trpo.logger import TIMING_FIELDS
-from trpo.rollout import EnvError
 from trpo.update_rules import PolicyBatch, policy_stats
 
 SMALL = TRPOConfig(num_envs=2, steps_per_env=128, value_epochs=2, value_minibatch=64)

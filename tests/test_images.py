@@ -17,8 +17,8 @@ from trpo_testenvs import PixelSideEnv
 from trpo import TRPO, TRPOConfig
 from trpo.config import ConfigError
 from trpo.encoders import ConvBody, ImageLayout, image_layout
+from trpo.envs import EnvError
 from trpo.networks import Actor, TorchPolicy
-from trpo.rollout import EnvError
 from trpo.spaces import ObsEncoder, make_distribution
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp
 from trpo.update_rules import flat_parameters

@@ -17,8 +17,8 @@ from trpo_testenvs import DiesEnv
 
 from trpo import TRPO, TRPOConfig
 from trpo.config import ConfigError
-from trpo.ray_rollout import RayPool
-from trpo.rollout import EnvError
+from trpo.envs import EnvError
+from trpo.rollout.ray_actors import RayPool
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker: one Ray runtime at a time
@@ -109,7 +109,7 @@ def test_an_env_that_does_not_import_on_the_actors_is_a_clear_error(
 
 
 def test_without_ray_the_mode_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trpo.ray_rollout import import_ray
+    from trpo.rollout.ray_actors import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ConfigError, match=r"vector_mode 'ray' needs Ray: pip install \"trpo\[ray\]\""):

@@ -18,7 +18,7 @@ from trpo_testenvs import LayeredMDP, MaskedChoiceEnv
 from trpo import TRPO, TRPOConfig
 from trpo import objectives as obj
 from trpo.config import ConfigError
-from trpo.rollout import make_env
+from trpo.envs import make_env
 from trpo.update_rules import PolicyBatch
 from trpo.vine import (
     StateAccess,

@@ -16,7 +16,7 @@ _EXPORTS = {
     "TRPO": "trpo.agent",
     "TRPOConfig": "trpo.config",
     "ConfigError": "trpo.config",
-    "EnvError": "trpo.rollout",
+    "EnvError": "trpo.envs",
     "ObservationError": "trpo.spaces",
     "UnsupportedSpaceError": "trpo.spaces",
     "CheckpointError": "trpo.checkpoint",
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from trpo.agent import TRPO
     from trpo.checkpoint import CheckpointError, RunDirError
     from trpo.config import ConfigError, TRPOConfig
+    from trpo.envs import EnvError
     from trpo.plot import PlotError
-    from trpo.rollout import EnvError
     from trpo.spaces import ObservationError, UnsupportedSpaceError
 
 

@@ -36,22 +36,12 @@ from trpo.config import (
     check_seed,
     resolve_config,
 )
+from trpo.envs import EnvError, EnvSpec, check_reward, close_env, env_failure, env_id_of, has_time_limit, make_env
 from trpo.logger import MetricsLog, Progress
 from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.optim import Adam
-from trpo.rollout import (
-    Batch,
-    EnvError,
-    EnvSpec,
-    RolloutCollector,
-    check_reward,
-    close_env,
-    env_failure,
-    env_id_of,
-    has_time_limit,
-    make_env,
-)
+from trpo.rollout import Batch, RolloutCollector
 from trpo.spaces import (
     MASK_KEY,
     ObsEncoder,
@@ -231,12 +221,9 @@ class TRPO:
     def _collector_or_new(self) -> RolloutCollector:
         if self._collector is None:
             # Seeds differ per (re)start so a resumed run does not replay the first episodes.
-            self._collector = RolloutCollector(
-                self.env_spec, self.config.num_envs, self.config.vector_mode, self.encoder, self.dist,
-                self.obs_norm, self.reward_scaler, self.device, seed=self.seed + 7919 * self.num_updates,
-                num_workers=self.config.num_workers, ray_address=self.config.ray_address,
-                max_worker_restarts=self.config.max_worker_restarts, vine=self.vine,
-            )
+            seed = self.seed + 7919 * self.num_updates
+            self._collector = RolloutCollector(self.env_spec, self.config, self.encoder, self.dist, self.obs_norm,
+                                               self.reward_scaler, self.device, seed, self.vine)
         return self._collector
 
     def _update(self) -> dict[str, Any]:

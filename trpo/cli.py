@@ -350,8 +350,8 @@ def _is_user_error(exc: BaseException) -> bool:
         return True
     from trpo.checkpoint import CheckpointError, RunDirError
     from trpo.config import ConfigError
+    from trpo.envs import EnvError
     from trpo.plot import PlotError
-    from trpo.rollout import EnvError
     from trpo.spaces import UnsupportedSpaceError
 
     return isinstance(exc, ConfigError | EnvError | UnsupportedSpaceError | CheckpointError | RunDirError | PlotError)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trpo.envs import EnvError, check_masks, env_failure
 from trpo.spaces import MAX_REWARD, ActionDistribution, Categorical, ObsEncoder, env_reward
 
 # Wrappers that keep state during an episode: the attributes saved and restored with the env (TimeLimit's step
@@ -228,7 +229,6 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
                  policy: Any, obs_norm: Any, first_index: int) -> Branches:
     """Every branch of `plan` from the saved trunk states (saved[i][m] of env i, observation start_obs[i, m]),
     then each env restored to where its trunk stopped. Errors from the user's env are raised as EnvError."""
-    from trpo.rollout import EnvError, check_masks, env_failure  # rollout imports this module
 
     n_envs, n_states = plan.times.shape
     n_branches, horizon = plan.num_actions, plan.continuation.shape[2] + 1

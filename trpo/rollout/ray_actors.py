@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from trpo.config import ConfigError
+from trpo.config import ConfigError, TRPOConfig
+from trpo.envs import EnvError, EnvSpec, make_env
 from trpo.networks import RolloutPolicy
 from trpo.normalization import FrozenObsNorm
-from trpo.rollout import EnvError, EnvRunner, EnvSpec, Segment, make_env, worker_error
+from trpo.rollout.runner import EnvRunner, Segment
+from trpo.rollout.workers import check_remote_spec, worker_count, worker_error
 from trpo.spaces import ActionDistribution, ObsEncoder
 from trpo.vine import VinePlan
 
@@ -35,6 +37,12 @@ def import_ray() -> Any:
     except ImportError as exc:
         raise ConfigError("vector_mode 'ray' needs Ray: pip install \"trpo[ray]\"") from exc
     return ray
+
+
+def ray_backend(spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: ActionDistribution) -> RayPool:
+    """vector_mode 'ray': the envs on Ray actors (on this machine, or the cluster at cfg.ray_address)."""
+    check_remote_spec(spec, "ray")
+    return RayPool(spec, cfg.num_envs, encoder, dist, worker_count(cfg), cfg.ray_address, cfg.max_worker_restarts)
 
 
 class RayWorker:

@@ -1,0 +1,141 @@
+"""Making envs (an id, 'module:EnvId', a factory or an instance; ALE and MinAtar ids with their preprocessing)
+and what the user's env does wrong: each failure one EnvError naming the env, its index and id, and the call."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+
+from trpo.spaces import MAX_REWARD, ObsEncoder, ObservationError
+
+EnvSpec = str | Callable[[], gym.Env] | gym.Env
+
+
+class EnvError(ValueError):
+    """The environment cannot be made or returned invalid data; the message says which."""
+
+
+def env_failure(exc: Exception, call: str, index: int | None = None, env: gym.Env | None = None) -> EnvError:
+    """An exception raised by the user's env (or by encoding what it returned), as one clear EnvError naming the
+    env (its index and id) and the call."""
+    which = _env_name(env, index)
+    message = " ".join(str(exc).split())
+    if isinstance(exc, ObservationError):
+        return EnvError(f"{which} returned a bad observation from {call}: {message}")
+    return EnvError(f"{which} raised {type(exc).__name__} in {call}" + (f": {message}" if message else ""))
+
+
+def _env_name(env: gym.Env | None, index: int | None) -> str:
+    """'env 3 (Hopper-v5)', 'the environment (Hopper-v5)', or without the id where the env has none."""
+    name = "the environment" if index is None else f"env {index}"
+    spec = getattr(env, "spec", None)
+    return f"{name} ({spec.id})" if spec is not None else name
+
+
+def close_env(env: gym.Env, index: int | None = None) -> None:
+    """env.close(), with what the user's env raises there as one EnvError."""
+    try:
+        env.close()
+    except Exception as exc:
+        raise env_failure(exc, "close()", index, env) from exc
+
+
+def check_reward(reward: float, env: gym.Env, index: int | None, step: int) -> None:
+    """A reward must be a finite number that float32 can hold: EnvError naming the env and the step otherwise."""
+    if not math.isfinite(reward):
+        raise EnvError(f"{_env_name(env, index)} returned a non-finite reward ({reward}) at step {step} of its "
+                       "episode")
+    if abs(reward) > MAX_REWARD:
+        raise EnvError(f"{_env_name(env, index)} returned the reward {reward!r} at step {step} of its episode, "
+                       f"larger than float32 holds ({MAX_REWARD:.3g})")
+
+
+def make_env(spec: EnvSpec) -> gym.Env:
+    """One env from an id (also 'module:EnvId'), a factory, or an existing instance."""
+    if isinstance(spec, gym.Env):
+        return spec
+    if callable(spec):
+        try:
+            env = spec()
+        except Exception as exc:
+            raise env_failure(exc, "its factory") from exc
+        if not isinstance(env, gym.Env):
+            raise EnvError(f"env factory returned {type(env).__name__}, not a gymnasium.Env")
+        return env
+    if not isinstance(spec, str):
+        raise EnvError(f"env must be an id, a factory or a gymnasium.Env, got {type(spec).__name__}")
+    if not spec.strip():
+        raise EnvError("the env id is empty")
+    try:
+        if spec.startswith("ALE/"):
+            return make_atari(spec)
+        if spec.startswith("MinAtar/"):
+            _register_minatar()
+        return gym.make(spec)
+    except EnvError:  # a missing game package, said as it is
+        raise
+    except gym.error.UnregisteredEnv as exc:
+        raise EnvError(f"unknown environment id {spec!r}: {exc}") from exc
+    except (gym.error.Error, ModuleNotFoundError) as exc:  # e.g. DependencyNotInstalled: mujoco is missing
+        raise EnvError(f"cannot make environment {spec!r}: {exc}") from exc
+    except Exception as exc:  # the env's own constructor, or the module that registers it, failed
+        raise EnvError(f"cannot make environment {spec!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def make_atari(env_id: str) -> gym.Env:
+    """An 'ALE/Name-v5' game with the standard preprocessing (Machado et al. 2018 via Gymnasium's wrappers):
+    up to 30 no-op starts, 4 frames per action (max of the last two), 84 x 84 greyscale, 4 frames stacked
+    (obs 4 x 84 x 84 uint8); sticky actions as the v5 games define them (per frame, probability 0.25), drawn by
+    Gymnasium's StickyAction wrapper from the env's RNG rather than inside ALE, whose saved states do not carry
+    the last action (vine sampling restores states); episodes end at game over."""
+    try:
+        import ale_py
+    except ImportError as exc:
+        raise EnvError(f"{env_id} needs ale-py: pip install \"trpo[atari]\"") from exc
+    gym.register_envs(ale_py)
+    sticky = gym.spec(env_id).kwargs.get("repeat_action_probability", 0.0)
+    env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0)  # AtariPreprocessing skips the frames
+    if sticky > 0:
+        env = gym.wrappers.StickyAction(env, repeat_action_probability=sticky)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
+    return gym.wrappers.FrameStackObservation(env, 4)
+
+
+def _register_minatar() -> None:
+    """MinAtar registers its 'MinAtar/Name-v0/v1' ids only when asked."""
+    try:
+        from minatar.gym import register_envs
+    except ImportError as exc:
+        raise EnvError("MinAtar games need minatar: pip install \"trpo[minatar]\"") from exc
+    if "MinAtar/Breakout-v1" not in gym.registry:
+        register_envs()
+
+
+def has_time_limit(env: gym.Env) -> bool:
+    """Whether the env ends its episodes after a number of steps by itself: a TimeLimit wrapper (a registered
+    max_episode_steps adds one) anywhere in its wrapper chain."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return True
+        env = env.env
+    return False
+
+
+def env_id_of(spec: EnvSpec) -> str | None:
+    """The id to store in configs and checkpoints, when there is one."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, gym.Env) and spec.spec is not None:
+        return spec.spec.id
+    return None
+
+
+def check_masks(encoder: ObsEncoder, obs: np.ndarray, first_index: int) -> None:
+    """Every env about to act (rows of obs, env first_index onwards) has a valid action in each sub-action."""
+    bad = encoder.empty_mask_row(obs)
+    if bad is not None:
+        raise EnvError(f"env {first_index + bad} gave an action_mask that allows no action")
+

@@ -1,0 +1,13 @@
+"""Rollouts: N vectorized Gymnasium envs stepped by pi_old into a typed batch.
+
+    runner.py      the `Backend` seam, and `EnvRunner` (k envs in one process: vector_mode 'sync')
+    workers.py     'subprocess': envs split over worker processes
+    ray_actors.py  'ray': envs on Ray actors, on this machine or a cluster
+    collector.py   `RolloutCollector`: pi_old frozen per batch, the backend `BACKENDS` names, the `Batch`
+Making envs and the errors of the user's env are trpo/envs.py's; vine sampling's branches, trpo/vine.py's.
+"""
+
+from trpo.rollout.collector import BACKENDS, Batch, RolloutCollector
+from trpo.rollout.runner import Backend, EnvRunner, Segment
+
+__all__ = ["BACKENDS", "Backend", "Batch", "EnvRunner", "RolloutCollector", "Segment"]

@@ -1,0 +1,191 @@
+"""The collector: batches of N envs' steps with pi_old, from the backend the config names (`BACKENDS`), into a
+typed `Batch` (observations normalized with pi_old's statistics, rewards scaled in time order)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trpo.config import TRPOConfig
+from trpo.envs import EnvSpec
+from trpo.networks import Actor, RolloutPolicy
+from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
+from trpo.rollout.ray_actors import ray_backend
+from trpo.rollout.runner import Backend, BackendFactory, Segment, sync_backend
+from trpo.rollout.workers import subprocess_backend
+from trpo.spaces import ActionDistribution, ObsEncoder
+from trpo.vine import Branches, VineBatch, VinePlan, VineSettings, draw_plan
+
+
+@dataclass
+class Batch:
+    """T steps x N envs, time-major. Observations are encoded and normalized as the policy saw them."""
+
+    obs: Tensor  # [T, N, D]
+    next_obs: Tensor  # [T, N, D]: s_{t+1}, the true final observation where the episode ended
+    actions: Tensor  # [T, N, ...]
+    log_probs: Tensor  # [T, N]: log pi_old(a_t | s_t)
+    rewards: Tensor  # [T, N]: after reward scaling
+    terminated: Tensor  # [T, N] bool
+    truncated: Tensor  # [T, N] bool
+    episode_returns: list[float] = field(default_factory=list)  # raw returns of episodes ending in the batch
+    episode_lengths: list[int] = field(default_factory=list)
+    worker_restarts: int = 0  # Ray actors replaced while collecting this batch (their share collected again)
+    vine: VineBatch | None = None  # vine sampling's branches (the policy learns from these)
+
+    @property
+    def env_steps(self) -> int:
+        """Env steps taken for this batch: the trajectories' and the vine branches'."""
+        return self.obs.shape[0] * self.obs.shape[1] + (0 if self.vine is None else self.vine.env_steps)
+
+
+@dataclass
+class _Pending:
+    """A batch set going by `RolloutCollector.start`: pi_old as the envs see it, and the actor it came from."""
+
+    policy: RolloutPolicy
+    obs_norm: FrozenObsNorm
+    shifted_noise: np.ndarray  # [T, N, head_dim]
+    generator: torch.Generator
+    theta: Tensor  # the actor's parameters at start()
+    plan: VinePlan | None
+
+
+def _flat_params(actor: Actor) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
+
+
+# vector_mode -> the backend's factory; a new backend is a module with a factory and a line here.
+BACKENDS: dict[str, BackendFactory] = {"sync": sync_backend, "subprocess": subprocess_backend, "ray": ray_backend}
+
+
+class RolloutCollector:
+    """Collects batches from `num_envs` envs, in this process, in worker processes or on Ray actors.
+
+    pi_old is frozen for the whole batch: the actor's weights *and* the observation-normalization statistics,
+    which are updated with the batch's observations only after it is collected. Rewards are scaled afterwards,
+    in time order, so the result does not depend on how envs are split over processes.
+    """
+
+    def __init__(self, spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: ActionDistribution,
+                 obs_norm: ObsNormalizer, reward_scaler: RewardScaler, device: torch.device, seed: int,
+                 vine: VineSettings | None = None) -> None:
+        self.vine = vine
+        self.encoder = encoder
+        self.dist = dist
+        self.obs_norm = obs_norm
+        self.reward_scaler = reward_scaler
+        self.device = device
+        self.num_envs = cfg.num_envs
+        self.runner: Backend = BACKENDS[cfg.vector_mode](spec, cfg, encoder, dist)
+        try:
+            obs_norm.update(self.runner.reset(seed))
+        except BaseException:
+            self.runner.close()  # worker processes, Ray actors and a Ray runtime started for them
+            raise
+        self._pending: _Pending | None = None
+
+    @torch.no_grad()
+    def start(self, actor: Actor, steps: int, generator: torch.Generator) -> None:
+        """Freeze pi_old (a numpy copy of the actor and the observation statistics), draw the noise of the whole
+        batch from `generator`, and set the envs going. With worker processes this returns at once, so the
+        caller can fit the critic while the batch is collected (the batch does not depend on the critic)."""
+        if self._pending is not None:
+            raise RuntimeError("a batch is already being collected; call finish() first")
+        policy = actor.rollout_policy()
+        noise = self.dist.noise((steps, self.num_envs, self.dist.head_dim), generator)
+        # No family's shift depends on the state (a Gaussian's log-std is a free parameter): any input will do.
+        params = tuple(p.cpu() for p in actor(torch.zeros(1, self.encoder.dim, device=self.device)))
+        shifted = self.dist.shift(params, noise).numpy()
+        plan = None if self.vine is None else draw_plan(self.dist, params, self.num_envs, steps, self.vine, generator)
+        frozen = self.obs_norm.frozen()
+        self.runner.start(policy, frozen, shifted, plan)
+        self._pending = _Pending(policy, frozen, shifted, generator, _flat_params(actor), plan)
+
+    @property
+    def collecting(self) -> bool:
+        """Whether `start` set a batch going that `finish` has not yet returned."""
+        return self._pending is not None
+
+    @torch.no_grad()
+    def finish(self, actor: Actor) -> Batch:
+        """The batch that `start` set going, with log pi_old(a|s) computed in one batched pass of `actor`, which
+        must still be pi_old: if its parameters changed since `start`, that batch is dropped and a new one
+        collected."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("no batch is being collected; call start() first")
+        steps, n, d = pending.shifted_noise.shape[0], self.num_envs, self.encoder.dim
+        if not torch.equal(pending.theta, _flat_params(actor)):
+            self.runner.drop()  # set going with another policy
+            return self.collect(actor, steps, pending.generator)
+        restarts = self.runner.restarts
+        parts = self.runner.finish()
+        cat = lambda name: np.concatenate([getattr(p, name) for p in parts], axis=1)  # noqa: E731
+        raw_obs, raw_next = cat("obs"), cat("next_obs")
+        terminated, truncated, rewards = cat("terminated"), cat("truncated"), cat("rewards")
+
+        frozen = pending.obs_norm
+        obs = torch.as_tensor(frozen(raw_obs), device=self.device)
+        next_obs = torch.as_tensor(frozen(raw_next), device=self.device)
+        # Every observation the envs returned from a step, final ones included.
+        self.obs_norm.update(raw_next.reshape(-1, d))
+        scaled = np.stack([self.reward_scaler(rewards[t], terminated[t] | truncated[t]) for t in range(steps)])
+        actions = torch.as_tensor(cat("actions"), device=self.device)
+        flat_actions = actions.reshape(steps * n, *actions.shape[2:])
+        log_probs = self.dist.log_prob(actor(obs.reshape(steps * n, d)), flat_actions)
+        # Episodes grouped by runner (worker), in time order within each.
+        return Batch(
+            obs=obs,
+            next_obs=next_obs,
+            actions=actions,
+            log_probs=log_probs.reshape(steps, n),
+            rewards=torch.as_tensor(scaled, device=self.device),
+            terminated=torch.as_tensor(terminated, device=self.device),
+            truncated=torch.as_tensor(truncated, device=self.device),
+            episode_returns=[r for p in parts for r in p.episode_returns],
+            episode_lengths=[n_ for p in parts for n_ in p.episode_lengths],
+            worker_restarts=self.runner.restarts - restarts,
+            vine=None if pending.plan is None else self._vine_batch(actor, pending, raw_obs, parts),
+        )
+
+    def _vine_batch(self, actor: Actor, pending: _Pending, raw_obs: np.ndarray, parts: list[Segment]) -> VineBatch:
+        """The branches as tensors: rollout states and final observations normalized with pi_old's statistics,
+        rewards scaled with the statistics the trunk's rewards left (the branches do not update either)."""
+        plan, frozen = pending.plan, pending.obs_norm
+        assert plan is not None
+        br = Branches.concat([p.branches for p in parts if p.branches is not None])
+        n, m, k = br.steps.shape
+        states = np.concatenate([raw_obs[plan.times[i], i] for i in range(n)])  # [N * M, D], env-major
+        obs = torch.as_tensor(frozen(states), device=self.device)
+        actions = torch.as_tensor(br.actions.reshape(n * m * k, *br.actions.shape[3:]), device=self.device)
+        log_probs = self.dist.log_prob(actor(obs.repeat_interleave(k, 0)), actions)
+        as_tensor = lambda a: torch.as_tensor(a.reshape(n * m, *a.shape[2:]), device=self.device)  # noqa: E731
+        return VineBatch(
+            obs=obs,
+            actions=actions.reshape(n * m, k, *actions.shape[1:]),
+            old_log_probs=log_probs.reshape(n * m, k),
+            rewards=as_tensor(self.reward_scaler.scale(br.rewards)),
+            steps=as_tensor(br.steps),
+            terminated=as_tensor(br.terminated),
+            last_obs=as_tensor(frozen(br.last_obs)),
+            all_actions=plan.first is None,
+        )
+
+    def collect(self, actor: Actor, steps: int, generator: torch.Generator) -> Batch:
+        """`steps` steps of every env with pi_old = the actor as it is now: `start` then `finish`."""
+        self.start(actor, steps, generator)
+        return self.finish(actor)
+
+    def close(self) -> None:
+        if self._pending is not None:
+            # Read the batch in flight: a worker blocked writing it to a full pipe would never see "close".
+            with contextlib.suppress(Exception):
+                self.runner.drop()
+        self._pending = None
+        self.runner.close()
+

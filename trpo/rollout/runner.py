@@ -1,0 +1,189 @@
+"""The rollout seam (`Backend`) and the runner every backend uses: k envs stepped for a whole segment with a frozen
+policy, autoresetting ended episodes (vector_mode 'sync' is an `EnvRunner` in this process).
+
+`terminated` and `truncated` are kept apart. At every step where an episode ends, the segment stores the *true*
+final observation as `next_obs` (the env is reset only after it is recorded), so a time-limit truncation can
+bootstrap from V(final obs) while a termination does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from trpo.config import TRPOConfig
+from trpo.envs import EnvError, EnvSpec, check_masks, check_reward, close_env, env_failure, make_env
+from trpo.networks import RolloutPolicy
+from trpo.normalization import FrozenObsNorm
+from trpo.spaces import MAX_REWARD, ActionDistribution, ObsEncoder, env_reward
+from trpo.vine import Branches, StateAccess, VinePlan, run_branches
+
+
+@dataclass
+class Segment:
+    """What one runner collected for its k envs: plain numpy, so it crosses process boundaries cheaply.
+    Observations are encoded but *not* normalized; rewards are raw."""
+
+    obs: np.ndarray  # [T, k, D]
+    next_obs: np.ndarray  # [T, k, D]: the true final observation where an episode ended
+    actions: np.ndarray  # [T, k, ...] as sampled (Box actions unclipped)
+    rewards: np.ndarray  # [T, k] float64
+    terminated: np.ndarray  # [T, k] bool
+    truncated: np.ndarray  # [T, k] bool
+    episode_returns: list[float]
+    episode_lengths: list[int]
+    branches: Branches | None = None  # vine sampling's branches off this segment
+
+
+class Backend(Protocol):
+    """The rollout seam: how a batch's envs are stepped. `EnvRunner` (vector_mode 'sync', in this process),
+    `workers.WorkerPool` ('subprocess'), `ray_actors.RayPool` ('ray'); each gives the same segments for the same
+    policy and noise. Adding a backend: a module with a class of these members, a factory (`BackendFactory`), and
+    its line in `collector.BACKENDS`."""
+
+    restarts: int  # workers replaced after dying (Ray only; 0 elsewhere)
+
+    def reset(self, seed: int) -> np.ndarray: ...
+
+    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
+              plan: VinePlan | None = None) -> None: ...
+
+    def finish(self) -> list[Segment]: ...
+
+    def drop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+BackendFactory = Callable[[EnvSpec, "TRPOConfig", ObsEncoder, ActionDistribution], Backend]
+
+
+def sync_backend(spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: ActionDistribution) -> EnvRunner:
+    """vector_mode 'sync': every env in this process."""
+    if isinstance(spec, gym.Env) and cfg.num_envs != 1:
+        raise EnvError("an env instance serves only num_envs=1; pass an id or a factory")
+    return EnvRunner([make_env(spec) for _ in range(cfg.num_envs)], encoder, dist, 0)
+
+
+class EnvRunner:
+    """Steps k envs for a whole segment with a frozen policy, autoresetting ended episodes. Lives in this
+    process (vector_mode 'sync': a `Backend` that collects the batch when `finish` asks for it) or in a worker
+    process ('subprocess'); both give the same results."""
+
+    restarts = 0
+
+    def __init__(self, envs: list[gym.Env], encoder: ObsEncoder, dist: ActionDistribution, first_index: int) -> None:
+        self.envs = envs
+        self.encoder = encoder
+        self.dist = dist
+        self.first_index = first_index  # global index of envs[0], for error messages and seeds
+        self.obs = np.zeros((len(envs), encoder.dim), dtype=encoder.dtype)
+        self.ep_return = np.zeros(len(envs))
+        self.ep_length = np.zeros(len(envs), dtype=np.int64)
+        self.access: list[StateAccess] | None = None  # made at the first vine batch
+        self.pending: tuple[Any, ...] | None = None  # start()'s arguments, run by finish()
+
+    def _check_finite(self, obs: np.ndarray, what: str) -> None:
+        """One check for all k envs' encoded observations [k, D]; finds the env only when one is bad."""
+        if not np.isfinite(obs).all():
+            i = int(np.flatnonzero(~np.isfinite(obs).all(axis=1))[0])
+            raise EnvError(f"environment returned a non-finite {what} (NaN or inf) in env {self.first_index + i}")
+
+    def _check_masks(self) -> None:
+        check_masks(self.encoder, self.obs, self.first_index)
+
+    def reset(self, seed: int) -> np.ndarray:
+        for i, env in enumerate(self.envs):
+            try:
+                # Seeds wrap at 2**32: some envs seed numpy's legacy RandomState, which takes no larger ones.
+                self.obs[i] = self.encoder.one(*env.reset(seed=(seed + self.first_index + i) % 2**32))
+            except Exception as exc:
+                raise env_failure(exc, "reset()", self.first_index + i, env) from exc
+        self._check_finite(self.obs, "observation")
+        self._check_masks()
+        self.ep_return[:] = 0.0
+        self.ep_length[:] = 0
+        return self.obs.copy()
+
+    def run(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
+            plan: VinePlan | None = None) -> Segment:
+        """Step every env shifted_noise.shape[0] times. The action at step t is
+        pick(policy(normalized obs) + shifted_noise[t]) (`ActionDistribution.shift` / `pick`), all in numpy.
+        With a vine plan, the env states at the plan's steps are saved on the way, and the branches run after."""
+        steps, k, d = shifted_noise.shape[0], len(self.envs), self.encoder.dim
+        save_at = np.zeros((steps, k), bool)
+        saved: list[list[tuple[Any, ...]]] = [[] for _ in range(k)]
+        if plan is not None:
+            if self.access is None:
+                self.access = [StateAccess(env) for env in self.envs]
+            for i in range(k):
+                save_at[plan.times[i], i] = True
+        seg = Segment(
+            obs=np.zeros((steps, k, d), self.encoder.dtype), next_obs=np.zeros((steps, k, d), self.encoder.dtype),
+            actions=np.empty(0), rewards=np.zeros((steps, k)), terminated=np.zeros((steps, k), bool),
+            truncated=np.zeros((steps, k), bool), episode_returns=[], episode_lengths=[],
+        )
+        actions = []
+        for t in range(steps):
+            seg.obs[t] = self.obs
+            for i in np.flatnonzero(save_at[t]):
+                saved[i].append(self.access[i].save())
+            action = self.dist.pick(policy(obs_norm(self.obs)) + shifted_noise[t])
+            actions.append(action)
+            env_actions = self.dist.to_env_list(action)
+            ended = False
+            for i, env in enumerate(self.envs):
+                try:  # the user's env: whatever it raises, or returns that cannot be read, becomes an EnvError
+                    raw, reward, terminated, truncated, info = env.step(env_actions[i])
+                    reward = env_reward(reward)
+                    seg.next_obs[t, i] = self.encoder.one(raw, info)
+                except Exception as exc:
+                    raise env_failure(exc, "step()", self.first_index + i, env) from exc
+                if not abs(reward) <= MAX_REWARD:  # inlined check_reward's test: this is the hot loop
+                    check_reward(reward, env, self.first_index + i, int(self.ep_length[i]) + 1)
+                seg.rewards[t, i], seg.terminated[t, i], seg.truncated[t, i] = reward, terminated, truncated
+                self.ep_return[i] += reward
+                self.ep_length[i] += 1
+                if terminated or truncated:
+                    ended = True
+                    seg.episode_returns.append(float(self.ep_return[i]))
+                    seg.episode_lengths.append(int(self.ep_length[i]))
+                    self.ep_return[i], self.ep_length[i] = 0.0, 0
+                    try:
+                        self.obs[i] = self.encoder.one(*env.reset())
+                    except Exception as exc:
+                        raise env_failure(exc, "reset()", self.first_index + i, env) from exc
+                else:
+                    self.obs[i] = seg.next_obs[t, i]
+            if ended:
+                done = seg.terminated[t] | seg.truncated[t]
+                self._check_finite(np.where(done[:, None], seg.next_obs[t], 0.0), "final observation")
+            self._check_finite(self.obs, "observation")
+            self._check_masks()
+        seg.actions = np.stack(actions)
+        if plan is not None:
+            start_obs = np.stack([seg.obs[plan.times[i], i] for i in range(k)])
+            seg.branches = run_branches(self.envs, saved, self.access, start_obs, plan, self.encoder, self.dist,
+                                        policy, obs_norm, self.first_index)
+        return seg
+
+    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
+              plan: VinePlan | None = None) -> None:
+        self.pending = (policy, obs_norm, shifted_noise, plan)
+
+    def finish(self) -> list[Segment]:
+        assert self.pending is not None, "finish() before start()"
+        args, self.pending = self.pending, None
+        return [self.run(*args)]
+
+    def drop(self) -> None:
+        self.pending = None
+
+    def close(self) -> None:
+        for i, env in enumerate(self.envs):
+            close_env(env, self.first_index + i)
+
