@@ -4,9 +4,12 @@
     python3 scripts/dev.py setup     # .venv with trpo installed (editable); then `.venv/bin/trpo train`
     python3 scripts/dev.py test      # .venv with the test extras, then ruff and the whole pytest suite
 
-PyTorch: where no NVIDIA GPU is visible, the CPU build is installed first (pinned to a version known to work
-here), so that trpo's own `torch` range is already satisfied and pip never pulls a multi-GB CUDA build.
-Set TRPO_TORCH_INDEX_URL to install torch from another index (e.g. PyTorch's CPU wheel index elsewhere).
+PyTorch is installed first, so that trpo's own `torch` range is already satisfied (`torch_install`):
+- with an NVIDIA GPU (`nvidia-smi -L` works): the default build from the default index (with CUDA);
+- without one: the CPU build (pinned to a version known to work here) from PyTorch's own CPU wheel index, so that
+  pip never pulls the multi-GB CUDA build; where that index cannot be reached, from the default index instead, with
+  one line saying so (on Linux that may be the CUDA build, unless the default index has the CPU one, as here);
+- TRPO_TORCH_INDEX_URL set: from that index, whatever the machine.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 CPU_TORCH = "torch==2.13.0"
+GPU_TORCH = "torch>=2.4,<3"  # trpo's own range: the default index's newest build
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def venv_python() -> Path:
@@ -38,6 +45,30 @@ def has_gpu() -> bool:
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
+def index_reachable(url: str, timeout: float = 10.0) -> bool:
+    """Whether a package index answers at all (any HTTP status counts: the server is there)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):  # no network, no such host, refused, timed out
+        return False
+    return True
+
+
+def torch_install() -> tuple[list[str], str | None]:
+    """pip's arguments for installing torch on this machine, and a line to print about the choice (or None)."""
+    index = os.environ.get("TRPO_TORCH_INDEX_URL")
+    if index:
+        return ["torch", "--index-url", index], None
+    if has_gpu():
+        return [GPU_TORCH], None
+    if index_reachable(f"{CPU_INDEX}/torch/"):
+        return [CPU_TORCH, "--index-url", CPU_INDEX], None
+    return [CPU_TORCH], (f"dev.py: PyTorch's CPU wheel index ({CPU_INDEX}) cannot be reached; installing {CPU_TORCH} "
+                         "from the default index instead (set TRPO_TORCH_INDEX_URL to choose an index)")
+
+
 def torch_installed(py: Path) -> bool:
     return subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode == 0
 
@@ -49,13 +80,10 @@ def setup(extras: str) -> Path:
     py = venv_python()
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     if not torch_installed(py):
-        index = os.environ.get("TRPO_TORCH_INDEX_URL")
-        if index:
-            run(*pip, "torch", "--index-url", index)
-        elif has_gpu():
-            run(*pip, "torch>=2.4,<3")
-        else:
-            run(*pip, CPU_TORCH)
+        args, note = torch_install()
+        if note:
+            print(note, flush=True)
+        run(*pip, *args)
     run(*pip, "-e", f".[{extras}]" if extras else ".")
     return py
 
