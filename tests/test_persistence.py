@@ -91,7 +91,8 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
                    max_backtracks=4, value_lr=3e-4, value_eps=1e-5, value_epochs=2, value_minibatch=16,
                    actor_hidden=(8,), critic_hidden=(8, 4), activation="relu", init_log_std=-1.0, normalize_obs=True,
                    normalize_reward=True, clip_obs=5.0, clip_reward=4.0, device="cpu", torch_threads=1,
-                   checkpoint_every=3, eval_episodes=2, eval_max_steps=500, obs_encoder="mlp",
+                   checkpoint_every=3, eval_episodes=2, eval_max_steps=500, obs_encoder="mlp", eval_every=1000,
+                   save_every=2000, keep_checkpoints=2,
                    ray_address="127.0.0.1:6379", max_worker_restarts=5,
                    image_encoder="nature", sampling="vine", vine_states=4, vine_actions=3, vine_all_actions=False,
                    vine_horizon=5, vine_bootstrap=False)

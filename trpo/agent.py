@@ -146,6 +146,9 @@ class TRPO:
         self.num_updates = 0
         self.total_steps = 0
         self.history: list[dict[str, Any]] = []
+        self.evaluations: list[dict[str, Any]] = []  # periodic evaluations (eval_every), as in evaluations.jsonl
+        self.best_mean_return = -math.inf
+        self._best_snapshot: bytes | None = None  # the best agent so far, for best.pt at the next checkpoint
         self._collector: RolloutCollector | None = None
 
     def _mask_source(self) -> str | None:
@@ -192,31 +195,85 @@ class TRPO:
                     self._lock.abandon()  # nor a lock file or a directory that this start made
                     self._lock = None
                 raise
+        cfg = self.config
+        if cfg.eval_every and isinstance(self.env_spec, gym.Env):
+            raise ConfigError("eval_every needs an env id or a factory: an env instance is the training env itself")
         log = self._open_run_dir()
+        evaluations = self._open_evaluations()
         progress = Progress(self.total_steps, self.num_steps) if self.progress else None
         try:
             while self.num_steps < self.total_steps:
+                before = self.num_steps
                 metrics = self._update()
                 self.history.append(metrics)
                 if log is not None:
                     log.write(metrics)
                 if progress is not None:
                     progress.update(self.num_steps, metrics["episode_return_mean"])
-                if self.run_dir is not None and self.config.checkpoint_every and \
-                        self.num_updates % self.config.checkpoint_every == 0:
-                    self.save(self.run_dir / checkpoint.LATEST)
+                if _passed(before, self.num_steps, cfg.eval_every):
+                    self._evaluate_periodically(log, evaluations)
+                if self.run_dir is not None and _passed(before, self.num_steps, cfg.save_every):
+                    self._save_numbered()
+                if self.run_dir is not None and cfg.checkpoint_every and self.num_updates % cfg.checkpoint_every == 0:
+                    self._save_latest()
                 if callback is not None and callback(self, metrics) is False:
                     break
         finally:
             if progress is not None:
                 progress.close()
-            if log is not None:
-                log.close()
+            for out in (log, evaluations):
+                if out is not None:
+                    out.close()
         if self.run_dir is not None:
-            self.save(self.run_dir / checkpoint.LATEST)
+            self._save_latest()
             if self.num_steps >= self.total_steps:
                 self.save(self.run_dir / checkpoint.FINAL)
         return self
+
+    def _evaluate_periodically(self, log: MetricsLog | None, evaluations: MetricsLog | None) -> None:
+        """eval_episodes deterministic episodes now: a row in `self.evaluations` (and evaluations.jsonl and
+        TensorBoard), and a snapshot of the agent for best.pt when its mean is the best so far."""
+        result = self.evaluate(self.config.eval_episodes)
+        row = {"update": self.num_updates, "step": self.num_steps,
+               **{k: result[k] for k in ("mean_return", "std_return", "mean_length", "capped", "returns", "lengths")}}
+        self.evaluations.append(row)
+        if evaluations is not None and log is not None:
+            evaluations.write(row)
+            log.add_scalars({k: row[k] for k in ("step", "mean_return", "std_return", "mean_length")}, "eval")
+        if row["mean_return"] > self.best_mean_return:
+            self.best_mean_return = row["mean_return"]
+            if self.run_dir is not None:
+                self._best_snapshot = checkpoint.serialize(self.state_dict())
+
+    def _save_latest(self) -> None:
+        """checkpoints/latest.pt, and best.pt if a better evaluation came since the last checkpoint: best.pt is
+        never newer than latest.pt, so a resumed run's best is one of the evaluations it keeps."""
+        assert self.run_dir is not None
+        self.save(self.run_dir / checkpoint.LATEST)
+        if self._best_snapshot is not None:
+            checkpoint.write_bytes_atomic(self.run_dir / checkpoint.BEST, self._best_snapshot)
+            self._best_snapshot = None
+
+    def _save_numbered(self) -> None:
+        """checkpoints/step_N.pt, keeping the newest keep_checkpoints of them (all with 0)."""
+        assert self.run_dir is not None
+        self.save(self.run_dir / "checkpoints" / f"step_{self.num_steps}.pt")
+        keep = self.config.keep_checkpoints
+        if keep:
+            for old in checkpoint.numbered(self.run_dir)[:-keep]:
+                old.unlink(missing_ok=True)
+
+    def _open_evaluations(self) -> MetricsLog | None:
+        """evaluations.jsonl of a run that evaluates periodically, without the rows after the checkpoint this agent
+        goes on from; the best mean among those kept is the best so far."""
+        if self.run_dir is None or not self.config.eval_every:
+            return None
+        log = MetricsLog(self.run_dir, tensorboard=False, keep_updates=self.num_updates, name="evaluations.jsonl")
+        self.evaluations = log.kept
+        means = [row.get("mean_return") for row in log.kept]
+        self.best_mean_return = max([m for m in means if isinstance(m, int | float) and not isinstance(m, bool)],
+                                    default=-math.inf)
+        return log
 
     def _collector_or_new(self) -> RolloutCollector:
         if self._collector is None:
@@ -629,6 +686,11 @@ class TRPO:
             if self._lock is not None:  # last: the workers forked from this process are gone by now
                 self._lock.release()
                 self._lock = None
+
+
+def _passed(before: int, now: int, every: int) -> bool:
+    """Whether the env step count passed a multiple of `every` (0: never) going from `before` to `now`."""
+    return every > 0 and now // every > before // every
 
 
 def _overflow_message(batch: Batch) -> str:

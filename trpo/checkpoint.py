@@ -5,6 +5,7 @@ and a run directory written only by its own run."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -21,7 +22,9 @@ FORMAT = "trpo-checkpoint-v1"
 LATEST = Path("checkpoints") / "latest.pt"
 FINAL = Path("final.pt")
 # Everything a run writes into its directory (and all that --overwrite removes: other files are left alone).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final.pt", "eval.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final.pt", "eval.json", "evaluations.jsonl",
+             "best.pt")
+BEST = Path("best.pt")
 LOCK = ".lock"
 # `_replace_atomically`'s temporary files: ".NAME.PID.tmp".
 _TEMP_NAME = re.compile(r"\..+\.\d+\.tmp")
@@ -229,6 +232,23 @@ def write_text_atomic(path: Path, text: str) -> None:
 def save_atomic(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a checkpoint all at once."""
     _replace_atomically(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
+
+
+def serialize(state: dict[str, Any]) -> bytes:
+    """A checkpoint as bytes, to write later (`write_bytes_atomic`): a snapshot that later updates do not change."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    return buffer.getvalue()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    _replace_atomically(path, lambda fh: fh.write(data))
+
+
+def numbered(run_dir: Path) -> list[Path]:
+    """The numbered checkpoints checkpoints/step_N.pt of a run (save_every), oldest first."""
+    found = [(int(p.stem[5:]), p) for p in (run_dir / "checkpoints").glob("step_*.pt") if p.stem[5:].isdigit()]
+    return [p for _, p in sorted(found)]
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

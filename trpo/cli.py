@@ -25,6 +25,8 @@ except KeyboardInterrupt:  # Ctrl-C in the first instants: no traceback either
     raise SystemExit(130) from None
 
 DEFAULT_ENV = "CartPole-v1"
+# `trpo eval RUN --checkpoint NAME`: the run directory's files.
+CHECKPOINTS = {"best": "best.pt", "latest": "checkpoints/latest.pt", "final": "final.pt"}
 # A resumed run takes these from its own run directory (--env only where it was trained on an env without an id).
 RESUME_FIXED = ("seed", "config", "preset", "run_dir", "overwrite")
 
@@ -95,6 +97,9 @@ def build_parser() -> _Parser:
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint or run directory")
     ev.add_argument("path", help="run directory (its newest checkpoint) or checkpoint file")
+    ev.add_argument("--checkpoint", default=None, choices=CHECKPOINTS,
+                    help="which of the run directory's checkpoints: best.pt (eval_every), checkpoints/latest.pt, "
+                    "final.pt (default: the newest, latest.pt, else final.pt)")
     ev.add_argument("--episodes", default="10", help="episodes to run (default 10)")
     ev.add_argument("--seed", default=None, help="evaluation seed")
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
@@ -234,7 +239,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     episodes = _positive_int("episodes", args.episodes)
     seed = None if args.seed is None else check_seed(args.seed)
-    agent = TRPO.load(args.path, env=args.env, device=args.device)  # reads only: no run dir lock
+    path = Path(args.path)
+    if args.checkpoint is not None:
+        if not path.is_dir():
+            raise UsageError(f"--checkpoint picks a checkpoint of a run directory; {path} is not one")
+        path = path / CHECKPOINTS[args.checkpoint]
+    agent = TRPO.load(path, env=args.env, device=args.device)  # reads only: no run dir lock
     try:
         result = agent.evaluate(episodes, deterministic=not args.stochastic, seed=seed)
     finally:

@@ -188,8 +188,18 @@ class TRPOConfig:
     """torch.set_num_threads for this process (0 leaves torch's default)."""
     checkpoint_every: int = 10
     """Write checkpoints/latest.pt every K policy updates (0: only at the end)."""
+    save_every: int = 0
+    """Also keep a numbered checkpoint, checkpoints/step_N.pt, each time the run passes a multiple of this many env
+    steps (0: none)."""
+    keep_checkpoints: int = 0
+    """With save_every: keep only the newest K numbered checkpoints (0: all)."""
     eval_episodes: int = 10
-    """Deterministic evaluation episodes at the end of `trpo train`."""
+    """Deterministic evaluation episodes at the end of `trpo train`, and at each periodic evaluation (eval_every)."""
+    eval_every: int = 0
+    """Evaluate during training each time the run passes a multiple of this many env steps (0: never): eval_episodes
+    deterministic episodes on a separate env, observation statistics frozen, appended to evaluations.jsonl and
+    TensorBoard (eval/mean_return); best.pt keeps the agent of the best mean so far, written with the next
+    checkpoint (so a killed run's best.pt is never newer than its latest.pt)."""
     eval_max_steps: int = 10_000
     """An evaluation episode (`trpo eval`, the final evaluation of `trpo train`) of an env without a time limit of
     its own ends after this many steps; the evaluation reports how many episodes were cut."""
@@ -236,7 +246,8 @@ RULE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 _POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample",
                  "vine_states", "vine_horizon", "eval_max_steps")
-_NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "num_workers", "max_worker_restarts")
+_NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "num_workers", "max_worker_restarts",
+                     "save_every", "keep_checkpoints", "eval_every")
 _POSITIVE_FLOAT = ("max_kl", "value_lr", "value_eps", "clip_obs", "clip_reward", "cg_tol", "kl_target")
 _NON_NEGATIVE_FLOAT = ("target_kl", "penalty_coef")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
@@ -252,6 +263,8 @@ def available_cores() -> int:
 
 def validate(cfg: TRPOConfig) -> None:
     """Raise ConfigError naming the first value out of its field's range (the types are checked on construction)."""
+    if cfg.eval_every and not cfg.eval_episodes:
+        raise ConfigError(f"eval_every ({cfg.eval_every}) needs eval_episodes > 0")
     for name in _POSITIVE_INT:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
@@ -312,7 +325,8 @@ def validate(cfg: TRPOConfig) -> None:
 
 
 # Fields a resumed run may change: they do not alter the algorithm's math, only where and how it runs.
-RESUME_SAFE_FIELDS = ("device", "torch_threads", "checkpoint_every", "eval_episodes", "eval_max_steps", "vector_mode",
+RESUME_SAFE_FIELDS = ("device", "torch_threads", "checkpoint_every", "save_every", "keep_checkpoints", "eval_episodes",
+                      "eval_every", "eval_max_steps", "vector_mode",
                       "num_workers", "ray_address", "max_worker_restarts")
 # Keys of a run's config.yaml (and of a YAML config file) that are not TRPOConfig fields.
 RUN_RECORD_KEYS = ("env", "seed", "total_steps", "preset", "run_id", "versions")

@@ -1,4 +1,5 @@
-"""Run outputs: metrics.jsonl (one JSON object per policy update), TensorBoard events, progress display."""
+"""Run outputs: metrics.jsonl (one JSON object per policy update), evaluations.jsonl (one per periodic evaluation),
+TensorBoard events, progress display."""
 
 from __future__ import annotations
 
@@ -50,14 +51,18 @@ def _update_and_step(row: Any) -> tuple[int, int] | None:
 
 
 class MetricsLog:
-    """Appends one line per update to metrics.jsonl (flushed each time) and mirrors scalars to TensorBoard.
+    """Appends one line per update to metrics.jsonl (or another `name`; flushed each time) and mirrors scalars to
+    TensorBoard.
 
     keep_updates: rows of a resumed run's earlier life to keep (those up to its checkpoint); the rows after it,
-    and their TensorBoard events, are dropped, because the resumed run writes those updates again."""
+    and their TensorBoard events, are dropped, because the resumed run writes those updates again. `kept` holds
+    the rows kept."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, keep_updates: int = 0) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, keep_updates: int = 0,
+                 name: str = "metrics.jsonl") -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / name
+        self.kept: list[dict[str, Any]] = []
         last_step = self._truncate(keep_updates) if self.path.exists() else None
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.writer = None
@@ -82,6 +87,7 @@ class MetricsLog:
             update_step = _update_and_step(row)
             if update_step is not None and update_step[0] <= keep_updates:
                 kept.append(line)
+                self.kept.append(row)
                 last_step = max(last_step, update_step[1])
         write_text_atomic(self.path, "".join(ln + "\n" for ln in kept))
         return last_step
@@ -90,13 +96,19 @@ class MetricsLog:
         with interrupts_deferred():  # a whole row, and TensorBoard's writer thread never left waiting
             self.file.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
             self.file.flush()
-            if self.writer is not None:
-                step = int(row["step"])
-                for key, value in row.items():
-                    if isinstance(value, bool) or not isinstance(value, int | float) or key == "step":
-                        continue
-                    if math.isfinite(value):
-                        self.writer.add_scalar(f"trpo/{key}", value, step)
+            self.add_scalars(row, "trpo")
+
+    def add_scalars(self, row: dict[str, Any], tag: str) -> None:
+        """The row's finite numbers as TensorBoard scalars `tag/key` at env step row["step"]."""
+        if self.writer is None:
+            return
+        with interrupts_deferred():
+            step = int(row["step"])
+            for key, value in row.items():
+                if isinstance(value, bool) or not isinstance(value, int | float) or key == "step":
+                    continue
+                if math.isfinite(value):
+                    self.writer.add_scalar(f"{tag}/{key}", value, step)
 
     def close(self) -> None:
         with interrupts_deferred():

@@ -1,0 +1,103 @@
+"""Evaluation during training (eval_every): evaluations.jsonl, TensorBoard, best.pt; numbered checkpoints
+(save_every, keep_checkpoints); `trpo eval --checkpoint`; all of it through a kill and a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+from test_cli import FAST, TESTS, metrics, strip_timing, trpo
+
+from trpo import TRPO, ConfigError, TRPOConfig
+
+SMALL = TRPOConfig(num_envs=2, steps_per_env=64, value_epochs=1, value_minibatch=64, eval_episodes=2)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_periodic_evaluations_leave_training_unchanged_and_keep_the_best(tmp_path: Path) -> None:
+    plain = TRPO("CartPole-v1", config=SMALL, seed=4)
+    plain.learn(1024)
+    plain.close()
+    run = tmp_path / "run"
+    agent = TRPO("CartPole-v1", config=SMALL.replace(eval_every=256, save_every=256, keep_checkpoints=2), seed=4,
+                 run_dir=run)
+    agent.learn(1024)
+    agent.close()
+    # Evaluating on a separate env, deterministically, draws nothing from training's generators.
+    assert strip_timing(agent.history) == strip_timing(plain.history)
+    evals = rows(run / "evaluations.jsonl")
+    assert [r["step"] for r in evals] == [256, 512, 768, 1024] and evals == agent.evaluations
+    assert all(len(r["returns"]) == 2 for r in evals)
+    best = max(evals, key=lambda r: r["mean_return"])
+    state = torch.load(run / "best.pt", weights_only=True)
+    assert state["num_steps"] == best["step"] and agent.best_mean_return == best["mean_return"]
+    # Numbered checkpoints at each multiple of 256 env steps passed: the newest 2 of 4 kept.
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt")) == ["step_1024.pt", "step_768.pt"]
+    assert torch.load(run / "checkpoints" / "step_768.pt", weights_only=True)["num_steps"] == 768
+    # The best agent is evaluated as saved.
+    again = TRPO.load(run / "best.pt").evaluate(2)
+    assert again["returns"] == best["returns"]
+
+
+def test_eval_every_needs_episodes_and_an_env_it_can_make_apart() -> None:
+    with pytest.raises(ConfigError, match=r"eval_every .* needs eval_episodes > 0"):
+        TRPOConfig(eval_every=100, eval_episodes=0)
+    agent = TRPO(gym.make("CartPole-v1"), config=SMALL.replace(num_envs=1, eval_every=64))
+    with pytest.raises(ConfigError, match="eval_every needs an env id or a factory"):
+        agent.learn(128)
+    agent.close()
+
+
+def test_evaluations_and_best_survive_a_kill_and_resume(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    proc = subprocess.Popen([sys.executable, "-m", "trpo.cli", "train", "--total-steps", "40000", "--run-dir",
+                             str(run), "--checkpoint-every", "2", "--eval-every", "256", *FAST],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    evals = run / "evaluations.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (evals.exists() and len(evals.read_text().splitlines()) >= 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["num_steps"]
+    if (run / "best.pt").exists():  # written with a checkpoint: never newer than latest.pt
+        assert torch.load(run / "best.pt", weights_only=True)["num_steps"] <= latest
+    total = latest + 3 * 256
+    res = trpo("train", "--resume", str(run), "--total-steps", str(total), "--no-progress", "--eval-episodes", "1")
+    assert res.returncode == 0, res.stderr
+    kept = rows(evals)
+    assert [r["step"] for r in kept] == list(range(256, total + 1, 256))  # no duplicates, none missing
+    assert [r["step"] for r in metrics(run)] == [r["step"] for r in kept]
+    best = max(kept, key=lambda r: r["mean_return"])
+    assert torch.load(run / "best.pt", weights_only=True)["num_steps"] in {r["step"] for r in kept
+                                                                          if r["mean_return"] == best["mean_return"]}
+    out = trpo("eval", str(run), "--checkpoint", "best", "--episodes", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == torch.load(run / "best.pt",
+                                                                                 weights_only=True)["num_steps"]
+
+
+def test_eval_checkpoint_names_and_their_errors(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert trpo("train", "--total-steps", "512", "--run-dir", str(run), *FAST).returncode == 0
+    final = trpo("eval", str(run), "--checkpoint", "final", "--episodes", "1")
+    assert final.returncode == 0 and "checkpoint at step 512" in final.stdout
+    for args, message in [([str(run), "--checkpoint", "best"], "checkpoint not found"),
+                          ([str(run / "final.pt"), "--checkpoint", "latest"], "is not one"),
+                          ([str(run), "--checkpoint", "newest"], "invalid choice: 'newest'")]:
+        res = trpo("eval", *args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("trpo: error:")]
+        assert message in line, line
