@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/learning.py --env CartPole-v1 Pendulum-v1 Acrobot-v1 --seeds 0 1 2
 
 Prints one line per run and a markdown table per env: the final deterministic evaluation over 10 episodes,
-per seed, with mean and interquartile mean across seeds (the metric shared/ANCHORS.md asks us to report),
+per seed, with mean and interquartile mean across seeds (IQM: robust to one outlying seed, as rliable argues),
 next to rl-zoo's published TRPO figure.
 """
 

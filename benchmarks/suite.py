@@ -12,9 +12,9 @@ directory) split one benchmark. Each run trains on one core (`--vector-mode sync
 worker processes give, unless `--set vector_mode=...`), `--jobs` at a time. `--set` takes any config field
 (booleans as true/false). The table per env and label: final deterministic evaluation over 10
 episodes, mean, std, IQM with a 95% stratified-bootstrap confidence interval (rliable, in the bench extra), min
-and max across seeds, beside the published TRPO figures (shared/ANCHORS.md). `--peer sb3-contrib` runs
-sb3-contrib's TRPO with rl-zoo's settings instead (benchmarks/peer_sb3.py), label `sb3-contrib`, as run
-directories of the same shape: its rows sit in the same table and its curves in the same `trpo plot`.
+and max across seeds, beside the published TRPO figures (sb3-contrib's docs, rl-zoo's benchmark). `--peer
+sb3-contrib` runs sb3-contrib's TRPO with rl-zoo's settings instead (benchmarks/peer_sb3.py), label `sb3-contrib`,
+as run directories of the same shape: its rows sit in the same table and its curves in the same `trpo plot`.
 """
 
 from __future__ import annotations

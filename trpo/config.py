@@ -494,7 +494,8 @@ def _sb3_matched(action_dim: int, max_kl_per_dim: float = 0.01, **extra: Any) ->
                 vector_mode="subprocess", num_workers=1, **extra)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # rl-zoo's TRPO settings (shared/ANCHORS.md); max_kl bounds the joint KL over action dimensions here.
+    # rl-zoo's TRPO settings (rl-baselines3-zoo, hyperparams/trpo.yml); max_kl bounds the joint KL over action
+    # dimensions here.
     # CartPole departs from rl-zoo in gae_lambda (0.98 -> 0.95) and cg_damping (1e-3 -> 0.1): with rl-zoo's
     # values 2 of 6 seeds ended below 475 at 100k steps, with these 11 of 12 reach 500 (README, Learning).
     # For speed: both envs step in one worker process, collecting the next batch while this process fits the
@@ -515,8 +516,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # figures in docs/speed.md and docs/family.md were measured with 0.03.
     "Hopper": dict(_MUJOCO, max_kl=0.02, vector_mode="subprocess", fisher_subsample=4, value_epochs=10,
                    value_minibatch=256),
-    # The other MuJoCo tasks take sb3-contrib's trust region as it acts (shared/ANCHORS.md): its KL is averaged
-    # over action dimensions, so its max KL and damping are action_dim times ours on the joint KL. rl-zoo's
+    # The other MuJoCo tasks take sb3-contrib's trust region as it acts (its TRPO's Box-action KL is averaged
+    # over action dimensions): so its max KL and damping are action_dim times ours on the joint KL. rl-zoo's
     # per-dimension max KL is 0.01 (HalfCheetah 0.04), damping 0.1. Results at 1M: docs/BENCHMARKS.md.
     "Walker2d": _sb3_matched(action_dim=6),
     # Ant starts with log-std -1 (sigma 0.37): at sigma 1 the control cost of the noise on 8 joints outweighs
