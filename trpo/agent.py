@@ -184,6 +184,9 @@ class TRPO:
         """
         if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer) or total_steps <= 0:
             raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
+        cfg = self.config
+        if cfg.eval_every and isinstance(self.env_spec, gym.Env):
+            raise ConfigError("eval_every needs an env id or a factory: an env instance is the training env itself")
         self.total_steps = int(total_steps)
         first_claim = self.run_dir is not None and self._lock is None
         self._claim_run_dir()
@@ -195,9 +198,6 @@ class TRPO:
                     self._lock.abandon()  # nor a lock file or a directory that this start made
                     self._lock = None
                 raise
-        cfg = self.config
-        if cfg.eval_every and isinstance(self.env_spec, gym.Env):
-            raise ConfigError("eval_every needs an env id or a factory: an env instance is the training env itself")
         log = self._open_run_dir()
         evaluations = self._open_evaluations()
         progress = Progress(self.total_steps, self.num_steps) if self.progress else None

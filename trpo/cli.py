@@ -295,11 +295,12 @@ _SIGNALS: list[int] = []
 
 def _on_signal(signum: int, frame: Any) -> None:
     _SIGNALS.append(signum)
-    raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    _stop_if_signalled()
 
 
-def _stop_if_signalled(agent: Any, metrics: dict[str, Any]) -> None:
-    """learn()'s callback: stop after this update if a signal's KeyboardInterrupt was lost."""
+def _stop_if_signalled(*_: Any) -> None:
+    """Raise the interrupt of the last signal received, if any. Also learn()'s callback (agent, metrics): it stops
+    the run after an update whose KeyboardInterrupt Python dropped."""
     if _SIGNALS:
         raise _Terminated if _SIGNALS[-1] == signal.SIGTERM else KeyboardInterrupt
 

@@ -59,7 +59,7 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-BackendFactory = Callable[[EnvSpec, "TRPOConfig", ObsEncoder, ActionDistribution], Backend]
+BackendFactory = Callable[[EnvSpec, TRPOConfig, ObsEncoder, ActionDistribution], Backend]
 
 
 def sync_backend(spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: ActionDistribution) -> EnvRunner:
