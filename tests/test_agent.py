@@ -320,7 +320,9 @@ def test_an_env_worker_that_dies_is_a_clear_error() -> None:
 
     agent = TRPO("CartPole-v1", config=SMALL.replace(vector_mode="subprocess"), seed=0)
     collector = agent._collector_or_new()
-    collector.start(agent.actor, 64, agent.sample_gen)
+    # Long enough that the worker is still stepping when it is killed (with 64 steps it could send its whole
+    # segment first, and then nothing had died as far as this batch is concerned).
+    collector.start(agent.actor, 20_000, agent.sample_gen)
     os.kill(collector.runner.procs[1].pid, signal.SIGKILL)
     with pytest.raises(EnvError, match=r"env worker process 1 \(envs 1-1\) died \(exit code -9\)"):
         collector.finish(agent.actor)
