@@ -59,13 +59,12 @@ def payload(env_id: str, workers: int, seed: int) -> dict[str, Any]:
     pending = collector._pending
     assert pending is not None
     shares = np.array_split(np.arange(agent.config.num_envs), workers)
-    sent = sum(len(pickle.dumps((pending.policy, pending.obs_norm, pending.shifted_noise[:, s[0]:s[-1] + 1])))
-               for s in shares)
+    sent = sum(len(pickle.dumps((pending.acting, pending.noise[:, s[0]:s[-1] + 1]))) for s in shares)
     t0 = time.perf_counter()
-    segment = collector.runner.run(pending.policy, pending.obs_norm, pending.shifted_noise)  # type: ignore[attr-defined]
+    segment = collector.runner.run(pending.acting, pending.noise)  # type: ignore[attr-defined]
     collect = time.perf_counter() - t0
     back = len(pickle.dumps(segment))  # the shares' segments add up to about the whole batch's
-    policy = len(pickle.dumps(pending.policy))
+    policy = len(pickle.dumps(pending.acting))
     agent.close()
     return dict(bytes_to_workers=sent, bytes_back=back, policy_bytes=policy, collect_one_process=collect)
 

@@ -127,8 +127,8 @@ def test_save_load_gives_identical_actions_and_normalizer(tmp_path) -> None:
     agent.save(path)
     loaded = TRPO.load(path)
     obs = np.random.default_rng(0).uniform(-1, 1, size=(16, 3)).astype(np.float32)
-    np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
-    np.testing.assert_array_equal(agent.predict(obs[0]), loaded.predict(obs[0]))
+    np.testing.assert_array_equal(agent.predict(obs)[0], loaded.predict(obs)[0])
+    np.testing.assert_array_equal(agent.predict(obs[0])[0], loaded.predict(obs[0])[0])
     np.testing.assert_array_equal(agent.obs_norm.stats.mean, loaded.obs_norm.stats.mean)
     assert loaded.num_steps == agent.num_steps == 512
     assert loaded.config == agent.config
@@ -140,9 +140,10 @@ def test_save_load_gives_identical_actions_and_normalizer(tmp_path) -> None:
 def test_predict_returns_valid_actions_and_stochastic_differs() -> None:
     agent = TRPO("Pendulum-v1", config=SMALL, seed=0)
     obs, _ = gym.make("Pendulum-v1").reset(seed=0)
-    a = agent.predict(obs)
+    a, state = agent.predict(obs)
+    assert state is None  # a feed-forward policy has no state
     assert a.shape == (1,) and agent.action_space.contains(a)
-    samples = {float(agent.predict(obs, deterministic=False)[0]) for _ in range(5)}
+    samples = {float(agent.predict(obs, deterministic=False)[0][0]) for _ in range(5)}
     assert len(samples) > 1
     agent.close()
 
@@ -351,15 +352,26 @@ def test_hessian_and_gauss_newton_products_give_the_same_update() -> None:
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_numpy_rollout_policy_matches_the_torch_actor(space: spaces.Space, activation: str) -> None:
     from trpo.networks import Actor
+    from trpo.normalization import ObsNormalizer
+    from trpo.policy import NumpyMLP, TorchActing, snapshot
     from trpo.spaces import make_distribution
 
     torch.manual_seed(0)
-    actor = Actor(4, make_distribution(space), (8, 8), activation, init_log_std=-0.5)
+    dist = make_distribution(space)
+    actor = Actor(4, dist, (8, 8), activation, init_log_std=-0.5)
+    norm = ObsNormalizer(4, True, 10.0)
+    norm.update(np.random.default_rng(1).normal(2.0, 3.0, size=(50, 4)))
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    fast = actor.rollout_policy()(obs)
+    fast = snapshot(actor, dist, norm.frozen())
+    assert isinstance(fast, NumpyMLP)
     with torch.no_grad():
-        exact = actor(torch.from_numpy(obs))[0]
-    torch.testing.assert_close(torch.from_numpy(fast), exact, rtol=1e-5, atol=1e-6)
+        exact = actor(torch.from_numpy(norm.frozen()(obs)))
+    torch.testing.assert_close(torch.from_numpy(fast.head(obs)), exact[0], rtol=1e-5, atol=1e-6)
+    # The same noise gives the same actions through the numpy MLP and the torch modules.
+    noise = dist.noise((5, dist.head_dim), torch.Generator().manual_seed(3))
+    slow = TorchActing(actor, dist, norm.frozen())
+    np.testing.assert_array_equal(fast.act(obs, None, np.zeros(5, bool), noise.numpy())[0] * 1.0,
+                                  slow.act(obs, None, np.zeros(5, bool), noise.numpy())[0] * 1.0)
 
 
 def test_runner_matches_gymnasium_same_step_autoreset() -> None:
@@ -396,10 +408,10 @@ def test_predict_refuses_observations_that_do_not_fit_the_space_in_one_line() ->
         with pytest.raises(ObservationError, match=message) as info:
             agent.predict(bad)
         assert "\n" not in str(info.value)
-    empty = agent.predict(np.zeros((0, 4), np.float32))  # an empty batch: no actions
+    empty, _ = agent.predict(np.zeros((0, 4), np.float32))  # an empty batch: no actions
     assert empty.shape == (0,)
     disc = TRPO("trpo_testenvs:DiscreteObs-v0", config=SMALL, seed=0)  # Discrete(5, start=2)
-    assert disc.predict(2) in range(3) and disc.predict(np.array([2, 6])).shape == (2,)
+    assert disc.predict(2)[0] in range(3) and disc.predict(np.array([2, 6]))[0].shape == (2,)
     for bad in (1, 7, 2.5, np.array([[2]])):
         with pytest.raises(ObservationError, match="predict: "):
             disc.predict(bad)

@@ -18,7 +18,8 @@ from trpo import TRPO, TRPOConfig
 from trpo.config import ConfigError
 from trpo.encoders import ConvBody, ImageLayout, image_layout
 from trpo.envs import EnvError
-from trpo.networks import Actor, TorchPolicy
+from trpo.networks import Actor
+from trpo.policy import TorchActing, snapshot
 from trpo.spaces import ObsEncoder, make_distribution
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp
 from trpo.update_rules import flat_parameters
@@ -94,7 +95,8 @@ def test_image_runs_are_the_same_in_every_mode_and_round_trip(tmp_path: Path, ch
     histories = []
     for mode in ("sync", "subprocess"):
         agent = TRPO(env, SMALL.replace(vector_mode=mode, num_workers=2, normalize_obs=True), seed=3)
-        assert isinstance(agent.actor.body, ConvBody) and isinstance(agent.actor.rollout_policy(), TorchPolicy)
+        assert isinstance(agent.actor.body, ConvBody) and isinstance(
+            snapshot(agent.actor, agent.dist, agent.obs_norm.frozen()), TorchActing)
         assert not agent.obs_norm.enabled  # never for images, whatever the config says
         agent.learn(2 * 512)
         histories.append([{k: v for k, v in r.items() if not k.startswith(("time_", "fps"))} for r in agent.history])
@@ -103,8 +105,8 @@ def test_image_runs_are_the_same_in_every_mode_and_round_trip(tmp_path: Path, ch
         probe = PixelSideEnv(channels_last=channels_last)
         obs, _ = probe.reset(seed=0)
         for _ in range(5):
-            np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
-            obs, *_ = probe.step(agent.predict(obs))
+            np.testing.assert_array_equal(agent.predict(obs)[0], loaded.predict(obs)[0])
+            obs, *_ = probe.step(agent.predict(obs)[0])
         agent.close()
         loaded.close()
     assert histories[0] == histories[1]
@@ -130,7 +132,7 @@ def test_atari_ids_get_the_standard_preprocessing_and_the_paper_cnn(tmp_path: Pa
     agent.save(tmp_path / "pong.pt")
     loaded = TRPO.load(tmp_path / "pong.pt")  # rebuilt from the id, preprocessing included
     obs = np.random.default_rng(0).integers(0, 256, (4, 84, 84), dtype=np.uint8)
-    np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
+    np.testing.assert_array_equal(agent.predict(obs)[0], loaded.predict(obs)[0])
     agent.close()
     loaded.close()
 

@@ -116,7 +116,7 @@ def test_no_invalid_action_reaches_the_env_in_training_evaluation_or_predict(kw:
     obs, info = probe.reset(seed=3)
     for _ in range(50):
         mask = None if kw.get("in_obs") else info["action_mask"]
-        obs, _, _, _, info = probe.step(agent.predict(obs, deterministic=False, action_mask=mask))
+        obs, _, _, _, info = probe.step(agent.predict(obs, deterministic=False, action_mask=mask)[0])
     if not kw.get("in_obs"):
         with pytest.raises(ValueError, match=r"masks its actions: pass action_mask=info\['action_mask'\]"):
             agent.predict(obs)
@@ -167,8 +167,8 @@ def test_a_masked_agent_round_trips_through_a_checkpoint(tmp_path: Path) -> None
     probe = MaskedChoiceEnv(nvec=(3, 4), in_obs=True)
     obs, _ = probe.reset(seed=1)
     for _ in range(30):
-        action = agent.predict(obs)
-        np.testing.assert_array_equal(action, loaded.predict(obs))
+        action, _ = agent.predict(obs)
+        np.testing.assert_array_equal(action, loaded.predict(obs)[0])
         obs, *_ = probe.step(action)
     agent.close()
     loaded.close()

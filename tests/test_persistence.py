@@ -71,7 +71,8 @@ def test_every_piece_of_state_round_trips(tmp_path: Path, name: str) -> None:
     obs = [agent.observation_space.sample() for _ in range(4)]
     for deterministic in (True, False):
         for o in obs:
-            np.testing.assert_array_equal(agent.predict(o, deterministic), loaded.predict(o, deterministic))
+            np.testing.assert_array_equal(agent.predict(o, deterministic=deterministic)[0],
+                                          loaded.predict(o, deterministic=deterministic)[0])
     # Two agents loaded from one checkpoint continue identically.
     again = TRPO.load(path)
     loaded.learn(384)
@@ -95,17 +96,20 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
                    save_every=2000, keep_checkpoints=2,
                    ray_address="127.0.0.1:6379", max_worker_restarts=5,
                    image_encoder="nature", sampling="vine", vine_states=4, vine_actions=3, vine_all_actions=False,
-                   vine_horizon=5, vine_bootstrap=False)
+                   vine_horizon=5, vine_bootstrap=False, recurrent_hidden=8, recurrent_seq_len=5)
+    # Vine sampling takes feed-forward policies only: the recurrent one is the same config with single paths.
+    recurrent = {**changed, "recurrent": "gru", "sampling": "single_path"}
     defaults = TRPOConfig()
-    assert set(changed) == {f.name for f in dataclasses.fields(TRPOConfig)}  # a new field must join this test
+    assert set(recurrent) == {f.name for f in dataclasses.fields(TRPOConfig)}  # a new field must join this test
     assert [k for k, v in changed.items() if getattr(defaults, k) == v] == ["device", "torch_threads"]
-    agent = TRPO("Pendulum-v1", config=TRPOConfig(**changed), seed=1)
-    agent.learn(64)
-    agent.save(tmp_path / "a.pt")
-    loaded = TRPO.load(tmp_path / "a.pt")
-    assert loaded.config == agent.config
-    agent.close()
-    loaded.close()
+    for values in (changed, recurrent):
+        agent = TRPO("Pendulum-v1", config=TRPOConfig(**values), seed=1)
+        agent.learn(64)
+        agent.save(tmp_path / "a.pt")
+        loaded = TRPO.load(tmp_path / "a.pt")
+        assert loaded.config == agent.config
+        agent.close()
+        loaded.close()
 
 
 def test_scalar_running_statistics_stay_arrays() -> None:

@@ -76,7 +76,7 @@ def test_preset_saves_and_loads_through_the_api(tmp_path: Path, name: str) -> No
     agent.save(tmp_path / "agent.pt")
     loaded = TRPO.load(tmp_path / "agent.pt")
     obs = np.stack([agent.observation_space.sample() for _ in range(8)])
-    np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
+    np.testing.assert_array_equal(agent.predict(obs)[0], loaded.predict(obs)[0])
     assert loaded.config == agent.config and loaded.num_steps == agent.num_steps
     agent.close()
     loaded.close()

@@ -45,11 +45,13 @@ def pool_of(agent: TRPO) -> RayPool:
     return agent._collector.runner
 
 
-@pytest.mark.parametrize("sampling", ["single_path", "vine"])
+@pytest.mark.parametrize("sampling", ["single_path", "vine", "recurrent"])
 def test_ray_runs_are_bit_identical_to_sync(local_ray: None, sampling: str) -> None:
+    """Feed-forward (single paths, vine) and recurrent (the LSTM state carried on the actors) alike."""
+    extra = dict(recurrent="lstm", recurrent_hidden=8) if sampling == "recurrent" else dict(sampling=sampling)
     histories = []
     for mode in ("sync", "ray"):
-        agent = TRPO("CartPole-v1", SMALL.replace(vector_mode=mode, sampling=sampling, vine_states=8), seed=5)
+        agent = TRPO("CartPole-v1", SMALL.replace(vector_mode=mode, vine_states=8, **extra), seed=5)
         agent.learn(3 * 512)
         histories.append(strip_timing(agent.history))
         agent.close()

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from trpo import advantages as adv_lib
 from trpo import checkpoint
+from trpo import policy as policy_lib
 from trpo import vine as vine_lib
 from trpo.config import (
     RESUME_SAFE_FIELDS,
@@ -42,6 +43,7 @@ from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.optim import Adam
 from trpo.rollout import Batch, RolloutCollector
+from trpo.sequences import Inputs, Sequences, select, unit_steps, units
 from trpo.spaces import (
     MASK_KEY,
     ObsEncoder,
@@ -124,8 +126,9 @@ class TRPO:
         image = self.encoder.image
         try:
             self.actor = Actor(self.encoder.dim, self.dist, cfg.actor_hidden, cfg.activation, cfg.init_log_std,
-                               self.encoder.mask_dim, image, cfg.image_encoder)
-            self.critic = Critic(self.encoder.dim, cfg.critic_hidden, cfg.activation, image, cfg.image_encoder)
+                               self.encoder.mask_dim, image, cfg.image_encoder, cfg.recurrent, cfg.recurrent_hidden)
+            self.critic = Critic(self.encoder.dim, cfg.critic_hidden, cfg.activation, image, cfg.image_encoder,
+                                 cfg.recurrent, cfg.recurrent_hidden)
         except ValueError as exc:  # e.g. images too small for the chosen CNN
             raise ConfigError(str(exc)) from exc
         self.actor.to(self.device)
@@ -150,6 +153,7 @@ class TRPO:
         self.best_mean_return = -math.inf
         self._best_snapshot: bytes | None = None  # the best agent so far, for best.pt at the next checkpoint
         self._collector: RolloutCollector | None = None
+        self._critic_state: Tensor | None = None  # a recurrent critic's state per env where the last batch ended
 
     def _mask_source(self) -> str | None:
         """Action masks from a Dict observation's "action_mask" or from info["action_mask"] (Gymnasium's
@@ -294,7 +298,10 @@ class TRPO:
         t1 = time.perf_counter()
         # 2. Advantages, with V(s) and V(s') from the current critic.
         with torch.no_grad():
-            values, next_values = self.critic(batch.obs), self.critic(batch.next_obs)
+            if self.critic.cell is None:
+                values, next_values = self.critic(batch.obs), self.critic(batch.next_obs)
+            else:  # through the batch in time order, from where the last batch left the state
+                values, next_values, critic_states = self._recurrent_values(batch)
         advantages, targets = adv_lib.estimate(cfg.advantage, batch.rewards, values, next_values,
                                                batch.terminated, batch.truncated, cfg.gamma, cfg.gae_lambda)
         raw_adv = advantages.reshape(-1)
@@ -307,7 +314,10 @@ class TRPO:
         #    Vine sampling: the policy learns from the branches' Q estimates instead (vine.py).
         obs = batch.obs.reshape(-1, batch.obs.shape[-1])
         actions = batch.actions.reshape(-1, *batch.actions.shape[2:])
-        if batch.vine is None:
+        if batch.states is not None:  # a recurrent actor learns from sequences (truncated BPTT)
+            full, vine_stats = PolicyBatch.sequential(self.actor, batch.obs, batch.starts, batch.states, batch.actions,
+                                                      batch.log_probs.reshape(-1), adv, cfg.recurrent_seq_len), {}
+        elif batch.vine is None:
             full, vine_stats = PolicyBatch.of(self.actor, obs, actions, batch.log_probs.reshape(-1), adv), {}
         else:
             full, vine_stats = self._vine_policy_batch(batch.vine)
@@ -323,7 +333,11 @@ class TRPO:
         if self.num_steps < self.total_steps:
             collector.start(self.actor, cfg.steps_per_env, self.sample_gen)
         # 4. Fit the value function on the batch's targets.
-        value_loss = self.fit_value(obs, targets.reshape(-1).detach())
+        if self.critic.cell is None:
+            value_loss = self.fit_value(obs, targets.reshape(-1).detach())
+        else:
+            seq, order = Sequences.of(batch.obs, batch.starts, critic_states, cfg.recurrent_seq_len)
+            value_loss = self.fit_value(seq, targets.reshape(-1)[order].detach())
         t3 = time.perf_counter()
 
         return self._metrics(batch, step, value_loss, values, targets, raw_adv, (t0, t1, t2, t3))
@@ -358,19 +372,31 @@ class TRPO:
                  "vine_ended": float((vine.steps[run] < vine.rewards.shape[-1]).float().mean())}
         return batch, stats
 
-    def fit_value(self, obs: Tensor, targets: Tensor) -> float:
-        """Adam on the mean squared error, value_epochs passes of shuffled minibatches. Returns the loss over
-        the whole batch after fitting."""
+    def _recurrent_values(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """V(s_t), V(s_{t+1}) and the state before each step of a recurrent critic over the batch; keeps the state
+        where the batch ended for the next one (reset there anyway where the envs were reset)."""
+        n = batch.obs.shape[1]
+        state = self._critic_state
+        if state is None or state.shape[0] != n:
+            state = self.critic.cell.initial_state(n, self.device)
+        values, next_values, before, self._critic_state = self.critic.sequence_values(
+            batch.obs, batch.next_obs, batch.starts, state)
+        return values, next_values, before
+
+    def fit_value(self, inputs: Inputs, targets: Tensor) -> float:
+        """Adam on the mean squared error, value_epochs passes of shuffled minibatches (a recurrent critic: of
+        whole sequences, about value_minibatch steps each). Returns the loss over the whole batch after fitting."""
         cfg = self.config
-        n = obs.shape[0]
+        n = units(inputs)
+        size = max(1, cfg.value_minibatch // unit_steps(inputs))
         for _ in range(cfg.value_epochs):
-            order = torch.randperm(n, generator=self.shuffle_gen).to(obs.device)
-            for start in range(0, n, cfg.value_minibatch):
-                idx = order[start : start + cfg.value_minibatch]
-                self.critic.mse_backward(obs[idx], targets[idx])  # grads of mean (V - target)^2
+            order = torch.randperm(n, generator=self.shuffle_gen).to(targets.device)
+            for start in range(0, n, size):
+                part, rows = select(inputs, order[start : start + size])
+                self.critic.mse_backward(part, targets[rows])  # grads of mean (V - target)^2
                 self.critic_optimizer.step()
         with torch.no_grad():
-            return float((self.critic(obs) - targets).pow(2).mean())
+            return float((self.critic(inputs) - targets).pow(2).mean())
 
     def _metrics(self, batch: Batch, step: dict[str, Any], value_loss: float, values: Tensor, targets: Tensor,
                  raw_adv: Tensor, times: tuple[float, float, float, float]) -> dict[str, Any]:
@@ -451,7 +477,7 @@ class TRPO:
 
     # --- inference -----------------------------------------------------------------------------------------
 
-    def _policy_input(self, obs: Any, batched: bool, action_mask: Any) -> Tensor:
+    def _encoded(self, obs: Any, batched: bool, action_mask: Any) -> np.ndarray:
         if batched:
             encoded = self.encoder(obs, action_mask)
         else:
@@ -459,25 +485,51 @@ class TRPO:
         bad = self.encoder.empty_mask_row(encoded)
         if bad is not None:
             raise ValueError(f"the action mask of observation {bad} allows no action")
-        return torch.as_tensor(self.obs_norm.frozen()(encoded), device=self.device)
+        return encoded
 
     @torch.no_grad()
-    def predict(self, obs: Any, deterministic: bool = True, action_mask: Any = None) -> np.ndarray:
-        """Action(s) for one observation or a batch (leading dim), as the env takes them. An env that masks its
-        actions through info["action_mask"] needs that mask here (a Dict observation carries its own)."""
+    def predict(self, obs: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True,
+                action_mask: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(action, next state) for one observation, or (actions, next states) for a batch (leading dim), the
+        actions as the env takes them: SB3's convention, `action, state = agent.predict(obs)`.
+
+        A recurrent policy (config.recurrent) carries a state [B, state_dim] from call to call: pass the state the
+        last call returned (None: the zero state) and `episode_start` (bool, one per observation), True where the
+        observation is an episode's first (its state is reset). A feed-forward policy returns None as the state.
+        An env that masks its actions through info["action_mask"] needs that mask here (a Dict observation carries
+        its own)."""
         if self.encoder.mask_from == "info" and action_mask is None:
             raise ValueError("this env masks its actions: pass action_mask=info['action_mask']")
         try:
-            return self._act(obs, deterministic, action_mask, self.encoder.is_batched(obs))
+            batched = self.encoder.is_batched(obs)
+            encoded = self._encoded(obs, batched, action_mask)
         except ObservationError as exc:
             raise ObservationError(f"predict: {exc}; pass one observation or a batch of them (leading dim)") from None
+        action, state = self._act(encoded, deterministic, self._state_in(state, len(encoded)),
+                                  _starts(episode_start, len(encoded)))
+        return (action if batched else action[0]), None if state is None else state.cpu().numpy()
+
+    def _state_in(self, state: Any, rows: int) -> Tensor | None:
+        """A recurrent policy's state for `rows` observations as a tensor on the device (zeros for None)."""
+        if self.actor.cell is None:
+            return None
+        if state is None:
+            return self.actor.initial_state(rows)
+        arr = np.asarray(state, dtype=np.float32)
+        expected = (rows, self.actor.cell.state_dim)
+        if arr.shape != expected:
+            raise ValueError(f"state must be the array predict returned, of shape {expected} here; got {arr.shape}")
+        return torch.as_tensor(arr, device=self.device)
 
     @torch.no_grad()
-    def _act(self, obs: Any, deterministic: bool, action_mask: Any, batched: bool) -> np.ndarray:
-        params = self.actor(self._policy_input(obs, batched, action_mask))
-        action = self.dist.mode(params) if deterministic else self.dist.sample(params, self.predict_gen)
-        env_action = self.dist.to_env(action.cpu().numpy())
-        return env_action if batched else env_action[0]
+    def _act(self, encoded: np.ndarray, deterministic: bool, state: Tensor | None,
+             starts: np.ndarray) -> tuple[np.ndarray, Tensor | None]:
+        """Env actions [B, ...] for encoded observations through the acting seam (policy.live), and the next state."""
+        noise = None if deterministic else self.dist.noise((len(encoded), self.dist.head_dim), self.predict_gen,
+                                                           self.device)
+        action, state = policy_lib.live(self.actor, self.dist, self.obs_norm.frozen()).act(encoded, state, starts,
+                                                                                             noise)
+        return self.dist.to_env(action.cpu().numpy()), state
 
     def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> dict[str, Any]:
         """Run full episodes on a separate env; returns mean/std of the raw returns and the per-episode lists.
@@ -490,14 +542,17 @@ class TRPO:
             self._collector = None  # the shared instance is about to be reset; start training afresh after
         limit = None if has_time_limit(env) else self.config.eval_max_steps
         returns, lengths, capped = [], [], 0
+        going_on = np.zeros(1, bool)  # each episode starts from the zero state, reset below
         call = "reset()"
         try:  # the user's env: what it raises, or returns that does not fit its spaces, becomes one EnvError
             obs, info = env.reset(seed=(self.seed + 1_000_003) % 2**32 if seed is None else seed)
             for _ in range(episodes):
                 total, length, done = 0.0, 0, False
+                state = self._state_in(None, 1)
                 while not done:
                     mask = info.get(MASK_KEY) if self.encoder.mask_from == "info" else None
-                    action = self._act(obs, deterministic, mask, batched=False)
+                    actions, state = self._act(self._encoded(obs, False, mask), deterministic, state, going_on)
+                    action = actions[0]
                     call = "step()"
                     obs, reward, terminated, truncated, info = env.step(action)
                     length += 1
@@ -686,6 +741,16 @@ class TRPO:
             if self._lock is not None:  # last: the workers forked from this process are gone by now
                 self._lock.release()
                 self._lock = None
+
+
+def _starts(episode_start: Any, rows: int) -> np.ndarray:
+    """predict's episode_start as [rows] bool (None: no observation starts an episode)."""
+    if episode_start is None:
+        return np.zeros(rows, bool)
+    arr = np.asarray(episode_start)
+    if arr.size != rows or arr.dtype.kind not in "biuf":
+        raise ValueError(f"episode_start must hold one bool per observation ({rows}), got {episode_start!r}")
+    return arr.reshape(rows).astype(bool)
 
 
 def _passed(before: int, now: int, every: int) -> bool:

@@ -32,6 +32,7 @@ Activation = Literal["tanh", "relu"]
 ImageEncoder = Literal["paper", "nature"]
 ObsEncoding = Literal["auto", "mlp", "cnn"]
 Sampling = Literal["single_path", "vine"]
+Recurrent = Literal["none", "lstm", "gru"]
 
 
 class ConfigError(ValueError):
@@ -170,6 +171,16 @@ class TRPOConfig:
     layers, 512 hidden units; images of 36x36 or more)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of Gaussian policies."""
+    recurrent: Recurrent = "none"
+    """'lstm' or 'gru': the actor and the critic (separate networks) each get a recurrent cell of recurrent_hidden
+    units after their body (MLP or CNN), its state carried from step to step and reset where an episode starts; the
+    update runs on sequences of recurrent_seq_len steps (truncated backpropagation through time from the states
+    the rollout had). 'none': feed-forward networks."""
+    recurrent_hidden: int = 64
+    """Units of the recurrent cell (recurrent 'lstm' or 'gru')."""
+    recurrent_seq_len: int = 32
+    """Steps per training sequence of a recurrent policy or critic: the batch of each env is cut into chunks of this
+    length (the last one padded), gradients flow back through at most this many steps."""
 
     # --- normalization ---
     normalize_obs: bool = False
@@ -245,7 +256,7 @@ RULE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 _POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample",
-                 "vine_states", "vine_horizon", "eval_max_steps")
+                 "vine_states", "vine_horizon", "eval_max_steps", "recurrent_hidden", "recurrent_seq_len")
 _NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "num_workers", "max_worker_restarts",
                      "save_every", "keep_checkpoints", "eval_every")
 _POSITIVE_FLOAT = ("max_kl", "value_lr", "value_eps", "clip_obs", "clip_reward", "cg_tol", "kl_target")
@@ -317,6 +328,9 @@ def validate(cfg: TRPOConfig) -> None:
     if cfg.vine_actions < 2:
         raise ConfigError(f"vine_actions must be >= 2 (the estimator compares the branches), got {cfg.vine_actions}")
     if cfg.sampling == "vine":
+        if cfg.recurrent != "none":
+            raise ConfigError("sampling 'vine' takes feed-forward policies only: a branch from a restored env state "
+                              "would need the recurrent state of its trunk too; use recurrent 'none'")
         if cfg.vine_states > cfg.steps_per_env:
             raise ConfigError(f"vine_states must be <= steps_per_env ({cfg.steps_per_env}), got {cfg.vine_states}")
         if cfg.update_rule == "ppo":

@@ -7,6 +7,9 @@ memory in batches and pipes); `ConvBody` views it as [B, C, H, W] again and scal
 [0, 1]. Two CNNs: the TRPO paper's Atari network ('paper': two conv layers of 16 filters 4x4 with stride 2,
 then 20 hidden units; Schulman et al. 2015, section 8) and the DQN/Nature network ('nature': 32 8x8/4,
 64 4x4/2, 64 3x3/1, then 512 hidden units).
+
+A recurrent policy or critic (TRPOConfig.recurrent) puts a `RecurrentCell` (LSTM or GRU) between the body and the
+head; `unroll` runs it over sequences, resetting the state where an episode starts.
 """
 
 from __future__ import annotations
@@ -131,6 +134,68 @@ class ConvBody(nn.Module):
         if lay.scale != 1.0:  # uint8 pixels to [0, 1]
             x = x * lay.scale
         return torch.relu(self.fc(self.convs(x).flatten(1))).reshape(*obs.shape[:-1], -1)  # leading dims kept
+
+
+class RecurrentCell(nn.Module):
+    """One step of an LSTM or a GRU, its equations written out (below) rather than torch's fused kernels: the
+    Fisher-vector product differentiates through time twice, which cuDNN's fused LSTM cannot (it has no double
+    backward), and the same code runs on every device. The state is one tensor [B, state_dim]: the LSTM's (h, c)
+    side by side, the GRU's h.
+
+        LSTM: i, f, g, o = W x + U h + b;  c' = sigma(f) c + sigma(i) tanh(g);  h' = sigma(o) tanh(c')
+        GRU:  r = sigma(W_r x + U_r h + b_r);  z = sigma(W_z x + U_z h + b_z)
+              n = tanh(W_n x + b_n + r (U_n h + c_n));  h' = (1 - z) n + z h
+    """
+
+    def __init__(self, kind: str, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        if kind not in ("lstm", "gru"):
+            raise ValueError(f"recurrent must be 'none', 'lstm' or 'gru', got {kind!r}")
+        self.kind, self.hidden = kind, hidden
+        gates = 4 if kind == "lstm" else 3
+        self.input = nn.Linear(in_dim, gates * hidden)
+        self.recur = nn.Linear(hidden, gates * hidden)
+        for linear in (self.input, self.recur):
+            nn.init.orthogonal_(linear.weight, gain=1.0)
+            nn.init.zeros_(linear.bias)
+        if kind == "lstm":  # forget-gate bias 1 (Jozefowicz et al. 2015): remember by default
+            nn.init.ones_(self.input.bias[hidden : 2 * hidden])
+        self.state_dim = 2 * hidden if kind == "lstm" else hidden
+        self.out_dim = hidden
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> Tensor:
+        return torch.zeros(batch, self.state_dim, device=device, dtype=self.input.weight.dtype)
+
+    def forward(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """(output h', new state) from inputs [B, in_dim] and the state [B, state_dim]."""
+        hidden = self.hidden
+        if self.kind == "lstm":
+            h, c = state[..., :hidden], state[..., hidden:]
+            i, f, g, o = (self.input(x) + self.recur(h)).chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            return h, torch.cat([h, c], -1)
+        xr, xz, xn = self.input(x).chunk(3, -1)
+        hr, hz, hn = self.recur(state).chunk(3, -1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        h = (1 - z) * torch.tanh(xn + r * hn) + z * state
+        return h, h
+
+
+def unroll(cell: RecurrentCell, x: Tensor, state: Tensor, starts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Run `cell` over sequences x [L, S, F] from the states [S, state_dim], the state set to zero before every step
+    whose `starts` [L, S] is True (an episode begins there: nothing leaks from the episode before, not even a
+    gradient). Returns the outputs [L, S, H], the state each step started from (after the reset) [L, S, state_dim],
+    and the state after each step [L, S, state_dim]."""
+    keep = (~starts).unsqueeze(-1).to(state.dtype)
+    outs, before, after = [], [], []
+    for t in range(x.shape[0]):
+        state = state * keep[t]
+        before.append(state)
+        out, state = cell(x[t], state)
+        outs.append(out)
+        after.append(state)
+    return torch.stack(outs), torch.stack(before), torch.stack(after)
 
 
 def make_body(in_dim: int, hidden: Sequence[int], activation: str, image: ImageLayout | None,

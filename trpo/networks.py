@@ -2,115 +2,123 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from trpo.config import ConfigError
-from trpo.encoders import ConvBody, ImageLayout, make_body
+from trpo.encoders import ConvBody, ImageLayout, RecurrentCell, make_body, unroll
+from trpo.sequences import Inputs, Sequences
 from trpo.spaces import ActionDistribution, Params, apply_mask
 
 
 class Actor(nn.Module):
-    """pi_theta(a|s): a body (encoders.py: an MLP, or a CNN for images) and the distribution family's head,
-    returning distribution params. With
-    `mask_dim` > 0 the observation vector ends with the action mask (spaces.ObsEncoder), and masked logits are
-    set to MASKED_LOGIT here, so that sampling, log-probabilities, KL, entropy and the Fisher metric are all those
-    of the masked policy."""
+    """pi_theta(a|s): a body (encoders.py: an MLP, or a CNN for images), with `recurrent` an LSTM or GRU cell after
+    it, and the distribution family's head, returning distribution params. With `mask_dim` > 0 the observation
+    vector ends with the action mask (spaces.ObsEncoder), and masked logits are set to MASKED_LOGIT here, so that
+    sampling, log-probabilities, KL, entropy and the Fisher metric are all those of the masked policy.
+
+    `actor(obs)` takes flat observations [B, D] (a recurrent actor: the first step of an episode, from the zero
+    state) or `Sequences` (the params of their valid steps, in their flat order); `step` is one step of acting."""
 
     def __init__(self, obs_dim: int, dist: ActionDistribution, hidden: Sequence[int], activation: str,
                  init_log_std: float, mask_dim: int = 0, image: ImageLayout | None = None,
-                 image_encoder: str = "paper") -> None:
+                 image_encoder: str = "paper", recurrent: str = "none", recurrent_hidden: int = 64) -> None:
         super().__init__()
+        self.obs_dim = obs_dim
         self.activation = activation
         self.mask_dim = mask_dim
         self.body = make_body(obs_dim, hidden, activation, image, image_encoder)
-        self.head = dist.make_head(self.body.out_dim, init_log_std)
+        self.cell = None if recurrent == "none" else RecurrentCell(recurrent, self.body.out_dim, recurrent_hidden)
+        self.head = dist.make_head(self.body.out_dim if self.cell is None else self.cell.out_dim, init_log_std)
 
-    def forward(self, obs: Tensor) -> Params:
-        params = self.head(self.body(obs))
+    @property
+    def kind(self) -> str:
+        """Which acting implementation serves this actor (policy.ACTING)."""
+        return "recurrent" if self.cell is not None else "cnn" if isinstance(self.body, ConvBody) else "mlp"
+
+    def forward(self, inputs: Inputs) -> Params:
+        if isinstance(inputs, Sequences):
+            assert self.cell is not None, "sequences are for recurrent actors"
+            outs = unroll(self.cell, self.body(inputs.obs), inputs.state, inputs.starts)[0][inputs.valid]
+            return self._params(outs, inputs.obs[inputs.valid])
+        features = self.body(inputs)
+        if self.cell is not None:
+            features = self.cell(features, self.cell.initial_state(features.shape[0], features.device))[0]
+        return self._params(features, inputs)
+
+    def step(self, obs: Tensor, state: Tensor | None) -> tuple[Params, Tensor | None]:
+        """One step of acting: params for observations [B, D] and the state [B, state_dim] they follow (already reset
+        where an episode starts; None for a feed-forward actor), and the new state."""
+        features = self.body(obs)
+        if self.cell is not None:
+            assert state is not None
+            features, state = self.cell(features, state)
+        return self._params(features, obs), state
+
+    def initial_state(self, batch: int) -> Tensor | None:
+        return None if self.cell is None else self.cell.initial_state(batch, self.head_device)
+
+    @property
+    def head_device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    def _params(self, features: Tensor, obs: Tensor) -> Params:
+        params = self.head(features)
         if self.mask_dim:
             params = (apply_mask(params[0], obs[..., -self.mask_dim:]), *params[1:])
         return params
 
-    def rollout_policy(self) -> RolloutPolicy:
-        """A frozen CPU copy of this actor's head output (params[0]) for per-step inference in rollouts: numpy
-        matmuls for an MLP, the torch modules for a CNN."""
-        if isinstance(self.body, ConvBody):
-            return TorchPolicy(self)
-        linears = [m for m in self.body if isinstance(m, nn.Linear)]
-        as_np = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
-        layers = [(as_np(m.weight).T.copy(), as_np(m.bias)) for m in [*linears, self.head.linear]]
-        return NumpyPolicy(layers, self.activation, self.mask_dim)
-
-
-class NumpyPolicy:
-    """The actor's MLP up to params[0] (logits or the Gaussian mean) as float32 numpy matmuls: a few
-    microseconds per step for a handful of envs, where a torch forward costs tens. Picklable, so worker
-    processes receive it once per batch. The rest of params (a Gaussian's log-std) depends on no state: rollouts
-    fold it into the batch's noise (`ActionDistribution.shift`)."""
-
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], activation: str, mask_dim: int = 0):
-        self.layers = layers
-        self.activation = activation
-        self.mask_dim = mask_dim
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        # einsum without BLAS computes every row the same way whatever the number of rows (BLAS does not), so
-        # envs split over worker processes get bit-identical actions to envs stepped together.
-        h = obs
-        for w, b in self.layers[:-1]:
-            h = np.einsum("ij,jk->ik", h, w) + b
-            h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
-        w, b = self.layers[-1]
-        out = np.einsum("ij,jk->ik", h, w) + b
-        return apply_mask(out, obs[:, -self.mask_dim:]) if self.mask_dim else out
-
-
-class TorchPolicy:
-    """The actor's params[0] for rollouts when its body is a CNN: a CPU copy of the modules, run one observation
-    at a time so that every env's action is computed the same way however envs are split over processes
-    (batched convolutions may differ in the last bits). Picklable."""
-
-    def __init__(self, actor: Actor) -> None:
-        self.actor = copy.deepcopy(actor).cpu().requires_grad_(False)
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            rows = [self.actor(torch.from_numpy(np.ascontiguousarray(obs[i : i + 1])))[0] for i in range(len(obs))]
-        return torch.cat(rows).numpy()
-
 
 class Critic(nn.Module):
-    """V_phi(s): a body (an MLP, or a CNN for images) with a scalar output."""
+    """V_phi(s): a body (an MLP, or a CNN for images), with `recurrent` an LSTM or GRU cell after it, and a scalar
+    output. Takes flat observations [B, D] or `Sequences` (a recurrent critic: `sequence_values` runs it over a
+    whole batch)."""
 
     def __init__(self, obs_dim: int, hidden: Sequence[int], activation: str, image: ImageLayout | None = None,
-                 image_encoder: str = "paper") -> None:
+                 image_encoder: str = "paper", recurrent: str = "none", recurrent_hidden: int = 64) -> None:
         super().__init__()
         self.activation = activation
         self.body = make_body(obs_dim, hidden, activation, image, image_encoder)
-        self.out = nn.Linear(self.body.out_dim, 1)
+        self.cell = None if recurrent == "none" else RecurrentCell(recurrent, self.body.out_dim, recurrent_hidden)
+        self.out = nn.Linear(self.body.out_dim if self.cell is None else self.cell.out_dim, 1)
         nn.init.orthogonal_(self.out.weight, gain=1.0)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.out(self.body(obs)).squeeze(-1)
+    def forward(self, inputs: Inputs) -> Tensor:
+        if isinstance(inputs, Sequences):
+            assert self.cell is not None, "sequences are for recurrent critics"
+            outs = unroll(self.cell, self.body(inputs.obs), inputs.state, inputs.starts)[0][inputs.valid]
+            return self.out(outs).squeeze(-1)
+        features = self.body(inputs)
+        if self.cell is not None:
+            features = self.cell(features, self.cell.initial_state(features.shape[0], features.device))[0]
+        return self.out(features).squeeze(-1)
 
-    def mse_backward(self, obs: Tensor, targets: Tensor) -> None:
-        """Set each parameter's .grad to the gradient of mean((V(obs) - targets)^2). For an MLP the backward
+    def sequence_values(self, obs: Tensor, next_obs: Tensor, starts: Tensor,
+                        state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A recurrent critic over a whole batch (obs and next_obs [T, N, D], starts [T, N]) from the state [N,
+        state_dim] the previous batch left: V(s_t) [T, N]; V(s_{t+1}) [T, N], s_{t+1} seen after s_t's state (the
+        true final observation where an episode ended); the state each step started from [T, N, state_dim]; and
+        the state after the last step [N, state_dim]."""
+        assert self.cell is not None
+        outs, before, after = unroll(self.cell, self.body(obs), state, starts)
+        next_outs = self.cell(self.body(next_obs), after)[0]
+        return self.out(outs).squeeze(-1), self.out(next_outs).squeeze(-1), before, after[-1]
+
+    def mse_backward(self, inputs: Inputs, targets: Tensor) -> None:
+        """Set each parameter's .grad to the gradient of mean((V(inputs) - targets)^2). For an MLP the backward
         pass is written out: it runs the kernels autograd runs, so the gradients are autograd's bit for bit
         (tested), at about a third of the overhead for a minibatch of 128 (the value fit takes hundreds of these
-        per update). A CNN goes through autograd."""
-        if isinstance(self.body, ConvBody):
+        per update). A CNN or a recurrent critic goes through autograd."""
+        if isinstance(self.body, ConvBody) or self.cell is not None:
             for p in self.parameters():
                 p.grad = None
-            (self(obs) - targets).pow(2).mean().backward()
+            (self(inputs) - targets).pow(2).mean().backward()
             return
         with torch.no_grad():
-            self._mlp_mse_backward(obs, targets)
+            self._mlp_mse_backward(inputs, targets)
 
     def _mlp_mse_backward(self, obs: Tensor, targets: Tensor) -> None:
         linears = [m for m in self.body if isinstance(m, nn.Linear)] + [self.out]
@@ -140,5 +148,3 @@ def check_device(device: torch.device) -> None:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {str(device)!r} requested but MPS is not available on this machine")
 
-
-RolloutPolicy = NumpyPolicy | TorchPolicy  # what rollouts call: normalized observations [k, D] -> params[0]

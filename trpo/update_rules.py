@@ -32,13 +32,16 @@ from trpo import objectives as obj
 from trpo.config import TRPOConfig
 from trpo.networks import Actor
 from trpo.optim import Adam
+from trpo.sequences import Inputs, Sequences, unit_steps, units
 from trpo.spaces import ActionDistribution, Params
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp, trpo_step
 
 
 @dataclass(frozen=True)
 class PolicyBatch:
-    """What a rule learns from: flat samples, pi_old's log-probabilities and distribution params, advantages."""
+    """What a rule learns from: flat samples, pi_old's log-probabilities and distribution params, advantages.
+    A recurrent actor's batch also holds its `Sequences` (sequences.py), and the flat tensors are in their order;
+    minibatches and held-out shares then take whole sequences (`units`)."""
 
     obs: Tensor  # [B, D], normalized as pi_old saw them
     actions: Tensor  # [B, ...]
@@ -48,14 +51,29 @@ class PolicyBatch:
     # Vine sampling with sampled actions: the rollout state of each sample, and `advantages` holds Q - mean_k Q
     # there (objectives.self_normalized_surrogate). None: the surrogate is mean(r A).
     groups: Tensor | None = None
+    seq: Sequences | None = None  # a recurrent actor's inputs
 
     @classmethod
     def of(cls, actor: Actor, obs: Tensor, actions: Tensor, old_log_probs: Tensor, advantages: Tensor,
-           groups: Tensor | None = None) -> PolicyBatch:
+           groups: Tensor | None = None, seq: Sequences | None = None) -> PolicyBatch:
         """The batch with pi_old's params computed by `actor`, which must still be pi_old."""
         with torch.no_grad():
-            old_params = tuple(p.detach() for p in actor(obs))
-        return cls(obs, actions, old_log_probs, advantages, old_params, groups)
+            old_params = tuple(p.detach() for p in actor(obs if seq is None else seq))
+        return cls(obs, actions, old_log_probs, advantages, old_params, groups, seq)
+
+    @classmethod
+    def sequential(cls, actor: Actor, obs: Tensor, starts: Tensor, states: Tensor, actions: Tensor,
+                   old_log_probs: Tensor, advantages: Tensor, length: int) -> PolicyBatch:
+        """A recurrent actor's batch from time-major [T, N] tensors (obs [T, N, D], actions [T, N, ...],
+        log-probs and advantages [T * N]), cut into sequences of `length` steps."""
+        seq, order = Sequences.of(obs, starts, states, length)
+        flat = lambda x: x.reshape(-1, *x.shape[2:])[order]  # noqa: E731
+        return cls.of(actor, flat(obs), flat(actions), old_log_probs[order], advantages[order], seq=seq)
+
+    @property
+    def inputs(self) -> Inputs:
+        """What the actor takes: the observations, or a recurrent actor's sequences."""
+        return self.obs if self.seq is None else self.seq
 
     def surrogate(self, log_probs: Tensor) -> Tensor:
         """L(theta) from log pi_theta(a|s) of the batch's samples: TRPO's mean(r A), or the vine's self-normalized
@@ -68,15 +86,23 @@ class PolicyBatch:
     def size(self) -> int:
         return self.obs.shape[0]
 
-    def subset(self, idx: Tensor) -> PolicyBatch:
-        return PolicyBatch(self.obs[idx], self.actions[idx], self.old_log_probs[idx], self.advantages[idx],
-                           tuple(p[idx] for p in self.old_params), None if self.groups is None else self.groups[idx])
+    @property
+    def units(self) -> int:
+        """What minibatches and held-out shares are drawn from: samples, or a recurrent actor's sequences."""
+        return units(self.inputs)
+
+    def subset(self, idx: Tensor | slice) -> PolicyBatch:
+        """The units (samples or sequences) `idx`."""
+        seq, rows = (None, idx) if self.seq is None else self.seq.subset(idx)
+        return PolicyBatch(self.obs[rows], self.actions[rows], self.old_log_probs[rows], self.advantages[rows],
+                           tuple(p[rows] for p in self.old_params), None if self.groups is None else self.groups[rows],
+                           seq)
 
     def split(self, fraction: float, generator: torch.Generator) -> tuple[PolicyBatch, PolicyBatch | None]:
-        """A random `fraction` of the samples held out (at least one on each side), or (self, None) for 0."""
+        """A random `fraction` of the units held out (at least one on each side), or (self, None) for 0."""
         if fraction <= 0:
             return self, None
-        n = self.size
+        n = self.units
         held = min(max(1, round(fraction * n)), n - 1)
         order = torch.randperm(n, generator=generator).to(self.obs.device)
         return self.subset(order[held:]), self.subset(order[:held])
@@ -98,11 +124,11 @@ def policy_stats(actor: Actor, dist: ActionDistribution, batch: PolicyBatch,
     (the theorem bounds the max; TRPO constrains the mean), and both on the held-out share when there is one;
     and pi_old's entropy."""
     with torch.no_grad():
-        per_state = dist.kl(batch.old_params, actor(batch.obs))
+        per_state = dist.kl(batch.old_params, actor(batch.inputs))
         stats: dict[str, Any] = {"kl": float(per_state.mean()), "kl_max": float(per_state.max()),
                                  "entropy": float(dist.entropy(batch.old_params).mean())}
         if holdout is not None:
-            held = dist.kl(holdout.old_params, actor(holdout.obs))
+            held = dist.kl(holdout.old_params, actor(holdout.inputs))
             stats["kl_holdout"], stats["kl_holdout_max"] = float(held.mean()), float(held.max())
     return stats
 
@@ -110,13 +136,13 @@ def policy_stats(actor: Actor, dist: ActionDistribution, batch: PolicyBatch,
 # --- trpo and npg ------------------------------------------------------------------------------------------
 
 
-def flat_parameters(actor: Actor) -> tuple[Tensor, Callable[[Tensor, Tensor], Params]]:
-    """theta as one vector, and params_of(theta, obs): the actor's distribution params with theta plugged in."""
+def flat_parameters(actor: Actor) -> tuple[Tensor, Callable[[Tensor, Inputs], Params]]:
+    """theta as one vector, and params_of(theta, inputs): the actor's distribution params with theta plugged in."""
     named = list(actor.named_parameters())
     theta = torch.cat([p.detach().reshape(-1) for _, p in named])
     shapes = [(name, p.shape, p.numel()) for name, p in named]
 
-    def params_of(vec: Tensor, obs: Tensor) -> Params:
+    def params_of(vec: Tensor, obs: Inputs) -> Params:
         tensors, offset = {}, 0
         for name, shape, numel in shapes:
             tensors[name] = vec[offset : offset + numel].view(shape)
@@ -139,20 +165,25 @@ class TrustRegionRule:
         reduce_kl = torch.amax if cfg.kl_constraint == "max" else torch.mean  # what the line search bounds
 
         def surrogate(theta: Tensor, params: Params | None = None) -> Tensor:
-            params = params_of(theta, batch.obs) if params is None else params
+            params = params_of(theta, batch.inputs) if params is None else params
             return batch.surrogate(dist.log_prob(params, batch.actions))
 
         @torch.no_grad()
         def evaluate(theta: Tensor) -> tuple[float, float]:
-            params = params_of(theta, batch.obs)  # one forward pass for both
+            params = params_of(theta, batch.inputs)  # one forward pass for both
             return float(reduce_kl(dist.kl(batch.old_params, params))), float(surrogate(theta, params))
 
         theta = theta_old.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(surrogate(theta), theta)
 
+        # The Fisher metric of every k-th sample (a recurrent actor: of every k-th sequence).
         k = cfg.fisher_subsample
-        sub_obs = batch.obs if k == 1 else batch.obs[::k]
-        sub_old = batch.old_params if k == 1 else tuple(p[::k] for p in batch.old_params)
+        if batch.seq is None:
+            sub_obs: Inputs = batch.obs if k == 1 else batch.obs[::k]
+            sub_old = batch.old_params if k == 1 else tuple(p[::k] for p in batch.old_params)
+        else:
+            part = batch if k == 1 else batch.subset(slice(None, None, k))
+            sub_obs, sub_old = part.inputs, part.old_params
         if cfg.fisher_product == "hessian":
             fvp = hessian_fvp(lambda th: dist.kl(sub_old, params_of(th, sub_obs)).mean(), theta_old, cfg.cg_damping)
         else:
@@ -205,13 +236,13 @@ def gradient_ascent(actor: Actor, optimizer: Adam, batch: PolicyBatch, objective
     epochs, minibatch = int(config.policy_epochs or 1), int(config.policy_minibatch or 0)
     max_grad_norm = float(config.max_grad_norm or 0.0)
     params = list(actor.parameters())
-    n = batch.size
-    size = n if minibatch <= 0 else min(minibatch, n)
+    n = batch.units  # a recurrent actor's minibatches take whole sequences, about `minibatch` samples' worth
+    size = n if minibatch <= 0 else min(max(1, minibatch // unit_steps(batch.inputs)), n)
     for epoch in range(1, epochs + 1):
         order = None if size == n else torch.randperm(n, generator=generator).to(batch.obs.device)
         for start in range(0, n, size):
             part = batch if order is None else batch.subset(order[start : start + size])
-            grads = torch.autograd.grad(-objective(actor(part.obs), part), params)
+            grads = torch.autograd.grad(-objective(actor(part.inputs), part), params)
             if max_grad_norm > 0:  # as torch.nn.utils.clip_grad_norm_
                 norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
                 if norm > max_grad_norm:
@@ -227,14 +258,14 @@ def gradient_ascent(actor: Actor, optimizer: Adam, batch: PolicyBatch, objective
 def surrogate_gradient_norm(actor: Actor, dist: ActionDistribution, batch: PolicyBatch) -> tuple[float, float]:
     """(||g||, L(theta_old)) on the whole batch, before a first-order rule moves the policy."""
     params = list(actor.parameters())
-    value = surrogate_of(dist, actor(batch.obs), batch)
+    value = surrogate_of(dist, actor(batch.inputs), batch)
     grads = torch.autograd.grad(value, params)
     return float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))), float(value.detach())
 
 
 def _exact_surrogate(actor: Actor, dist: ActionDistribution, batch: PolicyBatch) -> float:
     with torch.no_grad():
-        return float(surrogate_of(dist, actor(batch.obs), batch))
+        return float(surrogate_of(dist, actor(batch.inputs), batch))
 
 
 class PolicyGradientRule:
@@ -296,7 +327,7 @@ class PenaltyRule:
             stats["penalty_epsilon"] = epsilon
         elif cfg.kl_penalty == "adaptive":
             with torch.no_grad():
-                kl = float(self.dist.kl(batch.old_params, actor(batch.obs)).mean())
+                kl = float(self.dist.kl(batch.old_params, actor(batch.inputs)).mean())
             self.beta = obj.adaptive_beta(self.beta, kl, cfg.kl_target)
         return stats
 
@@ -325,13 +356,13 @@ class PPORule:
 
         def kl_exceeded() -> bool:
             with torch.no_grad():
-                return float(dist.kl(batch.old_params, actor(batch.obs)).mean()) > 1.5 * cfg.target_kl
+                return float(dist.kl(batch.old_params, actor(batch.inputs)).mean()) > 1.5 * cfg.target_kl
 
         grad_norm, before = surrogate_gradient_norm(actor, dist, batch)
         epochs = gradient_ascent(actor, self.optimizer, batch, objective, cfg, self.generator,
                                  stop=kl_exceeded if cfg.target_kl > 0 else None)
         with torch.no_grad():
-            log_probs = dist.log_prob(actor(batch.obs), batch.actions)
+            log_probs = dist.log_prob(actor(batch.inputs), batch.actions)
         stopped = cfg.target_kl > 0 and epochs < int(cfg.policy_epochs or 1)
         return {"surrogate_gain": float(obj.surrogate(log_probs, batch.old_log_probs, batch.advantages)) - before,
                 "grad_norm": grad_norm, "step_accepted": True,

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from trpo.envs import EnvError, check_masks, env_failure
+from trpo.policy import Acting
 from trpo.spaces import MAX_REWARD, ActionDistribution, Categorical, ObsEncoder, env_reward
 
 # Wrappers that keep state during an episode: the attributes saved and restored with the env (TimeLimit's step
@@ -153,8 +154,8 @@ class VinePlan:
     Arrays are indexed [env, ...]; `envs(lo, hi)` is the share of the runner owning envs lo..hi-1."""
 
     times: np.ndarray  # [N, M] int64: trunk steps whose states form the rollout set, ascending per env
-    first: np.ndarray | None  # [N, M, K, head_dim] shifted noise of the first actions; None: every action
-    continuation: np.ndarray  # [N, M, H - 1, head_dim] shifted noise after the first action, shared by the K
+    first: np.ndarray | None  # [N, M, K, head_dim] noise of the first actions; None: every action
+    continuation: np.ndarray  # [N, M, H - 1, head_dim] noise after the first action, shared by the K
     num_actions: int  # K
 
     def envs(self, lo: int, hi: int) -> VinePlan:
@@ -211,22 +212,24 @@ def branches_every_action(dist: ActionDistribution, settings: VineSettings) -> b
     return settings.all_actions and isinstance(dist, Categorical)
 
 
-def draw_plan(dist: ActionDistribution, params: tuple[Tensor, ...], num_envs: int, steps: int,
-              settings: VineSettings, generator: torch.Generator) -> VinePlan:
-    """The rollout set (`states` distinct steps per env, uniform) and the branches' noise, shifted by pi_old's
-    state-independent params as the trunk's is (RolloutCollector.start)."""
+def draw_plan(dist: ActionDistribution, num_envs: int, steps: int, settings: VineSettings,
+              generator: torch.Generator) -> VinePlan:
+    """The rollout set (`states` distinct steps per env, uniform) and the branches' noise."""
     m = settings.states
     times = np.stack([np.sort(torch.randperm(steps, generator=generator)[:m].numpy()) for _ in range(num_envs)])
     every = branches_every_action(dist, settings)
     k = dist.n if every else settings.actions
-    first = None if every else dist.shift(params, dist.noise((num_envs, m, k, dist.head_dim), generator))
-    continuation = dist.shift(params, dist.noise((num_envs, m, settings.horizon - 1, dist.head_dim), generator))
+    first = None if every else dist.noise((num_envs, m, k, dist.head_dim), generator)
+    continuation = dist.noise((num_envs, m, settings.horizon - 1, dist.head_dim), generator)
     return VinePlan(times.astype(np.int64), None if first is None else first.numpy(), continuation.numpy(), k)
+
+
+_START = np.ones(1, bool)  # branches take feed-forward policies only (config.validate): no state to reset
 
 
 def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access: list[StateAccess],
                  start_obs: np.ndarray, plan: VinePlan, encoder: ObsEncoder, dist: ActionDistribution,
-                 policy: Any, obs_norm: Any, first_index: int) -> Branches:
+                 acting: Acting, first_index: int) -> Branches:
     """Every branch of `plan` from the saved trunk states (saved[i][m] of env i, observation start_obs[i, m]),
     then each env restored to where its trunk stopped. Errors from the user's env are raised as EnvError."""
 
@@ -244,7 +247,7 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
         for m in range(n_states):
             obs0 = start_obs[i, m][None]
             every = plan.first is None
-            acts = np.arange(n_branches) if every else dist.pick(policy(obs_norm(obs0)) + plan.first[i, m])
+            acts = np.arange(n_branches) if every else acting.act(obs0, None, _START, plan.first[i, m])[0]
             per_env.append(acts)
             # Every action: the masked ones are not run (0 steps; pi_old gives them weight 0 in the surrogate).
             allowed = obs0[0, -encoder.mask_dim:] > 0 if every and encoder.mask_dim else np.ones(n_branches, bool)
@@ -253,7 +256,7 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
                 obs, action = obs0, acts[b : b + 1]
                 for h in range(horizon):
                     if h > 0:
-                        action = dist.pick(policy(obs_norm(obs)) + plan.continuation[i, m, h - 1][None])
+                        action = acting.act(obs, None, _START, plan.continuation[i, m, h - 1][None])[0]
                     try:
                         raw, reward, term, trunc, info = env.step(dist.to_env_list(action)[0])
                         reward = env_reward(reward)

@@ -12,11 +12,13 @@ from torch import Tensor
 
 from trpo.config import TRPOConfig
 from trpo.envs import EnvSpec
-from trpo.networks import Actor, RolloutPolicy
+from trpo.networks import Actor
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
+from trpo.policy import Acting, snapshot
 from trpo.rollout.ray_actors import ray_backend
 from trpo.rollout.runner import Backend, BackendFactory, Segment, sync_backend
 from trpo.rollout.workers import subprocess_backend
+from trpo.sequences import Sequences
 from trpo.spaces import ActionDistribution, ObsEncoder
 from trpo.vine import Branches, VineBatch, VinePlan, VineSettings, draw_plan
 
@@ -32,6 +34,8 @@ class Batch:
     rewards: Tensor  # [T, N]: after reward scaling
     terminated: Tensor  # [T, N] bool
     truncated: Tensor  # [T, N] bool
+    starts: Tensor  # [T, N] bool: obs[t] is the first observation of an episode
+    states: Tensor | None  # [T, N, state_dim]: a recurrent actor's state before step t (None: feed-forward)
     episode_returns: list[float] = field(default_factory=list)  # raw returns of episodes ending in the batch
     episode_lengths: list[int] = field(default_factory=list)
     worker_restarts: int = 0  # Ray actors replaced while collecting this batch (their share collected again)
@@ -47,9 +51,9 @@ class Batch:
 class _Pending:
     """A batch set going by `RolloutCollector.start`: pi_old as the envs see it, and the actor it came from."""
 
-    policy: RolloutPolicy
+    acting: Acting
     obs_norm: FrozenObsNorm
-    shifted_noise: np.ndarray  # [T, N, head_dim]
+    noise: np.ndarray  # [T, N, head_dim]
     generator: torch.Generator
     theta: Tensor  # the actor's parameters at start()
     plan: VinePlan | None
@@ -75,6 +79,7 @@ class RolloutCollector:
                  obs_norm: ObsNormalizer, reward_scaler: RewardScaler, device: torch.device, seed: int,
                  vine: VineSettings | None = None) -> None:
         self.vine = vine
+        self.seq_len = cfg.recurrent_seq_len
         self.encoder = encoder
         self.dist = dist
         self.obs_norm = obs_norm
@@ -91,20 +96,18 @@ class RolloutCollector:
 
     @torch.no_grad()
     def start(self, actor: Actor, steps: int, generator: torch.Generator) -> None:
-        """Freeze pi_old (a numpy copy of the actor and the observation statistics), draw the noise of the whole
-        batch from `generator`, and set the envs going. With worker processes this returns at once, so the
-        caller can fit the critic while the batch is collected (the batch does not depend on the critic)."""
+        """Freeze pi_old (the acting policy: a copy of the actor and the observation statistics, policy.py), draw
+        the noise of the whole batch from `generator`, and set the envs going. With worker processes this returns
+        at once, so the caller can fit the critic while the batch is collected (the batch does not depend on the
+        critic)."""
         if self._pending is not None:
             raise RuntimeError("a batch is already being collected; call finish() first")
-        policy = actor.rollout_policy()
-        noise = self.dist.noise((steps, self.num_envs, self.dist.head_dim), generator)
-        # No family's shift depends on the state (a Gaussian's log-std is a free parameter): any input will do.
-        params = tuple(p.cpu() for p in actor(torch.zeros(1, self.encoder.dim, device=self.device)))
-        shifted = self.dist.shift(params, noise).numpy()
-        plan = None if self.vine is None else draw_plan(self.dist, params, self.num_envs, steps, self.vine, generator)
         frozen = self.obs_norm.frozen()
-        self.runner.start(policy, frozen, shifted, plan)
-        self._pending = _Pending(policy, frozen, shifted, generator, _flat_params(actor), plan)
+        acting = snapshot(actor, self.dist, frozen)
+        noise = self.dist.noise((steps, self.num_envs, self.dist.head_dim), generator).numpy()
+        plan = None if self.vine is None else draw_plan(self.dist, self.num_envs, steps, self.vine, generator)
+        self.runner.start(acting, noise, plan)
+        self._pending = _Pending(acting, frozen, noise, generator, _flat_params(actor), plan)
 
     @property
     def collecting(self) -> bool:
@@ -119,7 +122,7 @@ class RolloutCollector:
         pending, self._pending = self._pending, None
         if pending is None:
             raise RuntimeError("no batch is being collected; call start() first")
-        steps, n, d = pending.shifted_noise.shape[0], self.num_envs, self.encoder.dim
+        steps, n, d = pending.noise.shape[0], self.num_envs, self.encoder.dim
         if not torch.equal(pending.theta, _flat_params(actor)):
             self.runner.drop()  # set going with another policy
             return self.collect(actor, steps, pending.generator)
@@ -137,7 +140,14 @@ class RolloutCollector:
         scaled = np.stack([self.reward_scaler(rewards[t], terminated[t] | truncated[t]) for t in range(steps)])
         actions = torch.as_tensor(cat("actions"), device=self.device)
         flat_actions = actions.reshape(steps * n, *actions.shape[2:])
-        log_probs = self.dist.log_prob(actor(obs.reshape(steps * n, d)), flat_actions)
+        starts = torch.as_tensor(cat("starts"), device=self.device)
+        states = None if parts[0].states is None else torch.as_tensor(cat("states"), device=self.device)
+        if states is None:
+            log_probs = self.dist.log_prob(actor(obs.reshape(steps * n, d)), flat_actions)
+        else:  # through time, from the states the rollout had, as the update will compute them
+            seq, order = Sequences.of(obs, starts, states, self.seq_len)
+            log_probs = torch.empty(steps * n, device=self.device)
+            log_probs[order] = self.dist.log_prob(actor(seq), flat_actions[order])
         # Episodes grouped by runner (worker), in time order within each.
         return Batch(
             obs=obs,
@@ -147,6 +157,8 @@ class RolloutCollector:
             rewards=torch.as_tensor(scaled, device=self.device),
             terminated=torch.as_tensor(terminated, device=self.device),
             truncated=torch.as_tensor(truncated, device=self.device),
+            starts=starts,
+            states=states,
             episode_returns=[r for p in parts for r in p.episode_returns],
             episode_lengths=[n_ for p in parts for n_ in p.episode_lengths],
             worker_restarts=self.runner.restarts - restarts,

@@ -2,8 +2,8 @@
 this machine or across a cluster, and a worker whose process dies replaced instead of ending the run.
 
 Each actor owns a contiguous share of the envs and collects that share of every batch with a copy of the frozen
-numpy policy and its slice of the pre-drawn noise: one task each way per batch. The envs are seeded as in the
-local modes, so a run without restarts is bit-identical to 'sync'. A restarted actor makes its envs afresh
+acting policy (policy.py) and its slice of the pre-drawn noise: one task each way per batch. The envs are seeded as
+in the local modes, so a run without restarts is bit-identical to 'sync'. A restarted actor makes its envs afresh
 (reset with a new seed) and collects its share of the batch in flight again with the same policy and noise.
 """
 
@@ -20,8 +20,7 @@ import torch
 
 from trpo.config import ConfigError, TRPOConfig
 from trpo.envs import EnvError, EnvSpec, make_env
-from trpo.networks import RolloutPolicy
-from trpo.normalization import FrozenObsNorm
+from trpo.policy import Acting
 from trpo.rollout.runner import EnvRunner, Segment
 from trpo.rollout.workers import check_remote_spec, worker_count, worker_error
 from trpo.spaces import ActionDistribution, ObsEncoder
@@ -70,19 +69,18 @@ class RayWorker:
         except Exception as exc:
             return "error", worker_error(exc)
 
-    def run(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
-            plan: VinePlan | None = None) -> tuple[str, Any]:
+    def run(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> tuple[str, Any]:
         try:
             assert self.runner is not None, "run() before reset()"
-            return "ok", self.runner.run(policy, obs_norm, shifted_noise, plan)
+            return "ok", self.runner.run(acting, noise, plan)
         except Exception as exc:
             return "error", worker_error(exc)
 
-    def reset_and_run(self, seed: int, policy: RolloutPolicy, obs_norm: FrozenObsNorm,
-                      shifted_noise: np.ndarray, plan: VinePlan | None = None) -> tuple[str, Any]:
+    def reset_and_run(self, seed: int, acting: Acting, noise: np.ndarray,
+                      plan: VinePlan | None = None) -> tuple[str, Any]:
         """A replacement actor's first task: fresh envs, then its share of the batch in flight."""
         status, value = self.reset(seed)
-        return (status, value) if status == "error" else self.run(policy, obs_norm, shifted_noise, plan)
+        return (status, value) if status == "error" else self.run(acting, noise, plan)
 
 
 class RayPool:
@@ -115,7 +113,7 @@ class RayPool:
         self.restarts = 0
         self.seed = 0
         self.refs: list[Any] = []
-        self.pending: tuple[Any, FrozenObsNorm, np.ndarray, VinePlan | None] | None = None
+        self.pending: tuple[Any, np.ndarray, VinePlan | None] | None = None
         try:  # wait until Ray has placed every actor, or say why it cannot
             ray.get([a.where.remote() for a in self.actors], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as exc:
@@ -167,23 +165,22 @@ class RayPool:
     def _restart_seed(self) -> int:
         return self.seed + RESTART_SEED * self.restarts
 
-    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
-              plan: VinePlan | None = None) -> None:
+    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None:
         """Set every actor collecting its envs' share of the batch; returns at once (see `finish`)."""
-        policy_ref = self.ray.put(policy)  # one copy in the object store, read by every actor
-        self.pending = (policy_ref, obs_norm, shifted_noise, plan)
-        self.refs = [a.run.remote(policy_ref, obs_norm, shifted_noise[:, lo:hi], _share(plan, lo, hi))
+        acting_ref = self.ray.put(acting)  # one copy in the object store, read by every actor
+        self.pending = (acting_ref, noise, plan)
+        self.refs = [a.run.remote(acting_ref, noise[:, lo:hi], _share(plan, lo, hi))
                      for a, (lo, hi) in zip(self.actors, itertools.pairwise(self.slices), strict=True)]
 
     def finish(self) -> list[Segment]:
         """Wait for the segments of the batch that `start` set going, collecting a dead actor's share again."""
         assert self.pending is not None, "finish() before start()"
-        policy_ref, obs_norm, noise, plan = self.pending
+        acting_ref, noise, plan = self.pending
         segments = []
         for k, (lo, hi) in enumerate(itertools.pairwise(self.slices)):
             share, vine = noise[:, lo:hi], _share(plan, lo, hi)
             segments.append(self._get(k, lambda a, s=share, v=vine: a.reset_and_run.remote(
-                self._restart_seed(), policy_ref, obs_norm, s, v)))
+                self._restart_seed(), acting_ref, s, v)))
         self.pending = None
         return segments
 

@@ -17,8 +17,7 @@ import numpy as np
 
 from trpo.config import TRPOConfig
 from trpo.envs import EnvError, EnvSpec, check_masks, check_reward, close_env, env_failure, make_env
-from trpo.networks import RolloutPolicy
-from trpo.normalization import FrozenObsNorm
+from trpo.policy import Acting
 from trpo.spaces import MAX_REWARD, ActionDistribution, ObsEncoder, env_reward
 from trpo.vine import Branches, StateAccess, VinePlan, run_branches
 
@@ -34,6 +33,8 @@ class Segment:
     rewards: np.ndarray  # [T, k] float64
     terminated: np.ndarray  # [T, k] bool
     truncated: np.ndarray  # [T, k] bool
+    starts: np.ndarray  # [T, k] bool: obs[t] is the first observation of an episode
+    states: np.ndarray | None  # [T, k, state_dim]: a recurrent policy's state before step t (None: feed-forward)
     episode_returns: list[float]
     episode_lengths: list[int]
     branches: Branches | None = None  # vine sampling's branches off this segment
@@ -42,15 +43,14 @@ class Segment:
 class Backend(Protocol):
     """The rollout seam: how a batch's envs are stepped. `EnvRunner` (vector_mode 'sync', in this process),
     `workers.WorkerPool` ('subprocess'), `ray_actors.RayPool` ('ray'); each gives the same segments for the same
-    policy and noise. Adding a backend: a module with a class of these members, a factory (`BackendFactory`), and
+    acting policy and noise. Adding a backend: a module with a class of these members, a factory (`BackendFactory`), and
     its line in `collector.BACKENDS`."""
 
     restarts: int  # workers replaced after dying (Ray only; 0 elsewhere)
 
     def reset(self, seed: int) -> np.ndarray: ...
 
-    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
-              plan: VinePlan | None = None) -> None: ...
+    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None: ...
 
     def finish(self) -> list[Segment]: ...
 
@@ -84,6 +84,8 @@ class EnvRunner:
         self.obs = np.zeros((len(envs), encoder.dim), dtype=encoder.dtype)
         self.ep_return = np.zeros(len(envs))
         self.ep_length = np.zeros(len(envs), dtype=np.int64)
+        self.starts = np.ones(len(envs), bool)  # which env's next step starts an episode
+        self.state: Any = None  # the acting policy's recurrent state, carried from batch to batch
         self.access: list[StateAccess] | None = None  # made at the first vine batch
         self.pending: tuple[Any, ...] | None = None  # start()'s arguments, run by finish()
 
@@ -107,14 +109,17 @@ class EnvRunner:
         self._check_masks()
         self.ep_return[:] = 0.0
         self.ep_length[:] = 0
+        self.starts[:] = True
+        self.state = None
         return self.obs.copy()
 
-    def run(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
-            plan: VinePlan | None = None) -> Segment:
-        """Step every env shifted_noise.shape[0] times. The action at step t is
-        pick(policy(normalized obs) + shifted_noise[t]) (`ActionDistribution.shift` / `pick`), all in numpy.
-        With a vine plan, the env states at the plan's steps are saved on the way, and the branches run after."""
-        steps, k, d = shifted_noise.shape[0], len(self.envs), self.encoder.dim
+    def run(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> Segment:
+        """Step every env noise.shape[0] times, the actions at step t from `acting` with noise[t] (policy.py); a
+        recurrent policy's state goes on from where the last segment left it. With a vine plan, the env states at
+        the plan's steps are saved on the way, and the branches run after."""
+        steps, k, d = noise.shape[0], len(self.envs), self.encoder.dim
+        if self.state is None:
+            self.state = acting.initial_state(k)
         save_at = np.zeros((steps, k), bool)
         saved: list[list[tuple[Any, ...]]] = [[] for _ in range(k)]
         if plan is not None:
@@ -125,14 +130,19 @@ class EnvRunner:
         seg = Segment(
             obs=np.zeros((steps, k, d), self.encoder.dtype), next_obs=np.zeros((steps, k, d), self.encoder.dtype),
             actions=np.empty(0), rewards=np.zeros((steps, k)), terminated=np.zeros((steps, k), bool),
-            truncated=np.zeros((steps, k), bool), episode_returns=[], episode_lengths=[],
+            truncated=np.zeros((steps, k), bool), starts=np.zeros((steps, k), bool),
+            states=None if self.state is None else np.zeros((steps, *self.state.shape), self.state.dtype),
+            episode_returns=[], episode_lengths=[],
         )
         actions = []
         for t in range(steps):
             seg.obs[t] = self.obs
+            seg.starts[t] = self.starts
+            if seg.states is not None:
+                seg.states[t] = self.state
             for i in np.flatnonzero(save_at[t]):
                 saved[i].append(self.access[i].save())
-            action = self.dist.pick(policy(obs_norm(self.obs)) + shifted_noise[t])
+            action, self.state = acting.act(self.obs, self.state, self.starts, noise[t])
             actions.append(action)
             env_actions = self.dist.to_env_list(action)
             ended = False
@@ -146,6 +156,7 @@ class EnvRunner:
                 if not abs(reward) <= MAX_REWARD:  # inlined check_reward's test: this is the hot loop
                     check_reward(reward, env, self.first_index + i, int(self.ep_length[i]) + 1)
                 seg.rewards[t, i], seg.terminated[t, i], seg.truncated[t, i] = reward, terminated, truncated
+                self.starts[i] = terminated or truncated
                 self.ep_return[i] += reward
                 self.ep_length[i] += 1
                 if terminated or truncated:
@@ -168,12 +179,11 @@ class EnvRunner:
         if plan is not None:
             start_obs = np.stack([seg.obs[plan.times[i], i] for i in range(k)])
             seg.branches = run_branches(self.envs, saved, self.access, start_obs, plan, self.encoder, self.dist,
-                                        policy, obs_norm, self.first_index)
+                                        acting, self.first_index)
         return seg
 
-    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
-              plan: VinePlan | None = None) -> None:
-        self.pending = (policy, obs_norm, shifted_noise, plan)
+    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None:
+        self.pending = (acting, noise, plan)
 
     def finish(self) -> list[Segment]:
         assert self.pending is not None, "finish() before start()"

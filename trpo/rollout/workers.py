@@ -21,8 +21,7 @@ import torch
 from trpo.checkpoint import interrupts_deferred
 from trpo.config import TRPOConfig
 from trpo.envs import EnvError, EnvSpec, close_env, make_env
-from trpo.networks import RolloutPolicy
-from trpo.normalization import FrozenObsNorm
+from trpo.policy import Acting
 from trpo.rollout.runner import EnvRunner, Segment
 from trpo.spaces import ActionDistribution, ObsEncoder
 from trpo.vine import VinePlan
@@ -165,12 +164,11 @@ class WorkerPool:
             self._send(k, ("reset", seed))
         return np.concatenate(self._gather())
 
-    def start(self, policy: RolloutPolicy, obs_norm: FrozenObsNorm, shifted_noise: np.ndarray,
-              plan: VinePlan | None = None) -> None:
+    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None:
         """Set every worker collecting its envs' share of the batch; returns at once (see `finish`)."""
         for k, (lo, hi) in enumerate(itertools.pairwise(self.slices)):
             share = None if plan is None else plan.envs(lo, hi)
-            self._send(k, ("run", (policy, obs_norm, shifted_noise[:, lo:hi], share)))
+            self._send(k, ("run", (acting, noise[:, lo:hi], share)))
 
     def finish(self) -> list[Segment]:
         """Wait for the segments of the batch that `start` set going."""

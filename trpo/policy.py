@@ -1,0 +1,149 @@
+"""Acting: the one interface through which every rollout backend (sync, subprocess, Ray), vine's branches,
+`predict` and `evaluate` choose actions.
+
+    actions, state = acting.act(obs, state, starts, noise)
+
+obs: encoded observations [B, D] as the env gave them (the acting policy normalizes them with pi_old's frozen
+statistics); state: the recurrent state [B, state_dim] (None for a feed-forward policy); starts: [B] bool, True
+where an episode starts (the state is reset there first); noise: the distribution's noise for these samples, as
+`ActionDistribution.noise` draws it (drawn ahead for a whole batch from the run's generator, so that every backend
+gives the same actions), or None for the most likely action.
+
+An acting policy is a frozen snapshot of pi_old, picklable, sent once per batch to every env runner. Its actions
+are those of pi_old; their log-probabilities under pi_old are computed in the learner in one batched pass over the
+batch (RolloutCollector.finish), with the same torch modules the update differentiates, so the probability ratio at
+theta_old is exactly 1.
+
+One implementation per kind of actor (`Actor.kind`), one line each in ACTING:
+    mlp        `NumpyMLP`: the MLP as float32 numpy matmuls (a few microseconds per step, where torch costs tens)
+    cnn        `TorchActing`, one observation at a time (batched convolutions differ in the last bits with the
+               batch size, so envs split over processes would get other actions)
+    recurrent  `TorchActing`, one observation at a time, carrying the LSTM/GRU state
+and `TorchActing` batched on the actor's device for `predict` and `evaluate` (`live`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from trpo.networks import Actor
+from trpo.normalization import FrozenObsNorm
+from trpo.spaces import ActionDistribution, apply_mask
+
+State = np.ndarray | None  # [B, state_dim] float32, or None for a feed-forward policy
+
+
+class Acting(Protocol):
+    """pi_old as the envs see it (see the module docstring)."""
+
+    def initial_state(self, batch: int) -> Any: ...
+
+    def act(self, obs: Any, state: Any, starts: Any, noise: Any) -> tuple[Any, Any]: ...
+
+
+def _state_scale(actor: Actor, dist: ActionDistribution) -> np.ndarray:
+    """The noise's shift per unit of noise for a family whose shift depends on no state (ActionDistribution.shift:
+    1 for logits, -1 for Bernoulli, sigma for a Gaussian), so that shift(noise) = scale * noise elementwise, the
+    same floats as the torch expression."""
+    with torch.no_grad():
+        device = actor.head_device
+        params = actor(torch.zeros(1, actor.obs_dim, device=device))
+        return dist.shift(tuple(p.cpu() for p in params), torch.ones(1, dist.head_dim)).numpy()
+
+
+class NumpyMLP:
+    """The actor's MLP up to params[0] (logits or the Gaussian mean) as float32 numpy matmuls. The rest of params
+    (a Gaussian's log-std) depends on no state: it enters as the noise's scale."""
+
+    def __init__(self, actor: Actor, dist: ActionDistribution, obs_norm: FrozenObsNorm) -> None:
+        linears = [m for m in actor.body if isinstance(m, nn.Linear)]
+        as_np = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
+        self.layers = [(as_np(m.weight).T.copy(), as_np(m.bias)) for m in [*linears, actor.head.linear]]
+        self.activation = actor.activation
+        self.mask_dim = actor.mask_dim
+        self.dist = dist
+        self.obs_norm = obs_norm
+        self.scale = _state_scale(actor, dist)
+
+    def initial_state(self, batch: int) -> None:
+        return None
+
+    def head(self, obs: np.ndarray) -> np.ndarray:
+        """params[0] for encoded observations [B, D]."""
+        # einsum without BLAS computes every row the same way whatever the number of rows (BLAS does not), so
+        # envs split over worker processes get bit-identical actions to envs stepped together.
+        h = x = self.obs_norm(obs)
+        for w, b in self.layers[:-1]:
+            h = np.einsum("ij,jk->ik", h, w) + b
+            h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
+        w, b = self.layers[-1]
+        out = np.einsum("ij,jk->ik", h, w) + b
+        return apply_mask(out, x[:, -self.mask_dim:]) if self.mask_dim else out
+
+    def act(self, obs: np.ndarray, state: None, starts: np.ndarray, noise: np.ndarray | None) -> tuple[Any, None]:
+        head = self.head(obs)
+        return self.dist.pick(head if noise is None else head + self.scale * noise), None
+
+
+class TorchActing:
+    """The actor's torch modules. For rollouts (`rows`): a CPU copy run one observation at a time, so that every
+    env's action is computed the same way however envs are split over processes. For predict and evaluate: the
+    live actor on its device, batched. Carries a recurrent actor's state."""
+
+    def __init__(self, actor: Actor, dist: ActionDistribution, obs_norm: FrozenObsNorm, rows: bool = True) -> None:
+        self.actor = copy.deepcopy(actor).cpu().requires_grad_(False) if rows else actor
+        self.dist = dist
+        self.obs_norm = obs_norm
+        self.rows = rows
+
+    def initial_state(self, batch: int) -> Any:
+        state = self.actor.initial_state(batch)
+        return state.cpu().numpy() if self.rows and state is not None else state
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, state: Any, starts: Any, noise: Any) -> tuple[Any, Any]:
+        if state is not None:  # a new episode starts from the zero state
+            state = state * (1 - torch.as_tensor(starts, device=state.device).to(state.dtype)[:, None]) \
+                if isinstance(state, torch.Tensor) else np.where(np.asarray(starts)[:, None], 0.0, state)
+        if not self.rows:
+            x = torch.as_tensor(self.obs_norm(obs), device=self.actor.head_device)
+            params, state = self.actor.step(x, state)
+            return self._pick(params, noise), state
+        x = torch.from_numpy(np.ascontiguousarray(self.obs_norm(obs)))
+        heads, states = [], []
+        for i in range(len(x)):
+            s = None if state is None else torch.from_numpy(np.ascontiguousarray(state[i : i + 1]))
+            params, s = self.actor.step(x[i : i + 1], s)
+            heads.append(params)
+            states.append(s)
+        params = tuple(torch.cat(parts) for parts in zip(*heads, strict=True))
+        noise = None if noise is None else torch.from_numpy(np.asarray(noise))
+        action = self._pick(params, noise).numpy()
+        return action, None if state is None else torch.cat(states).numpy()
+
+    def _pick(self, params: tuple[torch.Tensor, ...], noise: Any) -> Any:
+        return self.dist.mode(params) if noise is None else self.dist.sample_with_noise(params, noise)
+
+
+# Actor.kind -> the acting policy for rollouts; a new kind of actor is a class of `Acting` and a line here.
+ACTING: dict[str, Callable[[Actor, ActionDistribution, FrozenObsNorm], Acting]] = {
+    "mlp": NumpyMLP,
+    "cnn": TorchActing,
+    "recurrent": TorchActing,
+}
+
+
+def snapshot(actor: Actor, dist: ActionDistribution, obs_norm: FrozenObsNorm) -> Acting:
+    """pi_old frozen for one batch's rollouts: the actor's weights and the observation statistics."""
+    return ACTING[actor.kind](actor, dist, obs_norm)
+
+
+def live(actor: Actor, dist: ActionDistribution, obs_norm: FrozenObsNorm) -> TorchActing:
+    """Acting with the actor as it is, batched on its device: predict and evaluate."""
+    return TorchActing(actor, dist, obs_norm, rows=False)
