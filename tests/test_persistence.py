@@ -96,7 +96,8 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
                    save_every=2000, keep_checkpoints=2,
                    ray_address="127.0.0.1:6379", max_worker_restarts=5,
                    image_encoder="nature", sampling="vine", vine_states=4, vine_actions=3, vine_all_actions=False,
-                   vine_horizon=5, vine_bootstrap=False, recurrent_hidden=8, recurrent_seq_len=5)
+                   vine_horizon=5, vine_bootstrap=False, recurrent_hidden=8, recurrent_seq_len=5,
+                   use_sde=True, sde_sample_freq=3)
     # Vine sampling takes feed-forward policies only: the recurrent one is the same config with single paths.
     recurrent = {**changed, "recurrent": "gru", "sampling": "single_path"}
     defaults = TRPOConfig()

@@ -45,13 +45,19 @@ def pool_of(agent: TRPO) -> RayPool:
     return agent._collector.runner
 
 
-@pytest.mark.parametrize("sampling", ["single_path", "vine", "recurrent"])
+@pytest.mark.parametrize("sampling", ["single_path", "vine", "recurrent", "sde"])
 def test_ray_runs_are_bit_identical_to_sync(local_ray: None, sampling: str) -> None:
-    """Feed-forward (single paths, vine) and recurrent (the LSTM state carried on the actors) alike."""
-    extra = dict(recurrent="lstm", recurrent_hidden=8) if sampling == "recurrent" else dict(sampling=sampling)
+    """Feed-forward (single paths, vine), recurrent (the LSTM state carried on the actors) and gSDE (the exploration
+    matrices shared out) alike."""
+    extra: dict = dict(sampling=sampling)
+    if sampling == "recurrent":
+        extra = dict(recurrent="lstm", recurrent_hidden=8)
+    elif sampling == "sde":
+        extra = dict(use_sde=True, sde_sample_freq=4, steps_per_env=64)
     histories = []
     for mode in ("sync", "ray"):
-        agent = TRPO("CartPole-v1", SMALL.replace(vector_mode=mode, vine_states=8, **extra), seed=5)
+        env = "Pendulum-v1" if sampling == "sde" else "CartPole-v1"
+        agent = TRPO(env, SMALL.replace(vector_mode=mode, vine_states=8, **extra), seed=5)
         agent.learn(3 * 512)
         histories.append(strip_timing(agent.history))
         agent.close()

@@ -11,12 +11,11 @@ import pytest
 import torch
 import yaml
 from gymnasium import spaces
-from test_cli import trpo
+from test_cli import trpo as trpo_cli
 from torch.func import hessian
 from trpo_testenvs import MaskedChoiceEnv, PixelSideEnv, SpacesEnv
 
-import trpo.pomdp  # registers the partially observed tasks (the ids below name the module too)
-from trpo import TRPO
+from trpo import TRPO, pomdp  # pomdp registers the partially observed tasks
 from trpo.config import ConfigError, TRPOConfig
 from trpo.encoders import ConvBody, RecurrentCell, unroll
 from trpo.networks import Actor
@@ -162,7 +161,7 @@ def test_rollout_log_probs_and_states_equal_the_updates(kind: str) -> None:
                                    batch.states[t].numpy() * ~batch.starts[t].numpy()[:, None], atol=1e-6)
         with torch.no_grad():
             s = torch.from_numpy(np.where(batch.starts[t].numpy()[:, None], 0.0, state).astype(np.float32))
-            params, s = agent.actor.step(batch.obs[t], s)
+            params, _, s = agent.actor.step(batch.obs[t], s)
         steps.append(agent.dist.log_prob(params, batch.actions[t]))
         state = s.numpy()
     torch.testing.assert_close(torch.stack(steps), batch.log_probs, rtol=1e-5, atol=1e-6)
@@ -289,15 +288,15 @@ def test_cli_trains_checkpoints_resumes_and_evaluates_a_recurrent_run(tmp_path) 
     args = ["--env", "trpo.pomdp:CueMemory-v0", "--recurrent", "lstm", "--recurrent-hidden", "8",
             "--recurrent-seq-len", "16", "--num-envs", "2", "--steps-per-env", "128", "--value-epochs", "2",
             "--eval-episodes", "2", "--no-progress"]
-    first = trpo("train", *args, "--total-steps", "512", "--run-dir", str(run), "--checkpoint-every", "1")
+    first = trpo_cli("train", *args, "--total-steps", "512", "--run-dir", str(run), "--checkpoint-every", "1")
     assert first.returncode == 0, first.stderr
     record = yaml.safe_load((run / "config.yaml").read_text())
     assert record["recurrent"] == "lstm" and record["recurrent_seq_len"] == 16
-    res = trpo("train", "--resume", str(run), "--total-steps", "1024", "--no-progress")
+    res = trpo_cli("train", "--resume", str(run), "--total-steps", "1024", "--no-progress")
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == [1, 2, 3, 4] and rows[-1]["step"] == 1024
-    ev = trpo("eval", str(run), "--episodes", "3")
+    ev = trpo_cli("eval", str(run), "--episodes", "3")
     assert ev.returncode == 0 and "mean return" in ev.stdout, ev.stderr
     loaded = TRPO.load(run / "final.pt")
     assert loaded.config.recurrent == "lstm" and loaded.actor.cell is not None
@@ -322,3 +321,23 @@ def test_only_the_recurrent_policy_learns_the_memory_task() -> None:
     flat.close()
     assert recurrent >= 0.9, recurrent
     assert feed_forward <= 0.5, feed_forward
+
+
+def test_the_no_velocity_tasks_hide_exactly_the_velocities() -> None:
+    import gymnasium as gym
+
+    for env_id, hidden in (("CartPoleNoVel-v1", (1, 3)), ("PendulumNoVel-v1", (2,)),
+                           ("MountainCarContinuousNoVel-v0", (1,))):
+        env, full = gym.make(env_id), gym.make(env_id.replace("NoVel", ""))
+        obs, _ = env.reset(seed=3)
+        ref, _ = full.reset(seed=3)
+        for _ in range(5):
+            action = env.action_space.sample()
+            obs, *_ = env.step(action)
+            ref, *_ = full.step(action)
+        shown = [i for i in range(len(ref)) if i not in hidden]
+        assert (obs[list(hidden)] == 0).all() and ref[list(hidden)].any()
+        np.testing.assert_array_equal(obs[shown], ref[shown])
+        assert env.observation_space == full.observation_space
+    with pytest.raises(ValueError, match="pass indices= for 'Acrobot-v1'"):
+        pomdp.HideVelocity(gym.make("Acrobot-v1"))

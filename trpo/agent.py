@@ -112,7 +112,10 @@ class TRPO:
         self._eval_env = make_env(env)
         self.observation_space = self._eval_env.observation_space
         self.action_space = self._eval_env.action_space
-        self.dist = make_distribution(self.action_space)
+        if cfg.use_sde and not isinstance(self.action_space, gym.spaces.Box):
+            raise ConfigError(f"use_sde (state-dependent exploration) is for Box action spaces; this env's actions are "
+                              f"{self.action_space}")
+        self.dist = make_distribution(self.action_space, cfg.use_sde)
         try:
             self.encoder = ObsEncoder(self.observation_space, self._mask_source(), self.dist.mask_groups,
                                       cfg.obs_encoder)
@@ -525,7 +528,7 @@ class TRPO:
     def _act(self, encoded: np.ndarray, deterministic: bool, state: Tensor | None,
              starts: np.ndarray) -> tuple[np.ndarray, Tensor | None]:
         """Env actions [B, ...] for encoded observations through the acting seam (policy.live), and the next state."""
-        noise = None if deterministic else self.dist.noise((len(encoded), self.dist.head_dim), self.predict_gen,
+        noise = None if deterministic else self.dist.noise((len(encoded), *self.actor.noise_shape), self.predict_gen,
                                                            self.device)
         action, state = policy_lib.live(self.actor, self.dist, self.obs_norm.frozen()).act(encoded, state, starts,
                                                                                              noise)

@@ -168,14 +168,18 @@ class RecurrentCell(nn.Module):
 
     def forward(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """(output h', new state) from inputs [B, in_dim] and the state [B, state_dim]."""
+        return self.step(self.input(x), state)
+
+    def step(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` from the inputs' projection wx = W x + b (`unroll` projects a whole sequence at once)."""
         hidden = self.hidden
         if self.kind == "lstm":
             h, c = state[..., :hidden], state[..., hidden:]
-            i, f, g, o = (self.input(x) + self.recur(h)).chunk(4, -1)
+            i, f, g, o = (wx + self.recur(h)).chunk(4, -1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             return h, torch.cat([h, c], -1)
-        xr, xz, xn = self.input(x).chunk(3, -1)
+        xr, xz, xn = wx.chunk(3, -1)
         hr, hz, hn = self.recur(state).chunk(3, -1)
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
         h = (1 - z) * torch.tanh(xn + r * hn) + z * state
@@ -188,11 +192,12 @@ def unroll(cell: RecurrentCell, x: Tensor, state: Tensor, starts: Tensor) -> tup
     gradient). Returns the outputs [L, S, H], the state each step started from (after the reset) [L, S, state_dim],
     and the state after each step [L, S, state_dim]."""
     keep = (~starts).unsqueeze(-1).to(state.dtype)
+    wx = cell.input(x)  # the inputs' part of every step in one matmul; only the recurrent part is sequential
     outs, before, after = [], [], []
     for t in range(x.shape[0]):
         state = state * keep[t]
         before.append(state)
-        out, state = cell(x[t], state)
+        out, state = cell.step(wx[t], state)
         outs.append(out)
         after.append(state)
     return torch.stack(outs), torch.stack(before), torch.stack(after)

@@ -32,6 +32,8 @@ class Actor(nn.Module):
         self.body = make_body(obs_dim, hidden, activation, image, image_encoder)
         self.cell = None if recurrent == "none" else RecurrentCell(recurrent, self.body.out_dim, recurrent_hidden)
         self.head = dist.make_head(self.body.out_dim if self.cell is None else self.cell.out_dim, init_log_std)
+        # The shape of one sample's noise (ActionDistribution.noise): a head output's, or gSDE's matrix (SDEHead).
+        self.noise_shape: tuple[int, ...] = getattr(self.head, "noise_shape", (dist.head_dim,))
 
     @property
     def kind(self) -> str:
@@ -48,14 +50,14 @@ class Actor(nn.Module):
             features = self.cell(features, self.cell.initial_state(features.shape[0], features.device))[0]
         return self._params(features, inputs)
 
-    def step(self, obs: Tensor, state: Tensor | None) -> tuple[Params, Tensor | None]:
+    def step(self, obs: Tensor, state: Tensor | None) -> tuple[Params, Tensor, Tensor | None]:
         """One step of acting: params for observations [B, D] and the state [B, state_dim] they follow (already reset
-        where an episode starts; None for a feed-forward actor), and the new state."""
+        where an episode starts; None for a feed-forward actor), the features the head saw, and the new state."""
         features = self.body(obs)
         if self.cell is not None:
             assert state is not None
             features, state = self.cell(features, state)
-        return self._params(features, obs), state
+        return self._params(features, obs), features, state
 
     def initial_state(self, batch: int) -> Tensor | None:
         return None if self.cell is None else self.cell.initial_state(batch, self.head_device)

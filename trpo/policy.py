@@ -6,8 +6,9 @@
 obs: encoded observations [B, D] as the env gave them (the acting policy normalizes them with pi_old's frozen
 statistics); state: the recurrent state [B, state_dim] (None for a feed-forward policy); starts: [B] bool, True
 where an episode starts (the state is reset there first); noise: the distribution's noise for these samples, as
-`ActionDistribution.noise` draws it (drawn ahead for a whole batch from the run's generator, so that every backend
-gives the same actions), or None for the most likely action.
+`ActionDistribution.noise` draws it, `Actor.noise_shape` per sample (gSDE: an exploration matrix), drawn ahead for
+a whole batch from the run's generator (`batch_noise`) so that every backend gives the same actions; or None for
+the most likely action.
 
 An acting policy is a frozen snapshot of pi_old, picklable, sent once per batch to every env runner. Its actions
 are those of pi_old; their log-probabilities under pi_old are computed in the learner in one batched pass over the
@@ -34,9 +35,7 @@ from torch import nn
 
 from trpo.networks import Actor
 from trpo.normalization import FrozenObsNorm
-from trpo.spaces import ActionDistribution, apply_mask
-
-State = np.ndarray | None  # [B, state_dim] float32, or None for a feed-forward policy
+from trpo.spaces import ActionDistribution, SDEHead, apply_mask
 
 
 class Acting(Protocol):
@@ -47,19 +46,21 @@ class Acting(Protocol):
     def act(self, obs: Any, state: Any, starts: Any, noise: Any) -> tuple[Any, Any]: ...
 
 
-def _state_scale(actor: Actor, dist: ActionDistribution) -> np.ndarray:
+def _noise_scale(actor: Actor, dist: ActionDistribution) -> np.ndarray:
     """The noise's shift per unit of noise for a family whose shift depends on no state (ActionDistribution.shift:
     1 for logits, -1 for Bernoulli, sigma for a Gaussian), so that shift(noise) = scale * noise elementwise, the
-    same floats as the torch expression."""
+    same floats as the torch expression; for gSDE, the exploration matrix's sigma [F, A]."""
     with torch.no_grad():
-        device = actor.head_device
-        params = actor(torch.zeros(1, actor.obs_dim, device=device))
+        if isinstance(actor.head, SDEHead):
+            return actor.head.log_std.exp().cpu().numpy()
+        params = actor(torch.zeros(1, actor.obs_dim, device=actor.head_device))
         return dist.shift(tuple(p.cpu() for p in params), torch.ones(1, dist.head_dim)).numpy()
 
 
 class NumpyMLP:
     """The actor's MLP up to params[0] (logits or the Gaussian mean) as float32 numpy matmuls. The rest of params
-    (a Gaussian's log-std) depends on no state: it enters as the noise's scale."""
+    (a Gaussian's log-std) depends on no state: it enters as the noise's scale. gSDE's noise is an exploration
+    matrix per sample, applied to the last hidden layer's features."""
 
     def __init__(self, actor: Actor, dist: ActionDistribution, obs_norm: FrozenObsNorm) -> None:
         linears = [m for m in actor.body if isinstance(m, nn.Linear)]
@@ -69,13 +70,18 @@ class NumpyMLP:
         self.mask_dim = actor.mask_dim
         self.dist = dist
         self.obs_norm = obs_norm
-        self.scale = _state_scale(actor, dist)
+        self.sde = isinstance(actor.head, SDEHead)
+        self.scale = _noise_scale(actor, dist)
 
     def initial_state(self, batch: int) -> None:
         return None
 
     def head(self, obs: np.ndarray) -> np.ndarray:
         """params[0] for encoded observations [B, D]."""
+        return self._forward(obs)[1]
+
+    def _forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the last hidden layer's features, params[0])."""
         # einsum without BLAS computes every row the same way whatever the number of rows (BLAS does not), so
         # envs split over worker processes get bit-identical actions to envs stepped together.
         h = x = self.obs_norm(obs)
@@ -84,11 +90,15 @@ class NumpyMLP:
             h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
         w, b = self.layers[-1]
         out = np.einsum("ij,jk->ik", h, w) + b
-        return apply_mask(out, x[:, -self.mask_dim:]) if self.mask_dim else out
+        return h, apply_mask(out, x[:, -self.mask_dim:]) if self.mask_dim else out
 
     def act(self, obs: np.ndarray, state: None, starts: np.ndarray, noise: np.ndarray | None) -> tuple[Any, None]:
-        head = self.head(obs)
-        return self.dist.pick(head if noise is None else head + self.scale * noise), None
+        features, head = self._forward(obs)
+        if noise is None:
+            return self.dist.pick(head), None
+        if self.sde:  # z @ (sigma * eps), per sample
+            return head + (features[:, :, None] * (self.scale * noise)).sum(1), None
+        return self.dist.pick(head + self.scale * noise), None
 
 
 class TorchActing:
@@ -113,22 +123,52 @@ class TorchActing:
                 if isinstance(state, torch.Tensor) else np.where(np.asarray(starts)[:, None], 0.0, state)
         if not self.rows:
             x = torch.as_tensor(self.obs_norm(obs), device=self.actor.head_device)
-            params, state = self.actor.step(x, state)
-            return self._pick(params, noise), state
+            params, features, state = self.actor.step(x, state)
+            return self._pick(params, features, noise), state
         x = torch.from_numpy(np.ascontiguousarray(self.obs_norm(obs)))
-        heads, states = [], []
+        outs, states = [], []
         for i in range(len(x)):
             s = None if state is None else torch.from_numpy(np.ascontiguousarray(state[i : i + 1]))
-            params, s = self.actor.step(x[i : i + 1], s)
-            heads.append(params)
+            params, features, s = self.actor.step(x[i : i + 1], s)
+            outs.append((*params, features))
             states.append(s)
-        params = tuple(torch.cat(parts) for parts in zip(*heads, strict=True))
+        *params, features = (torch.cat(parts) for parts in zip(*outs, strict=True))
         noise = None if noise is None else torch.from_numpy(np.asarray(noise))
-        action = self._pick(params, noise).numpy()
+        action = self._pick(tuple(params), features, noise).numpy()
         return action, None if state is None else torch.cat(states).numpy()
 
-    def _pick(self, params: tuple[torch.Tensor, ...], noise: Any) -> Any:
-        return self.dist.mode(params) if noise is None else self.dist.sample_with_noise(params, noise)
+    def _pick(self, params: tuple[torch.Tensor, ...], features: torch.Tensor, noise: Any) -> Any:
+        if noise is None:
+            return self.dist.mode(params)
+        if isinstance(self.actor.head, SDEHead):
+            return params[0] + self.actor.head.explore(features, noise)
+        return self.dist.sample_with_noise(params, noise)
+
+
+class PeriodicNoise:
+    """gSDE's noise for a batch: one exploration matrix per env held for `every` steps (sde_sample_freq; -1: the
+    whole batch). Indexed as the runners index noise arrays: noise[t] for step t, noise[:, lo:hi] for a share of
+    the envs; `shape[0]` is the number of steps."""
+
+    def __init__(self, matrices: np.ndarray, every: int, steps: int) -> None:
+        self.matrices = matrices  # [P, N, F, A]
+        self.every = every if every > 0 else steps
+        self.shape = (steps, *matrices.shape[1:])
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):  # [:, lo:hi]: a share of the envs
+            return PeriodicNoise(self.matrices[:, key[1]], self.every, self.shape[0])
+        return self.matrices[key // self.every]
+
+
+def batch_noise(actor: Actor, dist: ActionDistribution, steps: int, num_envs: int, sde_sample_freq: int,
+                generator: torch.Generator) -> np.ndarray | PeriodicNoise:
+    """A batch's noise, drawn from the run's generator: [T, N, head_dim], or gSDE's exploration matrices."""
+    if not isinstance(actor.head, SDEHead):
+        return dist.noise((steps, num_envs, dist.head_dim), generator).numpy()
+    periods = 1 if sde_sample_freq <= 0 else -(-steps // sde_sample_freq)
+    return PeriodicNoise(dist.noise((periods, num_envs, *actor.noise_shape), generator).numpy(), sde_sample_freq,
+                         steps)
 
 
 # Actor.kind -> the acting policy for rollouts; a new kind of actor is a class of `Acting` and a line here.

@@ -463,18 +463,50 @@ class _GaussianHead(nn.Module):
         return mean, self.log_std.expand_as(mean)
 
 
-class DiagGaussian(ActionDistribution):
-    """Box: a diagonal Gaussian with state-independent log-std. Sampled actions are clipped to the bounds
-    only when sent to the env (`to_env`); log-probabilities use the unclipped sample."""
+SDE_EPS = 1e-6  # added to gSDE's variance, so that a state whose features vanish keeps a finite log-probability
 
-    def __init__(self, space: spaces.Box) -> None:
+
+class SDEHead(nn.Module):
+    """gSDE's head (generalized state-dependent exploration, Raffin et al. 2021): the mean from the features z(s),
+    and the exploration matrix's scale sigma = exp(log_std), one entry per (feature, action). An action is
+    a = mu(s) + z(s) @ (sigma * eps), eps a standard normal matrix held for several steps (sde_sample_freq), so
+    that exploration is smooth in time; its distribution given s is the diagonal Gaussian with
+    var(s) = (z(s)^2) @ sigma^2, which is what `forward` returns as (mean, log std): every Gaussian formula
+    (log-probability, entropy, KL, Fisher metric) then holds as it is. z enters the variance detached (gSDE's
+    default: the features learn from the mean alone)."""
+
+    def __init__(self, in_dim: int, action_dim: int, init_log_std: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, action_dim)
+        _small_init(self.linear)
+        self.log_std = nn.Parameter(torch.full((in_dim, action_dim), float(init_log_std)))
+        self.noise_shape = (in_dim, action_dim)  # one eps matrix per env
+
+    def forward(self, features: Tensor) -> Params:
+        variance = features.detach().pow(2) @ torch.exp(2 * self.log_std) + SDE_EPS
+        return self.linear(features), 0.5 * torch.log(variance)
+
+    def explore(self, features: Tensor, noise: Tensor) -> Tensor:
+        """z @ (sigma * eps) per sample: features [B, F], noise [B, F, A] (or [1, F, A] for all)."""
+        return (features.unsqueeze(-1) * (self.log_std.exp() * noise)).sum(-2)
+
+
+class DiagGaussian(ActionDistribution):
+    """Box: a diagonal Gaussian, with a state-independent log-std, or with `state_dependent` gSDE's (`SDEHead`).
+    Sampled actions are clipped to the bounds only when sent to the env (`to_env`); log-probabilities use the
+    unclipped sample."""
+
+    def __init__(self, space: spaces.Box, state_dependent: bool = False) -> None:
         self.shape = tuple(space.shape)
         self.head_dim = int(np.prod(self.shape))
         self.low = space.low.reshape(-1).astype(np.float64)
         self.high = space.high.reshape(-1).astype(np.float64)
         self.dtype = space.dtype
+        self.state_dependent = state_dependent
 
     def make_head(self, in_dim: int, init_log_std: float) -> nn.Module:
+        if self.state_dependent:
+            return SDEHead(in_dim, self.head_dim, init_log_std)
         return _GaussianHead(in_dim, self.head_dim, init_log_std)
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu",
@@ -532,12 +564,15 @@ def mask_source(space: spaces.Space, dist: ActionDistribution, reset_info: dict[
     return source
 
 
-def make_distribution(space: spaces.Space) -> ActionDistribution:
-    """The distribution family for an action space, or UnsupportedSpaceError naming it."""
+def make_distribution(space: spaces.Space, use_sde: bool = False) -> ActionDistribution:
+    """The distribution family for an action space (with `use_sde`, gSDE's for a Box), or UnsupportedSpaceError
+    naming it."""
+    if use_sde and not isinstance(space, spaces.Box):
+        raise ValueError(f"use_sde (state-dependent exploration) is for Box action spaces, not {space}")
     if isinstance(space, spaces.Discrete):
         return Categorical(space)
     if isinstance(space, spaces.Box):
-        return DiagGaussian(space)
+        return DiagGaussian(space, use_sde)
     if isinstance(space, spaces.MultiDiscrete):
         return MultiCategorical(space)
     if isinstance(space, spaces.MultiBinary):

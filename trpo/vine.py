@@ -154,8 +154,8 @@ class VinePlan:
     Arrays are indexed [env, ...]; `envs(lo, hi)` is the share of the runner owning envs lo..hi-1."""
 
     times: np.ndarray  # [N, M] int64: trunk steps whose states form the rollout set, ascending per env
-    first: np.ndarray | None  # [N, M, K, head_dim] noise of the first actions; None: every action
-    continuation: np.ndarray  # [N, M, H - 1, head_dim] noise after the first action, shared by the K
+    first: np.ndarray | None  # [N, M, K, *noise] noise of the first actions; None: every action
+    continuation: np.ndarray  # [N, M, H - 1, *noise] noise after the first action, shared by the K
     num_actions: int  # K
 
     def envs(self, lo: int, hi: int) -> VinePlan:
@@ -212,15 +212,16 @@ def branches_every_action(dist: ActionDistribution, settings: VineSettings) -> b
     return settings.all_actions and isinstance(dist, Categorical)
 
 
-def draw_plan(dist: ActionDistribution, num_envs: int, steps: int, settings: VineSettings,
-              generator: torch.Generator) -> VinePlan:
-    """The rollout set (`states` distinct steps per env, uniform) and the branches' noise."""
+def draw_plan(dist: ActionDistribution, noise_shape: tuple[int, ...], num_envs: int, steps: int,
+              settings: VineSettings, generator: torch.Generator) -> VinePlan:
+    """The rollout set (`states` distinct steps per env, uniform) and the branches' noise, `noise_shape` per action
+    (Actor.noise_shape: gSDE draws an exploration matrix for every branch step)."""
     m = settings.states
     times = np.stack([np.sort(torch.randperm(steps, generator=generator)[:m].numpy()) for _ in range(num_envs)])
     every = branches_every_action(dist, settings)
     k = dist.n if every else settings.actions
-    first = None if every else dist.noise((num_envs, m, k, dist.head_dim), generator)
-    continuation = dist.noise((num_envs, m, settings.horizon - 1, dist.head_dim), generator)
+    first = None if every else dist.noise((num_envs, m, k, *noise_shape), generator)
+    continuation = dist.noise((num_envs, m, settings.horizon - 1, *noise_shape), generator)
     return VinePlan(times.astype(np.int64), None if first is None else first.numpy(), continuation.numpy(), k)
 
 

@@ -14,7 +14,7 @@ from trpo.config import TRPOConfig
 from trpo.envs import EnvSpec
 from trpo.networks import Actor
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
-from trpo.policy import Acting, snapshot
+from trpo.policy import Acting, PeriodicNoise, batch_noise, snapshot
 from trpo.rollout.ray_actors import ray_backend
 from trpo.rollout.runner import Backend, BackendFactory, Segment, sync_backend
 from trpo.rollout.workers import subprocess_backend
@@ -53,7 +53,7 @@ class _Pending:
 
     acting: Acting
     obs_norm: FrozenObsNorm
-    noise: np.ndarray  # [T, N, head_dim]
+    noise: np.ndarray | PeriodicNoise  # [T, N, head_dim], or gSDE's matrices
     generator: torch.Generator
     theta: Tensor  # the actor's parameters at start()
     plan: VinePlan | None
@@ -80,6 +80,7 @@ class RolloutCollector:
                  vine: VineSettings | None = None) -> None:
         self.vine = vine
         self.seq_len = cfg.recurrent_seq_len
+        self.sde_sample_freq = cfg.sde_sample_freq
         self.encoder = encoder
         self.dist = dist
         self.obs_norm = obs_norm
@@ -104,8 +105,9 @@ class RolloutCollector:
             raise RuntimeError("a batch is already being collected; call finish() first")
         frozen = self.obs_norm.frozen()
         acting = snapshot(actor, self.dist, frozen)
-        noise = self.dist.noise((steps, self.num_envs, self.dist.head_dim), generator).numpy()
-        plan = None if self.vine is None else draw_plan(self.dist, self.num_envs, steps, self.vine, generator)
+        noise = batch_noise(actor, self.dist, steps, self.num_envs, self.sde_sample_freq, generator)
+        plan = None if self.vine is None else draw_plan(self.dist, actor.noise_shape, self.num_envs, steps, self.vine,
+                                                        generator)
         self.runner.start(acting, noise, plan)
         self._pending = _Pending(acting, frozen, noise, generator, _flat_params(actor), plan)
 
