@@ -22,6 +22,7 @@ _EXPORTS = {
     "CheckpointError": "trpo.checkpoint",
     "RunDirError": "trpo.checkpoint",
     "PlotError": "trpo.plot",
+    "ExportError": "trpo.export",
 }
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from trpo.checkpoint import CheckpointError, RunDirError
     from trpo.config import ConfigError, TRPOConfig
     from trpo.envs import EnvError
+    from trpo.export import ExportError
     from trpo.plot import PlotError
     from trpo.spaces import ObservationError, UnsupportedSpaceError
 
@@ -39,5 +41,5 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'trpo' has no attribute {name!r}")
 
 
-__all__ = ["TRPO", "CheckpointError", "ConfigError", "EnvError", "ObservationError", "PlotError", "RunDirError",
-           "TRPOConfig", "UnsupportedSpaceError", "__version__"]
+__all__ = ["TRPO", "CheckpointError", "ConfigError", "EnvError", "ExportError", "ObservationError", "PlotError",
+           "RunDirError", "TRPOConfig", "UnsupportedSpaceError", "__version__"]

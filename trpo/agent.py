@@ -123,7 +123,7 @@ class TRPO:
             if isinstance(exc, UnsupportedSpaceError):
                 raise
             raise ConfigError(str(exc)) from exc  # e.g. obs_encoder 'cnn' for observations that are no images
-        self.vine = self._vine_settings()
+        self._check_vine()
 
         torch.manual_seed(self.seed)  # network initialization
         image = self.encoder.image
@@ -169,18 +169,14 @@ class TRPO:
                 raise env_failure(exc, "reset()", env=self._eval_env) from exc
         return mask_source(self.observation_space, self.dist, info)
 
-    def _vine_settings(self) -> vine_lib.VineSettings | None:
-        """sampling 'vine': the settings, once this env is known to allow it (its state can be saved and
-        restored)."""
-        cfg = self.config
-        if cfg.sampling != "vine":
-            return None
-        settings = vine_lib.VineSettings(cfg.vine_states, cfg.vine_actions, cfg.vine_all_actions, cfg.vine_horizon)
+    def _check_vine(self) -> None:
+        """sampling 'vine' needs an env whose state can be saved and restored."""
+        if self.config.sampling != "vine":
+            return
         try:
             vine_lib.check_env(self._eval_env)
         except vine_lib.UnsupportedEnvStateError as exc:
             raise ConfigError(str(exc)) from exc
-        return settings
 
     # --- training ------------------------------------------------------------------------------------------
 
@@ -287,7 +283,7 @@ class TRPO:
             # Seeds differ per (re)start so a resumed run does not replay the first episodes.
             seed = self.seed + 7919 * self.num_updates
             self._collector = RolloutCollector(self.env_spec, self.config, self.encoder, self.dist, self.obs_norm,
-                                               self.reward_scaler, self.device, seed, self.vine)
+                                               self.reward_scaler, seed)
         return self._collector
 
     def _update(self) -> dict[str, Any]:

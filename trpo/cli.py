@@ -108,6 +108,14 @@ def build_parser() -> _Parser:
     ev.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
+    ex = sub.add_parser("export", help="the policy as one self-contained TorchScript or ONNX file (trpo/export.py)")
+    ex.add_argument("path", help="run directory (its newest checkpoint) or checkpoint file")
+    ex.add_argument("--checkpoint", default=None, choices=CHECKPOINTS, help="which of the run directory's checkpoints")
+    ex.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
+                    help="torchscript (torch.jit.load) or onnx (onnxruntime; pip install 'trpo[export]')")
+    ex.add_argument("--out", required=True, help="file to write")
+    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
     sub.add_parser("presets", help="list the presets and their settings")
 
     pl = sub.add_parser("plot", help="learning curves (or any metric) from run directories",
@@ -239,12 +247,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     episodes = _positive_int("episodes", args.episodes)
     seed = None if args.seed is None else check_seed(args.seed)
-    path = Path(args.path)
-    if args.checkpoint is not None:
-        if not path.is_dir():
-            raise UsageError(f"--checkpoint picks a checkpoint of a run directory; {path} is not one")
-        path = path / CHECKPOINTS[args.checkpoint]
-    agent = TRPO.load(path, env=args.env, device=args.device)  # reads only: no run dir lock
+    agent = TRPO.load(_checkpoint_path(args), env=args.env, device=args.device)  # reads only: no run dir lock
     try:
         result = agent.evaluate(episodes, deterministic=not args.stochastic, seed=seed)
     finally:
@@ -257,6 +260,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _print(f"{agent.env_id}: mean return {result['mean_return']:.2f} +/- {result['std_return']:.2f} over "
                f"{episodes} episodes (checkpoint at step {agent.num_steps}){_capped_note(result)}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trpo.agent import TRPO
+    from trpo.export import export
+
+    agent = TRPO.load(_checkpoint_path(args), device="cpu")  # reads only: no run dir lock
+    try:
+        out = export(agent, args.out, args.format)
+    finally:
+        agent.close()
+    _print(f"trpo: {agent.env_id} policy (checkpoint at step {agent.num_steps}) exported as {args.format} to {out}")
+    return 0
+
+
+def _checkpoint_path(args: argparse.Namespace) -> Path:
+    """The file a command reads: PATH, or with --checkpoint that checkpoint of the run directory PATH."""
+    path = Path(args.path)
+    if args.checkpoint is not None:
+        if not path.is_dir():
+            raise UsageError(f"--checkpoint picks a checkpoint of a run directory; {path} is not one")
+        path = path / CHECKPOINTS[args.checkpoint]
+    return path
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -352,6 +378,8 @@ def _run(argv: list[str] | None) -> int:
         return cmd_eval(args)
     if args.command == "plot":
         return cmd_plot(args)
+    if args.command == "export":
+        return cmd_export(args)
     return cmd_presets()
 
 
@@ -362,10 +390,12 @@ def _is_user_error(exc: BaseException) -> bool:
     from trpo.checkpoint import CheckpointError, RunDirError
     from trpo.config import ConfigError
     from trpo.envs import EnvError
+    from trpo.export import ExportError
     from trpo.plot import PlotError
     from trpo.spaces import UnsupportedSpaceError
 
-    return isinstance(exc, ConfigError | EnvError | UnsupportedSpaceError | CheckpointError | RunDirError | PlotError)
+    return isinstance(exc, ConfigError | EnvError | UnsupportedSpaceError | CheckpointError | RunDirError | PlotError
+                      | ExportError)
 
 
 def _saved_state(run_dir: Path | None) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trpo.config import TRPOConfig
 from trpo.envs import EnvError, check_masks, env_failure
 from trpo.policy import Acting
 from trpo.spaces import MAX_REWARD, ActionDistribution, Categorical, ObsEncoder, env_reward
@@ -187,6 +188,13 @@ class VineSettings:
     actions: int
     all_actions: bool
     horizon: int
+
+    @classmethod
+    def of(cls, cfg: TRPOConfig) -> VineSettings | None:
+        """The settings of a config with sampling 'vine', else None."""
+        if cfg.sampling != "vine":
+            return None
+        return cls(cfg.vine_states, cfg.vine_actions, cfg.vine_all_actions, cfg.vine_horizon)
 
 
 @dataclass

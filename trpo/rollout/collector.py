@@ -76,16 +76,17 @@ class RolloutCollector:
     """
 
     def __init__(self, spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: ActionDistribution,
-                 obs_norm: ObsNormalizer, reward_scaler: RewardScaler, device: torch.device, seed: int,
-                 vine: VineSettings | None = None) -> None:
-        self.vine = vine
+                 obs_norm: ObsNormalizer, reward_scaler: RewardScaler, seed: int) -> None:
+        """`cfg` says the rest: the backend (vector_mode), the device, vine sampling, the recurrent sequence length
+        and gSDE's resampling. The encoder, distribution and statistics are the agent's own objects, shared."""
+        self.vine = VineSettings.of(cfg)
         self.seq_len = cfg.recurrent_seq_len
         self.sde_sample_freq = cfg.sde_sample_freq
         self.encoder = encoder
         self.dist = dist
         self.obs_norm = obs_norm
         self.reward_scaler = reward_scaler
-        self.device = device
+        self.device = torch.device(cfg.device)
         self.num_envs = cfg.num_envs
         self.runner: Backend = BACKENDS[cfg.vector_mode](spec, cfg, encoder, dist)
         try:

@@ -1,0 +1,111 @@
+"""trpo export: TorchScript and ONNX policies whose actions equal predict(obs, deterministic=True) on 1,000
+observations, for every action space, masks, images, recurrent policies (with their state) and gSDE; and the CLI."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from test_cli import trpo as trpo_cli
+from trpo_testenvs import MaskedChoiceEnv, PixelSideEnv, SpacesEnv
+
+from trpo import TRPO, ExportError, TRPOConfig
+from trpo.export import export
+
+ort = pytest.importorskip("onnxruntime")
+
+SMALL = TRPOConfig(num_envs=2, steps_per_env=64, actor_hidden=(8,), critic_hidden=(8,), cg_iters=5, value_epochs=1,
+                   eval_episodes=1)
+BOX_OBS = spaces.Box(-2.0, 2.0, (3,), np.float32)
+CASES = {
+    "box-normalized": (lambda: SpacesEnv(BOX_OBS, spaces.Box(-0.5, 0.4, (2,), np.float32)), {"normalize_obs": True}),
+    "discrete-start": (lambda: SpacesEnv(BOX_OBS, spaces.Discrete(4, start=-1)), {}),
+    "multidiscrete": (lambda: SpacesEnv(BOX_OBS, spaces.MultiDiscrete([3, 2], start=[1, 0])), {}),
+    "multibinary": (lambda: SpacesEnv(BOX_OBS, spaces.MultiBinary(3)), {}),
+    "masked-info": (lambda: MaskedChoiceEnv(nvec=(6, 4)), {}),
+    "masked-dict": (lambda: MaskedChoiceEnv(nvec=(6,), in_obs=True), {}),
+    "image": (functools.partial(PixelSideEnv, channels_last=True), {}),
+    "recurrent": (lambda: SpacesEnv(BOX_OBS, spaces.Discrete(3)), {"recurrent": "gru", "normalize_obs": True}),
+    "sde": (lambda: SpacesEnv(BOX_OBS, spaces.Box(-1, 1, (2,), np.float32)), {"use_sde": True}),
+}
+
+
+def observations(agent: TRPO, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """n observations of the agent's env (its Box part) and, for a masked env, n masks allowing >= 1 per group."""
+    space = agent.observation_space
+    box = space["obs"] if isinstance(space, spaces.Dict) else space
+    box.seed(seed)
+    obs = np.stack([box.sample() for _ in range(n)])
+    if not agent.encoder.mask_dim:
+        return obs, None
+    rng = np.random.default_rng(seed)
+    masks = (rng.random((n, agent.encoder.mask_dim)) < 0.5).astype(np.int8)
+    for lo, hi in agent.encoder.mask_groups:
+        masks[np.arange(n), lo + rng.integers(0, hi - lo, n)] = 1
+    return obs, masks
+
+
+def predicted(agent: TRPO, obs: np.ndarray, masks: np.ndarray | None, state: np.ndarray | None = None):
+    if masks is not None and agent.encoder.mask_from == "obs":
+        return agent.predict({"obs": obs, "action_mask": masks}, state=state)
+    return agent.predict(obs, state=state, action_mask=masks)
+
+
+def run_exported(path: Path, fmt: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    if fmt == "torchscript":
+        out = torch.jit.load(str(path))(*(torch.as_tensor(x) for x in inputs))
+        return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+    session = ort.InferenceSession(str(path))
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, dict(zip(names, inputs, strict=True)))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_exported_actions_equal_predict(tmp_path: Path, case: str, fmt: str) -> None:
+    env, fields = CASES[case]
+    agent = TRPO(env, config=SMALL.replace(**fields), seed=1)
+    agent.learn(128)  # a trained policy and moved normalization statistics
+    path = export(agent, tmp_path / f"policy.{fmt}", fmt)
+    obs, masks = observations(agent, 1000)
+    inputs = [obs] + ([masks.astype(np.float32)] if masks is not None else [])
+    expected, state = predicted(agent, obs, masks)
+    if agent.actor.cell is not None:  # a step from the zero state, then one from the state it returned
+        outs = run_exported(path, fmt, [*inputs, np.zeros((1000, agent.actor.cell.state_dim), np.float32)])
+        np.testing.assert_array_equal(outs[0], expected)  # discrete actions: equal whatever the rounding
+        np.testing.assert_allclose(outs[1], state, rtol=1e-5, atol=1e-6)
+        again, _ = agent.predict(obs[::-1].copy(), state=state)
+        outs = run_exported(path, fmt, [obs[::-1].copy(), outs[1]])
+        np.testing.assert_array_equal(outs[0], again)
+    else:
+        (actions,) = run_exported(path, fmt, inputs)
+        assert actions.dtype == expected.dtype and actions.shape == expected.shape
+        if fmt == "onnx" and actions.dtype.kind == "f":  # onnxruntime's matmuls round otherwise than torch's
+            np.testing.assert_allclose(actions, expected, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(actions, expected)
+    agent.close()
+
+
+def test_cli_exports_a_run_and_refuses_what_it_cannot(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    res = trpo_cli("train", "--env", "Pendulum-v1", "--total-steps", "512", "--run-dir", str(run), "--num-envs", "2",
+                   "--steps-per-env", "128", "--eval-episodes", "1", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "pendulum.onnx"
+    res = trpo_cli("export", str(run), "--checkpoint", "final", "--format", "onnx", "--out", str(out))
+    assert res.returncode == 0 and out.is_file() and "exported as onnx" in res.stdout, res.stderr
+    agent = TRPO.load(run)
+    obs = np.random.default_rng(0).uniform(-1, 1, (50, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_exported(out, "onnx", [obs])[0], agent.predict(obs)[0], rtol=1e-5, atol=1e-6)
+    agent.close()
+    bad = trpo_cli("export", str(run), "--format", "tflite", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    discrete = TRPO(lambda: SpacesEnv(spaces.Discrete(5), spaces.Discrete(2)), config=SMALL)
+    with pytest.raises(ExportError, match="export takes Box observations"):
+        export(discrete, tmp_path / "d.pt", "torchscript")
+    discrete.close()

@@ -1,0 +1,162 @@
+"""A trained policy as one self-contained file, TorchScript or ONNX, for deployment without trpo.
+
+The exported module maps what the env gives to what the env takes, deterministically:
+
+    action = policy(obs)                          # obs [B, *observation shape], as the env returns it
+    action = policy(obs, mask)                    # an env that masks its actions through info["action_mask"]
+    action, state = policy(obs, state)            # a recurrent policy: state [B, state_dim], zeros at an episode start
+
+Inside: the observation flattened (images channels first, pixels scaled by the CNN), normalized with the run's
+frozen statistics and clipped, the actor, the most likely action (argmax per sub-action, + the space's start; a
+MultiBinary's logits > 0; a Gaussian's mean clipped to the Box bounds, in the space's dtype). Its actions equal
+`agent.predict(obs, deterministic=True)` (tested on 1,000 observations): exactly with TorchScript, and with ONNX
+through onnxruntime exactly for discrete actions and to float32 rounding for continuous ones (its matrix products
+round otherwise than torch's).
+
+Observations: Box spaces (vectors and images) and a Dict of a Box and an "action_mask" (the mask is then part of
+the observation: pass it as `mask`); Discrete and other Dict observations are not exported yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from trpo.spaces import MASK_KEY, Bernoulli, Categorical, DiagGaussian, MultiCategorical
+
+FORMATS = ("torchscript", "onnx")
+
+
+class ExportError(ValueError):
+    """The policy cannot be exported as asked; the message says why."""
+
+
+class DeployedPolicy(nn.Module):
+    """obs (+ mask) (+ state) -> the deterministic env action (+ the next state); see the module docstring."""
+
+    def __init__(self, agent: Any) -> None:
+        super().__init__()
+        encoder, dist = agent.encoder, agent.dist
+        space = encoder.features
+        if isinstance(space, spaces.Dict) and len(space.spaces) == 1:  # a Box beside "action_mask"
+            space = next(iter(space.spaces.values()))
+        if not isinstance(space, spaces.Box):
+            raise ExportError(f"export takes Box observations (or a Dict of a Box and {MASK_KEY!r}); {space} is not "
+                              "supported yet")
+        self.actor = copy.deepcopy(agent.actor).cpu().eval().requires_grad_(False)
+        self.obs_shape = tuple(space.shape)
+        layout = encoder.image
+        self.channels_last = bool(layout is not None and layout.channels_last)
+        self.image_dtype = layout is not None and layout.dtype == np.uint8
+        self.mask_dim = encoder.mask_dim
+        self.recurrent = self.actor.cell is not None
+        frozen = agent.obs_norm.frozen()
+        self.normalize = frozen.mean is not None
+        self.register_buffer("mean", torch.as_tensor(frozen.mean if self.normalize else np.zeros(1, np.float32)))
+        self.register_buffer("inv_std", torch.as_tensor(frozen.inv_std if self.normalize else np.ones(1, np.float32)))
+        self.clip = float(frozen.clip)
+        self.multi = isinstance(dist, MultiCategorical)
+        if isinstance(dist, Categorical):
+            self.kind, self.bounds, self.starts = "categorical", [0, dist.n], [dist.start]
+        elif isinstance(dist, MultiCategorical):
+            self.kind, self.bounds, self.starts = "categorical", list(dist.bounds), [int(s) for s in dist.start]
+        elif isinstance(dist, Bernoulli):
+            self.kind = "bernoulli"
+        else:
+            assert isinstance(dist, DiagGaussian)
+            self.kind = "gaussian"
+            self.register_buffer("low", torch.as_tensor(dist.low, dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(dist.high, dtype=torch.float32))
+            self.action_dtype = torch.from_numpy(np.zeros(0, dist.dtype)).dtype
+        self.action_shape = tuple(getattr(dist, "shape", ()))
+
+    def _encode(self, obs: Tensor, mask: Tensor | None) -> Tensor:
+        x = obs
+        if self.channels_last:  # [B, H, W] or [B, H, W, C] -> channels first, as ObsEncoder stores images
+            x = x.reshape(x.shape[0], self.obs_shape[0], self.obs_shape[1], -1).permute(0, 3, 1, 2)
+        x = x.reshape(x.shape[0], -1)
+        x = x.to(torch.uint8) if self.image_dtype else x.to(torch.float32)
+        if mask is not None:
+            x = torch.cat([x, (mask != 0).to(x.dtype)], dim=1)
+        if self.normalize:
+            x = torch.minimum(torch.maximum((x - self.mean) * self.inv_std, torch.tensor(-self.clip)),
+                              torch.tensor(self.clip))
+        return x
+
+    def _action(self, head: Tensor) -> Tensor:
+        if self.kind == "categorical":
+            picks = [head[:, lo:hi].argmax(-1) + start
+                     for lo, hi, start in zip(self.bounds[:-1], self.bounds[1:], self.starts, strict=True)]
+            return torch.stack(picks, -1) if self.multi else picks[0]
+        if self.kind == "bernoulli":
+            return (head > 0).to(torch.int8).reshape(head.shape[0], *self.action_shape)
+        action = torch.minimum(torch.maximum(head, self.low), self.high)
+        return action.reshape(head.shape[0], *self.action_shape).to(self.action_dtype)
+
+    def forward(self, obs: Tensor, *extra: Tensor) -> Any:
+        mask = extra[0] if self.mask_dim else None
+        x = self._encode(obs, mask)
+        if self.recurrent:
+            params, _, state = self.actor.step(x, extra[-1])
+            return self._action(params[0]), state
+        return self._action(self.actor(x)[0])
+
+
+def example_inputs(agent: Any, batch: int = 2) -> tuple[Tensor, ...]:
+    """Inputs of the right shapes and dtypes for `DeployedPolicy`: observations sampled from the space."""
+    space = agent.encoder.features
+    if isinstance(space, spaces.Dict):
+        space = next(iter(space.spaces.values()))
+    obs = np.stack([space.sample() for _ in range(batch)])
+    inputs = [torch.as_tensor(obs)]
+    if agent.encoder.mask_dim:
+        inputs.append(torch.ones(batch, agent.encoder.mask_dim))
+    if agent.actor.cell is not None:
+        inputs.append(torch.zeros(batch, agent.actor.cell.state_dim))
+    return tuple(inputs)
+
+
+def export(agent: Any, path: str | Path, fmt: str) -> Path:
+    """Write the agent's policy to `path` as `fmt` ('torchscript' or 'onnx')."""
+    if fmt not in FORMATS:
+        raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    module = DeployedPolicy(agent).eval()
+    inputs = example_inputs(agent)
+    names = ["obs", *(["mask"] if agent.encoder.mask_dim else []), *(["state"] if module.recurrent else [])]
+    outputs = ["action", *(["next_state"] if module.recurrent else [])]
+    path = Path(path)
+    with warnings.catch_warnings():  # torch's exporters warn about their own deprecations and internals
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            torch.jit.trace(module, inputs, check_trace=False).save(str(path))
+        else:
+            _onnx(module, inputs, names, outputs, path)
+    return path
+
+
+def _onnx(module: nn.Module, inputs: tuple[Tensor, ...], names: list[str], outputs: list[str], path: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError as exc:
+        raise ExportError("ONNX export needs the onnx and onnxscript packages: pip install 'trpo[export]'") from exc
+    batch = torch.export.Dim("batch")
+    # The batch dimension of every input is free; torch.export takes forward(obs, *extra)'s extras as one tuple.
+    extras = tuple({0: batch} for _ in inputs[1:])
+    dynamic: tuple[Any, ...] = ({0: batch}, extras) if extras else ({0: batch},)
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # not the exporter's notes on optional packages (torchvision)
+    try:
+        program = torch.onnx.export(module, inputs, input_names=names, output_names=outputs, dynamic_shapes=dynamic,
+                                    dynamo=True, verbose=False)
+    finally:
+        logger.setLevel(level)
+    program.save(str(path))
