@@ -28,24 +28,25 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "recurrent"  # one small JSON per run
 RUNS = ROOT / "runs" / "bench-recurrent"  # trpo's run directories (checkpoints: resumable), not kept in git
 
-# task -> (env id in trpo.pomdp, env steps, trpo preset, RecurrentPPO settings from rl-zoo's ppo_lstm.yml)
+# task -> (env id, env steps, the fully observed env (its preset), RecurrentPPO settings from rl-zoo's ppo_lstm.yml)
 TASKS: dict[str, tuple[str, int, str | None, dict[str, Any]]] = {
-    "CartPoleNoVel-v1": ("CartPoleNoVel-v1", 100_000, "CartPole-v1", dict(
+    "CartPoleNoVel-v1": ("trpo.pomdp:CartPoleNoVel-v1", 100_000, "CartPole-v1", dict(
         n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
         learning_rate="lin_0.001", clip_range="lin_0.2")),
-    "PendulumNoVel-v1": ("PendulumNoVel-v1", 100_000, "Pendulum-v1", dict(
+    "PendulumNoVel-v1": ("trpo.pomdp:PendulumNoVel-v1", 100_000, "Pendulum-v1", dict(
         n_envs=4, n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3,
         clip_range=0.2, use_sde=True, sde_sample_freq=4)),
-    "MountainCarContinuousNoVel-v0": ("MountainCarContinuousNoVel-v0", 300_000, "MountainCarContinuous-v0", dict(
+    "MountainCarContinuousNoVel-v0": (
+        "trpo.pomdp:MountainCarContinuousNoVel-v0", 300_000, "MountainCarContinuous-v0", dict(
         normalize=True, n_envs=1, n_steps=8, batch_size=256, gamma=0.9999, learning_rate=7.77e-05,
         ent_coef=0.00429, clip_range=0.1, n_epochs=10, gae_lambda=0.9, max_grad_norm=5, vf_coef=0.19, use_sde=True,
         policy_kwargs=dict(log_std_init=-3.29, ortho_init=False))),
-    "HopperNoVel-v5": ("HopperNoVel-v5", 1_000_000, "Hopper-v5", dict(  # ppo_lstm.yml's Hopper-v3 entry
+    "HopperNoVel-v5": ("trpo.pomdp:HopperNoVel-v5", 1_000_000, "Hopper-v5", dict(  # ppo_lstm.yml's Hopper-v3 entry
         normalize=True, n_envs=1, batch_size=32, n_steps=512, gamma=0.999, learning_rate=9.80828e-05,
         ent_coef=0.00229519, clip_range=0.2, n_epochs=5, gae_lambda=0.99, max_grad_norm=0.7, vf_coef=0.835671,
         policy_kwargs=dict(log_std_init=-2, ortho_init=False, activation_fn="relu",
                            net_arch=dict(pi=[256, 256], vf=[256, 256])))),
-    "CueMemory-v0": ("CueMemory-v0", 50_000, None, dict(  # no rl-zoo entry: CartPoleNoVel's settings
+    "CueMemory-v0": ("trpo.pomdp:CueMemory-v0", 50_000, None, dict(  # no rl-zoo entry: CartPoleNoVel's settings
         n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
         learning_rate="lin_0.001", clip_range="lin_0.2")),
 }
@@ -64,7 +65,7 @@ def run_trpo(task: str, method: str, seed: int, run_dir: Path) -> dict[str, Any]
 
     import trpo.pomdp  # noqa: F401  (registers the tasks)
     from trpo import TRPO
-    from trpo.config import resolve_config
+    from trpo.config import preset_name_for, resolve_config
 
     env_id, steps, preset, _ = TASKS[task]
     overrides = dict(METHODS[method] or {})
@@ -77,7 +78,8 @@ def run_trpo(task: str, method: str, seed: int, run_dir: Path) -> dict[str, Any]
     if (run_dir / "config.yaml").is_file():  # killed half way: on from its latest checkpoint
         agent = TRPO.resume(run_dir, env=env if stack else None)
     else:
-        config, _ = resolve_config(env_id, preset or "none", overrides={"eval_episodes": EPISODES, **overrides})
+        preset_name = preset_name_for(preset) if preset else None
+        config, _ = resolve_config(env_id, preset_name or "none", overrides={"eval_episodes": EPISODES, **overrides})
         agent = TRPO(env, config=config, seed=seed, run_dir=run_dir)
     agent.learn(steps)
     result = agent.evaluate(EPISODES)
@@ -110,14 +112,14 @@ def run_rppo(task: str, seed: int) -> dict[str, Any]:
     kwargs = dict(settings.pop("policy_kwargs", {}))
     if kwargs.get("activation_fn") == "relu":
         kwargs["activation_fn"] = nn.ReLU
-    venv = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    venv = make_vec_env(env_id.split(":")[-1], n_envs=n_envs, seed=seed)  # registered by trpo.pomdp
     if normalize:
         venv = VecNormalize(venv, gamma=settings.get("gamma", 0.99))
     t0 = time.time()
     model = RecurrentPPO("MlpLstmPolicy", venv, seed=seed, policy_kwargs=kwargs, device="cpu", **settings)
     model.learn(steps)
     seconds = time.time() - t0
-    env = gym.make(env_id)
+    env = gym.make(env_id.split(":")[-1])
     returns = []
     obs_rms = venv.obs_rms if normalize else None
     for episode in range(EPISODES):
@@ -157,6 +159,21 @@ def table(out: Path) -> str:
             cells.append("" if not means else f"{statistics.mean(means):.1f} ± "
                          f"{statistics.pstdev(means):.1f} ({len(means)})")
         lines.append(f"| {task} | {steps:,} | " + " | ".join(cells) + " |")
+    lines += ["", "Seconds per update (rollout + policy step + value fit; policy step alone in brackets), trpo's runs:",
+              "", "| task | batch | " + " | ".join(m for m in METHODS if METHODS[m] is not None) + " |",
+              "|---|---|" + "---|" * sum(METHODS[m] is not None for m in METHODS)]
+    for task in TASKS:
+        cells, batch = [], ""
+        for method in (m for m in METHODS if METHODS[m] is not None):
+            found = [json.loads(p.read_text()) for p in sorted((out / task / method).glob("seed_*.json"))]
+            if found:
+                batch = f"{found[0]['batch']:,}"
+                cells.append(f"{statistics.mean(r['s_per_update'] for r in found):.3f} "
+                             f"({statistics.mean(r['s_policy_step'] for r in found):.3f})")
+            else:
+                cells.append("")
+        if batch:
+            lines.append(f"| {task} | {batch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

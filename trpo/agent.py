@@ -27,6 +27,7 @@ from torch import Tensor
 from trpo import advantages as adv_lib
 from trpo import checkpoint
 from trpo import policy as policy_lib
+from trpo import render as render_lib
 from trpo import vine as vine_lib
 from trpo.config import (
     RESUME_SAFE_FIELDS,
@@ -37,7 +38,17 @@ from trpo.config import (
     check_seed,
     resolve_config,
 )
-from trpo.envs import EnvError, EnvSpec, check_reward, close_env, env_failure, env_id_of, has_time_limit, make_env
+from trpo.envs import (
+    EnvError,
+    EnvSpec,
+    check_reward,
+    close_env,
+    env_failure,
+    env_id_of,
+    has_time_limit,
+    make_env,
+    with_options,
+)
 from trpo.logger import MetricsLog, Progress
 from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
@@ -87,10 +98,14 @@ class TRPO:
         overwrite: bool = False,
         **overrides: Any,
     ) -> None:
-        self.env_spec = env
         self.env_id = env_id_of(env)
+        probe = None  # a factory's env, made to read its registered id
         if config is None:
-            config, self.preset = resolve_config(self.env_id, "auto", overrides=overrides)
+            preset_id = self.env_id
+            if preset_id is None and callable(env) and not isinstance(env, gym.Env):
+                probe = make_env(env)  # a factory whose env has a registered id keeps that id's preset
+                preset_id = probe.spec.id if probe.spec is not None else None
+            config, self.preset = resolve_config(preset_id, "auto", overrides=overrides)
         else:
             self.preset = None
             if overrides:
@@ -109,7 +124,12 @@ class TRPO:
         self.device = torch.device(cfg.device)
         check_device(self.device)
 
-        self._eval_env = make_env(env)
+        # The env options (env_kwargs, max_episode_steps, env_wrappers) go with the env wherever it is made.
+        self.env_spec = with_options(env, cfg.env_kwargs, cfg.max_episode_steps, cfg.env_wrappers)
+        if probe is not None and self.env_spec is not env:
+            close_env(probe)
+            probe = None
+        self._eval_env = probe if probe is not None else make_env(self.env_spec)
         self.observation_space = self._eval_env.observation_space
         self.action_space = self._eval_env.action_space
         if cfg.use_sde and not isinstance(self.action_space, gym.spaces.Box):
@@ -530,14 +550,33 @@ class TRPO:
                                                                                              noise)
         return self.dist.to_env(action.cpu().numpy()), state
 
-    def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> dict[str, Any]:
+    def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None,
+                 video: str | Path | None = None, render: bool = False) -> dict[str, Any]:
         """Run full episodes on a separate env; returns mean/std of the raw returns and the per-episode lists.
         In an env without a time limit of its own, an episode ends after config.eval_max_steps steps (a policy
-        can walk into a wall forever): `capped` counts the episodes cut there."""
+        can walk into a wall forever): `capped` counts the episodes cut there. `video`: also write the episodes'
+        frames to this file (mp4, gif, ...; pip install 'trpo[video]'); `render`: show them in a window. Both run
+        on an env made to render (render.py), the same episodes as without."""
         if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes <= 0:
             raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
-        env = self._eval_env
-        if isinstance(self.env_spec, gym.Env):
+        if video is None and not render:
+            return self._episodes(self._eval_env, episodes, deterministic, seed)
+        env = render_lib.render_env(self.env_spec, "human" if render else "rgb_array")
+        writer = None
+        try:
+            if video is not None:
+                writer = render_lib.VideoWriter(video, fps=env.metadata.get("render_fps") or 30)
+            result = self._episodes(env, episodes, deterministic, seed, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+            if env is not self.env_spec:  # never the user's own instance
+                close_env(env)
+        return {**result, **({} if writer is None else {"video": str(video), "frames": writer.frames})}
+
+    def _episodes(self, env: gym.Env, episodes: int, deterministic: bool, seed: int | None,
+                  writer: render_lib.VideoWriter | None = None) -> dict[str, Any]:
+        if env is self.env_spec:
             self._collector = None  # the shared instance is about to be reset; start training afresh after
         limit = None if has_time_limit(env) else self.config.eval_max_steps
         returns, lengths, capped = [], [], 0
@@ -545,6 +584,8 @@ class TRPO:
         call = "reset()"
         try:  # the user's env: what it raises, or returns that does not fit its spaces, becomes one EnvError
             obs, info = env.reset(seed=(self.seed + 1_000_003) % 2**32 if seed is None else seed)
+            if writer is not None:
+                writer.add(render_lib.frame(env))
             for _ in range(episodes):
                 total, length, done = 0.0, 0, False
                 state = self._state_in(None, 1)
@@ -555,6 +596,8 @@ class TRPO:
                     call = "step()"
                     obs, reward, terminated, truncated, info = env.step(action)
                     length += 1
+                    if writer is not None:
+                        writer.add(render_lib.frame(env))
                     reward = env_reward(reward)
                     check_reward(reward, env, None, length)
                     total += reward
@@ -565,7 +608,10 @@ class TRPO:
                 returns.append(total)
                 lengths.append(length)
                 call = "reset()"
-                obs, info = env.reset()
+                if len(returns) < episodes:  # not after the last: a video ends where its last episode does
+                    obs, info = env.reset()
+                    if writer is not None:
+                        writer.add(render_lib.frame(env))
         except Exception as exc:
             if isinstance(exc, EnvError | ConfigError):
                 raise

@@ -63,6 +63,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if hint is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
+        elif f.name == "env_wrappers":  # one flag per wrapper, in order
+            group.add_argument(_flag(f.name), "--env-wrapper", dest=f.name, action="append", default=None,
+                               metavar="MODULE:CLASS[=JSON]", help=help_text)
         else:
             # Literal fields show their choices; the config validates them (same message as for YAML files).
             choices = get_args(hint) if get_origin(hint) is Literal else ()
@@ -106,6 +109,10 @@ def build_parser() -> _Parser:
     ev.add_argument("--device", default=None, help="torch device")
     ev.add_argument("--env", default=None, help="env id to evaluate on (default: the one it was trained on)")
     ev.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    ev.add_argument("--video", default=None, metavar="FILE",
+                    help="also record the episodes to FILE (.mp4, .gif; pip install 'trpo[video]'; MuJoCo without a "
+                    "display: MUJOCO_GL=egl or osmesa)")
+    ev.add_argument("--render", action="store_true", help="show the episodes in a window (needs a display)")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     ex = sub.add_parser("export", help="the policy as one self-contained TorchScript or ONNX file (trpo/export.py)")
@@ -249,7 +256,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     seed = None if args.seed is None else check_seed(args.seed)
     agent = TRPO.load(_checkpoint_path(args), env=args.env, device=args.device)  # reads only: no run dir lock
     try:
-        result = agent.evaluate(episodes, deterministic=not args.stochastic, seed=seed)
+        result = agent.evaluate(episodes, deterministic=not args.stochastic, seed=seed, video=args.video,
+                                render=args.render)
     finally:
         agent.close()
     result["env"] = agent.env_id
@@ -259,6 +267,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         _print(f"{agent.env_id}: mean return {result['mean_return']:.2f} +/- {result['std_return']:.2f} over "
                f"{episodes} episodes (checkpoint at step {agent.num_steps}){_capped_note(result)}")
+        if args.video:
+            _print(f"trpo: video of {result['frames']} frames written to {args.video}")
     return 0
 
 

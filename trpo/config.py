@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import math
 import numbers
 import os
@@ -33,6 +34,8 @@ ImageEncoder = Literal["paper", "nature"]
 ObsEncoding = Literal["auto", "mlp", "cnn"]
 Sampling = Literal["single_path", "vine"]
 Recurrent = Literal["none", "lstm", "gru"]
+EnvKwargs = dict[str, Any]
+Wrappers = tuple[tuple[str, EnvKwargs], ...]  # ('module:Class', its keyword arguments), outermost last
 
 
 class ConfigError(ValueError):
@@ -42,6 +45,17 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TRPOConfig:
     """Every hyperparameter of a TRPO run. Defaults follow sb3-contrib's TRPO unless a field says otherwise."""
+
+    # --- the environment (envs.EnvMaker; recorded, so eval, resume and export make the same env) ---
+    env_kwargs: EnvKwargs | None = None
+    """Keyword arguments for gym.make (a mapping in YAML, JSON on the command line: --env-kwargs '{"g": 9.81}');
+    the preset is still chosen from the env id."""
+    max_episode_steps: int | None = None
+    """Episode limit replacing the env's registered one (a TimeLimit), empty: the env's own."""
+    env_wrappers: Wrappers = ()
+    """Wrappers applied in order after gym.make, each 'module:Class' or, with keyword arguments, 'module:Class'
+    followed by '=' and a JSON object on the command line (--env-wrappers, repeatable) or a mapping
+    {module:Class: {arg: value}} in a YAML list (rl-zoo's env_wrapper form)."""
 
     # --- data collection ---
     num_envs: int = 1
@@ -250,6 +264,8 @@ class TRPOConfig:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):  # env_wrappers, as YAML lists them
+        return [path if not kwargs else {path: dict(kwargs)} for path, kwargs in value]
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -262,6 +278,7 @@ RULE_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": dict(policy_lr=3e-4, policy_epochs=10, policy_minibatch=64, max_grad_norm=0.5),
 }
 
+_POSITIVE_INT_OR_NONE = ("max_episode_steps",)
 _POSITIVE_INT = ("num_envs", "steps_per_env", "cg_iters", "max_backtracks", "value_minibatch", "fisher_subsample",
                  "vine_states", "vine_horizon", "eval_max_steps", "recurrent_hidden", "recurrent_seq_len")
 _NON_NEGATIVE_INT = ("value_epochs", "checkpoint_every", "eval_episodes", "num_workers", "max_worker_restarts",
@@ -286,6 +303,9 @@ def validate(cfg: TRPOConfig) -> None:
     for name in _POSITIVE_INT:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
+    for name in _POSITIVE_INT_OR_NONE:
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be a positive integer (empty: the env's own), got {getattr(cfg, name)}")
     for name in _NON_NEGATIVE_INT:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
@@ -456,6 +476,10 @@ def _typed(name: str, hint: Any, value: Any, text: bool) -> Any:
             with contextlib.suppress(OverflowError):  # an int beyond float's range
                 return float(number)
         raise _unreadable(name, value, "float")
+    if hint == EnvKwargs:
+        return _env_kwargs(name, value, parse)
+    if hint == Wrappers:
+        return _wrappers(name, value, parse)
     if get_origin(hint) is tuple:
         items = [item for item in value.split(",") if item.strip()] if parse else value
         if isinstance(items, list | tuple):
@@ -471,6 +495,45 @@ def _typed(name: str, hint: Any, value: Any, text: bool) -> Any:
             return value
         raise ConfigError(f"{name} must be one of {', '.join(get_args(hint))}; got {_show(value)}")
     raise TypeError(f"TRPOConfig.{name}: no check for values of type {hint}")  # a new kind of field needs one
+
+
+def _env_kwargs(name: str, value: Any, parse: bool) -> EnvKwargs:
+    """A mapping of keyword arguments: a dict (YAML, Python) or a JSON object (the command line)."""
+    if parse:
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise _unreadable(name, value, "a JSON object ({\"key\": value})") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
+        raise _unreadable(name, value, "a mapping of argument names to values")
+    try:
+        return json.loads(json.dumps(value))  # a plain copy that YAML and JSON can write back
+    except (TypeError, ValueError):
+        raise _unreadable(name, value, "a mapping of plain values (numbers, text, lists, mappings)") from None
+
+
+def _wrappers(name: str, value: Any, parse: bool) -> Wrappers:
+    """Wrappers in order: each 'module:Class', 'module:Class={json}' (command line), {'module:Class': kwargs}
+    (YAML) or ('module:Class', kwargs)."""
+    items = [value] if isinstance(value, str | dict) else value
+    if not isinstance(items, list | tuple):
+        raise _unreadable(name, value, "a list of wrappers ('module:Class')")
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            path, _, args = item.partition("=")
+            kwargs = _env_kwargs(name, args, True) if args.strip() else {}
+        elif isinstance(item, dict) and len(item) == 1:
+            ((path, args),) = item.items()
+            kwargs = {} if args is None else _env_kwargs(name, args, False)
+        elif isinstance(item, list | tuple) and len(item) == 2:
+            path, kwargs = item[0], _env_kwargs(name, item[1], False)
+        else:
+            raise _unreadable(name, item, "a wrapper ('module:Class' or {module:Class: {arg: value}})")
+        if not isinstance(path, str) or not re.fullmatch(r"[\w.]+[:.]\w+", path.strip()):
+            raise _unreadable(name, path, "a wrapper class path ('module:Class' or 'module.Class')")
+        out.append((path.strip(), kwargs))
+    return tuple(out)
 
 
 def _unreadable(name: str, value: Any, kind: str) -> ConfigError:

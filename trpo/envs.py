@@ -3,8 +3,12 @@ and what the user's env does wrong: each failure one EnvError naming the env, it
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -53,8 +57,9 @@ def check_reward(reward: float, env: gym.Env, index: int | None, step: int) -> N
                        f"larger than float32 holds ({MAX_REWARD:.3g})")
 
 
-def make_env(spec: EnvSpec) -> gym.Env:
-    """One env from an id (also 'module:EnvId'), a factory, or an existing instance."""
+def make_env(spec: EnvSpec, **make_kwargs: Any) -> gym.Env:
+    """One env from an id (also 'module:EnvId'; `make_kwargs` go to gym.make), a factory, or an existing
+    instance."""
     if isinstance(spec, gym.Env):
         return spec
     if callable(spec):
@@ -74,7 +79,7 @@ def make_env(spec: EnvSpec) -> gym.Env:
             return make_atari(spec)
         if spec.startswith("MinAtar/"):
             _register_minatar()
-        return gym.make(spec)
+        return gym.make(spec, **make_kwargs)
     except EnvError:  # a missing game package, said as it is
         raise
     except gym.error.UnregisteredEnv as exc:
@@ -82,7 +87,79 @@ def make_env(spec: EnvSpec) -> gym.Env:
     except (gym.error.Error, ModuleNotFoundError) as exc:  # e.g. DependencyNotInstalled: mujoco is missing
         raise EnvError(f"cannot make environment {spec!r}: {exc}") from exc
     except Exception as exc:  # the env's own constructor, or the module that registers it, failed
-        raise EnvError(f"cannot make environment {spec!r}: {type(exc).__name__}: {exc}") from exc
+        text = f"{type(exc).__name__}: {exc}"
+        if gl_failure(text):  # MuJoCo's renderer, loaded as MUJOCO_GL says
+            raise EnvError(f"cannot make environment {spec!r}: {gl_message(text)}") from exc
+        raise EnvError(f"cannot make environment {spec!r}: {text}") from exc
+
+
+def gl_failure(text: str) -> bool:
+    """Whether an error's text is OpenGL's (MuJoCo rendering without a working MUJOCO_GL backend)."""
+    return any(word in text for word in ("OpenGL", "glGetError", "EGL", "OSMesa", "GLFW", "mjr_makeContext"))
+
+
+def gl_message(text: str) -> str:
+    setting = os.environ.get("MUJOCO_GL")
+    now = f" (MUJOCO_GL={setting} here)" if setting else ""
+    return (f"MuJoCo cannot render here{now}: {text}; set MUJOCO_GL=egl (a GPU's or Mesa's EGL) or MUJOCO_GL=osmesa "
+            "(software, libosmesa) to one this machine has")
+
+
+@dataclass(frozen=True)
+class EnvMaker:
+    """An env (an id or a factory) with the config's env options (TRPOConfig.env_kwargs, max_episode_steps,
+    env_wrappers): gym.make(id, max_episode_steps=..., **kwargs), then each wrapper in order. A picklable
+    factory, so that worker processes, Ray actors and the evaluation env all make the same env."""
+
+    base: str | Callable[[], gym.Env]
+    kwargs: dict[str, Any] | None = None
+    max_episode_steps: int | None = None
+    wrappers: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+    def __call__(self) -> gym.Env:
+        base, kwargs = self.base, self.kwargs or {}
+        plain_id = isinstance(base, str) and not base.startswith(("ALE/", "MinAtar/"))
+        if kwargs and not plain_id:
+            raise EnvError("env_kwargs go to gym.make: they need a Gymnasium env id (not a factory, an ALE/ or a "
+                           f"MinAtar/ id); got {base!r}")
+        if plain_id:
+            options = dict(kwargs, **({} if self.max_episode_steps is None else
+                                      {"max_episode_steps": self.max_episode_steps}))
+            env = make_env(base, **options)
+        else:
+            env = make_env(base)
+            if self.max_episode_steps is not None:  # outside the preprocessing: counts agent steps
+                env = gym.wrappers.TimeLimit(env, self.max_episode_steps)
+        for path, wrapper_kwargs in self.wrappers:
+            wrapper = _import_wrapper(path)
+            try:
+                env = wrapper(env, **wrapper_kwargs)
+            except Exception as exc:
+                raise EnvError(f"cannot wrap the env in {path}: {type(exc).__name__}: {exc}") from exc
+        return env
+
+
+def _import_wrapper(path: str) -> Callable[..., gym.Env]:
+    """'module:Class' or 'module.Class' -> the class, or EnvError naming what is missing."""
+    module, _, name = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise EnvError(f"cannot import the wrapper {path}: {exc}") from exc
+    except AttributeError:
+        raise EnvError(f"cannot import the wrapper {path}: module {module} has no {name}") from None
+
+
+def with_options(spec: EnvSpec, env_kwargs: dict[str, Any] | None, max_episode_steps: int | None,
+                 wrappers: tuple[tuple[str, dict[str, Any]], ...]) -> EnvSpec:
+    """`spec` made with the env options, or `spec` itself when there are none. An instance takes none (it is made
+    already): EnvError."""
+    if not (env_kwargs or max_episode_steps is not None or wrappers):
+        return spec
+    if isinstance(spec, gym.Env):
+        raise EnvError("env options (env_kwargs, max_episode_steps, env_wrappers) need an env id or a factory, not "
+                       "an env instance")
+    return EnvMaker(spec, env_kwargs, max_episode_steps, wrappers)
 
 
 def make_atari(env_id: str) -> gym.Env:
@@ -128,6 +205,8 @@ def env_id_of(spec: EnvSpec) -> str | None:
     """The id to store in configs and checkpoints, when there is one."""
     if isinstance(spec, str):
         return spec
+    if isinstance(spec, EnvMaker):
+        return env_id_of(spec.base)
     if isinstance(spec, gym.Env) and spec.spec is not None:
         return spec.spec.id
     return None
