@@ -81,7 +81,7 @@ def run_trpo(task: str, method: str, seed: int, run_dir: Path) -> dict[str, Any]
         preset_name = preset_name_for(preset) if preset else None
         config, _ = resolve_config(env_id, preset_name or "none", overrides={"eval_episodes": EPISODES, **overrides})
         agent = TRPO(env, config=config, seed=seed, run_dir=run_dir)
-    agent.learn(steps)
+    agent.train_until(steps)  # a total: a resumed run goes on to it
     result = agent.evaluate(EPISODES)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     agent.close()

@@ -14,7 +14,7 @@ import trpo_testenvs
 from gymnasium import spaces
 from torch import distributions as dists
 
-from trpo import TRPO, TRPOConfig
+from trpo import TRPO, ConfigError, TRPOConfig
 from trpo.envs import EnvError
 from trpo.logger import TIMING_FIELDS
 from trpo.update_rules import PolicyBatch, policy_stats
@@ -264,7 +264,7 @@ def test_next_batch_is_collected_during_the_value_fit_and_the_run_is_unchanged()
     split = TRPO("Pendulum-v1", config=cfg, seed=1)
     split.learn(4 * cfg.batch_size, callback=lambda agent, _: agent.num_updates < 2)  # stops after update 2
     assert split._collector.collecting
-    split.learn(4 * cfg.batch_size)
+    split.train_until(4 * cfg.batch_size)
     assert strip_timing(split.history) == strip_timing(whole.history)
     split.close()
 
@@ -419,16 +419,47 @@ def test_predict_refuses_observations_that_do_not_fit_the_space_in_one_line() ->
     disc.close()
 
 
-def test_learn_takes_only_a_positive_integer_total() -> None:
-    from trpo import ConfigError
-
+def test_learn_takes_only_a_positive_integer_count() -> None:
     agent = TRPO("CartPole-v1", config=SMALL, seed=0)
-    for bad in ("100", 0, -5, 2.5, True, None):
-        with pytest.raises(ConfigError, match="total_steps must be a positive integer"):
+    for bad in ("100", 0, -5, 2.5, True):
+        with pytest.raises(ConfigError, match="total_timesteps must be a positive integer"):
             agent.learn(bad)
+        with pytest.raises(ConfigError, match="total_steps must be a positive integer"):
+            agent.train_until(bad)
+    with pytest.raises(ConfigError, match="learn\\(\\) without a count continues a run to its total_steps"):
+        agent.learn()
     agent.learn(np.int64(256))
     assert agent.num_steps == 256
     agent.close()
+
+
+def test_learn_has_sb3s_meaning_and_train_until_takes_a_total(tmp_path) -> None:
+    """learn(n) twice trains twice (SB3: each call n more steps, its counters reset unless asked not to);
+    train_until(total) trains to a total; in a run directory the counters are the run's and never reset."""
+    u = 256 // SMALL.batch_size  # updates per 256 steps
+    agent = TRPO("CartPole-v1", config=SMALL, seed=0)
+    agent.learn(256)
+    agent.learn(256)  # counters start again: 256 more steps, counted from 0
+    assert agent.num_steps == 256 and agent.num_updates == u and len(agent.history) == 2 * u
+    agent.learn(256, reset_num_timesteps=False)
+    assert agent.num_steps == 512 and agent.num_updates == 2 * u and len(agent.history) == 3 * u
+    agent.train_until(512)  # there already: nothing to train
+    agent.train_until(768)
+    assert agent.num_steps == 768 and len(agent.history) == 4 * u
+    agent.close()
+    run = TRPO("CartPole-v1", config=SMALL, seed=0, run_dir=tmp_path / "run")
+    run.learn(256)
+    with pytest.raises(ConfigError, match="reset_num_timesteps=False"):
+        run.learn(256)
+    run.learn(256, reset_num_timesteps=False)
+    assert run.num_steps == 512 and run.total_steps == 512
+    run.close()
+    resumed = TRPO.resume(tmp_path / "run")
+    resumed.learn()  # to the run's total, which it has reached: nothing to train
+    assert resumed.num_steps == 512 and (tmp_path / "run" / "final.pt").is_file()
+    resumed.learn(256, reset_num_timesteps=False)
+    assert resumed.num_steps == 768 and resumed.total_steps == 768
+    resumed.close()
 
 
 def test_evaluation_of_an_env_without_a_time_limit_ends_and_says_so() -> None:

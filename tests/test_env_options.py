@@ -67,7 +67,7 @@ def test_options_are_recorded_and_eval_and_resume_make_the_same_env(tmp_path: Pa
     assert all(r in (0.0, -0.5) for r in result["returns"])
     resumed = TRPO.resume(run)
     assert resumed.config.env_wrappers == (CLIP,) and resumed.config.max_episode_steps == 20
-    resumed.learn(512)
+    resumed.train_until(512)
     assert all(r["episode_length_mean"] <= 20 for r in resumed.history if r["episodes"])
     resumed.close()
     refused = trpo_cli("train", "--resume", str(run), "--max-episode-steps", "30", "--no-progress")

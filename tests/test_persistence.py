@@ -203,13 +203,13 @@ def test_api_run_dirs_are_refused_when_used_and_resumed_on_request(tmp_path: Pat
     cfg = TRPOConfig(**SMALL, checkpoint_every=1)
     first = TRPO("CartPole-v1", config=cfg, run_dir=run)
     first.learn(256)
-    first.learn(384)  # the same agent goes on in its own run dir
+    first.train_until(384)  # the same agent goes on in its own run dir
     first.close()
     with pytest.raises(RunDirError, match="already holds a run"):
         TRPO("CartPole-v1", config=cfg, run_dir=run).learn(128)
     resumed = TRPO.resume(run)
     assert resumed.num_updates == 3 and resumed.total_steps == 384
-    resumed.learn(512)
+    resumed.train_until(512)
     resumed.close()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [int(re.search(r'"update": (\d+)', ln).group(1)) for ln in lines] == [1, 2, 3, 4]

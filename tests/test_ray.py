@@ -58,7 +58,7 @@ def test_ray_runs_are_bit_identical_to_sync(local_ray: None, sampling: str) -> N
     for mode in ("sync", "ray"):
         env = "Pendulum-v1" if sampling == "sde" else "CartPole-v1"
         agent = TRPO(env, SMALL.replace(vector_mode=mode, vine_states=8, **extra), seed=5)
-        agent.learn(3 * 512)
+        agent.train_until(3 * 512)
         histories.append(strip_timing(agent.history))
         agent.close()
     assert histories[0] == histories[1]
@@ -72,7 +72,7 @@ def test_a_killed_actor_is_replaced_and_its_share_collected_again(local_ray: Non
     pool = pool_of(agent)
     (pid, _), (other, _) = pool.placement()
     os.kill(pid, signal.SIGKILL)  # mid-batch: its share of the batch in flight is lost
-    agent.learn(3 * 512)
+    agent.train_until(3 * 512)
     assert [row["worker_restarts"] for row in agent.history] == [0, 1, 0]
     assert all(row["step"] == 512 * row["update"] for row in agent.history)  # full batches throughout
     new_pid, _ = pool.placement()[0]
@@ -91,14 +91,14 @@ def test_a_worker_that_keeps_dying_ends_the_run_with_a_clear_error_and_an_intact
     flag.touch()  # from now on every actor dies at its next step, restarted or not
     with pytest.raises(EnvError, match=r"Ray env actor 0 \(envs 0-1\) died 3 times in one batch "
                                        r"\(max_worker_restarts=2\); the latest checkpoint is intact"):
-        agent.learn(6 * 512)
+        agent.train_until(6 * 512)
     agent.close()
     flag.unlink()
     done = len(metrics(run))
     assert done >= 2
     resumed = TRPO.load(run / "checkpoints" / "latest.pt", env=env, run_dir=run)  # a factory has no id to store
     assert resumed.num_updates == done
-    resumed.learn((done + 1) * 512)
+    resumed.train_until((done + 1) * 512)
     assert [row["update"] for row in metrics(run)] == list(range(1, done + 2))
     assert resumed.history[-1]["worker_restarts"] == 0
     resumed.close()

@@ -110,7 +110,7 @@ def test_a_second_agent_in_one_process_is_refused_until_the_first_closes(tmp_pat
         TRPO.resume(run)
     first.close()
     again = TRPO.resume(run)
-    again.learn(256)
+    again.train_until(256)
     again.close()
     assert [r["update"] for r in metrics(run)] == [1, 2]
 
@@ -124,12 +124,12 @@ def test_load_into_another_run_is_refused_and_into_an_empty_dir_starts_a_new_run
     before_a, before_b = files(a), files(b)
     intruder = TRPO.load(a / "checkpoints" / "latest.pt", run_dir=b)
     with pytest.raises(RunDirError, match="holds another run"):
-        intruder.learn(512)
+        intruder.train_until(512)
     intruder.close()
     assert files(b) == before_b  # nothing of b touched
     # Into an empty directory: a new run that goes on from a's checkpoint; a is left alone.
     fork = TRPO.load(a / "final.pt", run_dir=c)
-    fork.learn(512)
+    fork.train_until(512)
     fork.close()
     assert files(a) == before_a
     assert [r["update"] for r in metrics(c)] == [3, 4]
@@ -137,7 +137,7 @@ def test_load_into_another_run_is_refused_and_into_an_empty_dir_starts_a_new_run
     assert record_c["run_id"] != record_a["run_id"] and record_c["seed"] == 1
     # Into its own run: that run goes on.
     own = TRPO.load(a / "final.pt", run_dir=a)
-    own.learn(512)
+    own.train_until(512)
     own.close()
     assert [r["update"] for r in metrics(a)] == [1, 2, 3, 4]
 
@@ -206,7 +206,7 @@ def test_a_factory_env_run_resumes_when_given_its_env_again(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="trains on 'CartPole-v1'"):  # a run with an id keeps it
         TRPO.resume(other, env="Acrobot-v1")
     resumed = TRPO.resume(run, env=lambda: gym.make("CartPole-v1"))
-    resumed.learn(384)
+    resumed.train_until(384)
     resumed.close()
     assert [r["update"] for r in metrics(run)] == [1, 2, 3]
     # The command line: --env with --resume is taken for such a run (and refused without it).
@@ -273,7 +273,7 @@ def test_a_run_saved_before_run_ids_resumes_and_keeps_everything(tmp_path: Path)
         del state["run_id"]
         torch.save(state, path)
     resumed = TRPO.resume(run)
-    resumed.learn(384)
+    resumed.train_until(384)
     resumed.close()
     assert [r["update"] for r in metrics(run)] == [1, 2, 3]  # the earlier rows kept, the run went on
     run_id = yaml.safe_load((run / "config.yaml").read_text())["run_id"]

@@ -200,13 +200,36 @@ class TRPO:
 
     # --- training ------------------------------------------------------------------------------------------
 
-    def learn(self, total_steps: int, callback: Callback | None = None) -> TRPO:
-        """Train until `total_steps` env steps in all (a resumed agent continues from its count).
+    def learn(self, total_timesteps: int | None = None, callback: Callback | None = None,
+              reset_num_timesteps: bool = True) -> TRPO:
+        """Train for `total_timesteps` env steps, as Stable-Baselines3's learn: each call trains that many more.
+        With reset_num_timesteps (True, SB3's default) the step and update counters start again from 0 first,
+        which an agent that has trained in a run directory refuses (its counters are the run's: pass False to go
+        on, its run's total_steps growing by total_timesteps). Without a count, training continues to the run's
+        total_steps: `TRPO.resume(run_dir).learn()`. `train_until` takes a total instead.
 
         callback(agent, metrics) runs after each update; returning False stops training early.
         """
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer) or total_steps <= 0:
-            raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
+        if total_timesteps is None:
+            if self.total_steps <= 0:
+                raise ConfigError("learn() without a count continues a run to its total_steps; this agent has none: "
+                                  "pass total_timesteps")
+            return self.train_until(self.total_steps, callback)
+        steps = _positive("total_timesteps", total_timesteps)
+        if reset_num_timesteps and self.num_steps > 0:
+            if self.run_dir is not None:
+                raise ConfigError(f"this agent has trained {self.num_steps} steps of the run in {self.run_dir}, whose "
+                                  "counters cannot start again: learn(n, reset_num_timesteps=False) trains n more")
+            self.num_steps = self.num_updates = 0
+        return self.train_until(self.num_steps + steps, callback)
+
+    def train_until(self, total_steps: int, callback: Callback | None = None) -> TRPO:
+        """Train until `total_steps` env steps in all (a resumed or loaded agent goes on from its count; none if it
+        is there already, but a run directory still gets its final checkpoint).
+
+        callback(agent, metrics) runs after each update; returning False stops training early.
+        """
+        total_steps = _positive("total_steps", total_steps)
         cfg = self.config
         if cfg.eval_every and isinstance(self.env_spec, gym.Env):
             raise ConfigError("eval_every needs an env id or a factory: an env instance is the training env itself")
@@ -653,8 +676,9 @@ class TRPO:
              overrides: dict[str, Any] | None = None) -> TRPO:
         """Rebuild an agent from a checkpoint file or run directory. `env` defaults to the saved env id;
         `overrides` replaces config fields (the CLI allows only those that leave the math unchanged).
-        With `run_dir`, learn() continues the checkpoint's own run there, or starts a new run from the checkpoint
-        in a directory without a run; another run's directory is refused."""
+        With `run_dir`, training (`train_until(total)`, `learn(n, reset_num_timesteps=False)`) continues the
+        checkpoint's own run there, or starts a new run from the checkpoint in a directory without a run; another
+        run's directory is refused."""
         file = checkpoint.resolve(path)
         state = checkpoint.load(file)
         try:
@@ -704,7 +728,7 @@ class TRPO:
     @classmethod
     def resume(cls, run_dir: str | Path, progress: bool = False, env: EnvSpec | None = None,
                **overrides: Any) -> TRPO:
-        """The run in `run_dir`, ready to continue with `learn(agent.total_steps)`: from its newest saved state
+        """The run in `run_dir`, ready to continue with `learn()` (to its total_steps): from its newest saved state
         (checkpoints/latest.pt, else final.pt), or, if it was stopped before writing one, from the start with its
         saved config, env and seed (its earlier rows and events are removed). `env` is needed only for a run
         trained on an env without an id (a factory or an instance); a run with an id keeps it. `overrides` may
@@ -786,6 +810,12 @@ class TRPO:
             if self._lock is not None:  # last: the workers forked from this process are gone by now
                 self._lock.release()
                 self._lock = None
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _starts(episode_start: Any, rows: int) -> np.ndarray:

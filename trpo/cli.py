@@ -227,7 +227,7 @@ def _train_and_report(agent: Any, total_steps: int) -> int:
     from trpo.checkpoint import write_text_atomic
 
     try:
-        agent.learn(total_steps, callback=_stop_if_signalled)
+        agent.train_until(total_steps, callback=_stop_if_signalled)
         if agent.config.eval_episodes > 0:
             result = agent.evaluate(agent.config.eval_episodes)
             result["step"] = agent.num_steps
