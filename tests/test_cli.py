@@ -24,6 +24,16 @@ def trpo(*args: str, cwd: Path | None = None, timeout: float = 240) -> subproces
                           cwd=cwd, timeout=timeout)
 
 
+def trained_run(tmp_path: Path, env: str, total: int = 256, *extra: str) -> Path:
+    """A small run of `env` trained through the CLI in tmp_path/run (one env, 128-step batches unless `extra`
+    says otherwise)."""
+    run = tmp_path / "run"
+    res = trpo("train", "--env", env, "--total-steps", str(total), "--run-dir", str(run), "--num-envs", "1",
+               "--steps-per-env", "128", "--eval-episodes", "1", "--no-progress", *extra)
+    assert res.returncode == 0, res.stderr
+    return run
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from test_cli import trained_run
 from test_cli import trpo as trpo_cli
 from trpo_testenvs import MaskedChoiceEnv, PixelSideEnv, SpacesEnv
 
@@ -92,10 +93,7 @@ def test_exported_actions_equal_predict(tmp_path: Path, case: str, fmt: str) -> 
 
 
 def test_cli_exports_a_run_and_refuses_what_it_cannot(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    res = trpo_cli("train", "--env", "Pendulum-v1", "--total-steps", "512", "--run-dir", str(run), "--num-envs", "2",
-                   "--steps-per-env", "128", "--eval-episodes", "1", "--no-progress")
-    assert res.returncode == 0, res.stderr
+    run = trained_run(tmp_path, "Pendulum-v1", 512, "--num-envs", "2")
     out = tmp_path / "pendulum.onnx"
     res = trpo_cli("export", str(run), "--checkpoint", "final", "--format", "onnx", "--out", str(out))
     assert res.returncode == 0 and out.is_file() and "exported as onnx" in res.stdout, res.stderr

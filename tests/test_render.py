@@ -10,6 +10,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from test_cli import trained_run
 from test_cli import trpo as trpo_cli
 
 from trpo import TRPO, TRPOConfig
@@ -37,12 +38,8 @@ def test_a_video_decodes_to_one_frame_per_step_and_reset(tmp_path: Path) -> None
 
 
 def test_cli_records_mujoco_headless_where_egl_works(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    res = trpo_cli("train", "--env", "Hopper-v5", "--total-steps", "256", "--run-dir", str(run), "--num-envs", "1",
-                   "--steps-per-env", "128", "--eval-episodes", "1", "--no-progress")
-    assert res.returncode == 0, res.stderr
+    run = trained_run(tmp_path, "Hopper-v5")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL")}
-    os.environ.pop("MUJOCO_GL", None)
     video = tmp_path / "hopper.mp4"
     res = _cli(["eval", str(run), "--episodes", "1", "--video", str(video)], env)
     if res.returncode == 0:  # EGL here (chosen when there is no display)
