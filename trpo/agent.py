@@ -132,10 +132,12 @@ class TRPO:
         self._eval_env = probe if probe is not None else make_env(self.env_spec)
         self.observation_space = self._eval_env.observation_space
         self.action_space = self._eval_env.action_space
-        if cfg.use_sde and not isinstance(self.action_space, gym.spaces.Box):
-            raise ConfigError(f"use_sde (state-dependent exploration) is for Box action spaces; this env's actions are "
-                              f"{self.action_space}")
-        self.dist = make_distribution(self.action_space, cfg.use_sde)
+        try:
+            self.dist = make_distribution(self.action_space, cfg.use_sde)
+        except ValueError as exc:
+            if isinstance(exc, UnsupportedSpaceError):
+                raise
+            raise ConfigError(str(exc)) from exc  # use_sde for actions that are no Box
         try:
             self.encoder = ObsEncoder(self.observation_space, self._mask_source(), self.dist.mask_groups,
                                       cfg.obs_encoder)

@@ -52,6 +52,7 @@ class DeployedPolicy(nn.Module):
             raise ExportError(f"export takes Box observations (or a Dict of a Box and {MASK_KEY!r}); {space} is not "
                               "supported yet")
         self.actor = copy.deepcopy(agent.actor).cpu().eval().requires_grad_(False)
+        self.obs_space = space  # what `obs` holds
         self.obs_shape = tuple(space.shape)
         layout = encoder.image
         self.channels_last = bool(layout is not None and layout.channels_last)
@@ -110,17 +111,13 @@ class DeployedPolicy(nn.Module):
         return self._action(self.actor(x)[0])
 
 
-def example_inputs(agent: Any, batch: int = 2) -> tuple[Tensor, ...]:
-    """Inputs of the right shapes and dtypes for `DeployedPolicy`: observations sampled from the space."""
-    space = agent.encoder.features
-    if isinstance(space, spaces.Dict):
-        space = next(iter(space.spaces.values()))
-    obs = np.stack([space.sample() for _ in range(batch)])
-    inputs = [torch.as_tensor(obs)]
-    if agent.encoder.mask_dim:
-        inputs.append(torch.ones(batch, agent.encoder.mask_dim))
-    if agent.actor.cell is not None:
-        inputs.append(torch.zeros(batch, agent.actor.cell.state_dim))
+def example_inputs(module: DeployedPolicy, batch: int = 2) -> tuple[Tensor, ...]:
+    """Inputs of the right shapes and dtypes for `module`: observations sampled from its space."""
+    inputs = [torch.as_tensor(np.stack([module.obs_space.sample() for _ in range(batch)]))]
+    if module.mask_dim:
+        inputs.append(torch.ones(batch, module.mask_dim))
+    if module.recurrent:
+        inputs.append(torch.zeros(batch, module.actor.cell.state_dim))
     return tuple(inputs)
 
 
@@ -129,8 +126,8 @@ def export(agent: Any, path: str | Path, fmt: str) -> Path:
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     module = DeployedPolicy(agent).eval()
-    inputs = example_inputs(agent)
-    names = ["obs", *(["mask"] if agent.encoder.mask_dim else []), *(["state"] if module.recurrent else [])]
+    inputs = example_inputs(module)
+    names = ["obs", *(["mask"] if module.mask_dim else []), *(["state"] if module.recurrent else [])]
     outputs = ["action", *(["next_state"] if module.recurrent else [])]
     path = Path(path)
     with warnings.catch_warnings():  # torch's exporters warn about their own deprecations and internals

@@ -13,6 +13,19 @@ from trpo.sequences import Inputs, Sequences
 from trpo.spaces import ActionDistribution, Params, apply_mask
 
 
+def _features(body: nn.Module, cell: RecurrentCell | None, inputs: Inputs) -> tuple[Tensor, Tensor]:
+    """What a network's head takes, and the observations of those rows: for `Sequences`, the cell unrolled over
+    them (their valid steps, in flat order); for flat observations, the body (and a recurrent cell's first step,
+    from the zero state)."""
+    if isinstance(inputs, Sequences):
+        assert cell is not None, "sequences are for recurrent networks"
+        return unroll(cell, body(inputs.obs), inputs.state, inputs.starts)[0][inputs.valid], inputs.obs[inputs.valid]
+    features = body(inputs)
+    if cell is not None:
+        features = cell(features, cell.initial_state(features.shape[0], features.device))[0]
+    return features, inputs
+
+
 class Actor(nn.Module):
     """pi_theta(a|s): a body (encoders.py: an MLP, or a CNN for images), with `recurrent` an LSTM or GRU cell after
     it, and the distribution family's head, returning distribution params. With `mask_dim` > 0 the observation
@@ -41,14 +54,7 @@ class Actor(nn.Module):
         return "recurrent" if self.cell is not None else "cnn" if isinstance(self.body, ConvBody) else "mlp"
 
     def forward(self, inputs: Inputs) -> Params:
-        if isinstance(inputs, Sequences):
-            assert self.cell is not None, "sequences are for recurrent actors"
-            outs = unroll(self.cell, self.body(inputs.obs), inputs.state, inputs.starts)[0][inputs.valid]
-            return self._params(outs, inputs.obs[inputs.valid])
-        features = self.body(inputs)
-        if self.cell is not None:
-            features = self.cell(features, self.cell.initial_state(features.shape[0], features.device))[0]
-        return self._params(features, inputs)
+        return self._params(*_features(self.body, self.cell, inputs))
 
     def step(self, obs: Tensor, state: Tensor | None) -> tuple[Params, Tensor, Tensor | None]:
         """One step of acting: params for observations [B, D] and the state [B, state_dim] they follow (already reset
@@ -89,14 +95,7 @@ class Critic(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, inputs: Inputs) -> Tensor:
-        if isinstance(inputs, Sequences):
-            assert self.cell is not None, "sequences are for recurrent critics"
-            outs = unroll(self.cell, self.body(inputs.obs), inputs.state, inputs.starts)[0][inputs.valid]
-            return self.out(outs).squeeze(-1)
-        features = self.body(inputs)
-        if self.cell is not None:
-            features = self.cell(features, self.cell.initial_state(features.shape[0], features.device))[0]
-        return self.out(features).squeeze(-1)
+        return self.out(_features(self.body, self.cell, inputs)[0]).squeeze(-1)
 
     def sequence_values(self, obs: Tensor, next_obs: Tensor, starts: Tensor,
                         state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

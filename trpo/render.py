@@ -36,28 +36,16 @@ def render_env(spec: EnvSpec, mode: str) -> gym.Env:
     if mode == "rgb_array" and not has_display() and "MUJOCO_GL" not in os.environ:
         os.environ["MUJOCO_GL"] = "egl"  # headless MuJoCo; must be set before its renderer is imported
     if isinstance(spec, str):
-        env = _made(lambda: make_env(spec, render_mode=mode))
+        env = make_env(spec, render_mode=mode)  # MuJoCo's renderer failing here: an EnvError naming MUJOCO_GL
     elif isinstance(spec, EnvMaker) and isinstance(spec.base, str):
-        env = _made(EnvMaker(spec.base, {**(spec.kwargs or {}), "render_mode": mode}, spec.max_episode_steps,
-                             spec.wrappers))
+        env = EnvMaker(spec.base, {**(spec.kwargs or {}), "render_mode": mode}, spec.max_episode_steps,
+                       spec.wrappers)()
     else:
         env = make_env(spec)
         if env.render_mode != mode:
             raise RenderError(f"to render with mode {mode!r}, a factory or an env instance must make its env with "
                               f"render_mode={mode!r} (this one has {env.render_mode!r}); or pass an env id")
     return env
-
-
-def _made(make: Any) -> gym.Env:
-    try:
-        return make()
-    except EnvError as exc:
-        if "pygame" in str(exc):
-            raise RenderError(f"{exc}; rendering classic-control and Box2D envs needs pygame: "
-                              "pip install 'trpo[video]'") from exc
-        if gl_failure(str(exc)):
-            raise RenderError(gl_message(str(exc))) from exc
-        raise
 
 
 def frame(env: gym.Env) -> np.ndarray:
@@ -68,6 +56,8 @@ def frame(env: gym.Env) -> np.ndarray:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if gl_failure(text) or "mujoco" in type(exc).__module__:
             raise RenderError(gl_message(text)) from exc
+        if "pygame" in text:  # classic control and Box2D draw with it
+            raise RenderError(f"{text}; rendering this env needs pygame: pip install 'trpo[video]'") from exc
         raise RenderError(f"the env cannot render an rgb_array frame: {text}") from exc
     if not isinstance(image, np.ndarray) or image.ndim != 3:
         raise RenderError(f"the env's render() gave {type(image).__name__}, not an rgb_array frame")

@@ -2,7 +2,7 @@
 
 A distribution is described by a tuple of parameter tensors with the batch on dim 0 ("params"):
 categorical/Bernoulli logits, or a Gaussian's (mean, log_std). Each family implements, as pure functions of
-params: sampling (as pick(params[0] + shift), so that rollouts can sample in numpy with noise shifted per batch),
+params: sampling (as pick(params[0] + shift), so that rollouts can sample in numpy from noise drawn per batch),
 mode, log-probability, entropy, KL(old || new), and the product with its Fisher metric M
 (the Hessian of KL(p_old || p) in the distribution parameters at p = p_old), which the Gauss-Newton
 Fisher-vector product F v = J^T M J v uses.
@@ -241,8 +241,9 @@ class ActionDistribution:
 
     def shift(self, params: Params, noise: Tensor) -> Tensor:
         """The noise as an additive shift of the head output params[0], so that a sample is
-        `pick(params[0] + shift)`. The identity but for the Gaussian (sigma * noise); since no family's shift
-        depends on the state, rollouts shift a whole batch's noise at once."""
+        `pick(params[0] + shift)`. The identity but for the Gaussian (sigma * noise) and Bernoulli (-noise); no
+        family's shift depends on the state, so the numpy acting policy applies it as one scale per batch
+        (policy.NumpyMLP). gSDE's state-dependent noise is the head's own (`SDEHead.explore`)."""
         return noise
 
     def pick(self, shifted: Array) -> Array:

@@ -178,12 +178,8 @@ class TrustRegionRule:
 
         # The Fisher metric of every k-th sample (a recurrent actor: of every k-th sequence).
         k = cfg.fisher_subsample
-        if batch.seq is None:
-            sub_obs: Inputs = batch.obs if k == 1 else batch.obs[::k]
-            sub_old = batch.old_params if k == 1 else tuple(p[::k] for p in batch.old_params)
-        else:
-            part = batch if k == 1 else batch.subset(slice(None, None, k))
-            sub_obs, sub_old = part.inputs, part.old_params
+        part = batch if k == 1 else batch.subset(slice(None, None, k))
+        sub_obs, sub_old = part.inputs, part.old_params
         if cfg.fisher_product == "hessian":
             fvp = hessian_fvp(lambda th: dist.kl(sub_old, params_of(th, sub_obs)).mean(), theta_old, cfg.cg_damping)
         else:
