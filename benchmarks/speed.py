@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peer_sb3 import ZOO, ZOO_MUJOCO  # beside this script: rl-zoo's sb3-contrib TRPO settings
+from trpo.peers import ZOO, ZOO_MUJOCO  # rl-zoo's sb3-contrib TRPO settings
 
 SB3_MUJOCO, SB3_CARTPOLE = ZOO_MUJOCO, ZOO["CartPole"]
 
@@ -262,7 +262,7 @@ def returns_trpo(env_id: str, steps: int, seed: int) -> dict[str, Any]:
 def returns_sb3(env_id: str, steps: int, seed: int) -> dict[str, Any]:
     import tempfile
 
-    from peer_sb3 import run
+    from trpo.peers import run
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Command line: `trpo train`, `trpo eval`, `trpo presets`, `trpo plot`.
+"""Command line: `trpo train`, `eval`, `export`, `bench`, `tune`, `presets`, `plot`.
 
 Every field of TRPOConfig is a flag (`max_kl` -> `--max-kl`); booleans take `--x / --no-x`, tuples `64,64`.
 Errors the user can fix print one line and exit with status 2; `--debug` shows the traceback instead. Ctrl-C and
@@ -79,7 +79,8 @@ def build_parser() -> _Parser:
     parser = _Parser(prog="trpo", description="Trust Region Policy Optimization for Gymnasium.")
     parser.add_argument("--version", action="version", version=f"trpo {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,eval,presets,plot}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser,
+                                metavar="{train,eval,export,bench,tune,presets,plot}")
 
     train = sub.add_parser("train", help="train an agent (default: CartPole-v1)",
                            usage="trpo train [--env ENV] [--total-steps N] [--run-dir DIR] [options]")
@@ -122,6 +123,51 @@ def build_parser() -> _Parser:
                     help="torchscript (torch.jit.load) or onnx (onnxruntime; pip install 'trpo[export]')")
     ex.add_argument("--out", required=True, help="file to write")
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
+    be = sub.add_parser("bench", help="envs x seeds x a budget as run directories, resumable, and the results table",
+                        description="Each run is `trpo train` in its own process, on one core (vector_mode sync "
+                        "unless --set says otherwise); run it again to continue: finished runs are skipped, started "
+                        "ones resumed. The table: final deterministic evaluation over 10 episodes per seed, mean, std, "
+                        "IQM with rliable's 95%% interval, beside the published TRPO figures (trpo/bench.py).")
+    be.add_argument("--env", nargs="+", required=True, help="env ids")
+    be.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"], help="seeds (default 0 1 2 3 4)")
+    be.add_argument("--steps", default=None, help="env steps per run (default: each env's preset budget, else 1M)")
+    be.add_argument("--label", default=None, help="names this configuration's runs (default trpo, or the peer)")
+    be.add_argument("--peer", default="", metavar="NAME",
+                    help="run a peer library instead of trpo: sb3-contrib (its TRPO with rl-zoo's settings)")
+    be.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config fields, as for trpo train")
+    be.add_argument("--jobs", default="2", help="runs at a time (default 2)")
+    be.add_argument("--shard", default="1/1", metavar="I/K", help="run only every K-th run, from the I-th")
+    be.add_argument("--out", default="runs/bench", help="directory of the runs (default runs/bench)")
+    be.add_argument("--summary", action="store_true", help="print the table of finished runs, train nothing")
+    be.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
+    tu = sub.add_parser("tune", help="hyperparameter search with Optuna (TPE, median pruning), resumable and shareable",
+                        description="Each trial trains on top of the env's preset with periodic evaluations that the "
+                        "median pruner reads; its value is the final deterministic evaluation. The study is stored "
+                        "(a SQLite file by default): run again to go on, or from several processes or machines at "
+                        "once; --trials counts the study's finished trials. The best trial's settings go to "
+                        "OUT/STUDY/best.yaml, for trpo train --config (trpo/tune.py).")
+    tu.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV})")
+    tu.add_argument("--trials", default="50", help="finished trials the study should hold (default 50)")
+    tu.add_argument("--jobs", default="1", help="trials at a time, each in its own process on one core (default 1)")
+    tu.add_argument("--total-steps", default=None, help="env steps per trial (default: the preset's budget)")
+    tu.add_argument("--space", default=None, metavar="FILE.yaml",
+                    help="the search space (default: trpo/tune.py's DEFAULT_SPACE): field: [choices] or "
+                    "field: {low: L, high: H, log: true}")
+    tu.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config fields fixed for every trial")
+    tu.add_argument("--study", default=None, help="study name (default: the env id)")
+    tu.add_argument("--storage", default=None, metavar="URL",
+                    help="Optuna storage URL (default sqlite:///OUT/STUDY.db; any SQLAlchemy URL to share a study)")
+    tu.add_argument("--out", default="runs/tune", help="trial run directories and best.yaml (default runs/tune)")
+    tu.add_argument("--seed", default="0", help="every trial's training seed (default 0)")
+    tu.add_argument("--evaluations", default="10", help="periodic evaluations per trial, for pruning (default 10)")
+    tu.add_argument("--startup-trials", default="5",
+                    help="trials sampled at random before TPE, and finished before the pruner prunes (default 5)")
+    tu.add_argument("--pruner", default="median", choices=["median", "none"], help="default median")
+    tu.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="default tpe")
+    tu.add_argument("--summary", action="store_true", help="print the study's table and write best.yaml, train nothing")
+    tu.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     sub.add_parser("presets", help="list the presets and their settings")
 
@@ -295,6 +341,45 @@ def _checkpoint_path(args: argparse.Namespace) -> Path:
     return path
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from trpo.bench import bench, summary
+    from trpo.config import check_seed
+
+    seeds = [check_seed(seed) for seed in args.seeds]
+    steps = _positive_int("steps", args.steps) if args.steps is not None else None
+    if args.summary:
+        _print(summary(Path(args.out), args.env, steps))
+        return 0
+    _RUN["note"] = ("finished runs are kept; the same command skips them and continues the others from their "
+                    "checkpoints")
+    _print(bench(args.env, seeds, steps, label=args.label, peer=args.peer, sets=args.set,
+                 jobs=_positive_int("jobs", args.jobs), shard=args.shard, out=Path(args.out), say=_print))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from trpo.bench import train_flags
+    from trpo.config import check_seed
+    from trpo.tune import open_study, report, settings_for, tune
+
+    sets = dict(item.partition("=")[::2] for item in args.set)
+    train_flags(args.set)  # each item is FIELD=VALUE
+    settings = settings_for(
+        args.env, _positive_int("trials", args.trials), space_file=args.space, sets=sets, study=args.study,
+        storage=args.storage, out=Path(args.out), seed=check_seed(args.seed),
+        total_steps=_positive_int("total-steps", args.total_steps) if args.total_steps else None,
+        evaluations=_positive_int("evaluations", args.evaluations),
+        startup_trials=_positive_int("startup-trials", args.startup_trials), pruner=args.pruner,
+        sampler=args.sampler)
+    if args.summary:
+        _print(report(settings, open_study(settings, create=False)))
+        return 0
+    _RUN["note"] = (f"study {settings.study!r} in {settings.storage} keeps its finished trials (the one in progress "
+                    "is marked failed); the same command goes on")
+    _print(tune(settings, jobs=_positive_int("jobs", args.jobs), say=lambda line: print(line, file=sys.stderr)))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from trpo.plot import load_runs, plot
 
@@ -316,8 +401,9 @@ def cmd_presets() -> int:
     return 0
 
 
-# The run directory of the `trpo train` in progress, for the line printed when it is interrupted.
-_RUN: dict[str, Path] = {}
+# The run directory of the `trpo train` in progress (or, as 'note', what another command keeps), for the line
+# printed when it is interrupted.
+_RUN: dict[str, Any] = {}
 
 
 class _Terminated(KeyboardInterrupt):
@@ -365,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, _Terminated)
         what = "terminated (SIGTERM)" if terminated else "interrupted"
-        print(f"\ntrpo: {what}; {_saved_state(_RUN.get('dir'))}", file=sys.stderr)
+        print(f"\ntrpo: {what}; {_RUN.get('note') or _saved_state(_RUN.get('dir'))}", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as exc:
         if debug or not _is_user_error(exc):
@@ -382,15 +468,9 @@ def _run(argv: list[str] | None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 2
-    if args.command == "train":
-        return cmd_train(args)
-    if args.command == "eval":
-        return cmd_eval(args)
-    if args.command == "plot":
-        return cmd_plot(args)
-    if args.command == "export":
-        return cmd_export(args)
-    return cmd_presets()
+    commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "bench": cmd_bench, "tune": cmd_tune,
+                "plot": cmd_plot, "presets": lambda _: cmd_presets()}
+    return commands[args.command](args)
 
 
 def _is_user_error(exc: BaseException) -> bool:

@@ -1,7 +1,9 @@
-"""sb3-contrib's TRPO with rl-baselines3-zoo's settings, as a run directory `trpo plot` and `suite.py` read.
+"""Peers that `trpo bench --peer NAME` runs beside trpo, each as a run directory `trpo plot` and the bench table read.
 
-    .venv/bin/python benchmarks/peer_sb3.py --env Swimmer-v5 --seed 0 --steps 1000000 --run-dir runs/x/sb3-s0
-    .venv/bin/python benchmarks/suite.py --env Swimmer-v5 --peer sb3-contrib     # the usual way
+    trpo bench --env Swimmer-v5 --peer sb3-contrib                      # the usual way
+    python -m trpo.peers sb3-contrib --env Swimmer-v5 --seed 0 --steps 1000000 --run-dir runs/x/sb3-contrib-s0
+
+sb3-contrib: its TRPO with rl-baselines3-zoo's settings (pip install 'trpo[bench]').
 
 The run directory gets config.yaml (the settings), metrics.jsonl (one row per update: env steps, episodes that
 ended in its batch, their mean return and length), checkpoints every `--checkpoint-every` env steps (model and
@@ -17,6 +19,7 @@ import argparse
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +101,7 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
 
-    torch.set_num_threads(1)  # one core per run, as suite.py's trpo runs
+    torch.set_num_threads(1)  # one core per run, as trpo bench's own runs
     settings = zoo_settings(env_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"env": env_id, "seed": seed, "total_steps": steps, "library": "sb3-contrib", "algo": "TRPO",
@@ -141,19 +144,27 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
     return result
 
 
+# name -> (its settings for an env id, raising ValueError where it has none; the runner)
+PEERS: dict[str, tuple[Callable[[str], dict[str, Any]], Callable[..., dict[str, Any]]]] = {
+    "sb3-contrib": (zoo_settings, run),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("peer", choices=list(PEERS))
     parser.add_argument("--env", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--checkpoint-every", type=int, default=100_000, metavar="STEPS")
     args = parser.parse_args()
+    settings, runner = PEERS[args.peer]
     try:
-        zoo_settings(args.env)
+        settings(args.env)
     except ValueError as exc:
         parser.error(str(exc))
-    result = run(args.env, args.seed, args.steps, args.run_dir, args.checkpoint_every)
+    result = runner(args.env, args.seed, args.steps, args.run_dir, args.checkpoint_every)
     print(f"{args.run_dir}: {result['mean_return']:.1f}")
 
 

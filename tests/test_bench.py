@@ -1,4 +1,4 @@
-"""benchmarks/suite.py: runs are ordinary run directories; finished ones are skipped, started ones resumed."""
+"""trpo bench: runs are ordinary run directories; finished ones are skipped, started ones resumed."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
 SMALL = ["--set", "steps_per_env=128", "value_epochs=2", "eval_episodes=2"]
 
 
+def bench(tmp: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([sys.executable, "-m", "trpo.cli", "bench", "--env", "CartPole-v1", "--seeds", "0", "1",
+                          "--out", str(tmp), *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode == code, res.stdout + res.stderr
+    return res
+
+
 def suite(tmp: Path, *args: str) -> str:
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--env", "CartPole-v1",
-                          "--seeds", "0", "1", "--out", str(tmp), *args], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res.stdout
+    return bench(tmp, *args).stdout
 
 
 def test_suite_runs_skips_and_resumes(tmp_path: Path) -> None:
@@ -41,9 +44,13 @@ def test_suite_sets_any_field_booleans_included(tmp_path: Path) -> None:
           "eval_episodes=1", "normalize_advantages=false", "sampling=vine", "vine_states=4")
     config = (tmp_path / "CartPole-v1" / "vine-s0" / "config.yaml").read_text()
     assert "normalize_advantages: false" in config and "sampling: vine" in config and "vector_mode: sync" in config
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--env", "CartPole-v1", "--set",
-                          "max_kl=big", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--set: max_kl: cannot read 'big' as float" in bad.stderr
+    bad = bench(tmp_path, "--set", "max_kl=big", code=2)
+    assert "max_kl: cannot read 'big' as float" in bad.stderr and "Traceback" not in bad.stderr
+    for args, message in ((["--set", "max_kl"], "'max_kl' is not FIELD=VALUE"), (["--shard", "3/2"], "shard must be"),
+                          (["--jobs", "0"], "jobs must be a positive integer"), (["--seeds", "-1"], "seed must be"),
+                          (["--peer", "nobody"], "unknown peer 'nobody'; known: sb3-contrib"),
+                          (["--peer", "sb3-contrib", "--set", "max_kl=0.02"], "--set applies to trpo's runs")):
+        assert message in bench(tmp_path, *args, code=2).stderr
 
 
 def test_suite_runs_the_sb3_contrib_peer_as_run_directories(tmp_path: Path) -> None:
@@ -64,6 +71,19 @@ def test_suite_runs_the_sb3_contrib_peer_as_run_directories(tmp_path: Path) -> N
     subprocess.run([sys.executable, "-m", "trpo.cli", "plot", str(tmp_path / "CartPole-v1"), "--out", str(png)],
                    check=True, capture_output=True, timeout=120)
     assert png.stat().st_size > 0
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--env", "Foo-v0", "--peer",
-                          "sb3-contrib", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--peer: no rl-zoo TRPO settings for Foo-v0" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "trpo.cli", "bench", "--env", "Foo-v0", "--peer", "sb3-contrib",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--peer sb3-contrib: no rl-zoo TRPO settings for Foo-v0" in bad.stderr
+
+
+def test_summary_trains_nothing_and_the_budget_is_the_presets(tmp_path: Path) -> None:
+    from trpo.bench import budget
+    from trpo.config import PRESET_STEPS
+
+    out = suite(tmp_path, "--steps", "256", *SMALL)
+    assert "| CartPole-v1 | trpo | 256 | 0 1 |" in out
+    table = suite(tmp_path, "--steps", "256", "--summary")
+    assert "| CartPole-v1 | trpo | 256 | 0 1 |" in table and "runs (shard" not in table
+    # Without --steps each env gets its preset's budget, as `trpo train` gives it (1M without a preset).
+    assert budget("CartPole-v1", None) == PRESET_STEPS["CartPole"] and budget("Foo-v0", None) == 1_000_000
+    assert "| CartPole-v1 |" not in suite(tmp_path, "--summary")  # 256-step runs are not at the preset's budget

@@ -1,0 +1,398 @@
+"""`trpo tune`: hyperparameter search with Optuna (pip install 'trpo[tune]').
+
+    trpo tune --env Pendulum-v1 --trials 50 --jobs 2                  # runs/tune/Pendulum-v1.db, resumable
+    trpo tune --env Pendulum-v1 --trials 50 --storage postgresql://host/db --study pend   # several machines
+    trpo train --config runs/tune/Pendulum-v1/best.yaml               # the best trial's settings
+
+Each trial trains one agent for the budget (default the env's preset budget) on top of the env's preset, with
+`evaluations` periodic deterministic evaluations (the agent's eval_every): each is reported to Optuna, and the
+median pruner stops a trial whose evaluation falls below the median of earlier trials at the same step. A trial's
+value is its final deterministic evaluation (eval_episodes episodes). The sampler is TPE (random for its first
+`startup_trials`). A study lives in an Optuna storage, a SQLite file by default, so a killed search goes on where
+it stopped and several processes or machines can share one: `trials` is the study's total of finished (complete
+or pruned) trials. Each trial is a run directory OUT/STUDY/trial_N (metrics, evaluations, final.pt).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from trpo.config import PRESET_STEPS, ConfigError, TRPOConfig, coerce_fields, load_yaml, resolve_config
+
+# The default search space: TRPO's trust region and its CG, the advantage estimator, the batch's shape, the critic's
+# fit, the networks' width and the normalizations. A list is a choice among values; a mapping {low, high, log} a
+# range (integer for an integer field). `--space FILE.yaml` replaces it (same format).
+DEFAULT_SPACE: dict[str, Any] = {
+    "max_kl": {"low": 0.001, "high": 0.1, "log": True},
+    "cg_damping": {"low": 0.001, "high": 0.5, "log": True},
+    "gamma": [0.9, 0.95, 0.98, 0.99, 0.995, 0.999],
+    "gae_lambda": [0.8, 0.9, 0.92, 0.95, 0.98, 0.99, 1.0],
+    "num_envs": [1, 2, 4, 8],
+    "steps_per_env": [128, 256, 512, 1024, 2048],
+    "value_lr": {"low": 1e-4, "high": 1e-2, "log": True},
+    "value_epochs": [5, 10, 20, 30],
+    "actor_hidden": ["64,64", "128,128", "256,256"],
+    "critic_hidden": ["64,64", "128,128", "256,256"],
+    "normalize_obs": [True, False],
+    "normalize_reward": [True, False],
+}
+# Not tuned (they say how trials run, not what they learn), and not in best.yaml.
+RUN_FIELDS = ("vector_mode", "num_workers", "device", "torch_threads", "eval_every", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One field of the space: a choice among `choices`, or a range [low, high] (log-scaled if `log`)."""
+
+    name: str
+    choices: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    integer: bool = False
+
+    def suggest(self, trial: Any) -> Any:
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def describe(self) -> str:
+        if self.choices:
+            return " | ".join(map(str, self.choices))
+        return f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else "") + (" int" if self.integer else "")
+
+
+def parse_space(space: Any, where: str = "space") -> list[Dimension]:
+    """The search space from its YAML form, every value checked against its config field; ConfigError if not."""
+    if not isinstance(space, Mapping) or not space:
+        raise ConfigError(f"{where} must be a non-empty mapping of config field: choices or {{low, high, log}}")
+    fields = TRPOConfig.__dataclass_fields__
+    dims = []
+    for name, spec in space.items():
+        if not isinstance(name, str) or name not in fields:
+            raise ConfigError(f"{where}: unknown config field {name!r}")
+        if name in RUN_FIELDS:
+            raise ConfigError(f"{where}: {name} says how trials run, not what they learn; set it with --set")
+        if isinstance(spec, list):
+            if not spec:
+                raise ConfigError(f"{where}: {name} has no choices")
+            for value in spec:
+                if not isinstance(value, str | int | float | bool):  # what Optuna stores; tuples as "64,64"
+                    raise ConfigError(f"{where}: {name}: choices are numbers, booleans or text, got {value!r}")
+                coerce_fields({name: value})
+            if len(set(map(repr, spec))) != len(spec):
+                raise ConfigError(f"{where}: {name} repeats a choice")
+            dims.append(Dimension(name, choices=tuple(spec)))
+        elif isinstance(spec, Mapping):
+            dims.append(_range(name, dict(spec), where))
+        else:
+            raise ConfigError(f"{where}: {name} must be a list of choices or {{low, high, log}}, got {spec!r}")
+    return dims
+
+
+def _range(name: str, spec: dict[str, Any], where: str) -> Dimension:
+    unknown = set(spec) - {"low", "high", "log"}
+    if unknown or "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{where}: {name} takes low, high and optionally log, got {sorted(spec)}")
+    kind = _number_kind(name)
+    if kind is None:
+        raise ConfigError(f"{where}: {name} is not a number: give a list of choices")
+    integer = kind is int
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    for label, value in (("low", low), ("high", high)):
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok or not math.isfinite(value):
+            raise ConfigError(f"{where}: {name}.{label} must be a finite {'integer' if integer else 'number'}, "
+                              f"got {value!r}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: {name}.log must be true or false, got {log!r}")
+    if not low < high or (log and low <= 0):
+        raise ConfigError(f"{where}: {name} needs low < high{' and low > 0 (log)' if log else ''}, got {low}, {high}")
+    return Dimension(name, low=float(low), high=float(high), log=log, integer=integer)
+
+
+@dataclass
+class TuneSettings:
+    """What one search is: the env, the budget per trial, the space and the fixed fields, where it is stored."""
+
+    env: str
+    total_steps: int
+    trials: int
+    space: list[Dimension]
+    fixed: dict[str, Any]
+    study: str
+    storage: str
+    out: Path
+    seed: int = 0
+    evaluations: int = 10
+    startup_trials: int = 5
+    pruner: str = "median"
+    sampler: str = "tpe"
+
+    @property
+    def study_dir(self) -> Path:
+        return self.out / self.study
+
+
+def settings_for(env: str, trials: int, *, total_steps: int | None = None, space_file: str | None = None,
+                 sets: Mapping[str, str] | None = None, study: str | None = None, storage: str | None = None,
+                 out: Path = Path("runs/tune"), seed: int = 0, evaluations: int = 10, startup_trials: int = 5,
+                 pruner: str = "median", sampler: str = "tpe") -> TuneSettings:
+    """Checked settings (ConfigError for anything wrong, before a trial runs)."""
+    space = parse_space(load_yaml(space_file) if space_file else DEFAULT_SPACE, space_file or "space")
+    fixed = coerce_fields(dict(sets or {}))
+    overlap = sorted(set(fixed) & {d.name for d in space})
+    if overlap:
+        raise ConfigError(f"--set fixes {', '.join(overlap)}, which the space tunes: drop one")
+    config, preset = resolve_config(env, "auto", overrides=fixed)  # the fixed fields are valid on the preset
+    for dim in space:  # and so is each value of the space, alone (a combination may still fail its trial)
+        for value in dim.choices or (dim.low, dim.high):
+            try:
+                resolve_config(env, "auto", overrides={**fixed, dim.name: int(value) if dim.integer else value})
+            except ConfigError as exc:
+                raise ConfigError(f"{space_file or 'space'}: {dim.name}: {value!r} is refused: {exc}") from None
+    steps = total_steps or PRESET_STEPS.get(preset or "", 1_000_000)
+    for name, value in (("trials", trials), ("evaluations", evaluations), ("startup_trials", startup_trials)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if steps < evaluations:
+        raise ConfigError(f"total_steps ({steps}) must be at least the number of evaluations ({evaluations})")
+    if pruner not in ("median", "none") or sampler not in ("tpe", "random"):
+        raise ConfigError(f"pruner is median or none, sampler tpe or random; got {pruner!r}, {sampler!r}")
+    if not config.eval_episodes:
+        raise ConfigError("a trial's value is its final evaluation: eval_episodes must be > 0")
+    name = study or env.replace(":", "_").replace("/", "_")
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"study must be a plain name, got {name!r}")
+    url = storage or f"sqlite:///{(out / f'{name}.db').as_posix()}"
+    return TuneSettings(env, steps, trials, space, fixed, name, url, out, seed, evaluations, startup_trials, pruner,
+                        sampler)
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("trpo tune needs Optuna: pip install 'trpo[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's reason is in its user attrs instead
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's
+    return optuna
+
+
+def open_study(s: TuneSettings, worker: int = 0, create: bool = True) -> Any:
+    """The study, created (unless not `create`) or loaded; refused if it was made for another env, budget or
+    space."""
+    optuna = _optuna()
+    storage = _storage(s.storage)
+    startup = s.startup_trials
+    sampler = (optuna.samplers.RandomSampler(seed=s.seed * 7919 + worker) if s.sampler == "random" else
+               optuna.samplers.TPESampler(n_startup_trials=startup, seed=s.seed * 7919 + worker))
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=s.total_steps // 3)
+              if s.pruner == "median" else optuna.pruners.NopPruner())
+    if not create and s.study not in optuna.get_all_study_names(storage):
+        raise ConfigError(f"no study {s.study!r} in {s.storage}")
+    study = optuna.create_study(study_name=s.study, storage=storage, sampler=sampler, pruner=pruner,
+                                direction="maximize", load_if_exists=True)
+    identity = {"env": s.env, "total_steps": s.total_steps, "evaluations": s.evaluations,
+                "space": {d.name: d.describe() for d in s.space}, "fixed": {k: str(v) for k, v in s.fixed.items()}}
+    recorded = study.user_attrs.get("trpo")
+    if recorded is None:
+        study.set_user_attr("trpo", identity)
+    elif recorded != identity:
+        differ = sorted(k for k in identity if recorded.get(k) != identity[k])
+        raise ConfigError(f"study {s.study!r} in {s.storage} was made with another {', '.join(differ)}; "
+                          "give another --study name, or the same settings to go on with it")
+    return study
+
+
+def _storage(url: str) -> Any:
+    """Optuna's RDB storage at `url`; ConfigError, naming the URL, where it cannot be opened."""
+    optuna = _optuna()
+    import sqlalchemy.exc
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several processes share the file
+    for attempt in range(5):
+        try:
+            # A killed process's trial stops beating and is marked failed instead of staying "running" for ever.
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120, **kwargs)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            # Two processes making a new database's tables at once: one finds them made, or locked. Again.
+            racing = isinstance(exc, sqlalchemy.exc.IntegrityError) or (
+                isinstance(exc, sqlalchemy.exc.OperationalError) and any(
+                    word in str(exc) for word in ("already exists", "locked")))
+            if racing:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise ConfigError(f"cannot open the Optuna storage {url}: {getattr(exc, 'orig', None) or exc}") from None
+    raise ConfigError(f"cannot open the Optuna storage {url}: its tables could not be made")
+
+
+def objective(s: TuneSettings, trial: Any, worker: int = 0) -> float:
+    """Train one trial's agent, reporting each periodic evaluation for pruning; its final evaluation's mean."""
+    optuna = _optuna()
+    from trpo.agent import TRPO
+
+    params = {d.name: d.suggest(trial) for d in s.space}
+    run_fields = {"vector_mode": "sync", "eval_every": max(1, s.total_steps // s.evaluations)}
+    try:
+        config, _ = resolve_config(s.env, "auto", overrides={**run_fields, **s.fixed, **params})
+    except ConfigError as exc:  # a combination the config refuses: this trial fails, the search goes on
+        trial.set_user_attr("error", f"ConfigError: {exc}")
+        raise
+    run_dir = s.study_dir / f"trial_{trial.number}"
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("worker", worker)
+    agent = TRPO(s.env, config=config, seed=s.seed, run_dir=run_dir, overwrite=True)
+    reported = 0
+
+    def report(agent: Any, _metrics: Any) -> None:
+        nonlocal reported
+        for row in agent.evaluations[reported:]:
+            trial.report(row["mean_return"], row["step"])
+            reported += 1
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"evaluation {row['mean_return']:.2f} at step {row['step']}")
+
+    try:
+        agent.train_until(s.total_steps, callback=report)
+        result = agent.evaluate(config.eval_episodes)
+    except Exception as exc:
+        if not isinstance(exc, optuna.TrialPruned):
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        agent.close()
+    trial.set_user_attr("final_step", agent.num_steps)
+    return float(result["mean_return"])
+
+
+def work(s: TuneSettings, worker: int = 0, workers: int = 1) -> None:
+    """This process's share of the trials the study still lacks."""
+    optuna = _optuna()
+    study = open_study(s, worker)
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    missing = s.trials - len(study.get_trials(deepcopy=False, states=done))
+    share = max(0, missing) // workers + (worker < max(0, missing) % workers)
+    if share:
+        # ConfigError: a sampled combination the config refuses (the trial fails, the search goes on). The callback
+        # stops this process once the study has its trials, where other processes share it too.
+        enough = optuna.study.MaxTrialsCallback(s.trials, states=done)
+        study.optimize(lambda trial: objective(s, trial, worker), n_trials=share, catch=(ConfigError,),
+                       callbacks=[enough])
+
+
+def tune(s: TuneSettings, jobs: int = 1, say: Callable[[str], None] = print) -> str:
+    """Run the study to `trials` finished trials with `jobs` processes, write best.yaml; return the summary."""
+    study = open_study(s)  # checks the storage and the settings before any process starts
+    say(f"trpo: tuning {s.env} ({s.total_steps:,} steps a trial, {s.evaluations} evaluations) in study {s.study!r} "
+        f"at {s.storage}: {s.trials} trials, {jobs} at a time")
+    if jobs == 1:
+        work(s)
+    else:
+        s.study_dir.mkdir(parents=True, exist_ok=True)
+        procs = []
+        for worker in range(jobs):
+            log = open(s.study_dir / f"worker_{worker}.log", "a")  # noqa: SIM115 (closed below)
+            cmd = [sys.executable, "-m", "trpo.tune", json.dumps(_to_json(s)), str(worker), str(jobs)]
+            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        failed = []
+        try:
+            for worker, (proc, _) in enumerate(procs):
+                if proc.wait() != 0:
+                    failed.append(f"worker {worker} exited with {proc.returncode} "
+                                  f"(see {s.study_dir / f'worker_{worker}.log'})")
+        finally:
+            for proc, log in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
+                log.close()
+        if failed:
+            raise RuntimeError("; ".join(failed))
+    return report(s, study)
+
+
+def best_config(s: TuneSettings, study: Any) -> dict[str, Any] | None:
+    """The best complete trial as a `trpo train --config` file's mapping (None before any completes)."""
+    optuna = _optuna()
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    values = TRPOConfig(**coerce_fields({**s.fixed, **best.params})).to_dict()
+    tuned = {k: values[k] for k in (*s.fixed, *best.params)}
+    return {"env": s.env, "total_steps": s.total_steps, "seed": s.seed, **tuned}
+
+
+def report(s: TuneSettings, study: Any) -> str:
+    """The summary: trials by state, the best ten, and where best.yaml is (written here)."""
+    optuna = _optuna()
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
+    lines = [f"study {s.study!r}: " + ", ".join(f"{n} {state.name.lower()}" for state, n in count.items() if n)]
+    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: -t.value)
+    names = [d.name for d in s.space]
+    lines += ["", "| trial | value | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for t in done[:10]:
+        lines.append(f"| {t.number} | {t.value:.2f} | " + " | ".join(_show(t.params.get(n)) for n in names) + " |")
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs]
+    lines += [f"trial {t.number} failed: {t.user_attrs['error']}" for t in failed[-5:]]
+    best = best_config(s, study)
+    if best is not None:
+        path = s.study_dir / "best.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# trpo tune: study {s.study!r}, trial {study.best_trial.number}, final evaluation "
+                        f"{study.best_trial.value:.2f}\n" + yaml.safe_dump(best, sort_keys=False))
+        lines += ["", f"best: trial {study.best_trial.number} ({study.best_trial.value:.2f}) -> {path}; "
+                  f"train it: trpo train --config {path}"]
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _to_json(s: TuneSettings) -> dict[str, Any]:
+    return {"env": s.env, "total_steps": s.total_steps, "trials": s.trials,
+            "space": {d.name: list(d.choices) if d.choices else {"low": d.low, "high": d.high, "log": d.log}
+                      for d in s.space},
+            "fixed": {k: v if not isinstance(v, tuple) else ",".join(map(str, v)) for k, v in s.fixed.items()},
+            "study": s.study, "storage": s.storage, "out": str(s.out), "seed": s.seed, "evaluations": s.evaluations,
+            "startup_trials": s.startup_trials, "pruner": s.pruner, "sampler": s.sampler}
+
+
+def _from_json(data: dict[str, Any]) -> TuneSettings:
+    integer = {k for k, v in data["space"].items() if isinstance(v, dict) and _number_kind(k) is int}
+    space = {k: {**v, "low": int(v["low"]), "high": int(v["high"])} if k in integer else v
+             for k, v in data["space"].items()}
+    return TuneSettings(data["env"], data["total_steps"], data["trials"], parse_space(space),
+                        coerce_fields(data["fixed"]), data["study"], data["storage"], Path(data["out"]), data["seed"],
+                        data["evaluations"], data["startup_trials"], data["pruner"], data["sampler"])
+
+
+def _number_kind(name: str) -> type | None:
+    """int or float for a numeric field (optional ones too), None for the others."""
+    hint = get_type_hints(TRPOConfig)[name]
+    for kind in (int, float):
+        if hint in (kind, kind | None):
+            return kind
+    return None
+
+
+if __name__ == "__main__":  # one worker process of `tune(..., jobs > 1)`
+    work(_from_json(json.loads(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]))
