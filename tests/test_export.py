@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,8 @@ ort = pytest.importorskip("onnxruntime")
 SMALL = TRPOConfig(num_envs=2, steps_per_env=64, actor_hidden=(8,), critic_hidden=(8,), cg_iters=5, value_epochs=1,
                    eval_episodes=1)
 BOX_OBS = spaces.Box(-2.0, 2.0, (3,), np.float32)
+DICT_OBS = spaces.Dict({"pos": spaces.Box(-1, 1, (2, 2), np.float32),
+                        "inner": spaces.Dict({"mode": spaces.Discrete(3, start=1), "v": spaces.Box(0, 5, (1,))})})
 CASES = {
     "box-normalized": (lambda: SpacesEnv(BOX_OBS, spaces.Box(-0.5, 0.4, (2,), np.float32)), {"normalize_obs": True}),
     "discrete-start": (lambda: SpacesEnv(BOX_OBS, spaces.Discrete(4, start=-1)), {}),
@@ -32,27 +35,39 @@ CASES = {
     "image": (functools.partial(PixelSideEnv, channels_last=True), {}),
     "recurrent": (lambda: SpacesEnv(BOX_OBS, spaces.Discrete(3)), {"recurrent": "gru", "normalize_obs": True}),
     "sde": (lambda: SpacesEnv(BOX_OBS, spaces.Box(-1, 1, (2,), np.float32)), {"use_sde": True}),
+    "discrete-obs": (lambda: SpacesEnv(spaces.Discrete(5, start=2), spaces.Discrete(3)), {}),
+    "dict-obs": (lambda: SpacesEnv(DICT_OBS, spaces.Box(-1, 1, (2,), np.float32)), {"normalize_obs": True}),
+    "dict-recurrent": (lambda: SpacesEnv(DICT_OBS, spaces.Discrete(3)), {"recurrent": "lstm"}),
 }
 
 
-def observations(agent: TRPO, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """n observations of the agent's env (its Box part) and, for a masked env, n masks allowing >= 1 per group."""
-    space = agent.observation_space
-    box = space["obs"] if isinstance(space, spaces.Dict) else space
-    box.seed(seed)
-    obs = np.stack([box.sample() for _ in range(n)])
+def leaves(space: spaces.Space, n: int) -> tuple[Any, list[np.ndarray]]:
+    """n observations of `space` as predict takes them (a Dict of batches) and as the exported inputs (one per
+    leaf, in the space's order)."""
+    if isinstance(space, spaces.Dict):
+        parts = {key: leaves(sub, n) for key, sub in space.spaces.items()}
+        return {k: batch for k, (batch, _) in parts.items()}, [x for _, xs in parts.values() for x in xs]
+    obs = np.stack([space.sample() for _ in range(n)])
+    return obs, [obs]
+
+
+def observations(agent: TRPO, n: int, seed: int = 0) -> tuple[Any, list[np.ndarray], np.ndarray | None]:
+    """n observations of the agent's env (without a Dict's mask) for predict and as the exported inputs, and for a
+    masked env n masks allowing >= 1 per group."""
+    agent.encoder.features.seed(seed)
+    obs, inputs = leaves(agent.encoder.features, n)
     if not agent.encoder.mask_dim:
-        return obs, None
+        return obs, inputs, None
     rng = np.random.default_rng(seed)
     masks = (rng.random((n, agent.encoder.mask_dim)) < 0.5).astype(np.int8)
     for lo, hi in agent.encoder.mask_groups:
         masks[np.arange(n), lo + rng.integers(0, hi - lo, n)] = 1
-    return obs, masks
+    return obs, inputs, masks
 
 
 def predicted(agent: TRPO, obs: np.ndarray, masks: np.ndarray | None, state: np.ndarray | None = None):
     if masks is not None and agent.encoder.mask_from == "obs":
-        return agent.predict({"obs": obs, "action_mask": masks}, state=state)
+        return agent.predict({**obs, "action_mask": masks}, state=state)
     return agent.predict(obs, state=state, action_mask=masks)
 
 
@@ -72,15 +87,16 @@ def test_exported_actions_equal_predict(tmp_path: Path, case: str, fmt: str) -> 
     agent = TRPO(env, config=SMALL.replace(**fields), seed=1)
     agent.learn(128)  # a trained policy and moved normalization statistics
     path = export(agent, tmp_path / f"policy.{fmt}", fmt)
-    obs, masks = observations(agent, 1000)
-    inputs = [obs] + ([masks.astype(np.float32)] if masks is not None else [])
+    obs, inputs, masks = observations(agent, 1000)
+    inputs += [masks.astype(np.float32)] if masks is not None else []
     expected, state = predicted(agent, obs, masks)
     if agent.actor.cell is not None:  # a step from the zero state, then one from the state it returned
         outs = run_exported(path, fmt, [*inputs, np.zeros((1000, agent.actor.cell.state_dim), np.float32)])
         np.testing.assert_array_equal(outs[0], expected)  # discrete actions: equal whatever the rounding
         np.testing.assert_allclose(outs[1], state, rtol=1e-5, atol=1e-6)
-        again, _ = agent.predict(obs[::-1].copy(), state=state)
-        outs = run_exported(path, fmt, [obs[::-1].copy(), outs[1]])
+        obs, inputs, _ = observations(agent, 1000, seed=1)
+        again, _ = agent.predict(obs, state=state)
+        outs = run_exported(path, fmt, [*inputs, outs[1]])
         np.testing.assert_array_equal(outs[0], again)
     else:
         (actions,) = run_exported(path, fmt, inputs)
@@ -103,7 +119,16 @@ def test_cli_exports_a_run_and_refuses_what_it_cannot(tmp_path: Path) -> None:
     agent.close()
     bad = trpo_cli("export", str(run), "--format", "tflite", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
-    discrete = TRPO(lambda: SpacesEnv(spaces.Discrete(5), spaces.Discrete(2)), config=SMALL)
-    with pytest.raises(ExportError, match="export takes Box observations"):
-        export(discrete, tmp_path / "d.pt", "torchscript")
-    discrete.close()
+    agent = TRPO(lambda: SpacesEnv(spaces.Discrete(5), spaces.Discrete(2)), config=SMALL)
+    with pytest.raises(ExportError, match="format must be one of torchscript, onnx"):
+        export(agent, tmp_path / "d.pt", "tflite")
+    agent.close()
+
+
+def test_dict_inputs_are_named_by_their_keys(tmp_path: Path) -> None:
+    agent = TRPO(lambda: SpacesEnv(DICT_OBS, spaces.Discrete(3)), config=SMALL.replace(recurrent="gru"))
+    session = ort.InferenceSession(str(export(agent, tmp_path / "p.onnx", "onnx")))
+    # In the space's order (Gymnasium sorts a Dict's keys), then the state.
+    assert [i.name for i in session.get_inputs()] == ["obs.inner.mode", "obs.inner.v", "obs.pos", "state"]
+    assert [o.name for o in session.get_outputs()] == ["action", "next_state"]
+    agent.close()

@@ -3,6 +3,7 @@
 The exported module maps what the env gives to what the env takes, deterministically:
 
     action = policy(obs)                          # obs [B, *observation shape], as the env returns it
+    action = policy(obs_a, obs_b)                 # a Dict observation: one input per entry (`obs.a`, `obs.b`)
     action = policy(obs, mask)                    # an env that masks its actions through info["action_mask"]
     action, state = policy(obs, state)            # a recurrent policy: state [B, state_dim], zeros at an episode start
 
@@ -13,8 +14,10 @@ MultiBinary's logits > 0; a Gaussian's mean clipped to the Box bounds, in the sp
 through onnxruntime exactly for discrete actions and to float32 rounding for continuous ones (its matrix products
 round otherwise than torch's).
 
-Observations: Box spaces (vectors and images) and a Dict of a Box and an "action_mask" (the mask is then part of
-the observation: pass it as `mask`); Discrete and other Dict observations are not exported yet.
+Observations: every space the agent takes. A Box (vectors and images) or a Discrete (its integer; one-hot inside,
+so a value outside the space gives a row of zeros where `predict` raises) is the input `obs`; a Dict gives one
+input per entry, in the space's order, named `obs.KEY` (nested Dicts `obs.KEY.SUBKEY`); an "action_mask" entry of
+a Dict observation is not an observation input but the `mask`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from trpo.spaces import MASK_KEY, Bernoulli, Categorical, DiagGaussian, MultiCategorical
+from trpo.spaces import Bernoulli, Categorical, DiagGaussian, MultiCategorical
 
 FORMATS = ("torchscript", "onnx")
 
@@ -45,15 +48,14 @@ class DeployedPolicy(nn.Module):
     def __init__(self, agent: Any) -> None:
         super().__init__()
         encoder, dist = agent.encoder, agent.dist
-        space = encoder.features
-        if isinstance(space, spaces.Dict) and len(space.spaces) == 1:  # a Box beside "action_mask"
-            space = next(iter(space.spaces.values()))
-        if not isinstance(space, spaces.Box):
-            raise ExportError(f"export takes Box observations (or a Dict of a Box and {MASK_KEY!r}); {space} is not "
-                              "supported yet")
+        # One input per observation leaf: "obs", or "obs.KEY" per entry of a Dict (nested keys joined by dots).
+        self.leaves = _leaves(encoder.features)
+        self.obs_space = self.leaves[0][1]
+        self.names = [name for name, _ in self.leaves]
+        self.discrete = [(int(sp.start), int(sp.n)) if isinstance(sp, spaces.Discrete) else None
+                         for _, sp in self.leaves]
         self.actor = copy.deepcopy(agent.actor).cpu().eval().requires_grad_(False)
-        self.obs_space = space  # what `obs` holds
-        self.obs_shape = tuple(space.shape)
+        self.obs_shape = tuple(self.obs_space.shape or ())
         layout = encoder.image
         self.channels_last = bool(layout is not None and layout.channels_last)
         self.image_dtype = layout is not None and layout.dtype == np.uint8
@@ -79,12 +81,18 @@ class DeployedPolicy(nn.Module):
             self.action_dtype = torch.from_numpy(np.zeros(0, dist.dtype)).dtype
         self.action_shape = tuple(getattr(dist, "shape", ()))
 
-    def _encode(self, obs: Tensor, mask: Tensor | None) -> Tensor:
-        x = obs
-        if self.channels_last:  # [B, H, W] or [B, H, W, C] -> channels first, as ObsEncoder stores images
-            x = x.reshape(x.shape[0], self.obs_shape[0], self.obs_shape[1], -1).permute(0, 3, 1, 2)
-        x = x.reshape(x.shape[0], -1)
-        x = x.to(torch.uint8) if self.image_dtype else x.to(torch.float32)
+    def _encode(self, leaves: tuple[Tensor, ...], mask: Tensor | None) -> Tensor:
+        parts = []
+        for x, discrete in zip(leaves, self.discrete, strict=True):
+            if discrete is not None:  # one-hot, as ObsEncoder (a value outside the space: a row of zeros)
+                start, n = discrete
+                parts.append((x.reshape(-1, 1).to(torch.int64) - start == torch.arange(n)).to(torch.float32))
+                continue
+            if self.channels_last:  # [B, H, W] or [B, H, W, C] -> channels first, as ObsEncoder stores images
+                x = x.reshape(x.shape[0], self.obs_shape[0], self.obs_shape[1], -1).permute(0, 3, 1, 2)
+            x = x.reshape(x.shape[0], -1)
+            parts.append(x.to(torch.uint8) if self.image_dtype else x.to(torch.float32))
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         if mask is not None:
             x = torch.cat([x, (mask != 0).to(x.dtype)], dim=1)
         if self.normalize:
@@ -103,17 +111,25 @@ class DeployedPolicy(nn.Module):
         return action.reshape(head.shape[0], *self.action_shape).to(self.action_dtype)
 
     def forward(self, obs: Tensor, *extra: Tensor) -> Any:
+        leaves, extra = (obs, *extra[: len(self.leaves) - 1]), extra[len(self.leaves) - 1 :]
         mask = extra[0] if self.mask_dim else None
-        x = self._encode(obs, mask)
+        x = self._encode(leaves, mask)
         if self.recurrent:
             params, _, state = self.actor.step(x, extra[-1])
             return self._action(params[0]), state
         return self._action(self.actor(x)[0])
 
 
+def _leaves(space: spaces.Space, name: str = "obs") -> list[tuple[str, spaces.Space]]:
+    """The observation's parts in ObsEncoder's order, each with its input name."""
+    if isinstance(space, spaces.Dict):
+        return [leaf for key, sub in space.spaces.items() for leaf in _leaves(sub, f"{name}.{key}")]
+    return [(name, space)]
+
+
 def example_inputs(module: DeployedPolicy, batch: int = 2) -> tuple[Tensor, ...]:
     """Inputs of the right shapes and dtypes for `module`: observations sampled from its space."""
-    inputs = [torch.as_tensor(np.stack([module.obs_space.sample() for _ in range(batch)]))]
+    inputs = [torch.as_tensor(np.stack([space.sample() for _ in range(batch)])) for _, space in module.leaves]
     if module.mask_dim:
         inputs.append(torch.ones(batch, module.mask_dim))
     if module.recurrent:
@@ -127,7 +143,7 @@ def export(agent: Any, path: str | Path, fmt: str) -> Path:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     module = DeployedPolicy(agent).eval()
     inputs = example_inputs(module)
-    names = ["obs", *(["mask"] if module.mask_dim else []), *(["state"] if module.recurrent else [])]
+    names = [*module.names, *(["mask"] if module.mask_dim else []), *(["state"] if module.recurrent else [])]
     outputs = ["action", *(["next_state"] if module.recurrent else [])]
     path = Path(path)
     with warnings.catch_warnings():  # torch's exporters warn about their own deprecations and internals
