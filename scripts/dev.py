@@ -3,6 +3,7 @@
 
     python3 scripts/dev.py setup     # .venv with trpo installed (editable); then `.venv/bin/trpo train`
     python3 scripts/dev.py test      # .venv with the test extras, then ruff and the whole pytest suite
+    python3 scripts/dev.py docs      # .venv with the docs extra, then the site at http://127.0.0.1:8000
 
 PyTorch is installed first, so that trpo's own `torch` range is already satisfied (`torch_install`):
 - with an NVIDIA GPU (`nvidia-smi -L` works): the default build from the default index (with CUDA);
@@ -101,7 +102,10 @@ def main() -> int:
         # (the Ray tests, which share one Ray runtime) on one of them.
         return subprocess.run([str(py), "-m", "pytest", "-n", "2", "--dist", "loadgroup", *sys.argv[2:]],
                               cwd=ROOT).returncode
-    sys.exit(f"usage: {sys.argv[0]} [setup|test] [pytest args]")
+    if command == "docs":
+        py = setup("docs")
+        return subprocess.run([str(py), "-m", "mkdocs", "serve", *sys.argv[2:]], cwd=ROOT).returncode
+    sys.exit(f"usage: {sys.argv[0]} [setup|test|docs] [pytest or mkdocs serve args]")
 
 
 if __name__ == "__main__":

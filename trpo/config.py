@@ -161,7 +161,7 @@ class TRPOConfig:
     """Adam learning rate of the critic."""
     value_eps: float = 1e-8
     """Adam epsilon of the critic (torch's default; sb3's on-policy critics use 1e-5, which damps the steps of
-    parameters whose gradients are tiny and noisy: it decided Swimmer, see docs/BENCHMARKS.md)."""
+    parameters whose gradients are tiny and noisy: it decided Swimmer, see docs/results.md)."""
     value_epochs: int = 10
     """Passes over the batch per update for the critic."""
     value_minibatch: int = 128
@@ -606,22 +606,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Hopper departs from rl-zoo for speed (benchmarks/speed.py; returns checked against sb3-contrib there):
     # worker processes for the envs, Fisher-vector products on every 4th sample, 10 critic epochs of 256.
     # max_kl 0.02 on the joint KL, below sb3-contrib's effective 0.03 (0.01 per action dimension): at 1M steps
-    # 0.03 let 2 of 5 seeds lose their policy late (mean 2998), 0.02 gave 3358 (docs/BENCHMARKS.md). The 300k
+    # 0.03 let 2 of 5 seeds lose their policy late (mean 2998), 0.02 gave 3358 (docs/results.md). The 300k
     # figures in docs/speed.md and docs/family.md were measured with 0.03.
     "Hopper": dict(_MUJOCO, max_kl=0.02, vector_mode="subprocess", fisher_subsample=4, value_epochs=10,
                    value_minibatch=256),
     # The other MuJoCo tasks take sb3-contrib's trust region as it acts (its TRPO's Box-action KL is averaged
     # over action dimensions): so its max KL and damping are action_dim times ours on the joint KL. rl-zoo's
-    # per-dimension max KL is 0.01 (HalfCheetah 0.04), damping 0.1. Results at 1M: docs/BENCHMARKS.md.
+    # per-dimension max KL is 0.01 (HalfCheetah 0.04), damping 0.1. Results at 1M: docs/results.md.
     "Walker2d": _sb3_matched(action_dim=6),
     # Ant starts with log-std -1 (sigma 0.37): at sigma 1 the control cost of the noise on 8 joints outweighs
     # the healthy reward, and the policy learned to end episodes early (2 seeds: 140 at 629k steps, 310 at 1M
-    # with max KL 0.02); with -1 one seed reached 1530 at 300k (docs/BENCHMARKS.md).
+    # with max KL 0.02); with -1 one seed reached 1530 at 300k (docs/results.md).
     "Ant": _sb3_matched(action_dim=8, init_log_std=-1.0),
     "Humanoid": _sb3_matched(action_dim=17),
     "HalfCheetah": _sb3_matched(action_dim=6, max_kl_per_dim=0.04),
     # Swimmer's critic takes sb3's Adam epsilon 1e-5: with 1e-8 (ours elsewhere) 5 of 5 seeds stalled near 150,
-    # while one TRPO step equals sb3-contrib's and sb3-contrib reaches 359 on Swimmer-v5 (docs/BENCHMARKS.md).
+    # while one TRPO step equals sb3-contrib's and sb3-contrib reaches 359 on Swimmer-v5 (docs/results.md).
     "Swimmer": _sb3_matched(action_dim=2, gamma=0.9999, value_eps=1e-5),
     # No published TRPO settings for these: the same rule.
     # InvertedPendulum without observation normalization: once balanced, the observations barely vary, their
@@ -629,7 +629,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # policy after ~300k steps (final 9.7 and 3.0), without it the same seeds ended at 1000 and 752.
     "InvertedPendulum": _sb3_matched(action_dim=1, normalize_obs=False),
     # The same for InvertedDoublePendulum: seeds 0, 1, 2 ended at 6560, 1156, 4968 with it, 8467, 2957, 9358
-    # without (docs/BENCHMARKS.md).
+    # without (docs/results.md).
     "InvertedDoublePendulum": _sb3_matched(action_dim=1, normalize_obs=False),
     "Reacher": _sb3_matched(action_dim=2),
     # Every MinAtar game (10 x 10 images, the paper's CNN): 4 envs x 256 steps per batch, the trust region as

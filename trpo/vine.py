@@ -239,7 +239,7 @@ _START = np.ones(1, bool)  # branches take feed-forward policies only (config.va
 def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access: list[StateAccess],
                  start_obs: np.ndarray, plan: VinePlan, encoder: ObsEncoder, dist: ActionDistribution,
                  acting: Acting, first_index: int) -> Branches:
-    """Every branch of `plan` from the saved trunk states (saved[i][m] of env i, observation start_obs[i, m]),
+    """Every branch of `plan` from the saved trunk states (`saved[i][m]` of env i, observation `start_obs[i, m]`),
     then each env restored to where its trunk stopped. Errors from the user's env are raised as EnvError."""
 
     n_envs, n_states = plan.times.shape
