@@ -377,7 +377,7 @@ RUN_RECORD_KEYS = ("env", "seed", "total_steps", "preset", "run_id", "versions")
 
 
 def field_docs() -> dict[str, str]:
-    """Field name -> its docstring (the string literal under the field), for --help and the README."""
+    """Field name -> its docstring (the string literal under the field), for --help and the config reference (docs)."""
     import ast
     import inspect
 
@@ -584,7 +584,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # rl-zoo's TRPO settings (rl-baselines3-zoo, hyperparams/trpo.yml); max_kl bounds the joint KL over action
     # dimensions here.
     # CartPole departs from rl-zoo in gae_lambda (0.98 -> 0.95) and cg_damping (1e-3 -> 0.1): with rl-zoo's
-    # values 2 of 6 seeds ended below 475 at 100k steps, with these 11 of 12 reach 500 (README, Learning).
+    # values 2 of 6 seeds ended below 475 at 100k steps, with these 11 of 12 reach 500 (docs/results.md).
     # For speed: both envs step in one worker process, collecting the next batch while this process fits the
     # critic (one job per core; the same run as stepping them here), and Fisher-vector products use every 2nd
     # sample (12 of 12 seeds still reach 500; halving the critic epochs instead left 3 of 12 below 475).
@@ -594,7 +594,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Pendulum with gSDE (rl-zoo's TRPO uses it here), a new exploration matrix every 8 steps, sigma starting at
     # e^-1: final returns at 100k better than the plain Gaussian's on all of seeds 0-9 (mean -167.4 against -183.1;
-    # benchmarks/sde.py, README's Learning results); rl-zoo's own frequency 4 with sigma e^0 did worse than either.
+    # benchmarks/sde.py, docs/results.md); rl-zoo's own frequency 4 with sigma e^0 did worse than either.
     "Pendulum": dict(num_envs=2, steps_per_env=1024, gamma=0.9, value_epochs=15, use_sde=True, sde_sample_freq=8,
                      init_log_std=-1.0),
     "Acrobot": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024),
@@ -633,7 +633,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "InvertedDoublePendulum": _sb3_matched(action_dim=1, normalize_obs=False),
     "Reacher": _sb3_matched(action_dim=2),
     # Every MinAtar game (10 x 10 images, the paper's CNN): 4 envs x 256 steps per batch, the trust region as
-    # defaults (max KL 0.01). Measured on Breakout at 1M steps (README, Image observations); not tuned.
+    # defaults (max KL 0.01). Measured on Breakout at 1M steps (docs/images.md); not tuned.
     "MinAtar": dict(num_envs=4, steps_per_env=256),
 }
 
