@@ -1,18 +1,18 @@
-"""Rollout backends side by side: env steps/s with sync, subprocess and Ray (1 and 2 workers), the payload sent
-each way per update, and the numbers of the scaling model in docs/ray.md.
+"""Rollout backends side by side: env steps/s with sync, subprocess, Ray and envpool (1 and 2 workers or threads;
+`--modes` picks some), the payload sent each way per update, and the numbers of the scaling model in docs/ray.md.
 
     pip install -e ".[ray,mujoco]"
     .venv/bin/python benchmarks/rollout_modes.py                   # Hopper-v5 and CartPole-v1 presets
     .venv/bin/python benchmarks/rollout_modes.py --env CartPole-v1 --updates 40 --json runs/modes.json
 
-Each run trains the env's preset (only the rollout backend changed: every mode gives the same run) in a fresh
-subprocess for `--updates` policy updates. Steps/s counts updates 2.. only, so that process, worker and Ray
-start-up are left out; the phase times are the means of the same updates (with workers, `rollout` is the time
-the learner waited for the batch, which was collected during the value fit). The payload is what is pickled:
-to each worker the numpy policy, the frozen observation statistics and its share of the batch's noise; back,
-its segment of the batch. The scaling model takes the sync run's phase times: collection c (all envs stepped
-by one process), policy step p, value fit v; with N workers and the next batch collected during the value fit,
-an update takes about p + max(v, c / N + transfer), so steps/s stops growing at N* = c / v workers.
+Each run trains the env's preset (only the rollout backend changed) in a fresh subprocess for `--updates` policy
+updates (every mode but envpool, whose envs are its own, gives the same run). Steps/s counts updates 2.. only, so
+that process, worker and Ray start-up are left out; the phase times are the means of the same updates (with workers,
+`rollout` is the time the learner waited for the batch, which was collected during the value fit). The payload is
+what is pickled: to each worker the numpy policy, the frozen observation statistics and its share of the batch's
+noise; back, its segment of the batch. The scaling model takes the sync run's phase times: collection c (all envs
+stepped by one process), policy step p, value fit v; with N workers and the next batch collected during the value
+fit, an update takes about p + max(v, c / N + transfer), so steps/s stops growing at N* = c / v workers.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-MODES = [("sync", 0), ("subprocess", 1), ("subprocess", 2), ("ray", 1), ("ray", 2)]
+MODES = [("sync", 0), ("subprocess", 1), ("subprocess", 2), ("ray", 1), ("ray", 2), ("envpool", 1), ("envpool", 2)]
 
 
 def run_mode(env_id: str, mode: str, workers: int, updates: int, seed: int) -> dict[str, Any]:
@@ -80,16 +80,19 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--modes", nargs="+", default=[f"{m}:{w}" for m, w in MODES],
+                        help="MODE:WORKERS (envpool: its threads), default all; the first is the baseline")
     args = parser.parse_args()
+    modes = [(m, int(w)) for m, w in (item.split(":") for item in args.modes)]
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}, "
           f"{args.updates} updates per run (steps/s over updates 2..)")
     results: dict[str, Any] = {}
     for env_id in args.env:
-        runs = {f"{m}:{w}": in_subprocess(run_mode, env_id, m, w, args.updates, args.seed) for m, w in MODES}
+        runs = {f"{m}:{w}": in_subprocess(run_mode, env_id, m, w, args.updates, args.seed) for m, w in modes}
         sizes = {w: in_subprocess(payload, env_id, w, args.seed) for w in (1, 2)}
-        base = runs["sync:0"]
+        base = runs[args.modes[0]]
         print(f"\n## {env_id} (batch {base['batch']})")
-        print(f"{'mode':<14}{'steps/s':>9}{'x sync':>8}{'rollout s':>11}{'policy s':>10}{'value s':>9}")
+        print(f"{'mode':<14}{'steps/s':>9}{'x base':>8}{'rollout s':>11}{'policy s':>10}{'value s':>9}")
         for name, r in runs.items():
             print(f"{name:<14}{r['steps_per_s']:>9.0f}{r['steps_per_s'] / base['steps_per_s']:>8.2f}"
                   f"{r['rollout']:>11.4f}{r['policy']:>10.4f}{r['value']:>9.4f}")

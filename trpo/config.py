@@ -28,7 +28,7 @@ UpdateRule = Literal["trpo", "npg", "penalty", "pg", "ppo"]
 KLConstraint = Literal["mean", "max"]
 KLPenalty = Literal["fixed", "adaptive", "theory"]
 FisherProduct = Literal["gauss_newton", "hessian"]
-VectorMode = Literal["sync", "subprocess", "ray"]
+VectorMode = Literal["sync", "subprocess", "ray", "envpool"]
 Activation = Literal["tanh", "relu"]
 ImageEncoder = Literal["paper", "nature"]
 ObsEncoding = Literal["auto", "mlp", "cnn"]
@@ -66,10 +66,12 @@ class TRPOConfig:
     """'sync' steps all envs in this process; 'subprocess' splits them over worker processes (num_workers), 'ray'
     over Ray actors (num_workers, on this machine or a cluster: ray_address), each collecting its share of the
     batch with a copy of the frozen policy while this process fits the critic on the previous batch. Bit-identical
-    runs in every mode (until a Ray actor is restarted)."""
+    runs in these modes (until a Ray actor is restarted). 'envpool' (pip install 'trpo[envpool]'): envpool's own
+    implementation of the env id, all envs stepped with one call on num_workers C++ threads: deterministic, but
+    its envs are not Gymnasium's (trpo/rollout/envpool_backend.py says how they differ)."""
     num_workers: int = 0
-    """Worker processes or Ray actors (0: one per env, at most one per core of this machine). Fewer leave a core
-    to this process's value fit, which overlaps the collection."""
+    """Worker processes, Ray actors or envpool threads (0: one per env, at most one per core of this machine).
+    Fewer leave a core to this process's value fit, which overlaps the collection."""
     ray_address: str | None = None
     """vector_mode 'ray': the cluster to join ('auto', 'ray://host:10001', 'host:6379'); empty: a Ray runtime on
     this machine, started for the run and stopped after it."""

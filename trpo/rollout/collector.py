@@ -15,6 +15,7 @@ from trpo.envs import EnvSpec
 from trpo.networks import Actor
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
 from trpo.policy import Acting, PeriodicNoise, batch_noise, snapshot
+from trpo.rollout.envpool_backend import envpool_backend
 from trpo.rollout.ray_actors import ray_backend
 from trpo.rollout.runner import Backend, BackendFactory, Segment, sync_backend
 from trpo.rollout.workers import subprocess_backend
@@ -64,7 +65,8 @@ def _flat_params(actor: Actor) -> Tensor:
 
 
 # vector_mode -> the backend's factory; a new backend is a module with a factory and a line here.
-BACKENDS: dict[str, BackendFactory] = {"sync": sync_backend, "subprocess": subprocess_backend, "ray": ray_backend}
+BACKENDS: dict[str, BackendFactory] = {"sync": sync_backend, "subprocess": subprocess_backend, "ray": ray_backend,
+                                       "envpool": envpool_backend}
 
 
 class RolloutCollector:
