@@ -30,6 +30,7 @@ from torch.func import functional_call
 
 from trpo import objectives as obj
 from trpo.config import TRPOConfig
+from trpo.conv_jacobian import conv_linearization
 from trpo.networks import Actor
 from trpo.optim import Adam
 from trpo.sequences import Inputs, Sequences, unit_steps, units
@@ -173,17 +174,22 @@ class TrustRegionRule:
             params = params_of(theta, batch.inputs)  # one forward pass for both
             return float(reduce_kl(dist.kl(batch.old_params, params))), float(surrogate(theta, params))
 
-        theta = theta_old.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(surrogate(theta), theta)
-
         # The Fisher metric of every k-th sample (a recurrent actor: of every k-th sequence).
         k = cfg.fisher_subsample
         part = batch if k == 1 else batch.subset(slice(None, None, k))
         sub_obs, sub_old = part.inputs, part.old_params
+        # A CNN's Jacobian is built once (conv_jacobian.py); any other actor's products go through autograd.
+        conv = conv_linearization(actor, sub_obs, theta_old) if cfg.fisher_product == "gauss_newton" else None
+        if conv is not None and k == 1:  # g = J^T dL/dparams: the chain rule, without another pass through the CNN
+            params = tuple(p.detach().requires_grad_(True) for p in conv.params)
+            grad = conv.vjp(torch.autograd.grad(surrogate(theta_old, params), params))
+        else:
+            theta = theta_old.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(surrogate(theta), theta)
         if cfg.fisher_product == "hessian":
             fvp = hessian_fvp(lambda th: dist.kl(sub_old, params_of(th, sub_obs)).mean(), theta_old, cfg.cg_damping)
         else:
-            lin = autograd_linearization(lambda th: params_of(th, sub_obs), theta_old)
+            lin = conv or autograd_linearization(lambda th: params_of(th, sub_obs), theta_old)
             fvp = gauss_newton_fvp(lin, dist.fisher_metric_product, cfg.cg_damping)
 
         step = trpo_step(
