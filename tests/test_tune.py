@@ -197,3 +197,20 @@ def test_any_space_is_either_usable_or_one_config_error(space: dict) -> None:
     for _ in range(3):
         trial = study.ask()
         coerce_fields({d.name: d.suggest(trial) for d in dims})
+
+
+def test_failed_trials_are_replaced_and_say_why(tmp_path: Path) -> None:
+    # Half the batch shapes overrun the budget: those trials fail with their reason, and others replace them until
+    # the study holds the trials asked for.
+    space = tmp_path / "batch.yaml"
+    space.write_text("num_envs: [1, 8]\n")  # 8 x 256 steps: over the 1,024 of a trial
+    cmd = tune_cmd(tmp_path, "--trials", "3", "--sampler", "random", "--pruner", "none")
+    cmd[cmd.index("--space") + 1] = str(space)
+    cmd.remove("num_envs=1")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    trials = study(tmp_path).trials
+    assert len(finished(trials)) == 3
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and all(t.params["num_envs"] == 8 for t in failed)
+    assert "exceeds the trial's 1024 steps" in res.stdout

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -248,16 +249,20 @@ def objective(s: TuneSettings, trial: Any, worker: int = 0) -> float:
     optuna = _optuna()
     from trpo.agent import TRPO
 
+    trial.set_user_attr("worker", worker)
+    trial.set_user_attr("process", os.getpid())
     params = {d.name: d.suggest(trial) for d in s.space}
     run_fields = {"vector_mode": "sync", "eval_every": max(1, s.total_steps // s.evaluations)}
     try:
         config, _ = resolve_config(s.env, "auto", overrides={**run_fields, **s.fixed, **params})
+        if config.num_envs * config.steps_per_env > s.total_steps:  # one batch would overrun the trial's budget
+            raise ConfigError(f"a batch of {config.num_envs} x {config.steps_per_env} steps exceeds the trial's "
+                              f"{s.total_steps} steps")
     except ConfigError as exc:  # a combination the config refuses: this trial fails, the search goes on
         trial.set_user_attr("error", f"ConfigError: {exc}")
         raise
     run_dir = s.study_dir / f"trial_{trial.number}"
     trial.set_user_attr("run_dir", str(run_dir))
-    trial.set_user_attr("worker", worker)
     agent = TRPO(s.env, config=config, seed=s.seed, run_dir=run_dir, overwrite=True)
     reported = 0
 
@@ -283,18 +288,24 @@ def objective(s: TuneSettings, trial: Any, worker: int = 0) -> float:
 
 
 def work(s: TuneSettings, worker: int = 0, workers: int = 1) -> None:
-    """This process's share of the trials the study still lacks."""
+    """This process's share of the trials the study still lacks, and again as many for those of its trials that
+    failed (a combination the config refuses, a batch over the budget), up to three tries per trial asked for."""
     optuna = _optuna()
     study = open_study(s, worker)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    missing = s.trials - len(study.get_trials(deepcopy=False, states=done))
-    share = max(0, missing) // workers + (worker < max(0, missing) % workers)
-    if share:
-        # ConfigError: a sampled combination the config refuses (the trial fails, the search goes on). The callback
-        # stops this process once the study has its trials, where other processes share it too.
-        enough = optuna.study.MaxTrialsCallback(s.trials, states=done)
+    missing = max(0, s.trials - len(study.get_trials(deepcopy=False, states=done)))
+    share = missing // workers + (worker < missing % workers)
+    # The callback stops this process once the study has its trials, where other processes share it too.
+    enough = optuna.study.MaxTrialsCallback(s.trials, states=done)
+    tries = 3 * share
+    while share and tries > 0:
+        before = len(study.trials)
+        # ConfigError: the trial fails, the search goes on.
         study.optimize(lambda trial: objective(s, trial, worker), n_trials=share, catch=(ConfigError,),
                        callbacks=[enough])
+        tries -= share
+        mine = [t for t in study.get_trials(deepcopy=False)[before:] if t.user_attrs.get("process") == os.getpid()]
+        share = sum(t.state == optuna.trial.TrialState.FAIL for t in mine)
 
 
 def tune(s: TuneSettings, jobs: int = 1, say: Callable[[str], None] = print) -> str:
