@@ -87,3 +87,19 @@ def test_summary_trains_nothing_and_the_budget_is_the_presets(tmp_path: Path) ->
     # Without --steps each env gets its preset's budget, as `trpo train` gives it (1M without a preset).
     assert budget("CartPole-v1", None) == PRESET_STEPS["CartPole"] and budget("Foo-v0", None) == 1_000_000
     assert "| CartPole-v1 |" not in suite(tmp_path, "--summary")  # 256-step runs are not at the preset's budget
+
+
+def test_bench_runs_rl_zoos_own_script_as_the_peer(tmp_path: Path) -> None:
+    # rl_zoo3's train script with its own trpo.yml (CartPole: 2 envs x 512 steps), recorded as a run directory
+    # (its config, one metrics row per batch from its Monitor files) and evaluated as trpo's runs are.
+    out = suite(tmp_path, "--seeds", "0", "--steps", "2048", "--peer", "rl-zoo")
+    run = tmp_path / "CartPole-v1" / "rl-zoo-s0"
+    assert "| CartPole-v1 | rl-zoo | 2,048 | 0 |" in out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["step"] >= 2048 and result["episodes"] == 10 and len(result["returns"]) == 10
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == list(range(1, len(rows) + 1)) and rows and rows[0]["step"] >= 1024
+    assert "python -m rl_zoo3.train --algo trpo --env CartPole-v1 -n 2048 --seed 0" in (run / "config.yaml").read_text()
+    assert "done already" in suite(tmp_path, "--seeds", "0", "--steps", "2048", "--peer", "rl-zoo")
+    bad = bench(tmp_path, "--peer", "rl-zoo", "--env", "Hopper-v5", code=2)
+    assert "rl_zoo3's trpo.yml has no entry for Hopper-v5" in bad.stderr

@@ -134,7 +134,8 @@ def build_parser() -> _Parser:
     be.add_argument("--steps", default=None, help="env steps per run (default: each env's preset budget, else 1M)")
     be.add_argument("--label", default=None, help="names this configuration's runs (default trpo, or the peer)")
     be.add_argument("--peer", default="", metavar="NAME",
-                    help="run a peer library instead of trpo: sb3-contrib (its TRPO with rl-zoo's settings)")
+                    help="run a peer instead of trpo: sb3-contrib (its TRPO with rl-zoo's settings) or rl-zoo "
+                    "(rl_zoo3's own train script and hyperparameter file)")
     be.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config fields, as for trpo train")
     be.add_argument("--jobs", default="2", help="runs at a time (default 2)")
     be.add_argument("--shard", default="1/1", metavar="I/K", help="run only every K-th run, from the I-th")

@@ -4,6 +4,7 @@
     python -m trpo.peers sb3-contrib --env Swimmer-v5 --seed 0 --steps 1000000 --run-dir runs/x/sb3-contrib-s0
 
 sb3-contrib: its TRPO with rl-baselines3-zoo's settings (pip install 'trpo[bench]').
+rl-zoo: rl-baselines3-zoo's own training script with its own hyperparameter file, as its users run it.
 
 The run directory gets config.yaml (the settings), metrics.jsonl (one row per update: env steps, episodes that
 ended in its batch, their mean return and length), checkpoints every `--checkpoint-every` env steps (model and
@@ -98,7 +99,6 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
     import torch
     from sb3_contrib import TRPO
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
 
     torch.set_num_threads(1)  # one core per run, as trpo bench's own runs
@@ -133,7 +133,14 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
     if normalize:
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
         eval_env.obs_rms = env.obs_rms
-    returns, lengths = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True,
+    return _evaluate(model, eval_env, eval_episodes, run_dir)
+
+
+def _evaluate(model: Any, eval_env: Any, episodes: int, run_dir: Path) -> dict[str, Any]:
+    """eval.json: `episodes` deterministic episodes, with trpo's keys."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    returns, lengths = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True,
                                        return_episode_rewards=True)
     result = {"mean_return": float(sum(returns) / len(returns)),
               "std_return": float(np.std(returns)),
@@ -144,9 +151,82 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
     return result
 
 
+def zoo_script_settings(env_id: str) -> dict[str, Any]:
+    """rl_zoo3's own hyperparams/trpo.yml entry for `env_id` (its exact id: the script looks it up so)."""
+    try:
+        import rl_zoo3
+    except ImportError:
+        raise ValueError("the rl-zoo peer needs rl_zoo3: pip install 'trpo[bench]'") from None
+    table = yaml.safe_load((Path(rl_zoo3.__file__).parent / "hyperparams" / "trpo.yml").read_text())
+    if env_id not in table:
+        known = ", ".join(k for k in table if k != "default" and "Bullet" not in k)
+        raise ValueError(f"rl_zoo3's trpo.yml has no entry for {env_id}: it has {known}")
+    return dict(table[env_id])
+
+
+def run_zoo(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int = 0,
+            eval_episodes: int = 10) -> dict[str, Any]:
+    """rl_zoo3's own training script (`python -m rl_zoo3.train --algo trpo`, its hyperparameter file, `steps`
+    env steps), as users run it, then the same final evaluation as trpo's. A killed run starts again: the script
+    keeps no resumable state; a trained one only gets its evaluation."""
+    import subprocess
+    import sys
+
+    from rl_zoo3.utils import create_test_env, get_saved_hyperparams
+    from sb3_contrib import TRPO
+
+    zoo_dir = run_dir / "rl_zoo3"
+    model_file = zoo_dir / "trpo" / f"{env_id}_1" / f"{env_id}.zip"
+    if not model_file.is_file():
+        if zoo_dir.exists():
+            import shutil
+
+            shutil.rmtree(zoo_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "rl_zoo3.train", "--algo", "trpo", "--env", env_id, "-n", str(steps), "--seed",
+               str(seed), "-f", str(zoo_dir), "--eval-freq", "-1", "--save-freq", "-1", "--device", "cpu",
+               "--verbose", "0"]
+        with open(run_dir / "rl_zoo3.log", "w") as log:
+            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+    stats = model_file.parent / env_id
+    config = {"env": env_id, "seed": seed, "total_steps": steps, "library": "rl_zoo3", "algo": "TRPO",
+              "command": " ".join(["python -m rl_zoo3.train --algo trpo --env", env_id, "-n", str(steps), "--seed",
+                                   str(seed)]), **zoo_script_settings(env_id)}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _metrics_from_monitors(model_file.parent, int(config.get("n_envs", 1)) * int(config.get("n_steps", 2048)),
+                           run_dir / "metrics.jsonl")
+    hyperparams, stats_path = get_saved_hyperparams(str(stats), norm_reward=False, test_mode=True)
+    eval_env = create_test_env(env_id, n_envs=1, stats_path=stats_path, seed=seed + 1_000_003,
+                               should_render=False, hyperparams=hyperparams)
+    model = TRPO.load(str(model_file), device="cpu")
+    return _evaluate(model, eval_env, eval_episodes, run_dir)
+
+
+def _metrics_from_monitors(folder: Path, batch: int, out: Path) -> None:
+    """metrics.jsonl from the script's Monitor files: episodes in the order they ended, one row per `batch` env
+    steps (the episodes that ended in it)."""
+    episodes = []
+    for monitor in sorted(folder.glob("*.monitor.csv")):
+        for line in monitor.read_text().splitlines()[2:]:
+            r, length, t = line.split(",")[:3]
+            episodes.append((float(t), float(r), int(length)))
+    episodes.sort()
+    rows, steps, pending = [], 0, []
+    for _, r, length in episodes:
+        pending.append((r, length))
+        steps += length
+        if steps >= batch * (len(rows) + 1):
+            rows.append({"update": len(rows) + 1, "step": steps, "episodes": len(pending),
+                         "episode_return_mean": sum(x for x, _ in pending) / len(pending),
+                         "episode_length_mean": sum(n for _, n in pending) / len(pending)})
+            pending = []
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 # name -> (its settings for an env id, raising ValueError where it has none; the runner)
 PEERS: dict[str, tuple[Callable[[str], dict[str, Any]], Callable[..., dict[str, Any]]]] = {
     "sb3-contrib": (zoo_settings, run),
+    "rl-zoo": (zoo_script_settings, run_zoo),
 }
 
 
