@@ -23,7 +23,7 @@ import numpy as np
 from trpo.config import TRPOConfig
 from trpo.envs import EnvError, EnvMaker, EnvSpec, check_masks
 from trpo.policy import Acting
-from trpo.rollout.runner import Segment
+from trpo.rollout.runner import InProcess, Segment
 from trpo.spaces import MAX_REWARD, ActionDistribution, ObsEncoder
 from trpo.vine import VinePlan
 
@@ -66,7 +66,7 @@ def _task(spec: EnvSpec) -> tuple[str, int | None]:
                    "are Gymnasium's); use another vector_mode")
 
 
-class EnvpoolRunner:
+class EnvpoolRunner(InProcess):
     """k envs in one envpool pool, stepped a whole segment at a time (a `Backend`, like `EnvRunner`)."""
 
     restarts = 0
@@ -84,7 +84,6 @@ class EnvpoolRunner:
         self.ep_length = np.zeros(num_envs, dtype=np.int64)
         self.starts = np.ones(num_envs, bool)
         self.state: Any = None
-        self.pending: tuple[Any, ...] | None = None
 
     def _encode(self, raw: Any, what: str) -> np.ndarray:
         try:
@@ -103,29 +102,17 @@ class EnvpoolRunner:
         raw, info = self.pool.reset()
         self.obs[info["env_id"]] = self._encode(raw, "observation")
         check_masks(self.encoder, self.obs, 0)
-        self.ep_return[:] = 0.0
-        self.ep_length[:] = 0
-        self.starts[:] = True
-        self.state = None
-        return self.obs.copy()
+        return self._all_restarted()
 
-    def run(self, acting: Acting, noise: np.ndarray) -> Segment:
-        steps, k, d = noise.shape[0], self.k, self.encoder.dim
+    def run(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> Segment:
+        assert plan is None, "vine sampling is refused when the backend is made"
+        steps, k = noise.shape[0], self.k
         if self.state is None:
             self.state = acting.initial_state(k)
-        seg = Segment(
-            obs=np.zeros((steps, k, d), self.encoder.dtype), next_obs=np.zeros((steps, k, d), self.encoder.dtype),
-            actions=np.empty(0), rewards=np.zeros((steps, k)), terminated=np.zeros((steps, k), bool),
-            truncated=np.zeros((steps, k), bool), starts=np.zeros((steps, k), bool),
-            states=None if self.state is None else np.zeros((steps, *self.state.shape), self.state.dtype),
-            episode_returns=[], episode_lengths=[],
-        )
+        seg = Segment.empty(steps, k, self.encoder, self.state)
         actions = []
         for t in range(steps):
-            seg.obs[t] = self.obs
-            seg.starts[t] = self.starts
-            if seg.states is not None:
-                seg.states[t] = self.state
+            seg.record(t, self.obs, self.starts, self.state)
             action, self.state = acting.act(self.obs, self.state, self.starts, noise[t])
             actions.append(action)
             raw, reward, terminated, truncated, info = self.pool.step(np.asarray(self.dist.to_env(action)))
@@ -152,18 +139,6 @@ class EnvpoolRunner:
             check_masks(self.encoder, self.obs, 0)
         seg.actions = np.stack(actions)
         return seg
-
-    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None:
-        assert plan is None, "vine sampling is refused when the backend is made"
-        self.pending = (acting, noise)
-
-    def finish(self) -> list[Segment]:
-        assert self.pending is not None, "finish() before start()"
-        args, self.pending = self.pending, None
-        return [self.run(*args)]
-
-    def drop(self) -> None:
-        self.pending = None
 
     def close(self) -> None:
         if self.pool is not None:

@@ -39,6 +39,23 @@ class Segment:
     episode_lengths: list[int]
     branches: Branches | None = None  # vine sampling's branches off this segment
 
+    @classmethod
+    def empty(cls, steps: int, k: int, encoder: ObsEncoder, state: np.ndarray | None) -> Segment:
+        """A segment of `steps` x `k` envs to fill in (with the states' rows where the policy has a state)."""
+        d, dtype = encoder.dim, encoder.dtype
+        return cls(obs=np.zeros((steps, k, d), dtype), next_obs=np.zeros((steps, k, d), dtype), actions=np.empty(0),
+                   rewards=np.zeros((steps, k)), terminated=np.zeros((steps, k), bool),
+                   truncated=np.zeros((steps, k), bool), starts=np.zeros((steps, k), bool),
+                   states=None if state is None else np.zeros((steps, *state.shape), state.dtype),
+                   episode_returns=[], episode_lengths=[])
+
+    def record(self, t: int, obs: np.ndarray, starts: np.ndarray, state: np.ndarray | None) -> None:
+        """Step t's inputs: the observations, which envs start an episode there, the state before the step."""
+        self.obs[t] = obs
+        self.starts[t] = starts
+        if self.states is not None:
+            self.states[t] = state
+
 
 class Backend(Protocol):
     """The rollout seam: how a batch's envs are stepped. `EnvRunner` (vector_mode 'sync', in this process),
@@ -69,7 +86,42 @@ def sync_backend(spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: Acti
     return EnvRunner([make_env(spec) for _ in range(cfg.num_envs)], encoder, dist, 0)
 
 
-class EnvRunner:
+class InProcess:
+    """The `Backend` calls of a runner in this process: `start` keeps the batch's arguments, `finish` runs them
+    (`run(acting, noise, plan)`), so the batch is collected when the learner asks for it."""
+
+    pending: tuple[Any, ...] | None = None
+    obs: np.ndarray  # [k, D]: each env's current observation, encoded
+    ep_return: np.ndarray  # [k]: the running episodes' returns and lengths so far
+    ep_length: np.ndarray
+    starts: np.ndarray  # [k] bool: which env's next step starts an episode
+    state: Any  # the acting policy's recurrent state, carried from batch to batch
+
+    def run(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> Segment:
+        raise NotImplementedError
+
+    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None:
+        self.pending = (acting, noise, plan)
+
+    def finish(self) -> list[Segment]:
+        assert self.pending is not None, "finish() before start()"
+        args, self.pending = self.pending, None
+        return [self.run(*args)]
+
+    def drop(self) -> None:
+        self.pending = None
+
+    def _all_restarted(self) -> np.ndarray:
+        """After every env was reset: no return or length counted, each env starting an episode, no state yet; the
+        first observations."""
+        self.ep_return[:] = 0.0
+        self.ep_length[:] = 0
+        self.starts[:] = True
+        self.state = None
+        return self.obs.copy()
+
+
+class EnvRunner(InProcess):
     """Steps k envs for a whole segment with a frozen policy, autoresetting ended episodes. Lives in this
     process (vector_mode 'sync': a `Backend` that collects the batch when `finish` asks for it) or in a worker
     process ('subprocess'); both give the same results."""
@@ -107,17 +159,13 @@ class EnvRunner:
                 raise env_failure(exc, "reset()", self.first_index + i, env) from exc
         self._check_finite(self.obs, "observation")
         self._check_masks()
-        self.ep_return[:] = 0.0
-        self.ep_length[:] = 0
-        self.starts[:] = True
-        self.state = None
-        return self.obs.copy()
+        return self._all_restarted()
 
     def run(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> Segment:
         """Step every env noise.shape[0] times, the actions at step t from `acting` with noise[t] (policy.py); a
         recurrent policy's state goes on from where the last segment left it. With a vine plan, the env states at
         the plan's steps are saved on the way, and the branches run after."""
-        steps, k, d = noise.shape[0], len(self.envs), self.encoder.dim
+        steps, k = noise.shape[0], len(self.envs)
         if self.state is None:
             self.state = acting.initial_state(k)
         save_at = np.zeros((steps, k), bool)
@@ -127,19 +175,10 @@ class EnvRunner:
                 self.access = [StateAccess(env) for env in self.envs]
             for i in range(k):
                 save_at[plan.times[i], i] = True
-        seg = Segment(
-            obs=np.zeros((steps, k, d), self.encoder.dtype), next_obs=np.zeros((steps, k, d), self.encoder.dtype),
-            actions=np.empty(0), rewards=np.zeros((steps, k)), terminated=np.zeros((steps, k), bool),
-            truncated=np.zeros((steps, k), bool), starts=np.zeros((steps, k), bool),
-            states=None if self.state is None else np.zeros((steps, *self.state.shape), self.state.dtype),
-            episode_returns=[], episode_lengths=[],
-        )
+        seg = Segment.empty(steps, k, self.encoder, self.state)
         actions = []
         for t in range(steps):
-            seg.obs[t] = self.obs
-            seg.starts[t] = self.starts
-            if seg.states is not None:
-                seg.states[t] = self.state
+            seg.record(t, self.obs, self.starts, self.state)
             for i in np.flatnonzero(save_at[t]):
                 saved[i].append(self.access[i].save())
             action, self.state = acting.act(self.obs, self.state, self.starts, noise[t])
@@ -181,17 +220,6 @@ class EnvRunner:
             seg.branches = run_branches(self.envs, saved, self.access, start_obs, plan, self.encoder, self.dist,
                                         acting, self.first_index)
         return seg
-
-    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None:
-        self.pending = (acting, noise, plan)
-
-    def finish(self) -> list[Segment]:
-        assert self.pending is not None, "finish() before start()"
-        args, self.pending = self.pending, None
-        return [self.run(*args)]
-
-    def drop(self) -> None:
-        self.pending = None
 
     def close(self) -> None:
         for i, env in enumerate(self.envs):
