@@ -85,6 +85,8 @@ def test_cli_trains_resumes_and_evaluates_on_envpool(tmp_path: Path) -> None:
     res = trpo_cli("train", "--env", "Hopper-v5", "--vector-mode", "envpool", "--total-steps", "512", "--run-dir",
                    str(run), *common)
     assert res.returncode == 0, res.stderr
+    switched = trpo_cli("train", "--resume", str(run), "--total-steps", "1024", "--vector-mode", "sync")
+    assert switched.returncode == 2 and "cannot switch to or from vector_mode 'envpool'" in switched.stderr
     res = trpo_cli("train", "--resume", str(run), "--total-steps", "1024", "--no-progress")
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -765,6 +765,10 @@ class TRPO:
         if env is None and not recorded_env:
             raise ConfigError(f"cannot resume {run_dir}: it was trained on an env without an id (a factory or an "
                               "instance); pass that env again (CLI: --env ID, API: TRPO.resume(run_dir, env=...))")
+        mode = overrides.get("vector_mode")
+        if mode is not None and (mode == "envpool") != (record.get("vector_mode") == "envpool"):
+            raise ConfigError(f"the run in {run_dir} cannot switch to or from vector_mode 'envpool' on resume: "
+                              "envpool's envs are its own implementations, not Gymnasium's")
         spec = env if env is not None else recorded_env
         total = record.get("total_steps")
         if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
