@@ -169,20 +169,23 @@ class TrustRegionRule:
             params = params_of(theta, batch.inputs) if params is None else params
             return batch.surrogate(dist.log_prob(params, batch.actions))
 
-        @torch.no_grad()
-        def evaluate(theta: Tensor) -> tuple[float, float]:
-            params = params_of(theta, batch.inputs)  # one forward pass for both
-            return float(reduce_kl(dist.kl(batch.old_params, params))), float(surrogate(theta, params))
-
         # The Fisher metric of every k-th sample (a recurrent actor: of every k-th sequence).
         k = cfg.fisher_subsample
         part = batch if k == 1 else batch.subset(slice(None, None, k))
         sub_obs, sub_old = part.inputs, part.old_params
         # A CNN's Jacobian is built once (conv_jacobian.py); any other actor's products go through autograd.
         conv = conv_linearization(actor, sub_obs, theta_old) if cfg.fisher_product == "gauss_newton" else None
-        if conv is not None and k == 1:  # g = J^T dL/dparams: the chain rule, without another pass through the CNN
-            params = tuple(p.detach().requires_grad_(True) for p in conv.params)
-            grad = conv.vjp(torch.autograd.grad(surrogate(theta_old, params), params))
+        whole = conv if conv is not None and k == 1 else None  # its params are pi_old's on the whole batch
+
+        @torch.no_grad()
+        def evaluate(theta: Tensor) -> tuple[float, float]:
+            # One forward pass for both (none for theta_old where the Jacobian's pass gave its params).
+            params = whole.params if whole is not None and theta is theta_old else params_of(theta, batch.inputs)
+            return float(reduce_kl(dist.kl(batch.old_params, params))), float(surrogate(theta, params))
+
+        if whole is not None:  # g = J^T dL/dparams: the chain rule, without another pass through the CNN
+            params = tuple(p.detach().requires_grad_(True) for p in whole.params)
+            grad = whole.vjp(torch.autograd.grad(surrogate(theta_old, params), params))
         else:
             theta = theta_old.clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(surrogate(theta), theta)
