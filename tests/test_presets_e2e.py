@@ -21,7 +21,7 @@ PRESET_ENVS = {
     "MountainCarContinuous": "MountainCarContinuous-v0", "Hopper": "Hopper-v5", "Walker2d": "Walker2d-v5",
     "Ant": "Ant-v5", "Humanoid": "Humanoid-v5", "HalfCheetah": "HalfCheetah-v5", "Swimmer": "Swimmer-v5",
     "InvertedPendulum": "InvertedPendulum-v5", "InvertedDoublePendulum": "InvertedDoublePendulum-v5",
-    "Reacher": "Reacher-v5", "MinAtar": "MinAtar/Breakout-v1",
+    "Reacher": "Reacher-v5", "MinAtar": "MinAtar/Breakout-v1", "LunarLanderContinuous": "LunarLanderContinuous-v3",
 }
 STEPS = 64  # per env and update
 
@@ -36,6 +36,8 @@ def _needs(env_id: str) -> None:
         pytest.importorskip("mujoco")
     if env_id.startswith("MinAtar/"):
         pytest.importorskip("minatar")
+    if env_id.startswith("LunarLander"):
+        pytest.importorskip("Box2D")
 
 
 @pytest.mark.parametrize("name", list(PRESET_ENVS))
