@@ -199,12 +199,17 @@ def open_study(s: TuneSettings, worker: int = 0, create: bool = True) -> Any:
     optuna = _optuna()
     storage = _storage(s.storage)
     startup = s.startup_trials
-    sampler = (optuna.samplers.RandomSampler(seed=s.seed * 7919 + worker) if s.sampler == "random" else
-               optuna.samplers.TPESampler(n_startup_trials=startup, seed=s.seed * 7919 + worker))
+    exists = s.study in optuna.get_all_study_names(storage)
+    if not create and not exists:
+        raise ConfigError(f"no study {s.study!r} in {s.storage}")
+    # Seeded per process and per how far the study got, so that a resumed search does not draw its first random
+    # trials again.
+    done = len(optuna.load_study(study_name=s.study, storage=storage).trials) if exists else 0
+    seed = s.seed * 7919 + worker + 104729 * done
+    sampler = (optuna.samplers.RandomSampler(seed=seed) if s.sampler == "random" else
+               optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed))
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=s.total_steps // 3)
               if s.pruner == "median" else optuna.pruners.NopPruner())
-    if not create and s.study not in optuna.get_all_study_names(storage):
-        raise ConfigError(f"no study {s.study!r} in {s.storage}")
     study = optuna.create_study(study_name=s.study, storage=storage, sampler=sampler, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
     identity = {"env": s.env, "total_steps": s.total_steps, "evaluations": s.evaluations,
