@@ -49,15 +49,21 @@ def finished(path: Path, steps: int) -> bool:
     return result.is_file() and json.loads(result.read_text()).get("step", 0) >= steps
 
 
-def train_flags(items: Sequence[str]) -> tuple[list[str], str]:
-    """FIELD=VALUE items as `trpo train` flags (booleans as --field / --no-field, checked against the config),
-    and the vector mode the runs use: 'sync' (one core per run) unless the items set one."""
+def field_values(items: Sequence[str]) -> dict[str, str]:
+    """FIELD=VALUE items (`--set`) as a mapping; ConfigError for an item without '='."""
     values = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"{item!r} is not FIELD=VALUE")
         values[name.strip()] = value
+    return values
+
+
+def train_flags(items: Sequence[str]) -> tuple[list[str], str]:
+    """FIELD=VALUE items as `trpo train` flags (booleans as --field / --no-field, checked against the config),
+    and the vector mode the runs use: 'sync' (one core per run) unless the items set one."""
+    values = field_values(items)
     mode = values.pop("vector_mode", "sync")
     flags = []
     for name, value in coerce_fields(values).items():

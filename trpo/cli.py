@@ -359,14 +359,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from trpo.bench import train_flags
+    from trpo.bench import field_values
     from trpo.config import check_seed
     from trpo.tune import open_study, report, settings_for, tune
 
-    sets = dict(item.partition("=")[::2] for item in args.set)
-    train_flags(args.set)  # each item is FIELD=VALUE
     settings = settings_for(
-        args.env, _positive_int("trials", args.trials), space_file=args.space, sets=sets, study=args.study,
+        args.env, _positive_int("trials", args.trials), space_file=args.space, sets=field_values(args.set),
+        study=args.study,
         storage=args.storage, out=Path(args.out), seed=check_seed(args.seed),
         total_steps=_positive_int("total-steps", args.total_steps) if args.total_steps else None,
         evaluations=_positive_int("evaluations", args.evaluations),

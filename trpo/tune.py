@@ -15,9 +15,10 @@ or pruned) trials. Each trial is a run directory OUT/STUDY/trial_N (metrics, eva
 
 from __future__ import annotations
 
-import json
+import base64
 import math
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -325,7 +326,8 @@ def tune(s: TuneSettings, jobs: int = 1, say: Callable[[str], None] = print) -> 
         procs = []
         for worker in range(jobs):
             log = open(s.study_dir / f"worker_{worker}.log", "a")  # noqa: SIM115 (closed below)
-            cmd = [sys.executable, "-m", "trpo.tune", json.dumps(_to_json(s)), str(worker), str(jobs)]
+            cmd = [sys.executable, "-m", "trpo.tune", base64.b64encode(pickle.dumps(s)).decode(), str(worker),
+                   str(jobs)]
             procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
         failed = []
         try:
@@ -383,24 +385,6 @@ def _show(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _to_json(s: TuneSettings) -> dict[str, Any]:
-    return {"env": s.env, "total_steps": s.total_steps, "trials": s.trials,
-            "space": {d.name: list(d.choices) if d.choices else {"low": d.low, "high": d.high, "log": d.log}
-                      for d in s.space},
-            "fixed": {k: v if not isinstance(v, tuple) else ",".join(map(str, v)) for k, v in s.fixed.items()},
-            "study": s.study, "storage": s.storage, "out": str(s.out), "seed": s.seed, "evaluations": s.evaluations,
-            "startup_trials": s.startup_trials, "pruner": s.pruner, "sampler": s.sampler}
-
-
-def _from_json(data: dict[str, Any]) -> TuneSettings:
-    integer = {k for k, v in data["space"].items() if isinstance(v, dict) and _number_kind(k) is int}
-    space = {k: {**v, "low": int(v["low"]), "high": int(v["high"])} if k in integer else v
-             for k, v in data["space"].items()}
-    return TuneSettings(data["env"], data["total_steps"], data["trials"], parse_space(space),
-                        coerce_fields(data["fixed"]), data["study"], data["storage"], Path(data["out"]), data["seed"],
-                        data["evaluations"], data["startup_trials"], data["pruner"], data["sampler"])
-
-
 def _number_kind(name: str) -> type | None:
     """int or float for a numeric field (optional ones too), None for the others."""
     hint = get_type_hints(TRPOConfig)[name]
@@ -411,4 +395,4 @@ def _number_kind(name: str) -> type | None:
 
 
 if __name__ == "__main__":  # one worker process of `tune(..., jobs > 1)`
-    work(_from_json(json.loads(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]))
+    work(pickle.loads(base64.b64decode(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]))
