@@ -41,16 +41,14 @@ def cli() -> str:
 
 
 def config() -> str:
-    from trpo.config import TRPOConfig, field_docs
+    from trpo.config import RULE_DEFAULTS, TRPOConfig, field_docs
 
     docs = field_docs()
+    per_rule = {name for values in RULE_DEFAULTS.values() for name in values}  # empty: each rule's own default
     rows = ["| field | flag | default | meaning |", "|---|---|---|---|"]
     for f in fields(TRPOConfig):
         default = None if f.default is MISSING else f.default
-        if f.name in ("policy_lr", "policy_epochs", "policy_minibatch", "max_grad_norm") and default is None:
-            shown = "none: the rule's"
-        else:
-            shown = _default(default)
+        shown = "none: the rule's" if f.name in per_rule and default is None else _default(default)
         rows.append(f"| `{f.name}` | `--{f.name.replace('_', '-')}` | {shown} | {_cell(docs[f.name])} |")
     return "\n".join(rows)
 
