@@ -14,6 +14,9 @@ import pytest
 import torch
 import yaml
 
+from trpo.config import TRPOConfig, available_cores
+from trpo.rollout.collector import layout
+
 TESTS = Path(__file__).parent
 FAST = ["--num-envs", "2", "--steps-per-env", "128", "--value-epochs", "2", "--no-progress", "--eval-episodes", "2"]
 
@@ -394,3 +397,16 @@ def test_evaluation_in_an_env_without_a_time_limit_ends(tmp_path: Path) -> None:
     res = trpo("eval", str(run), "--episodes", "2", "--json", timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["capped"] == 2
+
+
+@pytest.mark.parametrize(("fields", "said"), [
+    ({"num_envs": 1}, "1 env stepped in this process"),
+    ({"num_envs": 4, "vector_mode": "subprocess", "num_workers": 1}, "4 envs on 1 worker process (subprocess)"),
+    ({"num_envs": 4, "vector_mode": "subprocess", "num_workers": 2}, "4 envs on 2 worker processes (subprocess)"),
+    ({"num_envs": 3, "vector_mode": "ray", "num_workers": 3}, "3 envs on 3 Ray actors (ray)"),
+    ({"num_envs": 8, "vector_mode": "envpool", "num_workers": 1}, "8 envs on 1 envpool thread (envpool)"),
+])
+def test_the_layout_a_run_starts_with_is_said_in_words(fields: dict, said: str) -> None:
+    text = layout(TRPOConfig(**fields))
+    assert text.startswith(said + "; the learner in this process on cpu, 1 torch thread; ")
+    assert text.endswith(f"{available_cores()} cores available")

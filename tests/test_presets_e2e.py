@@ -15,6 +15,7 @@ from test_cli import metrics, trpo
 
 from trpo import TRPO
 from trpo.config import PRESETS, preset_name_for, resolve_config
+from trpo.rollout.collector import layout
 
 PRESET_ENVS = {
     "CartPole": "CartPole-v1", "Pendulum": "Pendulum-v1", "Acrobot": "Acrobot-v1", "MountainCar": "MountainCar-v0",
@@ -50,6 +51,8 @@ def test_preset_trains_checkpoints_evaluates_and_resumes_through_the_cli(tmp_pat
                  "--checkpoint-every", "1", "--eval-episodes", "1", "--no-progress", "--run-dir", str(run))
     assert first.returncode == 0, first.stderr
     assert "Traceback" not in first.stderr
+    # the worker layout the preset chose, said at start-up
+    assert f"trpo: {layout(resolve_config(env_id)[0])}\n" in first.stderr
     for file in ("config.yaml", "metrics.jsonl", "checkpoints/latest.pt", "final.pt", "eval.json"):
         assert (run / file).is_file(), file
     assert [r["update"] for r in metrics(run)] == [1, 2]

@@ -221,6 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         load_yaml,
         resolve_config,
     )
+    from trpo.rollout.collector import layout
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TRPOConfig) if getattr(args, f.name) is not None}
     if args.resume:
@@ -267,6 +268,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _RUN["dir"] = agent.run_dir
     print(f"trpo: training {env_id} (preset {preset or 'none'}) for {total_steps} steps, seed {seed} -> "
           f"{agent.run_dir}", file=sys.stderr)
+    print(f"trpo: {layout(config)}", file=sys.stderr)
     return _train_and_report(agent, total_steps)
 
 

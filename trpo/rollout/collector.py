@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trpo.config import TRPOConfig
+from trpo.config import TRPOConfig, available_cores
 from trpo.envs import EnvSpec
 from trpo.networks import Actor
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
@@ -18,7 +18,7 @@ from trpo.policy import Acting, PeriodicNoise, batch_noise, snapshot
 from trpo.rollout.envpool_backend import envpool_backend
 from trpo.rollout.ray_actors import ray_backend
 from trpo.rollout.runner import Backend, BackendFactory, Segment, sync_backend
-from trpo.rollout.workers import subprocess_backend
+from trpo.rollout.workers import subprocess_backend, worker_count
 from trpo.sequences import Sequences
 from trpo.spaces import ActionDistribution, ObsEncoder
 from trpo.vine import Branches, VineBatch, VinePlan, VineSettings, draw_plan
@@ -67,6 +67,22 @@ def _flat_params(actor: Actor) -> Tensor:
 # vector_mode -> the backend's factory; a new backend is a module with a factory and a line here.
 BACKENDS: dict[str, BackendFactory] = {"sync": sync_backend, "subprocess": subprocess_backend, "ray": ray_backend,
                                        "envpool": envpool_backend}
+
+
+def layout(cfg: TRPOConfig) -> str:
+    """Where a run's envs step and its learner computes, in words (shown when a run starts: the worker layout
+    decides how much of the machine a run uses)."""
+    n, mode = cfg.num_envs, cfg.vector_mode
+    envs = f"{n} env{'s' * (n != 1)}"
+    if mode == "sync":
+        where = f"{envs} stepped in this process"
+    else:
+        w = worker_count(cfg)
+        unit = {"subprocess": "worker process", "ray": "Ray actor", "envpool": "envpool thread"}[mode]
+        where = f"{envs} on {w} {unit}{('es' if unit.endswith('s') else 's') * (w != 1)} ({mode})"
+    threads = cfg.torch_threads or torch.get_num_threads()
+    return (f"{where}; the learner in this process on {cfg.device}, {threads} torch thread{'s' * (threads != 1)}; "
+            f"{available_cores()} cores available")
 
 
 class RolloutCollector:

@@ -1,5 +1,5 @@
 """vector_mode 'envpool': the envs in one envpool pool (pip install 'trpo[envpool]'), stepped with one call for all of
-them on envpool's own C++ threads (`num_workers` of them; 0: one per core).
+them on envpool's own C++ threads (`num_workers` of them; 0: one per env, at most one per core).
 
 The batch is the same as the other modes make: an ended episode's true final observation is recorded before the
 env is reset (envpool's own autoreset would spend the next step on the reset: each ended env is reset at once
@@ -14,7 +14,6 @@ env_kwargs or wrappers; max_episode_steps is passed on), no vine sampling (envpo
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
@@ -24,6 +23,7 @@ from trpo.config import TRPOConfig
 from trpo.envs import EnvError, EnvMaker, EnvSpec, check_masks
 from trpo.policy import Acting
 from trpo.rollout.runner import InProcess, Segment
+from trpo.rollout.workers import worker_count
 from trpo.spaces import MAX_REWARD, ActionDistribution, ObsEncoder
 from trpo.vine import VinePlan
 
@@ -41,7 +41,7 @@ def envpool_backend(spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: A
     if cfg.sampling == "vine":
         raise EnvError("vine sampling restores env states, which envpool cannot save: use another vector_mode")
     options: dict[str, Any] = {"max_episode_steps": max_steps} if max_steps is not None else {}
-    threads = cfg.num_workers or min(cfg.num_envs, os.cpu_count() or 1)
+    threads = worker_count(cfg)
 
     def make(seed: int) -> Any:
         with warnings.catch_warnings():  # envpool's Box bounds are float64: Gymnasium warns when it casts them

@@ -7,7 +7,6 @@ import contextlib
 import gc
 import itertools
 import multiprocessing as mp
-import os
 import pickle
 import signal
 import traceback
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from trpo.checkpoint import interrupts_deferred
-from trpo.config import TRPOConfig
+from trpo.config import TRPOConfig, available_cores
 from trpo.envs import EnvError, EnvSpec, close_env, make_env
 from trpo.policy import Acting
 from trpo.rollout.runner import EnvRunner, Segment
@@ -90,8 +89,8 @@ def check_remote_spec(spec: EnvSpec, mode: str) -> None:
 
 
 def worker_count(cfg: TRPOConfig) -> int:
-    """num_workers, or one per env and at most one per core."""
-    return cfg.num_workers or min(cfg.num_envs, os.cpu_count() or 1)
+    """num_workers, or one per env and at most one per core this process may use."""
+    return cfg.num_workers or min(cfg.num_envs, available_cores())
 
 
 def subprocess_backend(spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: ActionDistribution) -> WorkerPool:
