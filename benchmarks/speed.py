@@ -22,6 +22,8 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -66,6 +68,9 @@ SCENARIOS = {
                                     SB3_MUJOCO, {**hopper_like_for_like(), "vector_mode": "subprocess"},
                                     "trpo: the settings above; its 2 envs in 2 worker processes, which collect the "
                                     "next batch during the value fit", updates=15),
+    "halfcheetah-preset": Scenario("HalfCheetah-v5, trpo's shipped preset vs sb3-contrib rl-zoo settings",
+                                   "HalfCheetah-v5", ZOO["HalfCheetah"], {}, "trpo: its HalfCheetah preset as shipped",
+                                   updates=15),
     "cartpole-preset": Scenario("CartPole-v1, trpo's shipped preset vs sb3-contrib rl-zoo settings", "CartPole-v1",
                                 SB3_CARTPOLE, {}, "trpo: its CartPole preset as shipped", updates=40),
     "cartpole-like": Scenario("CartPole-v1, like for like (rl-zoo CartPole settings on both)", "CartPole-v1",
@@ -146,7 +151,10 @@ def run_trpo(env_id: str, overrides: dict[str, Any], updates: int, seed: int) ->
         seconds = time.perf_counter() - start
         agent.close()
     hist = agent.history
+    # Steady state: the updates after the first three (worker start-up, first batches, allocator warm-up).
+    steady = hist[3:] or hist
     return {"steps": steps, "seconds": seconds, "steps_per_s": steps / seconds, "peak_rss": mem.peak,
+            "steady_steps_per_s": len(steady) / sum(1 / r["fps"] for r in steady) * config.batch_size,
             "rollout": sum(r["time_rollout"] for r in hist) / len(hist),
             "policy": sum(r["time_policy"] for r in hist) / len(hist),
             "value": sum(r["time_value"] for r in hist) / len(hist),
@@ -293,9 +301,164 @@ def returns_check(env_id: str, steps: int, seeds: list[int], libs: list[str], js
             json.dump(results, fh, indent=1)
 
 
+# --- measurements beyond one update: start-up, whole processes, the CNN's policy step ------------------------
+
+BENCH = Path(__file__).resolve().parent
+
+
+def _wall(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def startup() -> dict[str, Any]:
+    """Seconds, best of 3, for `trpo --help` and `trpo presets` (no torch import), and from launching `trpo train`
+    (the Hopper preset) to its first env step (first_step_probe.py writes the time)."""
+    import tempfile
+
+    trpo_cmd = [sys.executable, "-m", "trpo.cli"]
+    out = {"help": min(_wall([*trpo_cmd, "--help"]) for _ in range(3)),
+           "presets": min(_wall([*trpo_cmd, "presets"]) for _ in range(3))}
+    firsts = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as tmp:
+            stamp = Path(tmp) / "first_step"
+            env = dict(os.environ, TRPO_FIRST_STEP=str(stamp),
+                       PYTHONPATH=os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")]))
+            start = time.time()
+            subprocess.run([*trpo_cmd, "train", "--env", "first_step_probe:ProbeHopper-v5", "--preset", "Hopper",
+                            "--total-steps", "2048", "--eval-episodes", "0", "--no-progress", "--run-dir",
+                            str(Path(tmp) / "run")], check=True, capture_output=True, env=env)
+            firsts.append(float(stamp.read_text()) - start)
+    out["first_env_step"] = min(firsts)
+    return out
+
+
+def whole(env_id: str, steps: int, seed: int) -> dict[str, Any]:
+    """Whole processes as users run them, one after the other: `trpo train` (the env's preset) and sb3-contrib's
+    TRPO with rl-zoo's settings (`python -m trpo.peers sb3-contrib`), each from launch to exit: imports, start-up,
+    training, checkpoints and the final 10-episode evaluation; with their final returns."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = _wall([sys.executable, "-m", "trpo.cli", "train", "--env", env_id, "--total-steps", str(steps),
+                      "--seed", str(seed), "--no-progress", "--run-dir", f"{tmp}/trpo"])
+        peer = _wall([sys.executable, "-m", "trpo.peers", "sb3-contrib", "--env", env_id, "--seed", str(seed),
+                      "--steps", str(steps), "--run-dir", f"{tmp}/sb3"])
+        ret = {lib: json.loads((Path(tmp) / lib / "eval.json").read_text())["mean_return"] for lib in ("trpo", "sb3")}
+    return {"steps": steps, "trpo_s": ours, "sb3_s": peer, "trpo_return": ret["trpo"], "sb3_return": ret["sb3"]}
+
+
+def cnn_step(cg_iters: int, jacobian: bool, seed: int = 0, samples: int = 1024) -> float:
+    """Seconds of one TRPO policy step (TrustRegionRule.update: gradient, CG, line search) of the paper's CNN on
+    `samples` random 84 x 84 x 4 frames with 6 actions, one torch thread, with the CNN's Jacobian built once
+    (trpo.conv_jacobian) or with autograd's Fisher-vector products."""
+    import torch
+    from gymnasium import spaces
+
+    import trpo.update_rules as rules
+    from trpo.config import TRPOConfig
+    from trpo.encoders import ImageLayout
+    from trpo.networks import Actor
+    from trpo.spaces import Categorical
+
+    torch.set_num_threads(1)
+    if not jacobian:
+        rules.conv_linearization = lambda *args: None  # this subprocess only
+    cfg = TRPOConfig(cg_iters=cg_iters, cg_tol=1e-30)  # every CG iteration runs
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    layout = ImageLayout(4, 84, 84, False, 1 / 255)
+    dist = Categorical(spaces.Discrete(6))
+    actor = Actor(layout.size, dist, cfg.actor_hidden, cfg.activation, cfg.init_log_std, image=layout,
+                  image_encoder="paper")
+    obs = torch.randint(0, 256, (samples, layout.size), generator=gen).to(torch.uint8)
+    with torch.no_grad():
+        actions = dist.sample(actor(obs), gen)
+        log_probs = dist.log_prob(actor(obs), actions)
+    batch = rules.PolicyBatch.of(actor, obs, actions, log_probs, torch.randn(samples, generator=gen))
+    start = time.perf_counter()
+    rules.TrustRegionRule(cfg, dist).update(actor, batch)
+    return time.perf_counter() - start
+
+
+def print_targets(results: dict[str, Any]) -> None:
+    """The speed issue's targets, from what this invocation measured."""
+    rows = []
+    if "hopper-whole" in results:
+        r = results["hopper-whole"]
+        rows.append((f"Hopper-v5 preset, {r['steps']:,} steps, whole process, >= 5x sb3-contrib",
+                     f"{r['sb3_s'] / r['trpo_s']:.2f}x ({r['trpo_s']:.1f} s vs {r['sb3_s']:.1f} s; returns "
+                     f"{r['trpo_return']:.0f} vs {r['sb3_return']:.0f})", r["sb3_s"] / r["trpo_s"] >= 5))
+    if "cartpole-whole" in results:
+        r = results["cartpole-whole"]
+        rows.append((f"CartPole-v1 preset, {r['steps']:,} steps, whole process, >= 8x sb3-contrib",
+                     f"{r['sb3_s'] / r['trpo_s']:.2f}x ({r['trpo_s']:.1f} s vs {r['sb3_s']:.1f} s; returns "
+                     f"{r['trpo_return']:.0f} vs {r['sb3_return']:.0f})", r["sb3_s"] / r["trpo_s"] >= 8))
+    for key in ("hopper-preset", "halfcheetah-preset"):
+        if key in results:
+            r = results[key]
+            frac = r["trpo"]["steady_steps_per_s"] / r["bare_2core"]
+            rows.append((f"{SCENARIOS[key].env_id} preset, steady state >= 75% of the bare 2-core env rate",
+                         f"{frac:.0%} ({r['trpo']['steady_steps_per_s']:,.0f} of {r['bare_2core']:,.0f} steps/s)",
+                         frac >= 0.75))
+    if "cnn-step" in results:
+        for iters, r in results["cnn-step"].items():
+            ratio = r["autograd"] / r["jacobian"]
+            rows.append((f"paper's CNN policy step, 1,024 frames, {iters} CG iterations, >= 10x autograd's",
+                         f"{ratio:.1f}x ({r['jacobian']:.1f} s vs {r['autograd']:.1f} s)", ratio >= 10))
+    if "startup" in results:
+        r = results["startup"]
+        rows.append(("`trpo --help`, `trpo presets` under 0.5 s", f"{r['help']:.2f} s, {r['presets']:.2f} s",
+                     max(r["help"], r["presets"]) < 0.5))
+        rows.append(("`trpo train` (Hopper preset): first env step within 2 s", f"{r['first_env_step']:.2f} s",
+                     r["first_env_step"] < 2))
+    if rows:
+        print("\n## Targets of the speed issue, from this run")
+        print("| target | measured | met? |")
+        print("|---|---|---|")
+        for target, measured, met in rows:
+            print(f"| {target} | {measured} | {'yes' if met else 'no'} |")
+
+
+def run_extra(key: str, seed: int) -> Any:
+    if key == "startup":
+        r = startup()
+        print("\n## Start-up (best of 3)")
+        print(f"trpo --help {r['help']:.2f} s; trpo presets {r['presets']:.2f} s; trpo train (Hopper preset) to its "
+              f"first env step {r['first_env_step']:.2f} s")
+        return r
+    if key in ("hopper-whole", "cartpole-whole"):
+        env_id, steps = ("Hopper-v5", 200_000) if key == "hopper-whole" else ("CartPole-v1", 100_000)
+        r = whole(env_id, steps, seed)
+        print(f"\n## {env_id}, whole processes, {steps:,} steps (trpo train with its preset; sb3-contrib with "
+              "rl-zoo's settings)")
+        print("| | trpo | sb3-contrib | ratio |")
+        print("|---|---|---|---|")
+        print(f"| seconds, launch to exit | {r['trpo_s']:.1f} | {r['sb3_s']:.1f} | {r['sb3_s'] / r['trpo_s']:.2f}x |")
+        print(f"| env steps/s | {steps / r['trpo_s']:,.0f} | {steps / r['sb3_s']:,.0f} | |")
+        print(f"| final return (10 episodes, deterministic) | {r['trpo_return']:.1f} | {r['sb3_return']:.1f} | |")
+        return r
+    assert key == "cnn-step"
+    out = {}
+    print("\n## The paper's CNN: one policy step on 1,024 random 84 x 84 x 4 frames, 6 actions, one torch thread")
+    print("| CG iterations | Jacobian built once (s) | autograd's products (s) | ratio |")
+    print("|---|---|---|---|")
+    for iters in (9, 15):
+        fast = in_subprocess(cnn_step, iters, True, seed)
+        slow = in_subprocess(cnn_step, iters, False, seed)
+        out[iters] = {"jacobian": fast, "autograd": slow}
+        print(f"| {iters} | {fast:.2f} | {slow:.2f} | {slow / fast:.1f}x |")
+    return out
+
+
+EXTRAS = ("startup", "hopper-whole", "cartpole-whole", "cnn-step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="trpo vs sb3-contrib TRPO: speed and memory")
-    parser.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--scenario", nargs="+", choices=[*SCENARIOS, *EXTRAS], default=[*SCENARIOS, *EXTRAS])
     parser.add_argument("--updates", type=int, default=None, help="policy updates per run (default per scenario)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this file")
@@ -320,6 +483,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     bare: dict[str, float] = {}
     for key in args.scenario:
+        if key in EXTRAS:
+            results[key] = run_extra(key, args.seed)
+            continue
         sc = SCENARIOS[key]
         updates = args.updates or sc.updates
         if sc.env_id not in bare:
@@ -342,6 +508,9 @@ def main() -> None:
               f"{ours['peak_rss'] / peer['peak_rss']:.2f} |")
         print(f"| fraction of the 2-core bare env rate ({limit:,.0f} steps/s) | {ours['steps_per_s'] / limit:.0%} | "
               f"{peer['steps_per_s'] / limit:.0%} | |")
+        print(f"| steady state (updates 4 on): steps/s, fraction of bare | {ours['steady_steps_per_s']:,.0f}, "
+              f"{ours['steady_steps_per_s'] / limit:.0%} | | |")
+    print_targets(results)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -85,8 +85,10 @@ def conv_linearization(actor: Actor, obs: Tensor, theta: Tensor) -> Linearizatio
             for i in range(len(convs) - 1, -1, -1):
                 conv, (w, _) = convs[i], conv_w[i]
                 out_shape = acts[i + 1].shape[1:]
-                d = (d.reshape(c, logits_dim, *out_shape) * relu_grads[i].unsqueeze(1)).reshape(c * logits_dim,
-                                                                                                *out_shape)
+                # out=: written channels-first, whatever the layout of d (the transposed convolution's is not)
+                masked = torch.empty(c, logits_dim, *out_shape, dtype=dtype, device=theta.device)
+                torch.mul(d.reshape(c, logits_dim, *out_shape), relu_grads[i].unsqueeze(1), out=masked)
+                d = masked.reshape(c * logits_dim, *out_shape)
                 cols = _unfold(acts[i], conv.kernel_size, conv.stride)  # [c, C_in k k, P]
                 grad_w = torch.bmm(d.reshape(c, logits_dim * out_shape[0], -1), cols.transpose(1, 2))
                 grad_b = d.sum((-1, -2))
@@ -95,7 +97,10 @@ def conv_linearization(actor: Actor, obs: Tensor, theta: Tensor) -> Linearizatio
                     below = acts[i].shape
                     pad = [below[2 + j] - ((out_shape[1 + j] - 1) * conv.stride[j] + conv.kernel_size[j])
                            for j in range(2)]
-                    d = F.conv_transpose2d(d, w, stride=conv.stride, output_padding=pad)
+                    # channels-last: CPU's transposed convolution is 2-3x faster in that layout
+                    cl = torch.channels_last
+                    d = F.conv_transpose2d(d.contiguous(memory_format=cl), w.contiguous(memory_format=cl),
+                                           stride=conv.stride, output_padding=pad)
             jac[s : s + c] = torch.cat(blocks, -1)
     f, fc_mask, h = torch.cat(feats), torch.cat(fc_masks), torch.cat(hidden)
     flat_jac = jac.reshape(n * logits_dim, p_conv)
