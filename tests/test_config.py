@@ -281,3 +281,17 @@ def test_any_value_read_from_text_is_a_well_typed_config_or_a_config_error(field
         assert cfg == direct
     if cfg is not None:
         assert_well_typed(cfg)
+
+
+@pytest.mark.parametrize(("text", "name"), [("CartPole", "CartPole"), ("CartPole-v1", "CartPole"),
+                                              ("Hopper-v5", "Hopper"), ("MinAtar/Breakout-v1", "MinAtar")])
+def test_a_preset_is_named_or_taken_from_an_env_id(text: str, name: str) -> None:
+    # A partially observed task trains with the preset of its fully observed env: --preset CartPole-v1
+    config, used = resolve_config("trpo.pomdp:CartPoleNoVel-v1", text)
+    assert used == name and config == TRPOConfig(**PRESETS[name])
+
+
+@pytest.mark.parametrize("text", ["Nope", "Nope-v1", "cartpole", "CartPoleNoVel-v1"])
+def test_an_unknown_preset_is_refused_in_one_line(text: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown preset '{text}'; known: .*CartPole"):
+        resolve_config("CartPole-v1", text)

@@ -91,7 +91,8 @@ def build_parser() -> _Parser:
                        help="output directory; refused if it holds a run (default runs/ENV-sSEED-TIME, never reused)")
     train.add_argument("--overwrite", action="store_true", help="remove the run in --run-dir first, then start anew")
     train.add_argument("--config", default=None, help="YAML file of config fields (and env, total_steps, seed)")
-    train.add_argument("--preset", default=None, help="preset name, 'auto' (by env id, the default) or 'none'")
+    train.add_argument("--preset", default=None, help="preset name (or an env id: its preset), 'auto' (by --env, the "
+                       "default) or 'none'")
     train.add_argument("--resume", default=None, metavar="RUN_DIR",
                        help="continue a run: from its newest checkpoint (latest.pt, else final.pt), or from the start "
                        "if it wrote none; --env only for a run trained on an env without an id")

@@ -677,10 +677,11 @@ def resolve_config(
         name = None
     elif preset == "auto":
         name = preset_name_for(env_id) if env_id else None
-    else:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}, auto, none")
-        name = preset
+    else:  # a preset's name, or an env id whose preset to take ('CartPole-v1' for a partially observed CartPole)
+        name = preset if preset in PRESETS else preset_name_for(preset)
+        if name is None:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}, auto, none, or an env "
+                              "id one of them is for")
     values: dict[str, Any] = dict(PRESETS[name]) if name else {}
     values.update(coerce_fields(file_values or {}))
     values.update(coerce_fields(overrides or {}))
