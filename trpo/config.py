@@ -34,6 +34,7 @@ ImageEncoder = Literal["paper", "nature"]
 ObsEncoding = Literal["auto", "mlp", "cnn"]
 Sampling = Literal["single_path", "vine"]
 Recurrent = Literal["none", "lstm", "gru"]
+ObsNormUpdate = Literal["batch", "step"]
 EnvKwargs = dict[str, Any]
 Wrappers = tuple[tuple[str, EnvKwargs], ...]  # ('module:Class', its keyword arguments), outermost last
 
@@ -208,6 +209,12 @@ class TRPOConfig:
     # --- normalization ---
     normalize_obs: bool = False
     """Running mean/std observation normalization (statistics saved in checkpoints); never for images."""
+    obs_norm_update: ObsNormUpdate = "batch"
+    """When the observation statistics move: 'batch' merges a batch's observations after it is collected (pi_old
+    sees one fixed normalization per batch); 'step' merges each step's observations of all envs before normalizing
+    them, as SB3's VecNormalize does (the first batch is then not normalized with the reset observations' tiny
+    variance). Either way the batch holds the normalized observations the policy acted on, so pi_old is exact.
+    'step' needs every env in one process (vector_mode sync or envpool, or num_workers 1) and single-path sampling."""
     normalize_reward: bool = False
     """Scale rewards by the running std of the discounted return."""
     clip_obs: float = 10.0
@@ -359,6 +366,16 @@ def validate(cfg: TRPOConfig) -> None:
                           f"{cfg.sde_sample_freq}")
     if cfg.vine_actions < 2:
         raise ConfigError(f"vine_actions must be >= 2 (the estimator compares the branches), got {cfg.vine_actions}")
+    if cfg.obs_norm_update == "step":
+        if not cfg.normalize_obs:
+            raise ConfigError("obs_norm_update 'step' says when observation statistics move: it needs normalize_obs")
+        if cfg.vector_mode in ("subprocess", "ray") and cfg.num_workers != 1 and cfg.num_envs > 1:
+            raise ConfigError(f"obs_norm_update 'step' merges every env's observation at each step: the envs must step "
+                              f"in one process (num_workers 1, or vector_mode sync or envpool), got vector_mode "
+                              f"{cfg.vector_mode!r} with num_workers {cfg.num_workers}")
+        if cfg.sampling == "vine":
+            raise ConfigError("obs_norm_update 'step' works with single-path sampling only: vine branches restart "
+                              "from saved states, outside the stream of observations the statistics follow")
     if cfg.sampling == "vine":
         if cfg.recurrent != "none":
             raise ConfigError("sampling 'vine' takes feed-forward policies only: a branch from a restored env state "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -64,11 +66,46 @@ class ObsNormalizer:
         """The normalization with the current statistics, fixed: what pi_old sees during one batch."""
         if not self.enabled:
             return FrozenObsNorm(None, None, self.clip)
-        mean = self.stats.mean.astype(np.float32)
-        inv_std = (1.0 / np.sqrt(self.stats.var + 1e-8)).astype(np.float32)
-        if self.passthrough:  # 0/1 mask columns: mean 0, scale 1 (a clip below 1 keeps them > 0, which is enough)
-            mean[-self.passthrough:], inv_std[-self.passthrough:] = 0.0, 1.0
-        return FrozenObsNorm(mean, inv_std, self.clip)
+        return _freeze(self.stats, self.clip, self.passthrough)
+
+    def running(self) -> RunningObsNorm:
+        """obs_norm_update 'step': a copy of the statistics that merges each step's observations before normalizing
+        them (the acting policy's, for one batch)."""
+        return RunningObsNorm(copy.deepcopy(self.stats), self.clip, self.passthrough)
+
+    def replay(self, raw_obs: np.ndarray) -> tuple[np.ndarray, list[FrozenObsNorm]]:
+        """obs_norm_update 'step', in the learner: the batch's raw observations [T, N, D] merged step by step into
+        these statistics exactly as the acting policy merged them (the same float64 operations on the same rows),
+        so the normalized observations [T, N, D] returned are those the policy acted on, and the statistics end
+        where the acting policy's copy ended. Also each step's normalization, for that step's next observations."""
+        running = RunningObsNorm(self.stats, self.clip, self.passthrough)  # updates self.stats in place
+        steps = [running.step(raw_obs[t]) for t in range(raw_obs.shape[0])]
+        return np.stack([obs for obs, _ in steps]), [norm for _, norm in steps]
+
+
+def _freeze(stats: RunningMeanStd, clip: float, passthrough: int) -> FrozenObsNorm:
+    mean = stats.mean.astype(np.float32)
+    inv_std = (1.0 / np.sqrt(stats.var + 1e-8)).astype(np.float32)
+    if passthrough:  # 0/1 mask columns: mean 0, scale 1 (a clip below 1 keeps them > 0, which is enough)
+        mean[-passthrough:], inv_std[-passthrough:] = 0.0, 1.0
+    return FrozenObsNorm(mean, inv_std, clip)
+
+
+class RunningObsNorm:
+    """Statistics that move at every step (obs_norm_update 'step', as SB3's VecNormalize): each call merges the
+    observations of one step of all envs [N, D] into them, then normalizes those observations with the result.
+    Picklable; the acting policy carries a copy through a batch and the learner replays it (`ObsNormalizer.replay`)."""
+
+    def __init__(self, stats: RunningMeanStd, clip: float, passthrough: int) -> None:
+        self.stats, self.clip, self.passthrough = stats, clip, passthrough
+
+    def step(self, obs: np.ndarray) -> tuple[np.ndarray, FrozenObsNorm]:
+        self.stats.update(obs)
+        norm = _freeze(self.stats, self.clip, self.passthrough)
+        return norm(obs), norm
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.step(obs)[0]
 
 
 class FrozenObsNorm:
@@ -110,3 +147,6 @@ class RewardScaler:
             return rewards.astype(np.float32)
         scaled = np.minimum(np.maximum(rewards / np.sqrt(self.stats.var + 1e-8), -self.clip), self.clip)
         return scaled.astype(np.float32)
+
+
+ObsNorm = FrozenObsNorm | RunningObsNorm  # what an acting policy normalizes its observations with

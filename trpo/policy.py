@@ -3,9 +3,10 @@
 
     actions, state = acting.act(obs, state, starts, noise)
 
-obs: encoded observations [B, D] as the env gave them (the acting policy normalizes them with pi_old's frozen
-statistics); state: the recurrent state [B, state_dim] (None for a feed-forward policy); starts: [B] bool, True
-where an episode starts (the state is reset there first); noise: the distribution's noise for these samples, as
+obs: encoded observations [B, D] as the env gave them (the acting policy normalizes them with pi_old's
+statistics: fixed for the batch, or with obs_norm_update 'step' first merged with these observations); state: the
+recurrent state [B, state_dim] (None for a feed-forward policy); starts: [B] bool, True where an episode starts
+(the state is reset there first); noise: the distribution's noise for these samples, as
 `ActionDistribution.noise` draws it, `Actor.noise_shape` per sample (gSDE: an exploration matrix), drawn ahead for
 a whole batch from the run's generator (`batch_noise`) so that every backend gives the same actions; or None for
 the most likely action.
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from trpo.networks import Actor
-from trpo.normalization import FrozenObsNorm
+from trpo.normalization import FrozenObsNorm, ObsNorm
 from trpo.spaces import ActionDistribution, SDEHead, apply_mask
 
 
@@ -62,7 +63,7 @@ class NumpyMLP:
     (a Gaussian's log-std) depends on no state: it enters as the noise's scale. gSDE's noise is an exploration
     matrix per sample, applied to the last hidden layer's features."""
 
-    def __init__(self, actor: Actor, dist: ActionDistribution, obs_norm: FrozenObsNorm) -> None:
+    def __init__(self, actor: Actor, dist: ActionDistribution, obs_norm: ObsNorm) -> None:
         linears = [m for m in actor.body if isinstance(m, nn.Linear)]
         as_np = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
         self.layers = [(as_np(m.weight).T.copy(), as_np(m.bias)) for m in [*linears, actor.head.linear]]
@@ -106,7 +107,7 @@ class TorchActing:
     env's action is computed the same way however envs are split over processes. For predict and evaluate: the
     live actor on its device, batched. Carries a recurrent actor's state."""
 
-    def __init__(self, actor: Actor, dist: ActionDistribution, obs_norm: FrozenObsNorm, rows: bool = True) -> None:
+    def __init__(self, actor: Actor, dist: ActionDistribution, obs_norm: ObsNorm, rows: bool = True) -> None:
         self.actor = copy.deepcopy(actor).cpu().requires_grad_(False) if rows else actor
         self.dist = dist
         self.obs_norm = obs_norm
@@ -172,15 +173,16 @@ def batch_noise(actor: Actor, dist: ActionDistribution, steps: int, num_envs: in
 
 
 # Actor.kind -> the acting policy for rollouts; a new kind of actor is a class of `Acting` and a line here.
-ACTING: dict[str, Callable[[Actor, ActionDistribution, FrozenObsNorm], Acting]] = {
+ACTING: dict[str, Callable[[Actor, ActionDistribution, ObsNorm], Acting]] = {
     "mlp": NumpyMLP,
     "cnn": TorchActing,
     "recurrent": TorchActing,
 }
 
 
-def snapshot(actor: Actor, dist: ActionDistribution, obs_norm: FrozenObsNorm) -> Acting:
-    """pi_old frozen for one batch's rollouts: the actor's weights and the observation statistics."""
+def snapshot(actor: Actor, dist: ActionDistribution, obs_norm: ObsNorm) -> Acting:
+    """pi_old frozen for one batch's rollouts: the actor's weights and the observation statistics (fixed, or
+    moving with each step's observations: obs_norm_update 'step')."""
     return ACTING[actor.kind](actor, dist, obs_norm)
 
 

@@ -53,7 +53,7 @@ class _Pending:
     """A batch set going by `RolloutCollector.start`: pi_old as the envs see it, and the actor it came from."""
 
     acting: Acting
-    obs_norm: FrozenObsNorm
+    obs_norm: FrozenObsNorm  # with obs_norm_update 'step': the statistics as the batch starts (not used to normalize)
     noise: np.ndarray | PeriodicNoise  # [T, N, head_dim], or gSDE's matrices
     generator: torch.Generator
     theta: Tensor  # the actor's parameters at start()
@@ -89,8 +89,10 @@ class RolloutCollector:
     """Collects batches from `num_envs` envs, in this process, in worker processes or on Ray actors.
 
     pi_old is frozen for the whole batch: the actor's weights *and* the observation-normalization statistics,
-    which are updated with the batch's observations only after it is collected. Rewards are scaled afterwards,
-    in time order, so the result does not depend on how envs are split over processes.
+    which are updated with the batch's observations only after it is collected (obs_norm_update 'step': moved at
+    every step by the acting policy, and replayed here on the batch, so the batch holds the observations it saw).
+    Rewards are scaled afterwards, in time order, so the result does not depend on how envs are split over
+    processes.
     """
 
     def __init__(self, spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: ActionDistribution,
@@ -106,9 +108,12 @@ class RolloutCollector:
         self.reward_scaler = reward_scaler
         self.device = torch.device(cfg.device)
         self.num_envs = cfg.num_envs
+        self.per_step = cfg.obs_norm_update == "step"
         self.runner: Backend = BACKENDS[cfg.vector_mode](spec, cfg, encoder, dist)
         try:
-            obs_norm.update(self.runner.reset(seed))
+            first = self.runner.reset(seed)
+            if not self.per_step:  # per step: the acting policy merges these at the batch's first step
+                obs_norm.update(first)
         except BaseException:
             self.runner.close()  # worker processes, Ray actors and a Ray runtime started for them
             raise
@@ -123,7 +128,7 @@ class RolloutCollector:
         if self._pending is not None:
             raise RuntimeError("a batch is already being collected; call finish() first")
         frozen = self.obs_norm.frozen()
-        acting = snapshot(actor, self.dist, frozen)
+        acting = snapshot(actor, self.dist, self.obs_norm.running() if self.per_step else frozen)
         noise = batch_noise(actor, self.dist, steps, self.num_envs, self.sde_sample_freq, generator)
         plan = None if self.vine is None else draw_plan(self.dist, actor.noise_shape, self.num_envs, steps, self.vine,
                                                         generator)
@@ -153,11 +158,16 @@ class RolloutCollector:
         raw_obs, raw_next = cat("obs"), cat("next_obs")
         terminated, truncated, rewards = cat("terminated"), cat("truncated"), cat("rewards")
 
-        frozen = pending.obs_norm
-        obs = torch.as_tensor(frozen(raw_obs), device=self.device)
-        next_obs = torch.as_tensor(frozen(raw_next), device=self.device)
-        # Every observation the envs returned from a step, final ones included.
-        self.obs_norm.update(raw_next.reshape(-1, d))
+        if self.per_step:  # the statistics step by step, as the acting policy moved them; next_obs[t] as obs[t]
+            normed, norms = self.obs_norm.replay(raw_obs)
+            obs = torch.as_tensor(normed, device=self.device)
+            next_obs = torch.as_tensor(np.stack([norms[t](raw_next[t]) for t in range(steps)]), device=self.device)
+        else:
+            frozen = pending.obs_norm
+            obs = torch.as_tensor(frozen(raw_obs), device=self.device)
+            next_obs = torch.as_tensor(frozen(raw_next), device=self.device)
+            # Every observation the envs returned from a step, final ones included.
+            self.obs_norm.update(raw_next.reshape(-1, d))
         scaled = np.stack([self.reward_scaler(rewards[t], terminated[t] | truncated[t]) for t in range(steps)])
         actions = torch.as_tensor(cat("actions"), device=self.device)
         flat_actions = actions.reshape(steps * n, *actions.shape[2:])
