@@ -68,6 +68,10 @@ SCENARIOS = {
                                     SB3_MUJOCO, {**hopper_like_for_like(), "vector_mode": "subprocess"},
                                     "trpo: the settings above; its 2 envs in 2 worker processes, which collect the "
                                     "next batch during the value fit", updates=15),
+    "hopper-preset-1worker": Scenario("Hopper-v5, trpo's shipped preset with both envs in one worker process",
+                                      "Hopper-v5", SB3_MUJOCO, {"num_workers": 1},
+                                      "trpo: its Hopper preset, num_workers 1 (the preset: one worker per env, at most "
+                                      "one per core)", updates=15),
     "halfcheetah-preset": Scenario("HalfCheetah-v5, trpo's shipped preset vs sb3-contrib rl-zoo settings",
                                    "HalfCheetah-v5", ZOO["HalfCheetah"], {}, "trpo: its HalfCheetah preset as shipped",
                                    updates=15),
