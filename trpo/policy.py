@@ -36,7 +36,7 @@ from torch import nn
 
 from trpo.networks import Actor
 from trpo.normalization import FrozenObsNorm, ObsNorm
-from trpo.spaces import ActionDistribution, SDEHead, apply_mask
+from trpo.spaces import ActionDistribution, apply_mask
 
 
 class Acting(Protocol):
@@ -47,21 +47,11 @@ class Acting(Protocol):
     def act(self, obs: Any, state: Any, starts: Any, noise: Any) -> tuple[Any, Any]: ...
 
 
-def _noise_scale(actor: Actor, dist: ActionDistribution) -> np.ndarray:
-    """The noise's shift per unit of noise for a family whose shift depends on no state (ActionDistribution.shift:
-    1 for logits, -1 for Bernoulli, sigma for a Gaussian), so that shift(noise) = scale * noise elementwise, the
-    same floats as the torch expression; for gSDE, the exploration matrix's sigma [F, A]."""
-    with torch.no_grad():
-        if isinstance(actor.head, SDEHead):
-            return actor.head.log_std.exp().cpu().numpy()
-        params = actor(torch.zeros(1, actor.obs_dim, device=actor.head_device))
-        return dist.shift(tuple(p.cpu() for p in params), torch.ones(1, dist.head_dim)).numpy()
-
-
 class NumpyMLP:
-    """The actor's MLP up to params[0] (logits or the Gaussian mean) as float32 numpy matmuls. The rest of params
-    (a Gaussian's log-std) depends on no state: it enters as the noise's scale. gSDE's noise is an exploration
-    matrix per sample, applied to the last hidden layer's features."""
+    """The actor's MLP up to params[0] (logits or the Gaussian mean) as float32 numpy matmuls; the distribution
+    turns that, the last hidden layer's features and the noise into actions (`numpy_explorer`: the rest of params,
+    a Gaussian's log-std, depends on no state and enters as the noise's scale; gSDE's noise is an exploration
+    matrix per sample, applied to the features)."""
 
     def __init__(self, actor: Actor, dist: ActionDistribution, obs_norm: ObsNorm) -> None:
         linears = [m for m in actor.body if isinstance(m, nn.Linear)]
@@ -71,8 +61,7 @@ class NumpyMLP:
         self.mask_dim = actor.mask_dim
         self.dist = dist
         self.obs_norm = obs_norm
-        self.sde = isinstance(actor.head, SDEHead)
-        self.scale = _noise_scale(actor, dist)
+        self.explore = dist.numpy_explorer(actor.head)
 
     def initial_state(self, batch: int) -> None:
         return None
@@ -97,9 +86,7 @@ class NumpyMLP:
         features, head = self._forward(obs)
         if noise is None:
             return self.dist.pick(head), None
-        if self.sde:  # z @ (sigma * eps), per sample
-            return head + (features[:, :, None] * (self.scale * noise)).sum(1), None
-        return self.dist.pick(head + self.scale * noise), None
+        return self.explore(head, features, noise), None
 
 
 class TorchActing:
@@ -141,9 +128,7 @@ class TorchActing:
     def _pick(self, params: tuple[torch.Tensor, ...], features: torch.Tensor, noise: Any) -> Any:
         if noise is None:
             return self.dist.mode(params)
-        if isinstance(self.actor.head, SDEHead):
-            return params[0] + self.actor.head.explore(features, noise)
-        return self.dist.sample_with_noise(params, noise)
+        return self.dist.explore(params, features, noise, self.actor.head)
 
 
 class PeriodicNoise:
@@ -165,7 +150,7 @@ class PeriodicNoise:
 def batch_noise(actor: Actor, dist: ActionDistribution, steps: int, num_envs: int, sde_sample_freq: int,
                 generator: torch.Generator) -> np.ndarray | PeriodicNoise:
     """A batch's noise, drawn from the run's generator: [T, N, head_dim], or gSDE's exploration matrices."""
-    if not isinstance(actor.head, SDEHead):
+    if not dist.held_noise:
         return dist.noise((steps, num_envs, dist.head_dim), generator).numpy()
     periods = 1 if sde_sample_freq <= 0 else -(-steps // sde_sample_freq)
     return PeriodicNoise(dist.noise((periods, num_envs, *actor.noise_shape), generator).numpy(), sde_sample_freq,

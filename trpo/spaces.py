@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -243,7 +244,7 @@ class ActionDistribution:
         """The noise as an additive shift of the head output params[0], so that a sample is
         `pick(params[0] + shift)`. The identity but for the Gaussian (sigma * noise) and Bernoulli (-noise); no
         family's shift depends on the state, so the numpy acting policy applies it as one scale per batch
-        (policy.NumpyMLP). gSDE's state-dependent noise is the head's own (`SDEHead.explore`)."""
+        (`numpy_explorer`). gSDE's state-dependent noise is the head's own (`SDEHead.explore`)."""
         return noise
 
     def pick(self, shifted: Array) -> Array:
@@ -254,6 +255,24 @@ class ActionDistribution:
     def sample_with_noise(self, params: Params, noise: Tensor) -> Tensor:
         """A sample as a deterministic function of params and pre-drawn noise."""
         return self.pick(params[0] + self.shift(params, noise))
+
+    # How the acting policies (policy.py) sample, so that a family whose noise is no shift of params[0] (gSDE's)
+    # is this class's business alone: `held_noise` (one noise held for several steps, sde_sample_freq), the
+    # shape of one sample's noise (`head.noise_shape`, else head_dim), and the sample from the features the head
+    # saw, in torch (`explore`) and in numpy (`numpy_explorer`, the same floats).
+    held_noise: bool = False
+
+    def explore(self, params: Params, features: Tensor, noise: Tensor, head: nn.Module) -> Tensor:
+        """A sample from params, the features the head saw and pre-drawn noise."""
+        return self.sample_with_noise(params, noise)
+
+    def numpy_explorer(self, head: nn.Module) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        """`explore` on numpy arrays, (params[0], features, noise) -> actions, for a head whose other params
+        depend on no state: the shift is then one scale per batch, the same floats as the torch expression."""
+        with torch.no_grad():
+            params = head(torch.zeros(1, head.linear.in_features, device=head.linear.weight.device))
+            scale = self.shift(tuple(p.cpu() for p in params), torch.ones(1, self.head_dim)).numpy()
+        return _ShiftExplorer(self, scale)
 
     def sample(self, params: Params, generator: torch.Generator | None) -> Tensor:
         head = params[0]
@@ -284,6 +303,26 @@ class ActionDistribution:
     def to_env_list(self, actions: np.ndarray) -> list[Any]:
         """`to_env` as one action per env, in the form the env checks fastest."""
         return list(self.to_env(actions))
+
+
+class _ShiftExplorer:
+    """numpy: pick(params[0] + scale * noise). A class, not a closure: acting policies are pickled to workers."""
+
+    def __init__(self, dist: ActionDistribution, scale: np.ndarray) -> None:
+        self.dist, self.scale = dist, scale
+
+    def __call__(self, out: np.ndarray, features: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return self.dist.pick(out + self.scale * noise)
+
+
+class _SDEExplorer:
+    """numpy: mu(s) + z(s) @ (sigma * eps) per sample (gSDE)."""
+
+    def __init__(self, sigma: np.ndarray) -> None:
+        self.sigma = sigma  # [F, A]
+
+    def __call__(self, out: np.ndarray, features: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return out + (features[:, :, None] * (self.sigma * noise)).sum(1)
 
 
 class _TupleHead(nn.Module):
@@ -504,11 +543,24 @@ class DiagGaussian(ActionDistribution):
         self.high = space.high.reshape(-1).astype(np.float64)
         self.dtype = space.dtype
         self.state_dependent = state_dependent
+        self.held_noise = state_dependent  # gSDE's exploration matrix, held for sde_sample_freq steps
 
     def make_head(self, in_dim: int, init_log_std: float) -> nn.Module:
         if self.state_dependent:
             return SDEHead(in_dim, self.head_dim, init_log_std)
         return _GaussianHead(in_dim, self.head_dim, init_log_std)
+
+    def explore(self, params: Params, features: Tensor, noise: Tensor, head: nn.Module) -> Tensor:
+        if self.state_dependent:  # mu(s) + z(s) @ (sigma * eps)
+            return params[0] + head.explore(features, noise)
+        return super().explore(params, features, noise, head)
+
+    def numpy_explorer(self, head: nn.Module) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        if not self.state_dependent:
+            return super().numpy_explorer(head)
+        with torch.no_grad():
+            sigma = head.log_std.exp().cpu().numpy()  # [F, A]
+        return _SDEExplorer(sigma)
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> Tensor:
