@@ -158,7 +158,7 @@ def run_trpo(env_id: str, overrides: dict[str, Any], updates: int, seed: int) ->
     # Steady state: the updates after the first three (worker start-up, first batches, allocator warm-up).
     steady = hist[3:] or hist
     return {"steps": steps, "seconds": seconds, "steps_per_s": steps / seconds, "peak_rss": mem.peak,
-            "steady_steps_per_s": len(steady) / sum(1 / r["fps"] for r in steady) * config.batch_size,
+            "steady_steps_per_s": len(steady) / sum(1 / r["fps"] for r in steady),
             "rollout": sum(r["time_rollout"] for r in hist) / len(hist),
             "policy": sum(r["time_policy"] for r in hist) / len(hist),
             "value": sum(r["time_value"] for r in hist) / len(hist),
