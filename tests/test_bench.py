@@ -41,15 +41,19 @@ def test_suite_runs_skips_and_resumes(tmp_path: Path) -> None:
 
 def test_suite_sets_any_field_booleans_included(tmp_path: Path) -> None:
     suite(tmp_path, "--steps", "256", "--label", "vine", "--set", "steps_per_env=128", "value_epochs=1",
-          "eval_episodes=1", "normalize_advantages=false", "sampling=vine", "vine_states=4")
+          "eval_episodes=1", "normalize_advantages=false", "sampling=vine", "vine_states=4", "--preset", "none")
     config = (tmp_path / "CartPole-v1" / "vine-s0" / "config.yaml").read_text()
     assert "normalize_advantages: false" in config and "sampling: vine" in config and "vector_mode: sync" in config
+    # --preset none: the field defaults under the --set values, not the CartPole preset's (minibatches of 512)
+    assert "preset: null" in config and "value_minibatch: 128" in config
     bad = bench(tmp_path, "--set", "max_kl=big", code=2)
     assert "max_kl: cannot read 'big' as float" in bad.stderr and "Traceback" not in bad.stderr
     for args, message in ((["--set", "max_kl"], "'max_kl' is not FIELD=VALUE"), (["--shard", "3/2"], "shard must be"),
                           (["--jobs", "0"], "jobs must be a positive integer"), (["--seeds", "-1"], "seed must be"),
                           (["--peer", "nobody"], "unknown peer 'nobody'; known: sb3-contrib"),
-                          (["--peer", "sb3-contrib", "--set", "max_kl=0.02"], "--set applies to trpo's runs")):
+                          (["--peer", "sb3-contrib", "--set", "max_kl=0.02"], "--set applies to trpo's runs"),
+                          (["--preset", "Nope"], "unknown preset 'Nope'"),
+                          (["--peer", "sb3-contrib", "--preset", "none"], "--preset applies to trpo's runs")):
         assert message in bench(tmp_path, *args, code=2).stderr
 
 

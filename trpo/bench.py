@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trpo.config import PRESET_STEPS, ConfigError, coerce_fields, preset_name_for
+from trpo.config import PRESET_STEPS, ConfigError, coerce_fields, preset_name_for, resolve_config
 
 # sb3-contrib's published TRPO (1M steps, 3 seeds, MuJoCo v3) and rl-baselines3-zoo's single runs.
 PUBLISHED = {
@@ -142,11 +142,18 @@ def summary(out: Path, envs: Sequence[str], steps: int | None = None) -> str:
 
 
 def bench(envs: Sequence[str], seeds: Sequence[int], steps: int | None = None, *, label: str | None = None,
-          peer: str = "", sets: Sequence[str] = (), jobs: int = 2, shard: str = "1/1", out: Path = Path("runs/bench"),
-          say: Callable[[str], None] = print) -> str:
+          peer: str = "", sets: Sequence[str] = (), preset: str | None = None, jobs: int = 2, shard: str = "1/1",
+          out: Path = Path("runs/bench"), say: Callable[[str], None] = print) -> str:
     """Run (or continue) the benchmark's runs of this shard, `jobs` at a time, saying each outcome; return the table.
-    Bad arguments raise ConfigError before anything runs."""
+    `preset`: as `trpo train --preset` (default: each env's own). Bad arguments raise ConfigError before anything
+    runs."""
     flags, mode = train_flags(sets)
+    if preset is not None:
+        if peer:
+            raise ConfigError("--preset applies to trpo's runs; a peer runs its own published settings")
+        for env in envs:
+            resolve_config(env, preset)  # an unknown preset: ConfigError now, not in every run
+        flags += ["--preset", preset]
     if peer:
         from trpo.peers import PEERS
 

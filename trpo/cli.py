@@ -138,6 +138,8 @@ def build_parser() -> _Parser:
                     help="run a peer instead of trpo: sb3-contrib (its TRPO with rl-zoo's settings) or rl-zoo "
                     "(rl_zoo3's own train script and hyperparameter file)")
     be.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config fields, as for trpo train")
+    be.add_argument("--preset", default=None, help="as for trpo train (default: each env's own; 'none': the field "
+                    "defaults)")
     be.add_argument("--jobs", default="2", help="runs at a time (default 2)")
     be.add_argument("--shard", default="1/1", metavar="I/K", help="run only every K-th run, from the I-th")
     be.add_argument("--out", default="runs/bench", help="directory of the runs (default runs/bench)")
@@ -356,7 +358,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     _RUN["note"] = ("finished runs are kept; the same command skips them and continues the others from their "
                     "checkpoints")
-    _print(bench(args.env, seeds, steps, label=args.label, peer=args.peer, sets=args.set,
+    _print(bench(args.env, seeds, steps, label=args.label, peer=args.peer, sets=args.set, preset=args.preset,
                  jobs=_positive_int("jobs", args.jobs), shard=args.shard, out=Path(args.out), say=_print))
     return 0
 
