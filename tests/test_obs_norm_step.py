@@ -118,3 +118,16 @@ def test_step_statistics_are_refused_in_one_line_where_they_cannot_follow_every_
     with pytest.raises(ConfigError) as err:
         TRPOConfig(**fields)
     assert "\n" not in str(err.value) and "obs_norm_update 'step'" in str(err.value)
+
+
+def test_image_observations_stay_unnormalized_with_step_statistics() -> None:
+    # normalize_obs never applies to images: 'step' must not start normalizing them either
+    from trpo_testenvs import PixelSideEnv
+
+    config = TRPOConfig(**STEP, num_envs=2, steps_per_env=8)
+    agent = TRPO(PixelSideEnv, config=config, seed=0)
+    try:
+        batch = agent._collector_or_new().collect(agent.actor, 8, agent.sample_gen)
+        assert batch.obs.dtype == torch.uint8 and int(batch.obs.max()) > 1  # raw pixels
+    finally:
+        agent.close()

@@ -108,7 +108,7 @@ class RolloutCollector:
         self.reward_scaler = reward_scaler
         self.device = torch.device(cfg.device)
         self.num_envs = cfg.num_envs
-        self.per_step = cfg.obs_norm_update == "step"
+        self.per_step = cfg.obs_norm_update == "step" and obs_norm.enabled  # images are never normalized
         self.runner: Backend = BACKENDS[cfg.vector_mode](spec, cfg, encoder, dist)
         try:
             first = self.runner.reset(seed)
