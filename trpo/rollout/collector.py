@@ -60,6 +60,24 @@ class _Pending:
     plan: VinePlan | None
 
 
+def _episodes_in_time_order(parts: list[Segment], done: np.ndarray) -> tuple[list[float], list[int]]:
+    """The episodes that ended in the batch, ordered by the step they ended at, then by env, whichever runner
+    stepped them: the order one runner of all envs records them in, so that their mean (a logged metric) is the
+    same float however the envs are split over workers. Each runner lists its envs' episodes in that order, one
+    per done step of its columns of `done` [T, N]."""
+    if len(parts) == 1:
+        return list(parts[0].episode_returns), list(parts[0].episode_lengths)
+    keyed, lo = [], 0
+    for part in parts:
+        k = part.obs.shape[1]
+        steps, envs = np.nonzero(done[:, lo : lo + k])  # row-major: by step, then by env, as the runner appends
+        assert len(steps) == len(part.episode_returns), "a runner's episodes do not match its done steps"
+        keyed += zip(steps.tolist(), (envs + lo).tolist(), part.episode_returns, part.episode_lengths, strict=True)
+        lo += k
+    keyed.sort(key=lambda e: (e[0], e[1]))
+    return [e[2] for e in keyed], [e[3] for e in keyed]
+
+
 def _flat_params(actor: Actor) -> Tensor:
     return torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
 
@@ -179,7 +197,7 @@ class RolloutCollector:
             seq, order = Sequences.of(obs, starts, states, self.seq_len)
             log_probs = torch.empty(steps * n, device=self.device)
             log_probs[order] = self.dist.log_prob(actor(seq), flat_actions[order])
-        # Episodes grouped by runner (worker), in time order within each.
+        returns, lengths = _episodes_in_time_order(parts, terminated | truncated)
         return Batch(
             obs=obs,
             next_obs=next_obs,
@@ -190,8 +208,8 @@ class RolloutCollector:
             truncated=torch.as_tensor(truncated, device=self.device),
             starts=starts,
             states=states,
-            episode_returns=[r for p in parts for r in p.episode_returns],
-            episode_lengths=[n_ for p in parts for n_ in p.episode_lengths],
+            episode_returns=returns,
+            episode_lengths=lengths,
             worker_restarts=self.runner.restarts - restarts,
             vine=None if pending.plan is None else self._vine_batch(actor, pending, raw_obs, parts),
         )
