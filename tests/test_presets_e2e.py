@@ -23,6 +23,7 @@ PRESET_ENVS = {
     "Ant": "Ant-v5", "Humanoid": "Humanoid-v5", "HalfCheetah": "HalfCheetah-v5", "Swimmer": "Swimmer-v5",
     "InvertedPendulum": "InvertedPendulum-v5", "InvertedDoublePendulum": "InvertedDoublePendulum-v5",
     "Reacher": "Reacher-v5", "MinAtar": "MinAtar/Breakout-v1", "LunarLanderContinuous": "LunarLanderContinuous-v3",
+    "LunarLander": "LunarLander-v3", "BipedalWalker": "BipedalWalker-v3",
 }
 STEPS = 64  # per env and update
 
@@ -37,7 +38,7 @@ def _needs(env_id: str) -> None:
         pytest.importorskip("mujoco")
     if env_id.startswith("MinAtar/"):
         pytest.importorskip("minatar")
-    if env_id.startswith("LunarLander"):
+    if env_id.startswith(("LunarLander", "BipedalWalker")):
         pytest.importorskip("Box2D")
 
 
@@ -45,7 +46,7 @@ def _needs(env_id: str) -> None:
 def test_preset_trains_checkpoints_evaluates_and_resumes_through_the_cli(tmp_path: Path, name: str) -> None:
     env_id = PRESET_ENVS[name]
     _needs(env_id)
-    batch = PRESETS[name]["num_envs"] * STEPS
+    batch = resolve_config(env_id)[0].num_envs * STEPS
     run = tmp_path / "run"
     first = trpo("train", "--env", env_id, "--total-steps", str(2 * batch), "--steps-per-env", str(STEPS),
                  "--checkpoint-every", "1", "--eval-episodes", "1", "--no-progress", "--run-dir", str(run))

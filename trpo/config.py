@@ -660,6 +660,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "LunarLanderContinuous": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024,
                                   value_epochs=20, max_kl=0.02, cg_damping=0.2, vector_mode="subprocess",
                                   num_workers=1),
+    # LunarLander-v3: the field defaults with observation and reward normalization. On seeds 0-4 at 200k steps:
+    # 159.7 against 27.2 for rl_zoo3's own script with its trpo.yml entry run here, 50.8 for that entry in trpo
+    # (2 x 512, damping 0.01, lambda 0.98, 15 critic epochs) and 36.4 for the field defaults (docs/results.md).
+    "LunarLander": dict(normalize_obs=True, normalize_reward=True),
+    # BipedalWalker-v3: rl-zoo's entry is its MuJoCo settings, so the MuJoCo rule (the trust region on the joint
+    # KL: 0.01 and damping 0.1 per action dimension, 4 here). Seeds 0 and 1 at 1M steps: 245.8 and 267.3
+    # (docs/results.md; the other seeds and rl_zoo3's own script are still to run).
+    "BipedalWalker": _sb3_matched(action_dim=4),
     # Every MinAtar game (10 x 10 images, the paper's CNN): 4 envs x 256 steps per batch, the trust region as
     # defaults (max KL 0.01). Measured on Breakout at 1M steps (docs/images.md); not tuned.
     "MinAtar": dict(num_envs=4, steps_per_env=256),
@@ -671,6 +679,7 @@ PRESET_STEPS: dict[str, int] = {
     "MountainCarContinuous": 50_000, "Hopper": 1_000_000, "Walker2d": 1_000_000, "Ant": 1_000_000,
     "Humanoid": 2_000_000, "HalfCheetah": 1_000_000, "Swimmer": 1_000_000, "InvertedPendulum": 1_000_000,
     "InvertedDoublePendulum": 1_000_000, "Reacher": 1_000_000, "MinAtar": 1_000_000, "LunarLanderContinuous": 100_000,
+    "LunarLander": 200_000, "BipedalWalker": 1_000_000,
 }
 
 
