@@ -98,9 +98,9 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
                    image_encoder="nature", sampling="vine", vine_states=4, vine_actions=3, vine_all_actions=False,
                    vine_horizon=5, vine_bootstrap=False, recurrent_hidden=8, recurrent_seq_len=5,
                    use_sde=True, sde_sample_freq=3, env_kwargs={"g": 9.0}, max_episode_steps=150)
-    # Vine sampling takes feed-forward policies (and no wrappers it cannot save the state of): the recurrent one is
-    # the same config with single paths, and a wrapper.
-    recurrent = {**changed, "recurrent": "gru", "sampling": "single_path",
+    # Vine sampling takes feed-forward policies (and no wrappers it cannot save the state of, nor per-step
+    # observation statistics): the recurrent one is the same config with single paths, a wrapper and those.
+    recurrent = {**changed, "recurrent": "gru", "sampling": "single_path", "obs_norm_update": "step",
                  "env_wrappers": (("gymnasium.wrappers:ClipReward", {"min_reward": -5.0, "max_reward": 0.0}),)}
     defaults = TRPOConfig()
     assert set(recurrent) == {f.name for f in dataclasses.fields(TRPOConfig)}  # a new field must join this test
