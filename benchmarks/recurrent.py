@@ -28,28 +28,36 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "recurrent"  # one small JSON per run
 RUNS = ROOT / "runs" / "bench-recurrent"  # trpo's run directories (checkpoints: resumable), not kept in git
 
-# task -> (env id, env steps, the fully observed env (its preset), RecurrentPPO settings from rl-zoo's ppo_lstm.yml)
-TASKS: dict[str, tuple[str, int, str | None, dict[str, Any]]] = {
-    "CartPoleNoVel-v1": ("trpo.pomdp:CartPoleNoVel-v1", 100_000, "CartPole-v1", dict(
-        n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
-        learning_rate="lin_0.001", clip_range="lin_0.2")),
-    "PendulumNoVel-v1": ("trpo.pomdp:PendulumNoVel-v1", 100_000, "Pendulum-v1", dict(
-        n_envs=4, n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3,
-        clip_range=0.2, use_sde=True, sde_sample_freq=4)),
-    "MountainCarContinuousNoVel-v0": (
-        "trpo.pomdp:MountainCarContinuousNoVel-v0", 300_000, "MountainCarContinuous-v0", dict(
-        normalize=True, n_envs=1, n_steps=8, batch_size=256, gamma=0.9999, learning_rate=7.77e-05,
-        ent_coef=0.00429, clip_range=0.1, n_epochs=10, gae_lambda=0.9, max_grad_norm=5, vf_coef=0.19, use_sde=True,
-        policy_kwargs=dict(log_std_init=-3.29, ortho_init=False))),
-    "HopperNoVel-v5": ("trpo.pomdp:HopperNoVel-v5", 1_000_000, "Hopper-v5", dict(  # ppo_lstm.yml's Hopper-v3 entry
-        normalize=True, n_envs=1, batch_size=32, n_steps=512, gamma=0.999, learning_rate=9.80828e-05,
-        ent_coef=0.00229519, clip_range=0.2, n_epochs=5, gae_lambda=0.99, max_grad_norm=0.7, vf_coef=0.835671,
-        policy_kwargs=dict(log_std_init=-2, ortho_init=False, activation_fn="relu",
-                           net_arch=dict(pi=[256, 256], vf=[256, 256])))),
-    "CueMemory-v0": ("trpo.pomdp:CueMemory-v0", 50_000, None, dict(  # no rl-zoo entry: CartPoleNoVel's settings
-        n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
-        learning_rate="lin_0.001", clip_range="lin_0.2")),
+# task -> (env id, env steps, the fully observed env (its preset), the entry of rl-zoo's hyperparams/ppo_lstm.yml
+# that RecurrentPPO runs with, read from the installed rl_zoo3 so that nothing is copied by hand)
+TASKS: dict[str, tuple[str, int, str | None, str]] = {
+    "CartPoleNoVel-v1": ("trpo.pomdp:CartPoleNoVel-v1", 100_000, "CartPole-v1", "CartPoleNoVel-v1"),
+    "PendulumNoVel-v1": ("trpo.pomdp:PendulumNoVel-v1", 100_000, "Pendulum-v1", "PendulumNoVel-v1"),
+    "MountainCarContinuousNoVel-v0": ("trpo.pomdp:MountainCarContinuousNoVel-v0", 300_000, "MountainCarContinuous-v0",
+                                      "MountainCarContinuousNoVel-v0"),
+    "HopperNoVel-v5": ("trpo.pomdp:HopperNoVel-v5", 1_000_000, "Hopper-v5", "Hopper-v4"),
+    "CueMemory-v0": ("trpo.pomdp:CueMemory-v0", 50_000, None, "CartPoleNoVel-v1"),  # no entry: CartPoleNoVel's
 }
+
+
+def zoo_lstm_settings(entry: str) -> dict[str, Any]:
+    """rl-zoo's ppo_lstm.yml entry as RecurrentPPO keyword arguments, plus n_envs and normalize (its policy_kwargs
+    string evaluated as rl-zoo evaluates it, with torch.nn as nn)."""
+    import rl_zoo3
+    import yaml
+    from torch import nn
+
+    with open(Path(rl_zoo3.__file__).parent / "hyperparams" / "ppo_lstm.yml") as fh:
+        settings = dict(yaml.safe_load(fh)[entry])
+    for key in ("n_timesteps", "policy"):
+        settings.pop(key, None)
+    if isinstance(settings.get("policy_kwargs"), str):
+        settings["policy_kwargs"] = eval(settings["policy_kwargs"], {"nn": nn, "dict": dict})  # rl-zoo does the same
+    settings.setdefault("n_envs", 1)
+    settings["normalize"] = bool(settings.get("normalize", False))
+    return settings
+
+
 # method -> trpo overrides (None: RecurrentPPO)
 METHODS: dict[str, dict[str, Any] | None] = {
     "trpo-lstm": {"recurrent": "lstm"},
@@ -99,19 +107,16 @@ def run_rppo(task: str, seed: int) -> dict[str, Any]:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.utils import LinearSchedule
     from stable_baselines3.common.vec_env import VecNormalize
-    from torch import nn
 
     import trpo.pomdp  # noqa: F401
 
-    env_id, steps, _, settings = TASKS[task]
-    settings = dict(settings)
-    n_envs, normalize = settings.pop("n_envs"), settings.pop("normalize", False)
+    env_id, steps, _, entry = TASKS[task]
+    settings = zoo_lstm_settings(entry)
+    n_envs, normalize = settings.pop("n_envs"), settings.pop("normalize")
     for key in ("learning_rate", "clip_range"):
         if isinstance(settings.get(key), str):  # rl-zoo's "lin_X": X decayed linearly to 0
             settings[key] = LinearSchedule(float(settings[key][4:]), 0.0, 1.0)
     kwargs = dict(settings.pop("policy_kwargs", {}))
-    if kwargs.get("activation_fn") == "relu":
-        kwargs["activation_fn"] = nn.ReLU
     venv = make_vec_env(env_id.split(":")[-1], n_envs=n_envs, seed=seed)  # registered by trpo.pomdp
     if normalize:
         venv = VecNormalize(venv, gamma=settings.get("gamma", 0.99))
