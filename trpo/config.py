@@ -665,8 +665,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (2 x 512, damping 0.01, lambda 0.98, 15 critic epochs) and 36.4 for the field defaults (docs/results.md).
     "LunarLander": dict(normalize_obs=True, normalize_reward=True),
     # BipedalWalker-v3: rl-zoo's entry is its MuJoCo settings, so the MuJoCo rule (the trust region on the joint
-    # KL: 0.01 and damping 0.1 per action dimension, 4 here). Seeds 0 and 1 at 1M steps: 245.8 and 267.3
-    # (docs/results.md; the other seeds and rl_zoo3's own script are still to run).
+    # KL: 0.01 and damping 0.1 per action dimension, 4 here). Seeds 0-4 at 1M steps: 245.8, 267.3, 243.1, -110.7,
+    # 259.4 (docs/results.md; rl_zoo3's own script on them is still to run).
     "BipedalWalker": _sb3_matched(action_dim=4),
     # Every MinAtar game (10 x 10 images, the paper's CNN): 4 envs x 256 steps per batch, the trust region as
     # defaults (max KL 0.01). Measured on Breakout at 1M steps (docs/images.md); not tuned.
