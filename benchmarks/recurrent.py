@@ -42,13 +42,12 @@ TASKS: dict[str, tuple[str, int, str | None, str]] = {
 
 def zoo_lstm_settings(entry: str) -> dict[str, Any]:
     """rl-zoo's ppo_lstm.yml entry as RecurrentPPO keyword arguments, plus n_envs and normalize (its policy_kwargs
-    string evaluated as rl-zoo evaluates it, with torch.nn as nn)."""
-    import rl_zoo3
-    import yaml
+    string evaluated as rl-zoo evaluates it, with torch.nn as nn). rl_zoo3 is not imported (trpo.peers says why)."""
     from torch import nn
 
-    with open(Path(rl_zoo3.__file__).parent / "hyperparams" / "ppo_lstm.yml") as fh:
-        settings = dict(yaml.safe_load(fh)[entry])
+    from trpo.peers import zoo_hyperparams
+
+    settings = dict(zoo_hyperparams("ppo_lstm")[entry])
     for key in ("n_timesteps", "policy"):
         settings.pop(key, None)
     if isinstance(settings.get("policy_kwargs"), str):

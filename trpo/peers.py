@@ -17,6 +17,7 @@ target_kl 0.01 is max KL 0.01 x action_dim on trpo's joint KL.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import time
@@ -151,13 +152,19 @@ def _evaluate(model: Any, eval_env: Any, episodes: int, run_dir: Path) -> dict[s
     return result
 
 
+def zoo_hyperparams(algo: str) -> dict[str, Any]:
+    """rl_zoo3's own hyperparams/ALGO.yml, found without importing rl_zoo3: importing it replaces Gymnasium's
+    TimeLimit with its own patch in the whole process (rl_zoo3/gym_patches.py), which vine sampling cannot save."""
+    spec = importlib.util.find_spec("rl_zoo3")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the rl-zoo peer needs rl_zoo3: pip install 'trpo[bench]'")
+    path = Path(next(iter(spec.submodule_search_locations))) / "hyperparams" / f"{algo}.yml"
+    return yaml.safe_load(path.read_text())
+
+
 def zoo_script_settings(env_id: str) -> dict[str, Any]:
     """rl_zoo3's own hyperparams/trpo.yml entry for `env_id` (its exact id: the script looks it up so)."""
-    try:
-        import rl_zoo3
-    except ImportError:
-        raise ValueError("the rl-zoo peer needs rl_zoo3: pip install 'trpo[bench]'") from None
-    table = yaml.safe_load((Path(rl_zoo3.__file__).parent / "hyperparams" / "trpo.yml").read_text())
+    table = zoo_hyperparams("trpo")
     if env_id not in table:
         known = ", ".join(k for k in table if k != "default" and "Bullet" not in k)
         raise ValueError(f"rl_zoo3's trpo.yml has no entry for {env_id}: it has {known}")
