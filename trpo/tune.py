@@ -205,7 +205,7 @@ def open_study(s: TuneSettings, worker: int = 0, create: bool = True) -> Any:
         raise ConfigError(f"no study {s.study!r} in {s.storage}")
     # Seeded per process and per how far the study got, so that a resumed search does not draw its first random
     # trials again.
-    done = len(optuna.load_study(study_name=s.study, storage=storage).trials) if exists else 0
+    done = storage.get_n_trials(storage.get_study_id_from_name(s.study)) if exists else 0  # no Study, no copies
     seed = s.seed * 7919 + worker + 104729 * done
     sampler = (optuna.samplers.RandomSampler(seed=seed) if s.sampler == "random" else
                optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed))
