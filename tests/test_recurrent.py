@@ -5,6 +5,7 @@ and resume, every action space and backend."""
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from torch.func import hessian
 from trpo_testenvs import MaskedChoiceEnv, PixelSideEnv, SpacesEnv
 
 from trpo import TRPO, pomdp  # pomdp registers the partially observed tasks
-from trpo.config import ConfigError, TRPOConfig
-from trpo.encoders import ConvBody, RecurrentCell, unroll
+from trpo.config import ConfigError, Recurrent, TRPOConfig
+from trpo.encoders import CELLS, ConvBody, make_cell, unroll
 from trpo.networks import Actor
 from trpo.policy import snapshot
 from trpo.sequences import Sequences, chunk
@@ -71,7 +72,8 @@ def test_chunks_pad_the_last_sequence_and_the_flat_order_maps_back() -> None:
 def test_cells_match_torch_lstm_and_gru(kind: str) -> None:
     """The written-out equations are torch's LSTM and GRU cells with the same weights."""
     torch.manual_seed(0)
-    cell = RecurrentCell(kind, 4, 5)
+    cell = make_cell(kind, 4, 5)
+    assert cell is not None
     ref = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(4, 5)
     with torch.no_grad():
         for p in cell.parameters():  # biases away from their init, so that each one is checked
@@ -91,10 +93,19 @@ def test_cells_match_torch_lstm_and_gru(kind: str) -> None:
     torch.testing.assert_close(out, h)
 
 
+def test_every_cell_kind_is_a_config_choice() -> None:
+    """The `recurrent` choices are 'none' and exactly the registered cells (a new kind: its class, its CELLS line and
+    its name in config.Recurrent), and an unknown kind is refused by name."""
+    assert get_args(Recurrent) == ("none", *CELLS)
+    assert make_cell("none", 3, 4) is None
+    with pytest.raises(ValueError, match="one of lstm, gru"):
+        make_cell("rnn", 3, 4)
+
+
 def test_nothing_leaks_across_an_episode_start() -> None:
     """After a step that starts an episode, outputs do not depend on anything before it (values or gradients)."""
     torch.manual_seed(0)
-    cell = RecurrentCell("lstm", 3, 4)
+    cell = CELLS["lstm"](3, 4)
     x = torch.randn(6, 2, 3, requires_grad=True)
     starts = torch.zeros(6, 2, dtype=torch.bool)
     starts[3, 0] = True

@@ -9,7 +9,7 @@ then 20 hidden units; Schulman et al. 2015, section 8) and the DQN/Nature networ
 64 4x4/2, 64 3x3/1, then 512 hidden units).
 
 A recurrent policy or critic (TRPOConfig.recurrent) puts a `RecurrentCell` (LSTM or GRU) between the body and the
-head; `unroll` runs it over sequences, resetting the state where an episode starts.
+head (`CELLS`); `unroll` runs it over sequences, resetting the state where an episode starts.
 """
 
 from __future__ import annotations
@@ -137,31 +137,26 @@ class ConvBody(nn.Module):
 
 
 class RecurrentCell(nn.Module):
-    """One step of an LSTM or a GRU, its equations written out (below) rather than torch's fused kernels: the
-    Fisher-vector product differentiates through time twice, which cuDNN's fused LSTM cannot (it has no double
-    backward), and the same code runs on every device. The state is one tensor [B, state_dim]: the LSTM's (h, c)
-    side by side, the GRU's h.
-
-        LSTM: i, f, g, o = W x + U h + b;  c' = sigma(f) c + sigma(i) tanh(g);  h' = sigma(o) tanh(c')
-        GRU:  r = sigma(W_r x + U_r h + b_r);  z = sigma(W_z x + U_z h + b_z)
-              n = tanh(W_n x + b_n + r (U_n h + c_n));  h' = (1 - z) n + z h
+    """One step of a recurrent cell, its equations written out (the kinds below) rather than torch's fused kernels:
+    the Fisher-vector product differentiates through time twice, which cuDNN's fused LSTM cannot (it has no double
+    backward), and the same code runs on every device. A kind is a subclass with its gate count, its state size and
+    `step`, plus its line in CELLS (and the `recurrent` choice in config.py). The state is one tensor [B, state_dim].
     """
 
-    def __init__(self, kind: str, in_dim: int, hidden: int) -> None:
+    gates: int  # blocks of `hidden` rows in W and U
+
+    def __init__(self, in_dim: int, hidden: int) -> None:
         super().__init__()
-        if kind not in ("lstm", "gru"):
-            raise ValueError(f"recurrent must be 'none', 'lstm' or 'gru', got {kind!r}")
-        self.kind, self.hidden = kind, hidden
-        gates = 4 if kind == "lstm" else 3
-        self.input = nn.Linear(in_dim, gates * hidden)
-        self.recur = nn.Linear(hidden, gates * hidden)
+        self.hidden = self.out_dim = hidden
+        self.input = nn.Linear(in_dim, self.gates * hidden)  # W x + b, for a whole sequence at once in `unroll`
+        self.recur = nn.Linear(hidden, self.gates * hidden)  # U h + b'
         for linear in (self.input, self.recur):
             nn.init.orthogonal_(linear.weight, gain=1.0)
             nn.init.zeros_(linear.bias)
-        if kind == "lstm":  # forget-gate bias 1 (Jozefowicz et al. 2015): remember by default
-            nn.init.ones_(self.input.bias[hidden : 2 * hidden])
-        self.state_dim = 2 * hidden if kind == "lstm" else hidden
-        self.out_dim = hidden
+
+    @property
+    def state_dim(self) -> int:
+        return self.hidden
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> Tensor:
         return torch.zeros(batch, self.state_dim, device=device, dtype=self.input.weight.dtype)
@@ -172,18 +167,55 @@ class RecurrentCell(nn.Module):
 
     def step(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """`forward` from the inputs' projection wx = W x + b (`unroll` projects a whole sequence at once)."""
-        hidden = self.hidden
-        if self.kind == "lstm":
-            h, c = state[..., :hidden], state[..., hidden:]
-            i, f, g, o = (wx + self.recur(h)).chunk(4, -1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            return h, torch.cat([h, c], -1)
+        raise NotImplementedError
+
+
+class LSTMCell(RecurrentCell):
+    """i, f, g, o = W x + U h + b;  c' = sigma(f) c + sigma(i) tanh(g);  h' = sigma(o) tanh(c').  State (h, c)."""
+
+    gates = 4
+
+    def __init__(self, in_dim: int, hidden: int) -> None:
+        super().__init__(in_dim, hidden)
+        nn.init.ones_(self.input.bias[hidden : 2 * hidden])  # forget-gate bias 1 (Jozefowicz et al. 2015)
+
+    @property
+    def state_dim(self) -> int:
+        return 2 * self.hidden
+
+    def step(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        h, c = state[..., : self.hidden], state[..., self.hidden :]
+        i, f, g, o = (wx + self.recur(h)).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, torch.cat([h, c], -1)
+
+
+class GRUCell(RecurrentCell):
+    """r = sigma(W_r x + U_r h + b_r);  z = sigma(W_z x + U_z h + b_z);  n = tanh(W_n x + b_n + r (U_n h + c_n));
+    h' = (1 - z) n + z h.  State h."""
+
+    gates = 3
+
+    def step(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         xr, xz, xn = wx.chunk(3, -1)
         hr, hz, hn = self.recur(state).chunk(3, -1)
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
         h = (1 - z) * torch.tanh(xn + r * hn) + z * state
         return h, h
+
+
+# TRPOConfig.recurrent -> the cell; a new kind: a RecurrentCell subclass, a line here, its name in config.Recurrent.
+CELLS: dict[str, type[RecurrentCell]] = {"lstm": LSTMCell, "gru": GRUCell}
+
+
+def make_cell(kind: str, in_dim: int, hidden: int) -> RecurrentCell | None:
+    """The cell of `recurrent` kind after a body of in_dim outputs (None for 'none')."""
+    if kind == "none":
+        return None
+    if kind not in CELLS:
+        raise ValueError(f"recurrent must be 'none' or one of {', '.join(CELLS)}, got {kind!r}")
+    return CELLS[kind](in_dim, hidden)
 
 
 def unroll(cell: RecurrentCell, x: Tensor, state: Tensor, starts: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from trpo.config import ConfigError
-from trpo.encoders import ConvBody, ImageLayout, RecurrentCell, make_body, unroll
+from trpo.encoders import ConvBody, ImageLayout, RecurrentCell, make_body, make_cell, unroll
 from trpo.sequences import Inputs, Sequences
 from trpo.spaces import ActionDistribution, Params, apply_mask
 
@@ -43,7 +43,7 @@ class Actor(nn.Module):
         self.activation = activation
         self.mask_dim = mask_dim
         self.body = make_body(obs_dim, hidden, activation, image, image_encoder)
-        self.cell = None if recurrent == "none" else RecurrentCell(recurrent, self.body.out_dim, recurrent_hidden)
+        self.cell = make_cell(recurrent, self.body.out_dim, recurrent_hidden)
         self.head = dist.make_head(self.body.out_dim if self.cell is None else self.cell.out_dim, init_log_std)
         # The shape of one sample's noise (ActionDistribution.noise): a head output's, or gSDE's matrix (SDEHead).
         self.noise_shape: tuple[int, ...] = getattr(self.head, "noise_shape", (dist.head_dim,))
@@ -89,7 +89,7 @@ class Critic(nn.Module):
         super().__init__()
         self.activation = activation
         self.body = make_body(obs_dim, hidden, activation, image, image_encoder)
-        self.cell = None if recurrent == "none" else RecurrentCell(recurrent, self.body.out_dim, recurrent_hidden)
+        self.cell = make_cell(recurrent, self.body.out_dim, recurrent_hidden)
         self.out = nn.Linear(self.body.out_dim if self.cell is None else self.cell.out_dim, 1)
         nn.init.orthogonal_(self.out.weight, gain=1.0)
         nn.init.zeros_(self.out.bias)
