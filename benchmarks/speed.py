@@ -387,6 +387,41 @@ def cnn_step(cg_iters: int, jacobian: bool, seed: int = 0, samples: int = 1024) 
     return time.perf_counter() - start
 
 
+def recurrent_fit(kind: str, sequences: int = 4, length: int = 32, reps: int = 5, calls: int = 30) -> dict[str, float]:
+    """Milliseconds of one minibatch of the value fit of a recurrent critic (MLP 64-64, a 64-unit cell, `sequences`
+    sequences of `length` steps with episode starts and padding), backpropagation through time written out
+    (Critic.mse_backward) against autograd through `unroll`, alternated, best of `reps`; one torch thread."""
+    import torch
+
+    from trpo.networks import Critic
+    from trpo.sequences import Sequences
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    critic = Critic(3, (64, 64), "tanh", recurrent=kind, recurrent_hidden=64)
+    assert critic.cell is not None
+    steps, envs = 1000, 2
+    seq, _ = Sequences.of(torch.randn(steps, envs, 3), torch.rand(steps, envs) < 0.005,
+                          torch.randn(steps, envs, critic.cell.state_dim), length)
+    part, rows = seq.subset(torch.arange(seq.size - sequences, seq.size))
+    targets = torch.randn(steps * envs)[rows]
+
+    def autograd() -> None:
+        for p in critic.parameters():
+            p.grad = None
+        (critic(part) - targets).pow(2).mean().backward()
+
+    timings: dict[str, list[float]] = {"written_out": [], "autograd": []}
+    for _ in range(reps):
+        for name, fit in (("written_out", lambda: critic.mse_backward(part, targets)), ("autograd", autograd)):
+            fit()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fit()
+            timings[name].append((time.perf_counter() - start) / calls * 1e3)
+    return {name: min(values) for name, values in timings.items()}
+
+
 def print_targets(results: dict[str, Any]) -> None:
     """The speed issue's targets, from what this invocation measured."""
     rows = []
@@ -444,6 +479,16 @@ def run_extra(key: str, seed: int) -> Any:
         print(f"| env steps/s | {steps / r['trpo_s']:,.0f} | {steps / r['sb3_s']:,.0f} | |")
         print(f"| final return (10 episodes, deterministic) | {r['trpo_return']:.1f} | {r['sb3_return']:.1f} | |")
         return r
+    if key == "recurrent-fit":
+        print("\n## A recurrent critic's value fit: one minibatch of 4 sequences x 32 steps (ms), one torch thread")
+        print("| cell | written out | autograd | ratio |")
+        print("|---|---|---|---|")
+        fits = {}
+        for kind in ("lstm", "gru"):
+            fits[kind] = r = in_subprocess(recurrent_fit, kind)
+            ratio = r["autograd"] / r["written_out"]
+            print(f"| {kind} | {r['written_out']:.2f} | {r['autograd']:.2f} | {ratio:.2f}x |")
+        return fits
     assert key == "cnn-step"
     out = {}
     print("\n## The paper's CNN: one policy step on 1,024 random 84 x 84 x 4 frames, 6 actions, one torch thread")
@@ -457,7 +502,7 @@ def run_extra(key: str, seed: int) -> Any:
     return out
 
 
-EXTRAS = ("startup", "hopper-whole", "cartpole-whole", "cnn-step")
+EXTRAS = ("startup", "hopper-whole", "cartpole-whole", "cnn-step", "recurrent-fit")
 
 
 def main() -> None:

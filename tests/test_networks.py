@@ -1,4 +1,4 @@
-"""The critic's written-out backward pass against autograd."""
+"""The critic's written-out backward pass (feed-forward and through time) against autograd."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trpo.networks import Critic
+from trpo.sequences import Sequences
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
@@ -23,5 +24,34 @@ def test_critic_mse_backward_equals_autograd_bit_for_bit(activation: str, batch:
     for p in critic.parameters():
         p.grad = None
     critic.mse_backward(obs, targets)
+    for (name, p), g in zip(critic.named_parameters(), expected, strict=True):
+        assert torch.equal(p.grad, g), name
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("steps,length,hidden,cell", [(37, 8, (16, 8), 6), (200, 32, (64, 64), 64)])
+def test_recurrent_critic_mse_backward_equals_autograd_bit_for_bit(kind: str, activation: str, steps: int, length: int,
+                                                                   hidden: tuple[int, ...], cell: int) -> None:
+    """Backpropagation through time written out (encoders.unroll_backward) against autograd through `unroll`, on a
+    minibatch of sequences with episode starts inside them and a padded last chunk."""
+    torch.manual_seed(0)
+    critic = Critic(5, hidden, activation, recurrent=kind, recurrent_hidden=cell)
+    assert critic.cell is not None
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    envs = 3
+    starts = torch.rand(steps, envs) < 0.1
+    seq, _ = Sequences.of(torch.randn(steps, envs, 5), starts, torch.randn(steps, envs, critic.cell.state_dim), length)
+    last = seq.size - 1  # a padded chunk (steps is not a multiple of length)
+    part, rows = seq.subset(torch.tensor([last, 0, 4, 2]))
+    assert not bool(part.valid.all()) and bool(part.starts.any())
+    targets = 3 * torch.randn(steps * envs)[rows]
+    (critic(part) - targets).pow(2).mean().backward()
+    expected = [p.grad.clone() for p in critic.parameters()]
+    for p in critic.parameters():
+        p.grad = None
+    critic.mse_backward(part, targets)
     for (name, p), g in zip(critic.named_parameters(), expected, strict=True):
         assert torch.equal(p.grad, g), name

@@ -1,5 +1,6 @@
 """benchmarks/speed.py's own pieces, at toy sizes (the figures themselves come from running it, never from tests):
-the CNN policy step runs with and without the Jacobian, and the start-up probe stamps the first env step."""
+the CNN policy step runs with and without the Jacobian, the recurrent value fit both ways, and the start-up probe stamps
+the first env step."""
 
 from __future__ import annotations
 
@@ -37,3 +38,11 @@ def test_the_probe_stamps_its_first_step(tmp_path: Path, monkeypatch: pytest.Mon
     env.step(env.action_space.sample())
     assert float(stamp.read_text()) == first  # only the first step writes
     env.close()
+
+
+def test_the_recurrent_fit_runs_both_ways() -> None:
+    import speed
+
+    for kind in ("lstm", "gru"):
+        r = speed.recurrent_fit(kind, sequences=2, length=4, reps=1, calls=1)
+        assert set(r) == {"written_out", "autograd"} and all(v > 0 for v in r.values())

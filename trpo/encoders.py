@@ -167,6 +167,19 @@ class RecurrentCell(nn.Module):
 
     def step(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """`forward` from the inputs' projection wx = W x + b (`unroll` projects a whole sequence at once)."""
+        out, new_state, _ = self.step_saving(wx, state)
+        return out, new_state
+
+    def step_saving(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """`step`, and what `step_backward` needs of it."""
+        raise NotImplementedError
+
+    def step_backward(self, saved: tuple[Tensor, ...], d_out: Tensor,
+                      d_new_state: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The step's backward pass written out (for the critic's fit, `unroll_backward`): from the gradients of its
+        output and of its new state (None at a sequence's last step), the gradients of wx, of U h + b' (the recur
+        layer's output), that layer's input, and the gradient of the state the step started from. The kernels
+        and their order are autograd's, so the gradients are autograd's bit for bit (tested)."""
         raise NotImplementedError
 
 
@@ -183,12 +196,30 @@ class LSTMCell(RecurrentCell):
     def state_dim(self) -> int:
         return 2 * self.hidden
 
-    def step(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        h, c = state[..., : self.hidden], state[..., self.hidden :]
-        i, f, g, o = (wx + self.recur(h)).chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, torch.cat([h, c], -1)
+    def step_saving(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        h_prev, c_prev = state[..., : self.hidden], state[..., self.hidden :]
+        i, f, g, o = (wx + self.recur(h_prev)).chunk(4, -1)
+        si, sf, tg, so = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c = sf * c_prev + si * tg
+        tc = torch.tanh(c)
+        h = so * tc
+        return h, torch.cat([h, c], -1), (h_prev, c_prev, si, sf, tg, so, tc)
+
+    def step_backward(self, saved: tuple[Tensor, ...], d_out: Tensor,
+                      d_new_state: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        h_prev, c_prev, si, sf, tg, so, tc = saved
+        dh, dc = d_out, None
+        if d_new_state is not None:
+            dh, dc = dh + d_new_state[..., : self.hidden], d_new_state[..., self.hidden :]
+        d_o = torch.ops.aten.sigmoid_backward(dh * tc, so)
+        d_tc = torch.ops.aten.tanh_backward(dh * so, tc)
+        dc = d_tc if dc is None else dc + d_tc
+        d_i = torch.ops.aten.sigmoid_backward(dc * tg, si)
+        d_f = torch.ops.aten.sigmoid_backward(dc * c_prev, sf)
+        d_g = torch.ops.aten.tanh_backward(dc * si, tg)
+        d_pre = torch.cat([d_i, d_f, d_g, d_o], -1)
+        d_state = torch.cat([d_pre.mm(self.recur.weight), dc * sf], -1)
+        return d_pre, d_pre, h_prev, d_state
 
 
 class GRUCell(RecurrentCell):
@@ -197,12 +228,23 @@ class GRUCell(RecurrentCell):
 
     gates = 3
 
-    def step(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    def step_saving(self, wx: Tensor, state: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
         xr, xz, xn = wx.chunk(3, -1)
         hr, hz, hn = self.recur(state).chunk(3, -1)
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-        h = (1 - z) * torch.tanh(xn + r * hn) + z * state
-        return h, h
+        omz, n = 1 - z, torch.tanh(xn + r * hn)
+        h = omz * n + z * state
+        return h, h, (state, hn, r, z, omz, n)
+
+    def step_backward(self, saved: tuple[Tensor, ...], d_out: Tensor,
+                      d_new_state: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        state, hn, r, z, omz, n = saved
+        dh = d_out if d_new_state is None else d_out + d_new_state
+        d_n = torch.ops.aten.tanh_backward(dh * omz, n)
+        d_z = torch.ops.aten.sigmoid_backward(-(dh * n) + dh * state, z)
+        d_r = torch.ops.aten.sigmoid_backward(d_n * hn, r)
+        d_recur = torch.cat([d_r, d_z, d_n * r], -1)
+        return torch.cat([d_r, d_z, d_n], -1), d_recur, state, d_recur.mm(self.recur.weight) + dh * z
 
 
 # TRPOConfig.recurrent -> the cell; a new kind: a RecurrentCell subclass, a line here, its name in config.Recurrent.
@@ -233,6 +275,37 @@ def unroll(cell: RecurrentCell, x: Tensor, state: Tensor, starts: Tensor) -> tup
         outs.append(out)
         after.append(state)
     return torch.stack(outs), torch.stack(before), torch.stack(after)
+
+
+def unroll_saving(cell: RecurrentCell, wx: Tensor, state: Tensor,
+                  keep: Tensor) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
+    """`unroll`'s outputs [L, S, H] from the inputs' projections wx [L, S, gates * H] (no autograd), and what
+    `unroll_backward` needs: the same kernels in the same order as `unroll`, so the same values bit for bit."""
+    outs, saved = [], []
+    for t in range(wx.shape[0]):
+        state = state * keep[t]
+        out, state, step_saved = cell.step_saving(wx[t], state)
+        outs.append(out)
+        saved.append(step_saved)
+    return torch.stack(outs), saved
+
+
+def unroll_backward(cell: RecurrentCell, saved: list[tuple[Tensor, ...]], keep: Tensor,
+                    d_outs: Tensor) -> Tensor:
+    """Backpropagation through time written out: from the gradients of the outputs d_outs [L, S, H], set the recur
+    layer's .grad (summed over steps from the last, in autograd's order) and return the gradient of wx [L, S, gates
+    * H]. The state the sequences started from is data (the rollout's), so no gradient goes to it."""
+    d_wx, d_state = [], None
+    weight = bias = None
+    for t in range(d_outs.shape[0] - 1, -1, -1):
+        d_x, d_recur, recur_input, d_state = cell.step_backward(saved[t], d_outs[t], d_state)
+        d_state = d_state * keep[t]
+        d_weight, d_bias = d_recur.t().mm(recur_input), d_recur.sum(0)
+        weight = d_weight if weight is None else weight + d_weight
+        bias = d_bias if bias is None else bias + d_bias
+        d_wx.append(d_x)
+    cell.recur.weight.grad, cell.recur.bias.grad = weight, bias
+    return torch.stack(d_wx[::-1])
 
 
 def make_body(in_dim: int, hidden: Sequence[int], activation: str, image: ImageLayout | None,
