@@ -140,8 +140,8 @@ class RecurrentCell(nn.Module):
     """One step of a recurrent cell, its equations written out (the kinds below) rather than torch's fused kernels:
     the Fisher-vector product differentiates through time twice, which cuDNN's fused LSTM cannot (it has no double
     backward), and the same code runs on every device. A kind is a subclass with its gate count, its state size and
-    `step`, plus its line in CELLS (and the `recurrent` choice in config.py). The state is one tensor [B, state_dim].
-    """
+    `step_saving` (or `step`), plus its line in CELLS (and the `recurrent` choice in config.py); its `step_backward`
+    is optional (the critic's fit goes through autograd without it). The state is one tensor [B, state_dim]."""
 
     gates: int  # blocks of `hidden` rows in W and U
 

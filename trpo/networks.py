@@ -121,8 +121,10 @@ class Critic(nn.Module):
         """Set each parameter's .grad to the gradient of mean((V(inputs) - targets)^2). For an MLP, with or without a
         recurrent cell after it, the backward pass is written out (through time for the cell): it runs the kernels
         autograd runs, so the gradients are autograd's bit for bit (tested), at a third to a half of the overhead
-        (the value fit takes hundreds of these per update). A CNN goes through autograd."""
-        if isinstance(self.body, ConvBody):
+        (the value fit takes hundreds of these per update). A CNN, or a cell without `step_backward`, goes through
+        autograd."""
+        written_out = self.cell is None or type(self.cell).step_backward is not RecurrentCell.step_backward
+        if isinstance(self.body, ConvBody) or not written_out:
             for p in self.parameters():
                 p.grad = None
             (self(inputs) - targets).pow(2).mean().backward()
