@@ -60,6 +60,7 @@ def zoo_lstm_settings(entry: str) -> dict[str, Any]:
 # method -> trpo overrides (None: RecurrentPPO)
 METHODS: dict[str, dict[str, Any] | None] = {
     "trpo-lstm": {"recurrent": "lstm"},
+    "trpo-lstm-norm": {"recurrent": "lstm", "normalize_obs": True, "normalize_reward": True},
     "trpo-mlp": {},
     "trpo-stack4": {"frame_stack": 4},
     "rppo": None,
