@@ -4,6 +4,8 @@
     pip install -e ".[ray,mujoco]"
     .venv/bin/python benchmarks/rollout_modes.py                   # Hopper-v5 and CartPole-v1 presets
     .venv/bin/python benchmarks/rollout_modes.py --env CartPole-v1 --updates 40 --json runs/modes.json
+    .venv/bin/python benchmarks/rollout_modes.py --env ALE/Pong-v5 --modes subprocess:2 envpool:2 \
+        --set num_envs=4 steps_per_env=256 --updates 4     # an env without preset: its settings here
 
 Each run trains the env's preset (only the rollout backend changed) in a fresh subprocess for `--updates` policy
 updates (every mode but envpool, whose envs are its own, gives the same run). Steps/s counts updates 2.. only, so
@@ -28,13 +30,14 @@ from typing import Any
 MODES = [("sync", 0), ("subprocess", 1), ("subprocess", 2), ("ray", 1), ("ray", 2), ("envpool", 1), ("envpool", 2)]
 
 
-def run_mode(env_id: str, mode: str, workers: int, updates: int, seed: int) -> dict[str, Any]:
+def run_mode(env_id: str, mode: str, workers: int, updates: int, seed: int,
+             fields: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
 
     from trpo import TRPO
 
     torch.set_num_threads(1)
-    agent = TRPO(env_id, seed=seed, vector_mode=mode, num_workers=workers)
+    agent = TRPO(env_id, seed=seed, **(fields or {}), vector_mode=mode, num_workers=workers)
     batch = agent.config.num_envs * agent.config.steps_per_env
     agent.learn(updates * batch)
     rows = agent.history[1:]
@@ -45,7 +48,7 @@ def run_mode(env_id: str, mode: str, workers: int, updates: int, seed: int) -> d
                 value=mean("time_value"), batch=batch, return_last=rows[-1]["episode_return_mean"])
 
 
-def payload(env_id: str, workers: int, seed: int) -> dict[str, Any]:
+def payload(env_id: str, workers: int, seed: int, fields: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pickled bytes per update to and from all workers, and the time one process takes to collect the batch."""
     import numpy as np
     import torch
@@ -53,7 +56,7 @@ def payload(env_id: str, workers: int, seed: int) -> dict[str, Any]:
     from trpo import TRPO
 
     torch.set_num_threads(1)
-    agent = TRPO(env_id, seed=seed, vector_mode="sync")
+    agent = TRPO(env_id, seed=seed, **(fields or {}), vector_mode="sync")
     collector = agent._collector_or_new()
     collector.start(agent.actor, agent.config.steps_per_env, agent.sample_gen)
     pending = collector._pending
@@ -82,14 +85,21 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--modes", nargs="+", default=[f"{m}:{w}" for m, w in MODES],
                         help="MODE:WORKERS (envpool: its threads), default all; the first is the baseline")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="config fields for every run, as for trpo train (num_envs=4 for an env without preset)")
     args = parser.parse_args()
+    from trpo.bench import field_values
+    from trpo.config import coerce_fields
+
+    fields = coerce_fields(field_values(args.set))
     modes = [(m, int(w)) for m, w in (item.split(":") for item in args.modes)]
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}, "
           f"{args.updates} updates per run (steps/s over updates 2..)")
     results: dict[str, Any] = {}
     for env_id in args.env:
-        runs = {f"{m}:{w}": in_subprocess(run_mode, env_id, m, w, args.updates, args.seed) for m, w in modes}
-        sizes = {w: in_subprocess(payload, env_id, w, args.seed) for w in (1, 2)}
+        runs = {f"{m}:{w}": in_subprocess(run_mode, env_id, m, w, args.updates, args.seed, fields)
+                for m, w in modes}
+        sizes = {w: in_subprocess(payload, env_id, w, args.seed, fields) for w in (1, 2)}
         base = runs[args.modes[0]]
         print(f"\n## {env_id} (batch {base['batch']})")
         print(f"{'mode':<14}{'steps/s':>9}{'x base':>8}{'rollout s':>11}{'policy s':>10}{'value s':>9}")
