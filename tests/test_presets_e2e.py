@@ -24,6 +24,8 @@ PRESET_ENVS = {
     "InvertedPendulum": "InvertedPendulum-v5", "InvertedDoublePendulum": "InvertedDoublePendulum-v5",
     "Reacher": "Reacher-v5", "MinAtar": "MinAtar/Breakout-v1", "LunarLanderContinuous": "LunarLanderContinuous-v3",
     "LunarLander": "LunarLander-v3", "BipedalWalker": "BipedalWalker-v3",
+    "CartPoleNoVel": "trpo.pomdp:CartPoleNoVel-v1", "CueMemory": "trpo.pomdp:CueMemory-v0",
+    "MountainCarContinuousNoVel": "trpo.pomdp:MountainCarContinuousNoVel-v0",
 }
 STEPS = 64  # per env and update
 

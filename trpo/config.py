@@ -601,6 +601,11 @@ def _sb3_matched(action_dim: int, max_kl_per_dim: float = 0.01, **extra: Any) ->
     return dict(_MUJOCO, max_kl=round(max_kl_per_dim * action_dim, 6), cg_damping=round(0.1 * action_dim, 6),
                 vector_mode="subprocess", **extra)
 
+_CARTPOLE = dict(num_envs=2, steps_per_env=512, value_minibatch=512, cg_damping=0.1, gae_lambda=0.95, gamma=0.99,
+                 value_lr=1e-3, value_epochs=20, vector_mode="subprocess", num_workers=1, fisher_subsample=2)
+_MOUNTAIN_CAR_CONTINUOUS = dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024,
+                                use_sde=True, sde_sample_freq=8)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # rl-zoo's TRPO settings (rl-baselines3-zoo, hyperparams/trpo.yml); max_kl bounds the joint KL over action
     # dimensions here.
@@ -609,10 +614,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # For speed: both envs step in one worker process, collecting the next batch while this process fits the
     # critic (one job per core; the same run as stepping them here), and Fisher-vector products use every 2nd
     # sample (12 of 12 seeds still reach 500; halving the critic epochs instead left 3 of 12 below 475).
-    "CartPole": dict(
-        num_envs=2, steps_per_env=512, value_minibatch=512, cg_damping=0.1, gae_lambda=0.95, gamma=0.99,
-        value_lr=1e-3, value_epochs=20, vector_mode="subprocess", num_workers=1, fisher_subsample=2,
-    ),
+    "CartPole": _CARTPOLE,
     # Pendulum with gSDE (rl-zoo's TRPO uses it here), a new exploration matrix every 8 steps, sigma starting at
     # e^-1: final returns at 100k better than the plain Gaussian's on all of seeds 0-9 (mean -167.4 against -183.1;
     # benchmarks/sde.py, docs/results.md); rl-zoo's own frequency 4 with sigma e^0 did worse than either.
@@ -622,8 +624,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "MountainCar": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024, value_epochs=20),
     # MountainCarContinuous with gSDE, a new exploration matrix every 8 steps: all of seeds 0-9 reach the goal at
     # 50k (92.8 +/- 0.1); the plain Gaussian failed on 3 of 10 (66.2), rl-zoo's every 4 steps on 2 (73.8).
-    "MountainCarContinuous": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024,
-                                  use_sde=True, sde_sample_freq=8),
+    "MountainCarContinuous": _MOUNTAIN_CAR_CONTINUOUS,
     # Hopper departs from rl-zoo for speed (benchmarks/speed.py; returns checked against sb3-contrib there):
     # worker processes for the envs, Fisher-vector products on every 4th sample, 10 critic epochs of 256.
     # max_kl 0.02 on the joint KL, below sb3-contrib's effective 0.03 (0.01 per action dimension): at 1M steps
@@ -668,6 +669,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # KL: 0.01 and damping 0.1 per action dimension, 4 here). Seeds 0-4 at 1M steps: 245.8, 267.3, 243.1, -110.7,
     # 259.4 (docs/results.md; rl_zoo3's own script on them is still to run).
     "BipedalWalker": _sb3_matched(action_dim=4),
+    # trpo.pomdp's partially observed tasks (velocities hidden; `--env trpo.pomdp:CartPoleNoVel-v1`): the fully
+    # observed env's preset with an LSTM (docs/recurrent.md, benchmarks/recurrent.py, 5 seeds each).
+    # CartPoleNoVel also normalizes observations and rewards, as rl-zoo's RecurrentPPO entry does: 500 on every
+    # seed at 100k, against 399.2 without normalization and 470.7 for RecurrentPPO with rl-zoo's settings.
+    "CartPoleNoVel": dict(_CARTPOLE, recurrent="lstm", normalize_obs=True, normalize_reward=True),
+    # MountainCarContinuousNoVel: every seed reaches the goal at 300k (93.3; RecurrentPPO's published 91.5).
+    "MountainCarContinuousNoVel": dict(_MOUNTAIN_CAR_CONTINUOUS, recurrent="lstm"),
+    # CueMemory-v0 (the cue 6 steps before the question): the field defaults with an LSTM answer every episode of
+    # every seed at 50k (1.0); without memory, chance.
+    "CueMemory": dict(recurrent="lstm"),
     # Every MinAtar game (10 x 10 images, the paper's CNN): 4 envs x 256 steps per batch, the trust region as
     # defaults (max KL 0.01). Measured on Breakout at 1M steps (docs/images.md); not tuned.
     "MinAtar": dict(num_envs=4, steps_per_env=256),
@@ -679,7 +690,8 @@ PRESET_STEPS: dict[str, int] = {
     "MountainCarContinuous": 50_000, "Hopper": 1_000_000, "Walker2d": 1_000_000, "Ant": 1_000_000,
     "Humanoid": 2_000_000, "HalfCheetah": 1_000_000, "Swimmer": 1_000_000, "InvertedPendulum": 1_000_000,
     "InvertedDoublePendulum": 1_000_000, "Reacher": 1_000_000, "MinAtar": 1_000_000, "LunarLanderContinuous": 100_000,
-    "LunarLander": 200_000, "BipedalWalker": 1_000_000,
+    "LunarLander": 200_000, "BipedalWalker": 1_000_000, "CartPoleNoVel": 100_000, "MountainCarContinuousNoVel": 300_000,
+    "CueMemory": 50_000,
 }
 
 
