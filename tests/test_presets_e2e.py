@@ -26,6 +26,7 @@ PRESET_ENVS = {
     "LunarLander": "LunarLander-v3", "BipedalWalker": "BipedalWalker-v3",
     "CartPoleNoVel": "trpo.pomdp:CartPoleNoVel-v1", "CueMemory": "trpo.pomdp:CueMemory-v0",
     "MountainCarContinuousNoVel": "trpo.pomdp:MountainCarContinuousNoVel-v0",
+    "PendulumNoVel": "trpo.pomdp:PendulumNoVel-v1",
 }
 STEPS = 64  # per env and update
 
