@@ -9,9 +9,11 @@ import re
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
+from gymnasium import spaces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,12 +21,14 @@ from trpo.config import (
     PRESETS,
     RESUME_SAFE_FIELDS,
     SEED_MAX,
+    VECTOR_PRESET,
     ConfigError,
     TRPOConfig,
     available_cores,
     check_seed,
     coerce_fields,
     field_docs,
+    is_vector_observation,
     resolve_config,
 )
 
@@ -295,3 +299,40 @@ def test_a_preset_is_named_or_taken_from_an_env_id(text: str, name: str) -> None
 def test_an_unknown_preset_is_refused_in_one_line(text: str) -> None:
     with pytest.raises(ConfigError, match=f"unknown preset '{text}'; known: .*CartPole"):
         resolve_config("CartPole-v1", text)
+
+
+@pytest.mark.parametrize("space,vector", [
+    (spaces.Box(-np.inf, np.inf, (11,), np.float32), True),
+    (spaces.Box(-1.0, 1.0, (3,), np.float64), True),
+    (spaces.Box(0, 255, (84, 84, 4), np.uint8), False),  # an image
+    (spaces.Box(-1.0, 1.0, (4, 4), np.float32), False),  # not flat
+    (spaces.Box(0, 10, (3,), np.int64), False),  # integers
+    (spaces.Discrete(5), False),
+    (spaces.Dict({"x": spaces.Box(-1.0, 1.0, (2,), np.float32)}), False),
+])
+def test_an_env_without_preset_takes_the_vector_preset_from_flat_float_observations(space: Any, vector: bool) -> None:
+    assert is_vector_observation(space) == vector
+    config, name = resolve_config("Unknown-v0", observation_space=space)
+    assert name == (VECTOR_PRESET if vector else None)
+    assert config.normalize_obs == config.normalize_reward == vector
+    # a preset that names the env wins; 'none' keeps the field defaults; the file and the overrides stay on top
+    assert resolve_config("CartPole-v1", observation_space=space)[1] == "CartPole"
+    assert resolve_config("Unknown-v0", "none", observation_space=space) == (TRPOConfig(), None)
+    assert resolve_config("Unknown-v0", overrides={"normalize_reward": False},
+                          observation_space=space)[0].normalize_reward is False
+
+
+def test_the_agent_and_tune_choose_the_vector_preset_as_train_does() -> None:
+    from trpo import TRPO
+    from trpo.tune import settings_for
+
+    agent = TRPO("Pendulum-v1", seed=0)
+    assert agent.preset == "Pendulum"
+    agent.close()
+    from gymnasium.envs.classic_control import PendulumEnv
+
+    agent = TRPO(lambda: gym.wrappers.TimeLimit(PendulumEnv(), 50), seed=0)  # a factory of an env without an id
+    assert agent.preset == VECTOR_PRESET and agent.config.normalize_obs and agent.config.normalize_reward
+    agent.close()
+    assert settings_for("Pendulum-v1", 2).preset == "Pendulum"
+    assert settings_for("trpo.pomdp:MountainCarNoVel-v0", 2).preset == VECTOR_PRESET

@@ -14,7 +14,7 @@ import torch
 from test_cli import metrics, trpo
 
 from trpo import TRPO
-from trpo.config import PRESETS, preset_name_for, resolve_config
+from trpo.config import PRESETS, VECTOR_PRESET, preset_name_for, resolve_config
 from trpo.rollout.collector import layout
 
 PRESET_ENVS = {
@@ -27,13 +27,15 @@ PRESET_ENVS = {
     "CartPoleNoVel": "trpo.pomdp:CartPoleNoVel-v1", "CueMemory": "trpo.pomdp:CueMemory-v0",
     "MountainCarContinuousNoVel": "trpo.pomdp:MountainCarContinuousNoVel-v0",
     "PendulumNoVel": "trpo.pomdp:PendulumNoVel-v1",
+    VECTOR_PRESET: "Pusher-v5",  # no preset names it; its observations are a flat vector
 }
 STEPS = 64  # per env and update
 
 
 def test_every_preset_is_covered() -> None:
     assert set(PRESET_ENVS) == set(PRESETS)  # a new preset must join these tests
-    assert all(preset_name_for(env) == name for name, env in PRESET_ENVS.items())
+    assert all(preset_name_for(env) == name for name, env in PRESET_ENVS.items() if name != VECTOR_PRESET)
+    assert preset_name_for(PRESET_ENVS[VECTOR_PRESET]) is None
 
 
 def _needs(env_id: str) -> None:
@@ -49,14 +51,15 @@ def _needs(env_id: str) -> None:
 def test_preset_trains_checkpoints_evaluates_and_resumes_through_the_cli(tmp_path: Path, name: str) -> None:
     env_id = PRESET_ENVS[name]
     _needs(env_id)
-    batch = resolve_config(env_id)[0].num_envs * STEPS
+    batch = resolve_config(env_id, name)[0].num_envs * STEPS
     run = tmp_path / "run"
     first = trpo("train", "--env", env_id, "--total-steps", str(2 * batch), "--steps-per-env", str(STEPS),
                  "--checkpoint-every", "1", "--eval-episodes", "1", "--no-progress", "--run-dir", str(run))
     assert first.returncode == 0, first.stderr
     assert "Traceback" not in first.stderr
     # the worker layout the preset chose, said at start-up
-    assert f"trpo: {layout(resolve_config(env_id)[0])}\n" in first.stderr
+    assert f"trpo: {layout(resolve_config(env_id, name)[0])}\n" in first.stderr
+    assert f"(preset {name})" in first.stderr  # `auto` chose it
     for file in ("config.yaml", "metrics.jsonl", "checkpoints/latest.pt", "final.pt", "eval.json"):
         assert (run / file).is_file(), file
     assert [r["update"] for r in metrics(run)] == [1, 2]
@@ -71,7 +74,7 @@ def test_preset_trains_checkpoints_evaluates_and_resumes_through_the_cli(tmp_pat
     assert [r["update"] for r in metrics(run)] == [1, 2, 3]
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert state["num_steps"] == 3 * batch and state["preset"] == name
-    assert state["config"] == {**resolve_config(env_id)[0].to_dict(), "steps_per_env": STEPS,
+    assert state["config"] == {**resolve_config(env_id, name)[0].to_dict(), "steps_per_env": STEPS,
                                "checkpoint_every": 1, "eval_episodes": 1}
 
 

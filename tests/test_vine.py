@@ -143,7 +143,8 @@ def _layered_q_samples(all_actions: bool, action_free_moves: bool = False, seed:
     """One large vine batch on LayeredMDP: (layer, node, action, Q estimate) per branch, the env, and pi_old."""
     env_fn = lambda: LayeredMDP(action_free_moves=action_free_moves)  # noqa: E731
     agent = TRPO(env_fn, seed=seed, num_envs=4, steps_per_env=512, sampling="vine", vine_states=384,
-                 vine_all_actions=all_actions, vine_actions=6, vine_horizon=4, vine_bootstrap=False, gamma=0.9)
+                 vine_all_actions=all_actions, vine_actions=6, vine_horizon=4, vine_bootstrap=False, gamma=0.9,
+                 normalize_obs=False, normalize_reward=False)  # the raw rewards of the exact Q (no `vector` preset)
     with torch.no_grad():  # a policy away from uniform, so that pi matters in the exact Q
         for p in agent.actor.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
@@ -403,7 +404,7 @@ def test_vine_trpo_finds_the_optimal_policy_of_the_small_mdp(all_actions: bool) 
         v = (mdp.R[layer] + gamma * mdp.P[layer] @ v).max(-1)
     optimum = float(v.mean())
     agent = TRPO(LayeredMDP, seed=3, num_envs=2, steps_per_env=64, sampling="vine", vine_states=16,
-                 vine_all_actions=all_actions, gamma=gamma, max_kl=0.05)
+                 vine_all_actions=all_actions, gamma=gamma, max_kl=0.05, normalize_obs=False, normalize_reward=False)
     start = _exact_start_value(agent, mdp, gamma)
     agent.learn(8000)
     assert _exact_start_value(agent, mdp, gamma) >= start + 0.97 * (optimum - start)

@@ -47,6 +47,7 @@ from trpo.envs import (
     env_id_of,
     has_time_limit,
     make_env,
+    observation_space_of,
     with_options,
 )
 from trpo.logger import MetricsLog, Progress
@@ -106,6 +107,10 @@ class TRPO:
                 probe = make_env(env)  # a factory whose env has a registered id keeps that id's preset
                 preset_id = probe.spec.id if probe.spec is not None else None
             config, self.preset = resolve_config(preset_id, "auto", overrides=overrides)
+            if self.preset is None:  # no preset names the env: one may follow from its observations
+                spec = with_options(env, config.env_kwargs, config.max_episode_steps, config.env_wrappers)
+                space = observation_space_of(probe if probe is not None and spec is env else spec)
+                config, self.preset = resolve_config(preset_id, "auto", overrides=overrides, observation_space=space)
         else:
             self.preset = None
             if overrides:

@@ -601,6 +601,8 @@ def _sb3_matched(action_dim: int, max_kl_per_dim: float = 0.01, **extra: Any) ->
     return dict(_MUJOCO, max_kl=round(max_kl_per_dim * action_dim, 6), cg_damping=round(0.1 * action_dim, 6),
                 vector_mode="subprocess", **extra)
 
+VECTOR_PRESET = "vector"  # the preset of an env without one whose observations are a flat vector
+
 _CARTPOLE = dict(num_envs=2, steps_per_env=512, value_minibatch=512, cg_damping=0.1, gae_lambda=0.95, gamma=0.99,
                  value_lr=1e-3, value_epochs=20, vector_mode="subprocess", num_workers=1, fisher_subsample=2)
 _PENDULUM = dict(num_envs=2, steps_per_env=1024, gamma=0.9, value_epochs=15, use_sde=True, sde_sample_freq=8,
@@ -621,7 +623,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # e^-1: final returns at 100k better than the plain Gaussian's on all of seeds 0-9 (mean -167.4 against -183.1;
     # benchmarks/sde.py, docs/results.md); rl-zoo's own frequency 4 with sigma e^0 did worse than either.
     "Pendulum": _PENDULUM,
-    "Acrobot": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024),
+    # Acrobot: observations and rewards normalized, the field defaults otherwise (one env of 2,048 steps a batch):
+    # -78.7 on seeds 0-4 at 100k, against rl-zoo's -83.1; rl-zoo's 2 x 1024 with the same normalization gave
+    # -84.2 on seeds 0-5 (-85.3 on 0-4), the field defaults without it -80.6 (docs/results.md).
+    "Acrobot": dict(normalize_obs=True, normalize_reward=True),
     "MountainCar": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024, value_epochs=20),
     # MountainCarContinuous with gSDE, a new exploration matrix every 8 steps: all of seeds 0-9 reach the goal at
     # 50k (92.8 +/- 0.1); the plain Gaussian failed on 3 of 10 (66.2), rl-zoo's every 4 steps on 2 (73.8).
@@ -683,6 +688,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CueMemory-v0 (the cue 6 steps before the question): the field defaults with an LSTM answer every episode of
     # every seed at 50k (1.0); without memory, chance.
     "CueMemory": dict(recurrent="lstm"),
+    # An env no preset names whose observations are a flat vector (a 1-D float Box) gets this from `preset: auto`:
+    # observations and rewards normalized. Against the field defaults, 5 seeds each (docs/results.md): CartPole-v1
+    # 500 and 500, Acrobot-v1 -78.7 and -80.6, Pendulum-v1 -183.5 and -551.7, MountainCar-v0 -111.9 and -200 (the
+    # goal never reached), LunarLander-v3 159.7 and 36.4 (LunarLanderContinuous-v3: 184.5 and 50.0 with max KL 0.02
+    # and damping 0.2 besides).
+    VECTOR_PRESET: dict(normalize_obs=True, normalize_reward=True),
     # Every MinAtar game (10 x 10 images, the paper's CNN): 4 envs x 256 steps per batch, the trust region as
     # defaults (max KL 0.01). Measured on Breakout at 1M steps (docs/images.md); not tuned.
     "MinAtar": dict(num_envs=4, steps_per_env=256),
@@ -695,7 +706,7 @@ PRESET_STEPS: dict[str, int] = {
     "Humanoid": 2_000_000, "HalfCheetah": 1_000_000, "Swimmer": 1_000_000, "InvertedPendulum": 1_000_000,
     "InvertedDoublePendulum": 1_000_000, "Reacher": 1_000_000, "MinAtar": 1_000_000, "LunarLanderContinuous": 100_000,
     "LunarLander": 200_000, "BipedalWalker": 1_000_000, "CartPoleNoVel": 100_000, "MountainCarContinuousNoVel": 300_000,
-    "PendulumNoVel": 100_000, "CueMemory": 50_000,
+    "PendulumNoVel": 100_000, "CueMemory": 50_000, VECTOR_PRESET: 1_000_000,
 }
 
 
@@ -709,18 +720,29 @@ def preset_name_for(env_id: str) -> str | None:
     return base if base in PRESETS else None
 
 
+def is_vector_observation(space: Any) -> bool:
+    """Whether an observation space is a flat vector of floats (a 1-D float Box): what VECTOR_PRESET is for."""
+    shape, dtype = getattr(space, "shape", None), getattr(space, "dtype", None)
+    return (type(space).__name__ == "Box" and shape is not None and len(shape) == 1 and dtype is not None
+            and dtype.kind == "f")
+
+
 def resolve_config(
     env_id: str | None,
     preset: str | None = "auto",
     file_values: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    observation_space: Any = None,
 ) -> tuple[TRPOConfig, str | None]:
-    """Defaults < preset < file < overrides. Returns the config and the preset name used (or None)."""
+    """Defaults < preset < file < overrides. Returns the config and the preset name used (or None). With 'auto',
+    an env no preset names takes VECTOR_PRESET when its `observation_space` (given) is a flat vector."""
     name: str | None
     if preset in (None, "none", ""):
         name = None
     elif preset == "auto":
         name = preset_name_for(env_id) if env_id else None
+        if name is None and observation_space is not None and is_vector_observation(observation_space):
+            name = VECTOR_PRESET
     else:  # a preset's name, or an env id whose preset to take ('CartPole-v1' for a partially observed CartPole)
         name = preset if preset in PRESETS else preset_name_for(preset)
         if name is None:
@@ -762,6 +784,7 @@ __all__ = [
     "available_cores",
     "check_seed",
     "field_docs",
+    "is_vector_observation",
     "load_yaml",
     "preset_name_for",
     "resolve_config",

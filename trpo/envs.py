@@ -201,6 +201,17 @@ def has_time_limit(env: gym.Env) -> bool:
     return False
 
 
+def observation_space_of(spec: EnvSpec) -> gym.Space:
+    """The observation space of the env `spec` makes (made and closed here; an instance's own)."""
+    if isinstance(spec, gym.Env):
+        return spec.observation_space
+    env = make_env(spec)
+    try:
+        return env.observation_space
+    finally:
+        close_env(env)
+
+
 def env_id_of(spec: EnvSpec) -> str | None:
     """The id to store in configs and checkpoints, when there is one."""
     if isinstance(spec, str):

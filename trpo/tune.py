@@ -143,6 +143,7 @@ class TuneSettings:
     startup_trials: int = 5
     pruner: str = "median"
     sampler: str = "tpe"
+    preset: str = "none"  # the env's preset, as `trpo train` would choose it ('none': the field defaults)
 
     @property
     def study_dir(self) -> Path:
@@ -160,10 +161,17 @@ def settings_for(env: str, trials: int, *, total_steps: int | None = None, space
     if overlap:
         raise ConfigError(f"--set fixes {', '.join(overlap)}, which the space tunes: drop one")
     config, preset = resolve_config(env, "auto", overrides=fixed)  # the fixed fields are valid on the preset
+    if preset is None:  # no preset names the env: one may follow from its observations, as in `trpo train`
+        from trpo.envs import observation_space_of, with_options
+
+        space_of_env = observation_space_of(with_options(env, config.env_kwargs, config.max_episode_steps,
+                                                         config.env_wrappers))
+        config, preset = resolve_config(env, "auto", overrides=fixed, observation_space=space_of_env)
     for dim in space:  # and so is each value of the space, alone (a combination may still fail its trial)
         for value in dim.choices or (dim.low, dim.high):
             try:
-                resolve_config(env, "auto", overrides={**fixed, dim.name: int(value) if dim.integer else value})
+                resolve_config(env, preset or "none",
+                               overrides={**fixed, dim.name: int(value) if dim.integer else value})
             except ConfigError as exc:
                 raise ConfigError(f"{space_file or 'space'}: {dim.name}: {value!r} is refused: {exc}") from None
     steps = total_steps or PRESET_STEPS.get(preset or "", 1_000_000)
@@ -181,7 +189,7 @@ def settings_for(env: str, trials: int, *, total_steps: int | None = None, space
         raise ConfigError(f"study must be a plain name, got {name!r}")
     url = storage or f"sqlite:///{(out / f'{name}.db').as_posix()}"
     return TuneSettings(env, steps, trials, space, fixed, name, url, out, seed, evaluations, startup_trials, pruner,
-                        sampler)
+                        sampler, preset or "none")
 
 
 def _optuna() -> Any:
@@ -260,7 +268,7 @@ def objective(s: TuneSettings, trial: Any, worker: int = 0) -> float:
     params = {d.name: d.suggest(trial) for d in s.space}
     run_fields = {"vector_mode": "sync", "eval_every": max(1, s.total_steps // s.evaluations)}
     try:
-        config, _ = resolve_config(s.env, "auto", overrides={**run_fields, **s.fixed, **params})
+        config, _ = resolve_config(s.env, s.preset, overrides={**run_fields, **s.fixed, **params})
         if config.num_envs * config.steps_per_env > s.total_steps:  # one batch would overrun the trial's budget
             raise ConfigError(f"a batch of {config.num_envs} x {config.steps_per_env} steps exceeds the trial's "
                               f"{s.total_steps} steps")
