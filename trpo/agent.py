@@ -36,7 +36,6 @@ from trpo.config import (
     TRPOConfig,
     available_cores,
     check_seed,
-    resolve_config,
 )
 from trpo.envs import (
     EnvError,
@@ -47,7 +46,7 @@ from trpo.envs import (
     env_id_of,
     has_time_limit,
     make_env,
-    observation_space_of,
+    resolve_env_config,
     with_options,
 )
 from trpo.logger import MetricsLog, Progress
@@ -106,11 +105,7 @@ class TRPO:
             if preset_id is None and callable(env) and not isinstance(env, gym.Env):
                 probe = make_env(env)  # a factory whose env has a registered id keeps that id's preset
                 preset_id = probe.spec.id if probe.spec is not None else None
-            config, self.preset = resolve_config(preset_id, "auto", overrides=overrides)
-            if self.preset is None:  # no preset names the env: one may follow from its observations
-                spec = with_options(env, config.env_kwargs, config.max_episode_steps, config.env_wrappers)
-                space = observation_space_of(probe if probe is not None and spec is env else spec)
-                config, self.preset = resolve_config(preset_id, "auto", overrides=overrides, observation_space=space)
+            config, self.preset = resolve_env_config(env, preset_id, "auto", overrides=overrides)
         else:
             self.preset = None
             if overrides:

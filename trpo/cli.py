@@ -222,9 +222,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         TRPOConfig,
         check_seed,
         load_yaml,
-        resolve_config,
     )
-    from trpo.envs import observation_space_of, with_options
+    from trpo.envs import resolve_env_config
     from trpo.rollout.collector import layout
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TRPOConfig) if getattr(args, f.name) is not None}
@@ -257,11 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset_arg = args.preset or run_values.get("preset") or "auto"
     if not isinstance(preset_arg, str):
         raise ConfigError(f"preset must be a preset name, 'auto' or 'none', got {preset_arg!r}")
-    config, preset = resolve_config(env_id, preset_arg, file_values, overrides)
-    if preset is None and preset_arg == "auto":  # no preset names the env: one may follow from its observations
-        space = observation_space_of(with_options(env_id, config.env_kwargs, config.max_episode_steps,
-                                                  config.env_wrappers))
-        config, preset = resolve_config(env_id, preset_arg, file_values, overrides, observation_space=space)
+    config, preset = resolve_env_config(env_id, env_id, preset_arg, file_values, overrides)
     seed = check_seed(args.seed if args.seed is not None else run_values.get("seed", 0))
     default_steps = PRESET_STEPS.get(preset or "", 1_000_000)
     total_steps = _positive_int("total-steps", args.total_steps or run_values.get("total_steps", default_steps))

@@ -13,6 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from trpo.config import TRPOConfig, resolve_config
 from trpo.spaces import MAX_REWARD, ObsEncoder, ObservationError
 
 EnvSpec = str | Callable[[], gym.Env] | gym.Env
@@ -201,15 +202,22 @@ def has_time_limit(env: gym.Env) -> bool:
     return False
 
 
-def observation_space_of(spec: EnvSpec) -> gym.Space:
-    """The observation space of the env `spec` makes (made and closed here; an instance's own)."""
-    if isinstance(spec, gym.Env):
-        return spec.observation_space
-    env = make_env(spec)
-    try:
-        return env.observation_space
-    finally:
-        close_env(env)
+def resolve_env_config(env: EnvSpec, env_id: str | None, preset: str | None = "auto",
+                       file_values: dict[str, Any] | None = None,
+                       overrides: dict[str, Any] | None = None) -> tuple[TRPOConfig, str | None]:
+    """config.resolve_config for `env`: with 'auto', an env no preset names takes the preset its observation space
+    calls for (config.VECTOR_PRESET), read from the env made with the config's env options and closed again."""
+    config, name = resolve_config(env_id, preset, file_values, overrides)
+    if name is None and preset == "auto":
+        spec = with_options(env, config.env_kwargs, config.max_episode_steps, config.env_wrappers)
+        made = make_env(spec)
+        try:
+            space = made.observation_space
+        finally:
+            if made is not spec:  # an instance given by the caller stays open
+                close_env(made)
+        config, name = resolve_config(env_id, preset, file_values, overrides, observation_space=space)
+    return config, name
 
 
 def env_id_of(spec: EnvSpec) -> str | None:

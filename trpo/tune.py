@@ -160,13 +160,9 @@ def settings_for(env: str, trials: int, *, total_steps: int | None = None, space
     overlap = sorted(set(fixed) & {d.name for d in space})
     if overlap:
         raise ConfigError(f"--set fixes {', '.join(overlap)}, which the space tunes: drop one")
-    config, preset = resolve_config(env, "auto", overrides=fixed)  # the fixed fields are valid on the preset
-    if preset is None:  # no preset names the env: one may follow from its observations, as in `trpo train`
-        from trpo.envs import observation_space_of, with_options
+    from trpo.envs import resolve_env_config  # gymnasium: only where a study is set up
 
-        space_of_env = observation_space_of(with_options(env, config.env_kwargs, config.max_episode_steps,
-                                                         config.env_wrappers))
-        config, preset = resolve_config(env, "auto", overrides=fixed, observation_space=space_of_env)
+    config, preset = resolve_env_config(env, env, "auto", overrides=fixed)  # the fixed fields are valid on the preset
     for dim in space:  # and so is each value of the space, alone (a combination may still fail its trial)
         for value in dim.choices or (dim.low, dim.high):
             try:
