@@ -634,8 +634,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Hopper departs from rl-zoo for speed (benchmarks/speed.py; returns checked against sb3-contrib there):
     # worker processes for the envs, Fisher-vector products on every 4th sample, 10 critic epochs of 256.
     # max_kl 0.02 on the joint KL, below sb3-contrib's effective 0.03 (0.01 per action dimension): at 1M steps
-    # 0.03 let 2 of 5 seeds lose their policy late (mean 2998), 0.02 gave 3358 (docs/results.md). The 300k
-    # figures in docs/speed.md and docs/family.md were measured with 0.03.
+    # 0.03 let 2 of 5 seeds lose their policy late (mean 2998), 0.02 gave 3358 (3021 over seeds 0-9;
+    # docs/results.md). The 300k figures in docs/speed.md and docs/family.md were measured with 0.03.
     "Hopper": dict(_MUJOCO, max_kl=0.02, vector_mode="subprocess", fisher_subsample=4, value_epochs=10,
                    value_minibatch=256),
     # The other MuJoCo tasks take sb3-contrib's trust region as it acts (its TRPO's Box-action KL is averaged
