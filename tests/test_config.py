@@ -322,6 +322,17 @@ def test_an_env_without_preset_takes_the_vector_preset_from_flat_float_observati
                           observation_space=space)[0].normalize_reward is False
 
 
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+       dtype=st.sampled_from([np.float16, np.float32, np.float64, np.uint8, np.int32, np.int64, np.bool_]))
+def test_the_vector_preset_is_for_flat_float_boxes_only(shape: list[int], dtype: Any) -> None:
+    """Every Box: the vector preset exactly where it is 1-D with float entries (no image, matrix or integer code)."""
+    space = spaces.Box(0, 1, tuple(shape), dtype)
+    flat_float = len(shape) == 1 and np.dtype(dtype).kind == "f"
+    assert is_vector_observation(space) == flat_float
+    assert resolve_config("Unknown-v0", observation_space=space)[1] == (VECTOR_PRESET if flat_float else None)
+
+
 def test_the_agent_and_tune_choose_the_vector_preset_as_train_does() -> None:
     from trpo import TRPO
     from trpo.tune import settings_for
