@@ -673,7 +673,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "LunarLander": dict(normalize_obs=True, normalize_reward=True),
     # BipedalWalker-v3: rl-zoo's entry is its MuJoCo settings, so the MuJoCo rule (the trust region on the joint
     # KL: 0.01 and damping 0.1 per action dimension, 4 here). Seeds 0-4 at 1M steps: 245.8, 267.3, 243.1, -110.7,
-    # 259.4 (docs/results.md; rl_zoo3's own script on them is still to run).
+    # 259.4 (docs/results.md); rl_zoo3's own script on them: 266.9, ahead of this preset's 181.0.
     "BipedalWalker": _sb3_matched(action_dim=4),
     # trpo.pomdp's partially observed tasks (velocities hidden; `--env trpo.pomdp:CartPoleNoVel-v1`): the fully
     # observed env's preset with an LSTM (docs/recurrent.md, benchmarks/recurrent.py, 5 seeds each).
