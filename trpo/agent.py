@@ -105,7 +105,7 @@ class TRPO:
             if preset_id is None and callable(env) and not isinstance(env, gym.Env):
                 probe = make_env(env)  # a factory whose env has a registered id keeps that id's preset
                 preset_id = probe.spec.id if probe.spec is not None else None
-            config, self.preset = resolve_env_config(env, preset_id, "auto", overrides=overrides)
+            config, self.preset = resolve_env_config(env, preset_id, "auto", overrides=overrides, made=probe)
         else:
             self.preset = None
             if overrides:

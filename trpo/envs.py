@@ -203,19 +203,21 @@ def has_time_limit(env: gym.Env) -> bool:
 
 
 def resolve_env_config(env: EnvSpec, env_id: str | None, preset: str | None = "auto",
-                       file_values: dict[str, Any] | None = None,
-                       overrides: dict[str, Any] | None = None) -> tuple[TRPOConfig, str | None]:
+                       file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                       made: gym.Env | None = None) -> tuple[TRPOConfig, str | None]:
     """config.resolve_config for `env`: with 'auto', an env no preset names takes the preset its observation space
-    calls for (config.VECTOR_PRESET), read from the env made with the config's env options and closed again."""
+    calls for (config.VECTOR_PRESET), read from the env made with the config's env options and closed again, or
+    from `made` (an env the caller already made from `env`, left open) where the config has no env options."""
     config, name = resolve_config(env_id, preset, file_values, overrides)
     if name is None and preset == "auto":
         spec = with_options(env, config.env_kwargs, config.max_episode_steps, config.env_wrappers)
-        made = make_env(spec)
+        reuse = made is not None and spec is env
+        probe = made if reuse else make_env(spec)
         try:
-            space = made.observation_space
+            space = probe.observation_space
         finally:
-            if made is not spec:  # an instance given by the caller stays open
-                close_env(made)
+            if not reuse and probe is not spec:  # an env the caller made or gave stays open
+                close_env(probe)
         config, name = resolve_config(env_id, preset, file_values, overrides, observation_space=space)
     return config, name
 
