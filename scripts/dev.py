@@ -99,8 +99,10 @@ def main() -> int:
         py = setup("test")
         run(py, "-m", "ruff", "check", "trpo", "tests", "scripts", "benchmarks")
         # pytest's own exit code is the result; -n 2 spreads the suite over both cores, keeping each xdist_group
-        # (the Ray tests, which share one Ray runtime) on one of them.
-        return subprocess.run([str(py), "-m", "pytest", "-n", "2", "--dist", "loadgroup", *sys.argv[2:]],
+        # (the Ray tests, which share one Ray runtime) on one of them; the 15 slowest tests are listed at the end,
+        # to see where the suite's time goes (it must stay under 10 minutes on 2 cores).
+        return subprocess.run([str(py), "-m", "pytest", "-n", "2", "--dist", "loadgroup", "--durations=15",
+                               *sys.argv[2:]],
                               cwd=ROOT).returncode
     if command == "docs":
         py = setup("docs")

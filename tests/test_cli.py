@@ -376,6 +376,21 @@ def test_version_and_choices_in_help() -> None:
     assert "--overwrite" in help_text
 
 
+@pytest.mark.parametrize("args", [["presets"], ["train", "--max-kl", "-1"], ["train", "--seed", "-3"],
+                                  ["train", "--config", "bad.yaml"], ["train", "--total-steps", "0"],
+                                  ["train", "--preset", "Hoper"]])
+def test_commands_that_do_not_train_answer_without_loading_torch_or_gymnasium(tmp_path: Path, args: list[str]) -> None:
+    # torch and gymnasium take 2-3 s to import: `trpo presets` and a mistyped flag or file answer before that.
+    (tmp_path / "bad.yaml").write_text("env: CartPole-v1\nvalue_epochs: many\n")
+    code = ("import sys; from trpo.cli import main; code = main(sys.argv[1:]); "
+            "print(code, [m for m in ('torch', 'gymnasium') if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert res.stdout.splitlines()[-1] == f"{0 if args == ['presets'] else 2} []", res.stdout + res.stderr
+    if args != ["presets"]:
+        assert len([ln for ln in res.stderr.splitlines() if ln.startswith("trpo: error:")]) == 1, res.stderr
+
+
 def test_output_into_a_closed_pipe_stops_quietly() -> None:
     # `true` exits without reading, long before trpo has imported torch: the first write meets a closed pipe.
     env = dict(os.environ, PYTHONPATH=str(TESTS))

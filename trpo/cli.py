@@ -213,8 +213,6 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trpo.agent import TRPO
-    from trpo.checkpoint import unique_run_dir
     from trpo.config import (
         PRESET_STEPS,
         RUN_RECORD_KEYS,
@@ -222,12 +220,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         TRPOConfig,
         check_seed,
         load_yaml,
+        resolve_config,
     )
-    from trpo.envs import resolve_env_config
-    from trpo.rollout.collector import layout
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TRPOConfig) if getattr(args, f.name) is not None}
     if args.resume:
+        from trpo.agent import TRPO
+
         given = [_flag(name) for name in RESUME_FIXED if getattr(args, name) not in (None, False)]
         if given:
             raise UsageError(f"--resume continues the run as it was set up; drop {', '.join(given)}")
@@ -256,10 +255,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset_arg = args.preset or run_values.get("preset") or "auto"
     if not isinstance(preset_arg, str):
         raise ConfigError(f"preset must be a preset name, 'auto' or 'none', got {preset_arg!r}")
-    config, preset = resolve_env_config(env_id, env_id, preset_arg, file_values, overrides)
+    # Flags and files checked before torch and gymnasium load (2-3 s): a mistyped value is answered at once.
+    resolve_config(env_id, preset_arg, file_values, overrides)
     seed = check_seed(args.seed if args.seed is not None else run_values.get("seed", 0))
-    default_steps = PRESET_STEPS.get(preset or "", 1_000_000)
-    total_steps = _positive_int("total-steps", args.total_steps or run_values.get("total_steps", default_steps))
+    given_steps = args.total_steps or run_values.get("total_steps")
+    if given_steps is not None:
+        _positive_int("total-steps", given_steps)
+
+    from trpo.agent import TRPO
+    from trpo.checkpoint import unique_run_dir
+    from trpo.envs import resolve_env_config
+    from trpo.rollout.collector import layout
+
+    config, preset = resolve_env_config(env_id, env_id, preset_arg, file_values, overrides)
+    total_steps = _positive_int("total-steps", given_steps or PRESET_STEPS.get(preset or "", 1_000_000))
 
     agent = TRPO(env_id, config=config, seed=seed, progress=not args.no_progress, overwrite=args.overwrite)
     agent.preset = preset
@@ -478,19 +487,20 @@ def _run(argv: list[str] | None) -> int:
     return commands[args.command](args)
 
 
+# The errors the user can fix besides UsageError and OSError, as (module, class).
+USER_ERRORS = (("trpo.checkpoint", "CheckpointError"), ("trpo.checkpoint", "RunDirError"),
+               ("trpo.config", "ConfigError"), ("trpo.envs", "EnvError"), ("trpo.export", "ExportError"),
+               ("trpo.plot", "PlotError"), ("trpo.spaces", "UnsupportedSpaceError"))
+
+
 def _is_user_error(exc: BaseException) -> bool:
     """Errors the user can fix (flags, files, their env, the OS refusing a write): one line, no traceback."""
     if isinstance(exc, UsageError | OSError):
         return True
-    from trpo.checkpoint import CheckpointError, RunDirError
-    from trpo.config import ConfigError
-    from trpo.envs import EnvError
-    from trpo.export import ExportError
-    from trpo.plot import PlotError
-    from trpo.spaces import UnsupportedSpaceError
-
-    return isinstance(exc, ConfigError | EnvError | UnsupportedSpaceError | CheckpointError | RunDirError | PlotError
-                      | ExportError)
+    # Only a loaded module can have raised its error: importing the others (trpo.checkpoint loads torch, 2-3 s)
+    # would delay the one line a mistyped flag gets.
+    return any(isinstance(exc, getattr(sys.modules[module], name)) for module, name in USER_ERRORS
+               if module in sys.modules)
 
 
 def _saved_state(run_dir: Path | None) -> str:

@@ -1,0 +1,140 @@
+"""Peak memory of every preset, this checkout against another commit's, by the same command line.
+
+    git worktree add /tmp/base 7e89de4                      # the commit to compare with
+    .venv/bin/python benchmarks/memory.py --base /tmp/base  # every preset, 4 updates each
+    .venv/bin/python benchmarks/memory.py --preset Hopper CartPole --updates 8 --repeats 3
+    .venv/bin/python benchmarks/memory.py --preset Walker2d --flags=--num-workers=1     # extra flags for both runs
+
+For each preset, `trpo train --env ENV --total-steps STEPS --checkpoint-every 1` runs as a fresh process, once with
+this checkout's package and once with the base checkout's (PYTHONPATH, same interpreter and installed libraries),
+alternately, `--repeats` times; the median peak of each is reported. STEPS is `--updates` batches of the preset's
+batch size here. A run ends as users' runs do: a checkpoint after every update, the final save and the final
+evaluation. Memory is the peak proportional set size (PSS) of the process and all its descendants (env workers
+included, the pages they share with their parent counted once), sampled every 50 ms. Memory does not depend on CPU
+load the way timings do, so other jobs may run meanwhile. A preset the base commit did not have is run there all
+the same (the env at that commit's defaults, or whatever preset it chose), and marked; an env whose module the base
+checkout lacks (trpo.pomdp's tasks before they existed) is not run there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import PeakRSS  # the same PSS reading as the speed benchmark
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# preset -> the env its run uses (the vector preset: an env no preset names, with a flat float observation)
+ENVS: dict[str, str] = {
+    "CartPole": "CartPole-v1", "Pendulum": "Pendulum-v1", "Acrobot": "Acrobot-v1", "MountainCar": "MountainCar-v0",
+    "MountainCarContinuous": "MountainCarContinuous-v0", "Hopper": "Hopper-v5", "Walker2d": "Walker2d-v5",
+    "Ant": "Ant-v5", "Humanoid": "Humanoid-v5", "HalfCheetah": "HalfCheetah-v5", "Swimmer": "Swimmer-v5",
+    "InvertedPendulum": "InvertedPendulum-v5", "InvertedDoublePendulum": "InvertedDoublePendulum-v5",
+    "Reacher": "Reacher-v5", "LunarLanderContinuous": "LunarLanderContinuous-v3", "LunarLander": "LunarLander-v3",
+    "BipedalWalker": "BipedalWalker-v3", "CartPoleNoVel": "trpo.pomdp:CartPoleNoVel-v1",
+    "PendulumNoVel": "trpo.pomdp:PendulumNoVel-v1",
+    "MountainCarContinuousNoVel": "trpo.pomdp:MountainCarContinuousNoVel-v0", "CueMemory": "trpo.pomdp:CueMemory-v0",
+    "vector": "Pusher-v5", "MinAtar": "MinAtar/Breakout-v1",
+}
+
+
+def peak_of(command: list[str], checkout: Path, cwd: Path) -> tuple[int, int, float]:
+    """Run `command` with `checkout` first on the import path; (peak PSS of its process tree in bytes, exit code,
+    seconds)."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, PeakRSS._tree_rss(proc.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode:
+        print(f"    exit {proc.returncode}: {err.decode(errors='replace').strip().splitlines()[-1:]}", flush=True)
+    return peak, proc.returncode, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, required=True, help="a checkout of the commit to compare with")
+    parser.add_argument("--preset", nargs="+", choices=list(ENVS), default=list(ENVS))
+    parser.add_argument("--updates", type=int, default=4, help="updates per run (default 4)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each command per checkout (median kept)")
+    parser.add_argument("--flags", default="", help="extra `trpo train` flags for both checkouts, space-separated")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    from trpo.config import resolve_config
+
+    def commit(path: Path) -> str:
+        return subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+
+    checkouts = {"head": ROOT, "base": args.base.resolve()}
+    base_presets = set(json.loads(subprocess.run(
+        [sys.executable, "-c", "import json; from trpo.config import PRESETS; print(json.dumps(list(PRESETS)))"],
+        env={**os.environ, "PYTHONPATH": str(checkouts["base"])}, cwd=tempfile.gettempdir(),  # not this checkout's
+        capture_output=True, text=True, check=True).stdout))
+    print(f"head {commit(ROOT)} against base {commit(args.base)}, {args.updates} updates a run, {args.repeats} "
+          f"run(s) each, extra flags: {args.flags or 'none'}", flush=True)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.preset:
+            env_id = ENVS[preset]
+            config, _ = resolve_config(env_id, preset)
+            steps = config.batch_size * args.updates
+            row: dict[str, Any] = {"preset": preset, "env": env_id, "steps": steps,
+                                   "new": preset not in base_presets}
+            peaks: dict[str, list[int]] = {name: [] for name in checkouts}
+            for repeat, (name, checkout) in ((r, c) for r in range(args.repeats) for c in checkouts.items()):
+                module = env_id.split(":")[0] if ":" in env_id else None
+                if module and not (checkout / (module.replace(".", "/") + ".py")).is_file():
+                    row[name] = {"peak_bytes": 0, "exit": None}  # the module came later
+                    continue
+                run_dir = Path(tmp) / f"{preset}-{name}-{repeat}"
+                command = [sys.executable, "-m", "trpo.cli", "train", "--env", env_id, "--total-steps", str(steps),
+                           "--run-dir", str(run_dir), "--checkpoint-every", "1", "--no-progress", *args.flags.split()]
+                peak, code, _ = peak_of(command, checkout, Path(tmp))
+                peaks[name].append(peak)
+                row[name] = {"peak_bytes": int(statistics.median(peaks[name])), "exit": code, "peaks": peaks[name]}
+            head, base = row["head"], row["base"]
+            ratio = head["peak_bytes"] / base["peak_bytes"] if base["exit"] == 0 and base["peak_bytes"] else None
+            row["ratio"] = ratio
+            rows.append(row)
+            print(f"  {preset:28s} head {head['peak_bytes'] / 2**20:7.1f} MiB  base "
+                  + (f"{base['peak_bytes'] / 2**20:7.1f} MiB  ratio {ratio:.3f}" if ratio else "not run")
+                  + ("  (a new preset)" if row["new"] else ""), flush=True)
+    print()
+    print(f"| preset | env | steps | peak memory, {commit(ROOT)} | peak memory, {commit(args.base)} | ratio |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        base, name = row["base"], row["preset"] + (" (new)" if row["new"] else "")
+        print(f"| {name} | {row['env']} | {row['steps']:,} | {row['head']['peak_bytes'] / 2**20:.0f} MiB | "
+              + (f"{base['peak_bytes'] / 2**20:.0f} MiB | {row['ratio']:.2f} |" if row["ratio"] else "not run | |"))
+    if args.out:
+        args.out.write_text(json.dumps({"head": commit(ROOT), "base": commit(args.base), "updates": args.updates,
+                                        "repeats": args.repeats, "flags": args.flags,
+                                        "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
