@@ -9,8 +9,9 @@ For each preset, `trpo train --env ENV --total-steps STEPS --checkpoint-every 1`
 this checkout's package and once with the base checkout's (PYTHONPATH, same interpreter and installed libraries),
 alternately, `--repeats` times; the median peak of each is reported. STEPS is `--updates` batches of the preset's
 batch size here. A run ends as users' runs do: a checkpoint after every update, the final save and the final
-evaluation. Memory is the peak proportional set size (PSS) of the process and all its descendants (env workers
-included, the pages they share with their parent counted once), sampled every 50 ms. Memory does not depend on CPU
+evaluation. Two figures: the peak proportional set size (PSS) of the process and all its descendants (env workers
+included, the pages they share with their parent counted once), sampled every 50 ms, which can miss a short peak;
+and the kernel's exact peak resident size of the largest process, the learner (ru_maxrss). Memory does not depend on CPU
 load the way timings do, so other jobs may run meanwhile. A preset the base commit did not have is run there all
 the same (the env at that commit's defaults, or whatever preset it chose), and marked; an env whose module the base
 checkout lacks (trpo.pomdp's tasks before they existed) is not run there.
@@ -49,28 +50,30 @@ ENVS: dict[str, str] = {
 }
 
 
-def peak_of(command: list[str], checkout: Path, cwd: Path) -> tuple[int, int, float]:
-    """Run `command` with `checkout` first on the import path; (peak PSS of its process tree in bytes, exit code,
-    seconds)."""
+def peak_of(command: list[str], checkout: Path, cwd: Path) -> tuple[int, int, int]:
+    """Run `command` with `checkout` first on the import path; (peak PSS of its process tree sampled every 50 ms,
+    the kernel's exact peak RSS of its largest process (the learner), both in bytes; exit code)."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak, done = 0, threading.Event()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        peak, done = 0, threading.Event()
 
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, PeakRSS._tree_rss(proc.pid))
-            time.sleep(0.05)
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, PeakRSS._tree_rss(proc.pid))
+                time.sleep(0.05)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    done.set()
-    sampler.join()
-    if proc.returncode:
-        print(f"    exit {proc.returncode}: {err.decode(errors='replace').strip().splitlines()[-1:]}", flush=True)
-    return peak, proc.returncode, time.perf_counter() - start
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # ru_maxrss: the largest RSS the process or a descendant reached
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        done.set()
+        sampler.join()
+        if code:
+            err.seek(0)
+            print(f"    exit {code}: {err.read().decode(errors='replace').strip().splitlines()[-1:]}", flush=True)
+    return peak, usage.ru_maxrss * 1024, code
 
 
 def main() -> None:
@@ -104,32 +107,39 @@ def main() -> None:
             steps = config.batch_size * args.updates
             row: dict[str, Any] = {"preset": preset, "env": env_id, "steps": steps,
                                    "new": preset not in base_presets}
-            peaks: dict[str, list[int]] = {name: [] for name in checkouts}
+            peaks: dict[str, dict[str, list[int]]] = {name: {"pss": [], "maxrss": []} for name in checkouts}
             for repeat, (name, checkout) in ((r, c) for r in range(args.repeats) for c in checkouts.items()):
                 module = env_id.split(":")[0] if ":" in env_id else None
                 if module and not (checkout / (module.replace(".", "/") + ".py")).is_file():
-                    row[name] = {"peak_bytes": 0, "exit": None}  # the module came later
+                    row[name] = None  # the module came later
                     continue
                 run_dir = Path(tmp) / f"{preset}-{name}-{repeat}"
                 command = [sys.executable, "-m", "trpo.cli", "train", "--env", env_id, "--total-steps", str(steps),
                            "--run-dir", str(run_dir), "--checkpoint-every", "1", "--no-progress", *args.flags.split()]
-                peak, code, _ = peak_of(command, checkout, Path(tmp))
-                peaks[name].append(peak)
-                row[name] = {"peak_bytes": int(statistics.median(peaks[name])), "exit": code, "peaks": peaks[name]}
+                pss, maxrss, code = peak_of(command, checkout, Path(tmp))
+                if code:
+                    row[name] = None
+                    break
+                peaks[name]["pss"].append(pss)
+                peaks[name]["maxrss"].append(maxrss)
+                row[name] = {key: int(statistics.median(values)) for key, values in peaks[name].items()}
+                row[name]["runs"] = peaks[name]
             head, base = row["head"], row["base"]
-            ratio = head["peak_bytes"] / base["peak_bytes"] if base["exit"] == 0 and base["peak_bytes"] else None
-            row["ratio"] = ratio
+            row["ratio"] = {key: head[key] / base[key] for key in ("pss", "maxrss")} if head and base else None
             rows.append(row)
-            print(f"  {preset:28s} head {head['peak_bytes'] / 2**20:7.1f} MiB  base "
-                  + (f"{base['peak_bytes'] / 2**20:7.1f} MiB  ratio {ratio:.3f}" if ratio else "not run")
-                  + ("  (a new preset)" if row["new"] else ""), flush=True)
+            said = [f"{name} " + (f"{v['pss'] / 2**20:6.1f} MiB PSS {v['maxrss'] / 2**20:6.1f} MiB RSS" if v
+                                  else "not run") for name, v in (("head", head), ("base", base))]
+            print(f"  {preset:28s} " + "  ".join(said) + ("  (a new preset)" if row["new"] else ""), flush=True)
     print()
-    print(f"| preset | env | steps | peak memory, {commit(ROOT)} | peak memory, {commit(args.base)} | ratio |")
-    print("|---|---|---|---|---|---|")
+    head_id, base_id = commit(ROOT), commit(args.base)
+    print(f"| preset | env | steps | peak PSS, process tree, {head_id} / {base_id} | ratio | peak RSS, learner, "
+          f"{head_id} / {base_id} | ratio |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
-        base, name = row["base"], row["preset"] + (" (new)" if row["new"] else "")
-        print(f"| {name} | {row['env']} | {row['steps']:,} | {row['head']['peak_bytes'] / 2**20:.0f} MiB | "
-              + (f"{base['peak_bytes'] / 2**20:.0f} MiB | {row['ratio']:.2f} |" if row["ratio"] else "not run | |"))
+        head, base, name = row["head"], row["base"], row["preset"] + (" (new)" if row["new"] else "")
+        cells = [f"{head[key] / 2**20:.0f} / " + (f"{base[key] / 2**20:.0f} MiB | {row['ratio'][key]:.2f}" if base
+                                                   else "not run |") for key in ("pss", "maxrss")]
+        print(f"| {name} | {row['env']} | {row['steps']:,} | " + " | ".join(cells) + " |")
     if args.out:
         args.out.write_text(json.dumps({"head": commit(ROOT), "base": commit(args.base), "updates": args.updates,
                                         "repeats": args.repeats, "flags": args.flags,
