@@ -34,20 +34,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import PeakRSS  # the same PSS reading as the speed benchmark
 
+from trpo.config import PRESET_ENVS
+
 ROOT = Path(__file__).resolve().parent.parent
 
-# preset -> the env its run uses (the vector preset: an env no preset names, with a flat float observation)
-ENVS: dict[str, str] = {
-    "CartPole": "CartPole-v1", "Pendulum": "Pendulum-v1", "Acrobot": "Acrobot-v1", "MountainCar": "MountainCar-v0",
-    "MountainCarContinuous": "MountainCarContinuous-v0", "Hopper": "Hopper-v5", "Walker2d": "Walker2d-v5",
-    "Ant": "Ant-v5", "Humanoid": "Humanoid-v5", "HalfCheetah": "HalfCheetah-v5", "Swimmer": "Swimmer-v5",
-    "InvertedPendulum": "InvertedPendulum-v5", "InvertedDoublePendulum": "InvertedDoublePendulum-v5",
-    "Reacher": "Reacher-v5", "LunarLanderContinuous": "LunarLanderContinuous-v3", "LunarLander": "LunarLander-v3",
-    "BipedalWalker": "BipedalWalker-v3", "CartPoleNoVel": "trpo.pomdp:CartPoleNoVel-v1",
-    "PendulumNoVel": "trpo.pomdp:PendulumNoVel-v1",
-    "MountainCarContinuousNoVel": "trpo.pomdp:MountainCarContinuousNoVel-v0", "CueMemory": "trpo.pomdp:CueMemory-v0",
-    "vector": "Pusher-v5", "MinAtar": "MinAtar/Breakout-v1",
-}
 
 
 def peak_of(command: list[str], checkout: Path, cwd: Path) -> tuple[int, int, int]:
@@ -79,7 +69,7 @@ def peak_of(command: list[str], checkout: Path, cwd: Path) -> tuple[int, int, in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True, help="a checkout of the commit to compare with")
-    parser.add_argument("--preset", nargs="+", choices=list(ENVS), default=list(ENVS))
+    parser.add_argument("--preset", nargs="+", choices=list(PRESET_ENVS), default=list(PRESET_ENVS))
     parser.add_argument("--updates", type=int, default=4, help="updates per run (default 4)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each command per checkout (median kept)")
     parser.add_argument("--flags", default="", help="extra `trpo train` flags for both checkouts, space-separated")
@@ -102,7 +92,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.preset:
-            env_id = ENVS[preset]
+            env_id = PRESET_ENVS[preset]
             config, _ = resolve_config(env_id, preset)
             steps = config.batch_size * args.updates
             row: dict[str, Any] = {"preset": preset, "env": env_id, "steps": steps,

@@ -56,12 +56,15 @@ def config() -> str:
 def presets() -> str:
     import yaml
 
-    from trpo.config import PRESET_STEPS, PRESETS
+    from trpo.config import PRESET_ENVS, PRESET_STEPS, PRESETS, VECTOR_PRESET
 
     parts = []
     for name, values in PRESETS.items():
         body = yaml.safe_dump({"total_steps": PRESET_STEPS.get(name), **values}, sort_keys=False).rstrip()
-        parts += [f"## {name}", "", "```yaml", body, "```", ""]
+        env = f"`{PRESET_ENVS[name]}`"
+        about = (f"Envs without a preset whose observations are a flat float vector; tested with {env}."
+                 if name == VECTOR_PRESET else f"Tuned on and tested with {env}.")
+        parts += [f"## {name}", "", about, "", "```yaml", body, "```", ""]
     return "\n".join(parts)
 
 

@@ -14,21 +14,9 @@ import torch
 from test_cli import metrics, trpo
 
 from trpo import TRPO
-from trpo.config import PRESETS, VECTOR_PRESET, preset_name_for, resolve_config
+from trpo.config import PRESET_ENVS, PRESETS, VECTOR_PRESET, preset_name_for, resolve_config
 from trpo.rollout.collector import layout
 
-PRESET_ENVS = {
-    "CartPole": "CartPole-v1", "Pendulum": "Pendulum-v1", "Acrobot": "Acrobot-v1", "MountainCar": "MountainCar-v0",
-    "MountainCarContinuous": "MountainCarContinuous-v0", "Hopper": "Hopper-v5", "Walker2d": "Walker2d-v5",
-    "Ant": "Ant-v5", "Humanoid": "Humanoid-v5", "HalfCheetah": "HalfCheetah-v5", "Swimmer": "Swimmer-v5",
-    "InvertedPendulum": "InvertedPendulum-v5", "InvertedDoublePendulum": "InvertedDoublePendulum-v5",
-    "Reacher": "Reacher-v5", "MinAtar": "MinAtar/Breakout-v1", "LunarLanderContinuous": "LunarLanderContinuous-v3",
-    "LunarLander": "LunarLander-v3", "BipedalWalker": "BipedalWalker-v3",
-    "CartPoleNoVel": "trpo.pomdp:CartPoleNoVel-v1", "CueMemory": "trpo.pomdp:CueMemory-v0",
-    "MountainCarContinuousNoVel": "trpo.pomdp:MountainCarContinuousNoVel-v0",
-    "PendulumNoVel": "trpo.pomdp:PendulumNoVel-v1",
-    VECTOR_PRESET: "Pusher-v5",  # no preset names it; its observations are a flat vector
-}
 STEPS = 64  # per env and update
 
 

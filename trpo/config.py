@@ -709,6 +709,20 @@ PRESET_STEPS: dict[str, int] = {
     "PendulumNoVel": 100_000, "CueMemory": 50_000, VECTOR_PRESET: 1_000_000,
 }
 
+# The env each preset was tuned on and is tested with end to end (the vector preset, having no env of its own: one it
+# applies to).
+PRESET_ENVS: dict[str, str] = {
+    "CartPole": "CartPole-v1", "Pendulum": "Pendulum-v1", "Acrobot": "Acrobot-v1", "MountainCar": "MountainCar-v0",
+    "MountainCarContinuous": "MountainCarContinuous-v0", "Hopper": "Hopper-v5", "Walker2d": "Walker2d-v5",
+    "Ant": "Ant-v5", "Humanoid": "Humanoid-v5", "HalfCheetah": "HalfCheetah-v5", "Swimmer": "Swimmer-v5",
+    "InvertedPendulum": "InvertedPendulum-v5", "InvertedDoublePendulum": "InvertedDoublePendulum-v5",
+    "Reacher": "Reacher-v5", "MinAtar": "MinAtar/Breakout-v1", "LunarLanderContinuous": "LunarLanderContinuous-v3",
+    "LunarLander": "LunarLander-v3", "BipedalWalker": "BipedalWalker-v3",
+    "CartPoleNoVel": "trpo.pomdp:CartPoleNoVel-v1", "CueMemory": "trpo.pomdp:CueMemory-v0",
+    "MountainCarContinuousNoVel": "trpo.pomdp:MountainCarContinuousNoVel-v0",
+    "PendulumNoVel": "trpo.pomdp:PendulumNoVel-v1", VECTOR_PRESET: "Pusher-v5",
+}
+
 
 def preset_name_for(env_id: str) -> str | None:
     """'Hopper-v5' or 'gymnasium.envs:Hopper-v5' -> 'Hopper', 'MinAtar/Breakout-v1' -> 'MinAtar'; None when no
@@ -774,6 +788,7 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 __all__ = [
     "PRESETS",
+    "PRESET_ENVS",
     "PRESET_STEPS",
     "RESUME_SAFE_FIELDS",
     "RULE_DEFAULTS",
