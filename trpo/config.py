@@ -395,13 +395,17 @@ RESUME_SAFE_FIELDS = ("device", "torch_threads", "checkpoint_every", "save_every
 RUN_RECORD_KEYS = ("env", "seed", "total_steps", "preset", "run_id", "versions")
 
 
+@functools.cache
 def field_docs() -> dict[str, str]:
-    """Field name -> its docstring (the string literal under the field), for --help and the config reference (docs)."""
+    """Field name -> its docstring (the string literal under the field), for --help and the config reference (docs).
+    Read from this module's source once per process: parsing it takes about 60 ms, and every call of cli.main
+    (the tests run hundreds in one process) builds the parser again."""
     import ast
-    import inspect
 
-    tree = ast.parse(inspect.getsource(TRPOConfig))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    with open(__file__, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    (cls,) = (node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == TRPOConfig.__name__)
+    body = cls.body
     docs: dict[str, str] = {}
     for node, nxt in itertools.pairwise(body):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
