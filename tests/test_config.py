@@ -37,13 +37,24 @@ NAMES = [f.name for f in dataclasses.fields(TRPOConfig)]
 
 
 def has_field_type(value: Any, hint: Any) -> bool:
-    """`value` has exactly the type `hint` names: a bool is no int, an int no float, a tuple holds ints."""
+    """`value` has exactly the type `hint` names: a bool is no int, an int no float, a tuple[int, ...] holds ints,
+    env_wrappers' tuple[tuple[str, dict[str, Any]], ...] pairs of a str and a dict with str keys."""
+    if hint is Any:
+        return True
     if get_origin(hint) in (Union, types.UnionType):
         if value is None:
             return True
         (hint,) = (arg for arg in get_args(hint) if arg is not type(None))
     if get_origin(hint) is tuple:
-        return type(value) is tuple and all(type(x) is int for x in value)
+        args = get_args(hint)
+        if type(value) is not tuple:
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(has_field_type(x, args[0]) for x in value)
+        return len(value) == len(args) and all(has_field_type(x, a) for x, a in zip(value, args, strict=True))
+    if get_origin(hint) is dict:
+        key, item = get_args(hint)
+        return type(value) is dict and all(has_field_type(k, key) and has_field_type(v, item) for k, v in value.items())
     if get_origin(hint) is Literal:
         return type(value) is str and value in get_args(hint)
     if hint in (bool, int, float, str):
@@ -55,7 +66,10 @@ def assert_well_typed(cfg: TRPOConfig) -> None:
     for name in NAMES:
         assert has_field_type(getattr(cfg, name), HINTS[name]), (name, getattr(cfg, name))
     assert TRPOConfig.from_dict(cfg.to_dict()) == cfg
-    hash(cfg)  # a list in a tuple field would make the frozen config unhashable
+    # A list in a tuple field would make the frozen config unhashable. The env options' kwargs are dicts (env_kwargs,
+    # each env_wrappers entry's), which Python does not hash: a config with them set is not meant to be.
+    if cfg.env_kwargs is None and not cfg.env_wrappers:
+        hash(cfg)
 
 
 def yaml_values(text: str) -> dict[str, Any]:
