@@ -39,7 +39,6 @@ from trpo.config import PRESET_ENVS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
 def peak_of(command: list[str], checkout: Path, cwd: Path) -> tuple[int, int, int]:
     """Run `command` with `checkout` first on the import path; (peak PSS of its process tree sampled every 50 ms,
     the kernel's exact peak RSS of its largest process (the learner), both in bytes; exit code)."""
@@ -87,7 +86,8 @@ def main() -> None:
         [sys.executable, "-c", "import json; from trpo.config import PRESETS; print(json.dumps(list(PRESETS)))"],
         env={**os.environ, "PYTHONPATH": str(checkouts["base"])}, cwd=tempfile.gettempdir(),  # not this checkout's
         capture_output=True, text=True, check=True).stdout))
-    print(f"head {commit(ROOT)} against base {commit(args.base)}, {args.updates} updates a run, {args.repeats} "
+    head_id, base_id = commit(ROOT), commit(args.base)
+    print(f"head {head_id} against base {base_id}, {args.updates} updates a run, {args.repeats} "
           f"run(s) each, extra flags: {args.flags or 'none'}", flush=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,8 +98,8 @@ def main() -> None:
             row: dict[str, Any] = {"preset": preset, "env": env_id, "steps": steps,
                                    "new": preset not in base_presets}
             peaks: dict[str, dict[str, list[int]]] = {name: {"pss": [], "maxrss": []} for name in checkouts}
+            module = env_id.split(":")[0] if ":" in env_id else None
             for repeat, (name, checkout) in ((r, c) for r in range(args.repeats) for c in checkouts.items()):
-                module = env_id.split(":")[0] if ":" in env_id else None
                 if module and not (checkout / (module.replace(".", "/") + ".py")).is_file():
                     row[name] = None  # the module came later
                     continue
@@ -121,7 +121,6 @@ def main() -> None:
                                   else "not run") for name, v in (("head", head), ("base", base))]
             print(f"  {preset:28s} " + "  ".join(said) + ("  (a new preset)" if row["new"] else ""), flush=True)
     print()
-    head_id, base_id = commit(ROOT), commit(args.base)
     print(f"| preset | env | steps | peak PSS, process tree, {head_id} / {base_id} | ratio | peak RSS, learner, "
           f"{head_id} / {base_id} | ratio |")
     print("|---|---|---|---|---|---|---|")
@@ -131,7 +130,7 @@ def main() -> None:
                                                    else "not run |") for key in ("pss", "maxrss")]
         print(f"| {name} | {row['env']} | {row['steps']:,} | " + " | ".join(cells) + " |")
     if args.out:
-        args.out.write_text(json.dumps({"head": commit(ROOT), "base": commit(args.base), "updates": args.updates,
+        args.out.write_text(json.dumps({"head": head_id, "base": base_id, "updates": args.updates,
                                         "repeats": args.repeats, "flags": args.flags,
                                         "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
 
