@@ -259,8 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolve_config(env_id, preset_arg, file_values, overrides)
     seed = check_seed(args.seed if args.seed is not None else run_values.get("seed", 0))
     given_steps = args.total_steps or run_values.get("total_steps")
-    if given_steps is not None:
-        _positive_int("total-steps", given_steps)
+    total_steps = None if given_steps is None else _positive_int("total-steps", given_steps)
 
     from trpo.agent import TRPO
     from trpo.checkpoint import unique_run_dir
@@ -268,7 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trpo.rollout.collector import layout
 
     config, preset = resolve_env_config(env_id, env_id, preset_arg, file_values, overrides)
-    total_steps = _positive_int("total-steps", given_steps or PRESET_STEPS.get(preset or "", 1_000_000))
+    total_steps = total_steps or PRESET_STEPS.get(preset or "", 1_000_000)
 
     agent = TRPO(env_id, config=config, seed=seed, progress=not args.no_progress, overwrite=args.overwrite)
     agent.preset = preset
