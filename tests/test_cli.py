@@ -378,10 +378,18 @@ def test_version_and_choices_in_help() -> None:
 
 @pytest.mark.parametrize("args", [["presets"], ["train", "--max-kl", "-1"], ["train", "--seed", "-3"],
                                   ["train", "--config", "bad.yaml"], ["train", "--total-steps", "0"],
-                                  ["train", "--preset", "Hoper"]])
+                                  ["train", "--preset", "Hoper"], ["train", "--resume", "nowhere"],
+                                  ["train", "--resume", "empty"], ["train", "--resume", "notyaml"],
+                                  ["eval", "nowhere"], ["eval", "empty"], ["eval", "empty", "--checkpoint", "best"],
+                                  ["export", "empty", "--out", "p.onnx"],
+                                  ["eval", "bad.yaml", "--checkpoint", "final"]])
 def test_commands_that_do_not_train_answer_without_loading_torch_or_gymnasium(tmp_path: Path, args: list[str]) -> None:
-    # torch and gymnasium take 2-3 s to import: `trpo presets` and a mistyped flag or file answer before that.
+    # torch and gymnasium take 2-3 s to import: `trpo presets`, a mistyped flag or file, and a path that holds
+    # no run or checkpoint answer before that.
     (tmp_path / "bad.yaml").write_text("env: CartPole-v1\nvalue_epochs: many\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notyaml").mkdir()
+    (tmp_path / "notyaml" / "config.yaml").write_text("env: [CartPole-v1\n")
     code = ("import sys; from trpo.cli import main; code = main(sys.argv[1:]); "
             "print(code, [m for m in ('torch', 'gymnasium') if m in sys.modules])")
     res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path,

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
 import yaml
 
 FORMAT = "trpo-checkpoint-v1"
@@ -231,11 +230,15 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def save_atomic(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a checkpoint all at once."""
+    import torch  # here, not at the top: the CLI checks run dirs and paths before torch loads (2-3 s)
+
     _replace_atomically(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
 def serialize(state: dict[str, Any]) -> bytes:
     """A checkpoint as bytes, to write later (`write_bytes_atomic`): a snapshot that later updates do not change."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
     return buffer.getvalue()
@@ -253,6 +256,8 @@ def numbered(run_dir: Path) -> list[Path]:
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file (tensors and plain data only: torch.load with weights_only=True)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

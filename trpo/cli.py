@@ -225,11 +225,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TRPOConfig) if getattr(args, f.name) is not None}
     if args.resume:
-        from trpo.agent import TRPO
+        from trpo import checkpoint
 
         given = [_flag(name) for name in RESUME_FIXED if getattr(args, name) not in (None, False)]
         if given:
             raise UsageError(f"--resume continues the run as it was set up; drop {', '.join(given)}")
+        # A path that holds no run is answered before torch loads; TRPO.resume reads the record again, locked.
+        checkpoint.read_run_record(Path(args.resume))
+        from trpo.agent import TRPO
+
         _RUN["dir"] = Path(args.resume)
         agent = TRPO.resume(args.resume, progress=not args.no_progress, env=args.env, **overrides)
         total_steps = _positive_int("total-steps", args.total_steps or agent.total_steps)
@@ -309,12 +313,14 @@ def _capped_note(result: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from trpo.agent import TRPO
     from trpo.config import check_seed
 
     episodes = _positive_int("episodes", args.episodes)
     seed = None if args.seed is None else check_seed(args.seed)
-    agent = TRPO.load(_checkpoint_path(args), env=args.env, device=args.device)  # reads only: no run dir lock
+    path = _checkpoint_path(args)
+    from trpo.agent import TRPO
+
+    agent = TRPO.load(path, env=args.env, device=args.device)  # reads only: no run dir lock
     try:
         result = agent.evaluate(episodes, deterministic=not args.stochastic, seed=seed, video=args.video,
                                 render=args.render)
@@ -333,10 +339,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    path = _checkpoint_path(args)
     from trpo.agent import TRPO
     from trpo.export import export
 
-    agent = TRPO.load(_checkpoint_path(args), device="cpu")  # reads only: no run dir lock
+    agent = TRPO.load(path, device="cpu")  # reads only: no run dir lock
     try:
         out = export(agent, args.out, args.format)
     finally:
@@ -346,13 +353,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_path(args: argparse.Namespace) -> Path:
-    """The file a command reads: PATH, or with --checkpoint that checkpoint of the run directory PATH."""
+    """The file a command reads: PATH, or with --checkpoint that checkpoint of the run directory PATH; a path
+    without one is answered here, before torch loads."""
+    from trpo import checkpoint
+
     path = Path(args.path)
     if args.checkpoint is not None:
         if not path.is_dir():
             raise UsageError(f"--checkpoint picks a checkpoint of a run directory; {path} is not one")
         path = path / CHECKPOINTS[args.checkpoint]
-    return path
+    return checkpoint.resolve(path)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -496,7 +506,7 @@ def _is_user_error(exc: BaseException) -> bool:
     """Errors the user can fix (flags, files, their env, the OS refusing a write): one line, no traceback."""
     if isinstance(exc, UsageError | OSError):
         return True
-    # Only a loaded module can have raised its error: importing the others (trpo.checkpoint loads torch, 2-3 s)
+    # Only a loaded module can have raised its error: importing the others (trpo.spaces loads torch, 2-3 s)
     # would delay the one line a mistyped flag gets.
     return any(isinstance(exc, getattr(sys.modules[module], name)) for module, name in USER_ERRORS
                if module in sys.modules)
