@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,8 +107,10 @@ def iqm_with_ci(values: list[float]) -> str:
         return f"{plain_iqm(values):.1f} (CI: pip install 'trpo[bench]')"
     scores = {"x": np.asarray(values, dtype=float)[:, None]}
     np.random.seed(0)  # arch's bootstrap (under rliable) also draws from numpy's global generator
-    point, ci = rly.get_interval_estimates(scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000,
-                                           random_state=np.random.RandomState(0))  # the same table every time
+    with warnings.catch_warnings():  # arch deprecates the random_state rliable hands it: rliable's to change
+        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+        point, ci = rly.get_interval_estimates(scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000,
+                                               random_state=np.random.RandomState(0))  # the same table every time
     return f"{point['x'][0]:.1f} [{ci['x'][0, 0]:.1f}, {ci['x'][1, 0]:.1f}]"
 
 
