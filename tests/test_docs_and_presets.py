@@ -10,9 +10,33 @@ from trpo.config import PRESETS, ConfigError, preset_name_for, resolve_config
 
 @pytest.mark.parametrize("env_id,name", [("CartPole-v1", "CartPole"), ("Hopper-v5", "Hopper"),
                                          ("gymnasium.envs:HalfCheetah-v5", "HalfCheetah"), ("Unknown-v0", None),
-                                         ("MinAtar/SpaceInvaders-v1", "MinAtar"), ("ALE/Breakout-v5", None)])
+                                         ("MinAtar/SpaceInvaders-v1", "MinAtar"), ("ALE/Breakout-v5", None),
+                                         ("Ant-v5", "Ant-v5"), ("gymnasium.envs:Ant-v5", "Ant-v5"), ("Ant-v4", "Ant")])
 def test_presets_resolve_from_env_ids(env_id: str, name: str | None) -> None:
     assert preset_name_for(env_id) == name
+
+
+def test_env_kwargs_add_to_the_presets_key_by_key() -> None:
+    leave_out = {"include_cfrc_ext_in_observation": False}
+    assert resolve_config("Ant-v5")[0].env_kwargs == leave_out
+    assert resolve_config("Ant-v4")[0].env_kwargs is None  # Ant-v4 has no such argument (nor contact forces)
+    cfg, _ = resolve_config("Ant-v5", file_values={"env_kwargs": {"ctrl_cost_weight": 0.1}},
+                            overrides={"env_kwargs": '{"healthy_reward": 2}'})
+    assert cfg.env_kwargs == {**leave_out, "ctrl_cost_weight": 0.1, "healthy_reward": 2}
+    cfg, _ = resolve_config("Ant-v5", overrides={"env_kwargs": '{"include_cfrc_ext_in_observation": true}'})
+    assert cfg.env_kwargs == {"include_cfrc_ext_in_observation": True}
+    assert resolve_config("Ant-v5", preset="none", overrides={"env_kwargs": "{}"})[0].env_kwargs == {}
+    assert PRESETS["Ant-v5"] == {**PRESETS["Ant"], "env_kwargs": leave_out}  # the same settings otherwise
+
+
+def test_the_ant_v5_preset_observes_what_ant_v4_does() -> None:
+    pytest.importorskip("mujoco")
+    v5, v4 = TRPO("Ant-v5"), TRPO("Ant-v4")
+    try:
+        assert v5.preset == "Ant-v5" and v5.observation_space.shape == v4.observation_space.shape == (27,)
+    finally:
+        v5.close()
+        v4.close()
 
 
 def test_preset_precedence_and_errors() -> None:

@@ -27,7 +27,7 @@ def test_every_preset_is_covered() -> None:
 
 
 def _needs(env_id: str) -> None:
-    if env_id.endswith("-v5"):
+    if env_id.endswith(("-v4", "-v5")):
         pytest.importorskip("mujoco")
     if env_id.startswith("MinAtar/"):
         pytest.importorskip("minatar")

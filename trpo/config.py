@@ -605,6 +605,8 @@ def _sb3_matched(action_dim: int, max_kl_per_dim: float = 0.01, **extra: Any) ->
     return dict(_MUJOCO, max_kl=round(max_kl_per_dim * action_dim, 6), cg_damping=round(0.1 * action_dim, 6),
                 vector_mode="subprocess", **extra)
 
+_ANT = _sb3_matched(action_dim=8, init_log_std=-1.0)
+
 VECTOR_PRESET = "vector"  # the preset of an env without one whose observations are a flat vector
 
 _CARTPOLE = dict(num_envs=2, steps_per_env=512, value_minibatch=512, cg_damping=0.1, gae_lambda=0.95, gamma=0.99,
@@ -648,8 +650,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Walker2d": _sb3_matched(action_dim=6),
     # Ant starts with log-std -1 (sigma 0.37): at sigma 1 the control cost of the noise on 8 joints outweighs
     # the healthy reward, and the policy learned to end episodes early (2 seeds: 140 at 629k steps, 310 at 1M
-    # with max KL 0.02); with -1 one seed reached 1530 at 300k (docs/results.md).
-    "Ant": _sb3_matched(action_dim=8, init_log_std=-1.0),
+    # with max KL 0.02); with -1 one seed reached 1530 at 300k (docs/results.md). This one is for Ant-v4 and
+    # earlier, whose 27 observations hold no contact forces.
+    "Ant": _ANT,
+    # Ant-v5 observes 78 contact forces too (105 entries in all); without them, as Ant-v4 and as sb3-contrib's
+    # and rl-zoo's published runs saw it (Ant-v3's were zeros under mujoco-py), seeds 0-4 end at 4145 at 1M
+    # against 3308 with them, above sb3-contrib's 3554 (docs/results.md).
+    "Ant-v5": dict(_ANT, env_kwargs={"include_cfrc_ext_in_observation": False}),
     "Humanoid": _sb3_matched(action_dim=17),
     "HalfCheetah": _sb3_matched(action_dim=6, max_kl_per_dim=0.04),
     # Swimmer's critic takes sb3's Adam epsilon 1e-5: with 1e-8 (ours elsewhere) 5 of 5 seeds stalled near 150,
@@ -707,6 +714,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_STEPS: dict[str, int] = {
     "CartPole": 100_000, "Pendulum": 100_000, "Acrobot": 100_000, "MountainCar": 100_000,
     "MountainCarContinuous": 50_000, "Hopper": 1_000_000, "Walker2d": 1_000_000, "Ant": 1_000_000,
+    "Ant-v5": 1_000_000,
     "Humanoid": 2_000_000, "HalfCheetah": 1_000_000, "Swimmer": 1_000_000, "InvertedPendulum": 1_000_000,
     "InvertedDoublePendulum": 1_000_000, "Reacher": 1_000_000, "MinAtar": 1_000_000, "LunarLanderContinuous": 100_000,
     "LunarLander": 200_000, "BipedalWalker": 1_000_000, "CartPoleNoVel": 100_000, "MountainCarContinuousNoVel": 300_000,
@@ -718,7 +726,8 @@ PRESET_STEPS: dict[str, int] = {
 PRESET_ENVS: dict[str, str] = {
     "CartPole": "CartPole-v1", "Pendulum": "Pendulum-v1", "Acrobot": "Acrobot-v1", "MountainCar": "MountainCar-v0",
     "MountainCarContinuous": "MountainCarContinuous-v0", "Hopper": "Hopper-v5", "Walker2d": "Walker2d-v5",
-    "Ant": "Ant-v5", "Humanoid": "Humanoid-v5", "HalfCheetah": "HalfCheetah-v5", "Swimmer": "Swimmer-v5",
+    "Ant": "Ant-v4", "Ant-v5": "Ant-v5", "Humanoid": "Humanoid-v5", "HalfCheetah": "HalfCheetah-v5",
+    "Swimmer": "Swimmer-v5",
     "InvertedPendulum": "InvertedPendulum-v5", "InvertedDoublePendulum": "InvertedDoublePendulum-v5",
     "Reacher": "Reacher-v5", "MinAtar": "MinAtar/Breakout-v1", "LunarLanderContinuous": "LunarLanderContinuous-v3",
     "LunarLander": "LunarLander-v3", "BipedalWalker": "BipedalWalker-v3",
@@ -729,12 +738,14 @@ PRESET_ENVS: dict[str, str] = {
 
 
 def preset_name_for(env_id: str) -> str | None:
-    """'Hopper-v5' or 'gymnasium.envs:Hopper-v5' -> 'Hopper', 'MinAtar/Breakout-v1' -> 'MinAtar'; None when no
-    preset matches."""
+    """'Hopper-v5' or 'gymnasium.envs:Hopper-v5' -> 'Hopper', 'MinAtar/Breakout-v1' -> 'MinAtar'; a preset for
+    one version ('Ant-v5') before the env's own ('Ant'); None when no preset matches."""
     if env_id.rsplit(":", 1)[-1].startswith("MinAtar/"):
         return "MinAtar"
-    base = env_id.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
-    base = re.sub(r"-v\d+$", "", base)
+    versioned = env_id.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+    if versioned in PRESETS:
+        return versioned
+    base = re.sub(r"-v\d+$", "", versioned)
     return base if base in PRESETS else None
 
 
@@ -752,8 +763,9 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     observation_space: Any = None,
 ) -> tuple[TRPOConfig, str | None]:
-    """Defaults < preset < file < overrides. Returns the config and the preset name used (or None). With 'auto',
-    an env no preset names takes VECTOR_PRESET when its `observation_space` (given) is a flat vector."""
+    """Defaults < preset < file < overrides (env_kwargs merged key by key). Returns the config and the preset name
+    used (or None). With 'auto', an env no preset names takes VECTOR_PRESET when its `observation_space` (given)
+    is a flat vector."""
     name: str | None
     if preset in (None, "none", ""):
         name = None
@@ -767,8 +779,12 @@ def resolve_config(
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}, auto, none, or an env "
                               "id one of them is for")
     values: dict[str, Any] = dict(PRESETS[name]) if name else {}
-    values.update(coerce_fields(file_values or {}))
-    values.update(coerce_fields(overrides or {}))
+    for layer in (coerce_fields(file_values or {}), coerce_fields(overrides or {})):
+        # env_kwargs add to the preset's key by key: --env-kwargs '{"ctrl_cost_weight": 0.1}' on Ant-v5 keeps
+        # the preset's include_cfrc_ext_in_observation (give that key to change it).
+        if layer.get("env_kwargs") is not None and values.get("env_kwargs") is not None:
+            layer["env_kwargs"] = {**values["env_kwargs"], **layer["env_kwargs"]}
+        values.update(layer)
     return TRPOConfig(**values), name
 
 
