@@ -29,6 +29,7 @@ from trpo.config import (
     coerce_fields,
     field_docs,
     is_vector_observation,
+    preset_name_for,
     resolve_config,
 )
 
@@ -307,6 +308,21 @@ def test_a_preset_is_named_or_taken_from_an_env_id(text: str, name: str) -> None
     # A partially observed task trains with the preset of its fully observed env: --preset CartPole-v1
     config, used = resolve_config("trpo.pomdp:CartPoleNoVel-v1", text)
     assert used == name and config == TRPOConfig(**PRESETS[name])
+
+
+@given(name=st.sampled_from(sorted(PRESETS)), version=st.integers(0, 99),
+       prefix=st.sampled_from(["", "gymnasium.envs:", "my_pkg.envs:"]))
+def test_every_versioned_env_id_takes_its_own_preset_before_the_envs(name: str, version: int, prefix: str) -> None:
+    # 'Ant-v5' -> 'Ant-v5' (a preset for that version), 'Ant-v4' -> 'Ant', 'Hopper-v7' -> 'Hopper'
+    base = re.sub(r"-v\d+$", "", name)
+    env_id = f"{prefix}{base}-v{version}"
+    expected = f"{base}-v{version}" if f"{base}-v{version}" in PRESETS else base
+    assert preset_name_for(env_id) == expected
+
+
+@given(text=st.text(max_size=30))
+def test_any_env_id_names_a_preset_or_none(text: str) -> None:
+    assert preset_name_for(text) is None or preset_name_for(text) in PRESETS
 
 
 @pytest.mark.parametrize("text", ["Nope", "Nope-v1", "cartpole", "HalfCheetahNoVel-v5"])
