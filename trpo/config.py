@@ -605,8 +605,6 @@ def _sb3_matched(action_dim: int, max_kl_per_dim: float = 0.01, **extra: Any) ->
     return dict(_MUJOCO, max_kl=round(max_kl_per_dim * action_dim, 6), cg_damping=round(0.1 * action_dim, 6),
                 vector_mode="subprocess", **extra)
 
-_ANT = _sb3_matched(action_dim=8, init_log_std=-1.0)
-
 VECTOR_PRESET = "vector"  # the preset of an env without one whose observations are a flat vector
 
 _CARTPOLE = dict(num_envs=2, steps_per_env=512, value_minibatch=512, cg_damping=0.1, gae_lambda=0.95, gamma=0.99,
@@ -615,6 +613,7 @@ _PENDULUM = dict(num_envs=2, steps_per_env=1024, gamma=0.9, value_epochs=15, use
                  init_log_std=-1.0)
 _MOUNTAIN_CAR_CONTINUOUS = dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024,
                                 use_sde=True, sde_sample_freq=8)
+_ANT = _sb3_matched(action_dim=8, init_log_std=-1.0)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # rl-zoo's TRPO settings (rl-baselines3-zoo, hyperparams/trpo.yml); max_kl bounds the joint KL over action
