@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import replay
+
 SMALL = ["--set", "steps_per_env=128", "value_epochs=2", "eval_episodes=2"]
 
 
@@ -37,6 +40,16 @@ def test_suite_runs_skips_and_resumes(tmp_path: Path) -> None:
         assert [r["update"] for r in rows] == [1, 2, 3, 4]
     assert "| CartPole-v1 | trpo | 1,024 | 0 1 |" in more
     assert "| 500 |" in more  # rl-zoo's CartPole figure beside ours
+
+    # benchmarks/replay.py: the code here trains the recorded run again, row for row, up to where it was resumed
+    # (a resumed run's envs start from fresh seeds: docs/runs.md); a changed row is found.
+    assert replay.replay(runs[0], updates=2) == "identical over 2 updates"
+    assert replay.replay(runs[0], updates=3).startswith("differs at update 3")
+    metrics = runs[0] / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    rows[1]["entropy"] += 1e-7
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert replay.replay(runs[0], updates=2).startswith("differs at update 2, entropy: recorded")
 
 
 def test_suite_sets_any_field_booleans_included(tmp_path: Path) -> None:

@@ -1,4 +1,6 @@
-"""The command line, run as a user runs it: in a subprocess, checking exit codes, outputs and run directories."""
+"""The command line, run as a user runs it: in a subprocess, checking exit codes, outputs and run directories
+(error-only cases in this process through main(), clitools.py: the same exit status and stderr, without 2-3 s of
+imports each)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from clitools import error_lines, run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from trpo.cli import build_parser
 from trpo.config import TRPOConfig, available_cores
 from trpo.rollout.collector import layout
 
@@ -176,10 +183,10 @@ def test_resume_keeps_the_runs_setup_and_allows_only_safe_changes(tmp_path: Path
     assert first.returncode == 0, first.stderr
     for flags, message in [(["--env", "Pendulum-v1"], "drop --env"), (["--seed", "2"], "drop --seed"),
                            (["--run-dir", str(tmp_path / "x"), "--overwrite"], "drop --run-dir, --overwrite"),
-                           (["--env", ""], "drop --env"),
+                           (["--env", ""], "--env needs a value, got ''"),
                            (["--max-kl", "0.1"], "max_kl cannot change")]:
-        res = trpo("train", "--resume", str(run), *flags, "--no-progress")
-        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+        code, stderr = run_cli(["train", "--resume", str(run), *flags, "--no-progress"])
+        assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
     ok = trpo("train", "--resume", str(run), "--total-steps", "512", "--num-workers", "1", "--device", "cpu",
               "--no-progress", "--eval-episodes", "1")
     assert ok.returncode == 0, ok.stderr
@@ -241,7 +248,10 @@ BAD_INPUTS = [
     (["train", "--seed", "abc"], "seed must be an integer in [0, 4294967295]"),
     (["train", "--seed", "18446744073709551616"], "seed must be an integer in [0, 4294967295]"),
     (["train", "--torch-threads", "100000"], "torch_threads must lie in"),
-    (["train", "--env", ""], "env must be a non-empty env id"),
+    (["train", "--env", ""], "--env needs a value, got ''"),
+    (["train", "--total-steps", ""], "--total-steps needs a value, got ''"),
+    (["train", "--resume", " "], "--resume needs a value, got ' '"),
+    (["eval", ""], "path needs a value, got ''"),
     (["train", "--device", "mps"], "MPS is not available"),
     (["train", "--preset", "Nope"], "unknown preset 'Nope'"),
     (["train", "--config", "missing.yaml"], "config file not found"),
@@ -274,16 +284,67 @@ BAD_INPUTS = [
 ]
 
 
+def _bad_input_argv(args: list[str], tmp_path: Path) -> list[str]:
+    fresh_train = args[0] == "train" and "--resume" not in args
+    return [*args, "--run-dir", str(tmp_path / "run"), "--no-progress"] if fresh_train else args
+
+
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_exits_nonzero_with_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
-    extra = ["--run-dir", str(tmp_path / "run"), "--no-progress"] if args[:2] != ["train", "--resume"] and \
-        args[0] == "train" else []
-    res = trpo(*args, *extra, cwd=tmp_path)
-    assert res.returncode == 2
-    assert "Traceback" not in res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("trpo: error:")]
-    assert len(lines) == 1 and message in lines[0], res.stderr
+    # In this process through main() (clitools.py); a few of the same, as processes, in the next test.
+    code, stderr = run_cli(_bad_input_argv(args, tmp_path), cwd=tmp_path)
+    assert code == 2 and "Traceback" not in stderr, stderr
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and message in lines[0], stderr
     assert not list(tmp_path.rglob("*.pt")), "a failed run wrote a checkpoint"
+
+
+def test_bad_input_in_a_process_of_its_own_is_one_line_and_status_2(tmp_path: Path) -> None:
+    """The process as a user sees it: before torch loads, after it, and from a worker process."""
+    for args, message in [BAD_INPUTS[0], BAD_INPUTS[4], *(case for case in BAD_INPUTS if "subprocess" in case[0])]:
+        res = trpo(*_bad_input_argv(args, tmp_path), cwd=tmp_path)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        lines = error_lines(res.stderr)
+        assert len(lines) == 1 and message in lines[0], res.stderr
+
+
+def _options_that_take_text() -> list[tuple[str, list[str], str]]:
+    """(command, the arguments it needs besides, option) for every option and positional of every command that
+    takes a value and is not a config field: a blank value for any of them is an error. Options with choices are
+    left out: argparse answers those itself (invalid choice: '')."""
+    parser = build_parser()
+    needs = {"eval": ["x.pt"], "export": ["x.pt", "--out", "x.onnx"], "bench": ["--env", "CartPole-v1"],
+             "plot": ["runs"]}
+    config_fields = {f.name for f in fields(TRPOConfig)}
+    cases = []
+    for name, command in parser.subcommands.items():
+        for action in command._actions:
+            if action.dest in config_fields or action.nargs == 0 or action.default == "" or action.choices:
+                continue
+            cases.append((name, needs.get(name, []), action.option_strings[0] if action.option_strings else ""))
+    return cases
+
+
+TEXT_OPTIONS = _options_that_take_text()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(case=st.sampled_from(TEXT_OPTIONS), blank=st.sampled_from(["", " ", "\t", "  \n"]))
+def test_a_blank_value_for_any_option_is_one_error_line_naming_it(case: tuple[str, list[str], str],
+                                                                   blank: str) -> None:
+    """`--resume ""` read as no --resume would start a new run, `--total-steps ""` train the preset's budget."""
+    command, needs, option = case
+    # A positional takes the place of the one `needs` gives.
+    argv = [command, *needs, option, blank] if option else [command, blank, *needs[1:]]
+    code, stderr = run_cli(argv)
+    lines = error_lines(stderr)
+    assert code == 2 and len(lines) == 1 and "needs a value" in lines[0], (argv, stderr)
+    assert (option or "") in lines[0]
+
+
+def test_every_command_has_options_in_the_blank_value_property() -> None:
+    assert {command for command, _, _ in TEXT_OPTIONS} >= {"train", "eval", "export", "bench", "tune", "plot"}
+    assert ("train", [], "--resume") in TEXT_OPTIONS and ("train", [], "--total-steps") in TEXT_OPTIONS
 
 
 def test_bad_files_and_run_dirs_are_one_clear_line(tmp_path: Path) -> None:
@@ -312,10 +373,10 @@ def test_bad_files_and_run_dirs_are_one_clear_line(tmp_path: Path) -> None:
         (["train", "--run-dir", "a_file/run"], "Not a directory"),
     ]
     for args, message in cases:
-        res = trpo(*args, "--no-progress" if args[0] == "train" else "--json", cwd=tmp_path)
-        lines = [ln for ln in res.stderr.splitlines() if ln.startswith("trpo: error:")]
-        assert res.returncode == 2 and "Traceback" not in res.stderr, (args, res.stderr)
-        assert len(lines) == 1 and message in lines[0], (args, res.stderr)
+        code, stderr = run_cli([*args, "--no-progress" if args[0] == "train" else "--json"], cwd=tmp_path)
+        lines = error_lines(stderr)
+        assert code == 2 and "Traceback" not in stderr, (args, stderr)
+        assert len(lines) == 1 and message in lines[0], (args, stderr)
 
 
 def test_corrupt_checkpoint_is_reported_and_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ properties with many more (TRPO_FUZZ_EXAMPLES)."""
 from __future__ import annotations
 
 import contextlib
-import io
 import numbers
 import os
 import shutil
@@ -23,12 +22,13 @@ import pytest
 import torch
 import trpo_testenvs  # noqa: F401 - registers the test envs
 import yaml
+from clitools import assert_normal_or_one_error_line, run_cli
 from gymnasium import spaces
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trpo import TRPO, TRPOConfig, checkpoint
-from trpo.cli import _is_user_error, main
+from trpo.cli import _is_user_error
 
 EXAMPLES = int(os.environ.get("TRPO_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="TRPO_FUZZ_EXAMPLES" not in os.environ,
@@ -90,23 +90,6 @@ def train_flags(draw: st.DrawFn) -> list[str]:
                                   ["--preset", draw(st.sampled_from(["none", "auto", "", "Nope", "CartPole"]))],
                                   ["--bogus-flag"], ["--total-steps", draw(texts)]]))
     return argv + extra
-
-
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    """trpo's main() in this process: its exit status and what it wrote to stderr. Anything it raises fails."""
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main(argv)
-    return code, err.getvalue()
-
-
-def assert_normal_or_one_error_line(code: int, stderr: str) -> None:
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("trpo: error:")]
-    if code == 0:
-        assert not errors, stderr
-    else:
-        assert code == 2 and len(errors) == 1, (code, stderr)
 
 
 @contextlib.contextmanager

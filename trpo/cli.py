@@ -199,7 +199,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         hint = difflib.get_close_matches(extra[0].split("=", 1)[0], known, n=1)
         suggestion = f"; did you mean {hint[0]}?" if hint else ""
         target.error(f"unrecognized arguments: {' '.join(extra)}{suggestion}")
+    _refuse_blank_values(parser.subcommands.get(args.command or "", parser), args)
     return args
+
+
+def _refuse_blank_values(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A flag given an empty value (`--total-steps "$N"` with N unset) is an error, not the flag left out: read as
+    absent, `--resume ""` would start a new run and `--total-steps ""` train the preset's full budget. Config fields
+    are left to the config, where an optional field reads '' as its default (documented there)."""
+    from trpo.config import TRPOConfig
+
+    config_fields = {f.name for f in fields(TRPOConfig)}
+    for action in command._actions:
+        if action.dest in config_fields or action.default == "":
+            continue
+        value = getattr(args, action.dest, None)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.strip():
+                name = action.option_strings[0] if action.option_strings else action.metavar or action.dest
+                raise UsageError(f"{name} needs a value, got {item!r}")
 
 
 def _positive_int(name: str, value: Any) -> int:

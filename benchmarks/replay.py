@@ -1,0 +1,76 @@
+"""Do recorded runs still stand for this code? Each run directory's first updates are trained again from its own
+config.yaml (env, seed, every field) with the code here, and the metrics rows compared with the record's.
+
+    .venv/bin/python benchmarks/replay.py docs/results/suite/Walker2d-v5/trpo-s0 --updates 20
+    .venv/bin/python benchmarks/replay.py docs/results/suite/*/kl02-s0 docs/results/box2d/*/adam-eps-s0
+
+Identical rows (every key but the timings) mean this code trains those runs as recorded, on this machine: the
+records' returns are then this code's. Runs are bit-identical on one machine, not across CPUs, so a record made
+elsewhere can differ from the first row without any change in the code; and a resumed run's envs start from fresh
+seeds (docs/runs.md), so a record is compared only up to its first resume. A peer's run (sb3-contrib, rl-zoo) has no
+trpo config and is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TIMING = ("time", "fps")  # keys that start with these differ between any two runs
+
+
+def rows(metrics: Path, count: int) -> list[dict[str, Any]]:
+    out = []
+    for line in metrics.read_text().splitlines()[:count]:
+        row = json.loads(line)
+        out.append({k: v for k, v in row.items() if not k.startswith(TIMING)})
+    return out
+
+
+def first_difference(recorded: list[dict[str, Any]], replayed: list[dict[str, Any]]) -> str | None:
+    """None where the replayed rows hold the recorded ones, else where they first part. Keys the log gained since
+    the record was made are not compared."""
+    if len(replayed) < len(recorded):
+        return f"replay wrote {len(replayed)} rows, the record {len(recorded)}"
+    for i, (old, new) in enumerate(zip(recorded, replayed, strict=False)):
+        for key in sorted(old):
+            if key not in new or old[key] != new[key]:
+                return f"update {i + 1}, {key}: recorded {old[key]!r}, replayed {new.get(key, 'nothing')!r}"
+    return None
+
+
+def replay(run_dir: Path, updates: int) -> str:
+    record = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if "library" in record:
+        return "skipped (a peer's run)"
+    recorded = rows(run_dir / "metrics.jsonl", updates)
+    batch = int(record["num_envs"]) * int(record["steps_per_env"])
+    with tempfile.TemporaryDirectory(prefix="trpo-replay-") as tmp:
+        cmd = [sys.executable, "-m", "trpo.cli", "train", "--config", str(run_dir / "config.yaml"),
+               "--total-steps", str(len(recorded) * batch), "--eval-episodes", "0", "--no-progress",
+               "--run-dir", str(Path(tmp) / "run")]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            return f"replay failed: {res.stderr.strip().splitlines()[-1]}"
+        difference = first_difference(recorded, rows(Path(tmp) / "run" / "metrics.jsonl", updates))
+    return f"differs at {difference}" if difference else f"identical over {len(recorded)} updates"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories holding config.yaml and metrics.jsonl")
+    parser.add_argument("--updates", type=int, default=10, help="updates to train again per run (default 10)")
+    args = parser.parse_args()
+    for run_dir in args.runs:
+        print(f"{run_dir}: {replay(run_dir, args.updates)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""`trpo` run in this process through `main()`: what a subprocess would show (exit status, stderr) without the
+2-3 s each one spends importing torch. Tests that need the process itself (signals, exit on a closed pipe, the
+imports a command makes) start one instead (test_cli.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+from trpo.cli import main
+
+
+def run_cli(argv: list[str], cwd: Path | None = None) -> tuple[int, str]:
+    """trpo's main() in this process, in `cwd` if given: its exit status and what it wrote to stderr. Anything it
+    raises fails the test, as a traceback would."""
+    err, out = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = main(argv)
+    finally:
+        os.chdir(before)
+    return code, err.getvalue()
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("trpo: error:")]
+
+
+def assert_normal_or_one_error_line(code: int, stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    errors = error_lines(stderr)
+    if code == 0:
+        assert not errors, stderr
+    else:
+        assert code == 2 and len(errors) == 1, (code, stderr)
