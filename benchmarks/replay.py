@@ -4,6 +4,8 @@ config.yaml (env, seed, every field) with the code here, and the metrics rows co
     .venv/bin/python benchmarks/replay.py docs/results/suite/Walker2d-v5/trpo-s0 --updates 20
     .venv/bin/python benchmarks/replay.py docs/results/suite/*/kl02-s0 docs/results/box2d/*/adam-eps-s0
 
+Each line also says whether the env's preset here gives the record's config (fields that only place the work,
+such as vector_mode, aside): identical rows and the preset's config mean the preset trains those runs today.
 Identical rows (every key but the timings) mean this code trains those runs as recorded, on this machine: the
 records' returns are then this code's. Runs are bit-identical on one machine, not across CPUs, so a record made
 elsewhere can differ from the first row without any change in the code; and a resumed run's envs start from fresh
@@ -24,6 +26,9 @@ from typing import Any
 import yaml
 
 TIMING = ("time", "fps")  # keys that start with these differ between any two runs
+# Fields that change where the work runs or what is written, not the run (runs are bit-identical across them: tests).
+PLACEMENT = {"vector_mode", "num_workers", "torch_threads", "device", "checkpoint_every", "eval_episodes",
+             "eval_every", "eval_max_steps", "max_worker_restarts", "ray_address"}
 
 
 def rows(metrics: Path, count: int) -> list[dict[str, Any]]:
@@ -46,6 +51,19 @@ def first_difference(recorded: list[dict[str, Any]], replayed: list[dict[str, An
     return None
 
 
+def preset_difference(record: dict[str, Any]) -> str:
+    """Whether the env's preset here (`auto`, as `trpo train --env ENV` takes it) gives the record's config."""
+    from trpo.config import RUN_RECORD_KEYS, TRPOConfig, resolve_config
+
+    fields = {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS}
+    recorded = TRPOConfig.from_dict(fields).to_dict()
+    preset_config, name = resolve_config(record["env"], "auto")
+    now = preset_config.to_dict()
+    differ = [f"{k} {recorded[k]!r} (preset {now[k]!r})" for k in recorded if k not in PLACEMENT
+              and recorded[k] != now[k]]
+    return f"the {name or 'no'} preset gives " + ("this config" if not differ else "another: " + ", ".join(differ))
+
+
 def replay(run_dir: Path, updates: int) -> str:
     record = yaml.safe_load((run_dir / "config.yaml").read_text())
     if "library" in record:
@@ -60,7 +78,8 @@ def replay(run_dir: Path, updates: int) -> str:
         if res.returncode != 0:
             return f"replay failed: {res.stderr.strip().splitlines()[-1]}"
         difference = first_difference(recorded, rows(Path(tmp) / "run" / "metrics.jsonl", updates))
-    return f"differs at {difference}" if difference else f"identical over {len(recorded)} updates"
+    rows_said = f"differs at {difference}" if difference else f"identical over {len(recorded)} updates"
+    return f"{rows_said}; {preset_difference(record)}"
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import replay
 
@@ -43,7 +45,9 @@ def test_suite_runs_skips_and_resumes(tmp_path: Path) -> None:
 
     # benchmarks/replay.py: the code here trains the recorded run again, row for row, up to where it was resumed
     # (a resumed run's envs start from fresh seeds: docs/runs.md); a changed row is found.
-    assert replay.replay(runs[0], updates=2) == "identical over 2 updates"
+    said = replay.replay(runs[0], updates=2)
+    assert said.startswith("identical over 2 updates; the CartPole preset gives another: steps_per_env 128 "
+                           "(preset 512), value_epochs 2 (preset 20)"), said
     assert replay.replay(runs[0], updates=3).startswith("differs at update 3")
     metrics = runs[0] / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -65,6 +69,7 @@ def test_suite_sets_any_field_booleans_included(tmp_path: Path) -> None:
                           (["--jobs", "0"], "jobs must be a positive integer"), (["--seeds", "-1"], "seed must be"),
                           (["--peer", "nobody"], "unknown peer 'nobody'; known: sb3-contrib"),
                           (["--peer", "sb3-contrib", "--set", "max_kl=0.02"], "--set applies to trpo's runs"),
+                          (["--peer", "rl-zoo", "--set", "env_kwargs=[1]"], "env_kwargs"),
                           (["--preset", "Nope"], "unknown preset 'Nope'"),
                           (["--peer", "sb3-contrib", "--preset", "none"], "--preset applies to trpo's runs")):
         assert message in bench(tmp_path, *args, code=2).stderr
@@ -88,6 +93,14 @@ def test_suite_runs_the_sb3_contrib_peer_as_run_directories(tmp_path: Path) -> N
     subprocess.run([sys.executable, "-m", "trpo.cli", "plot", str(tmp_path / "CartPole-v1"), "--out", str(png)],
                    check=True, capture_output=True, timeout=120)
     assert png.stat().st_size > 0
+    # The env's own options reach the peer's envs, training and evaluation (CartPole's Sutton-Barto reward: 0 a
+    # step, -1 at a fall), and its record.
+    suite(tmp_path, "--seeds", "0", "--steps", "1024", "--peer", "sb3-contrib", "--label", "sutton",
+          "--set", 'env_kwargs={"sutton_barto_reward": true}')
+    kw_run = tmp_path / "CartPole-v1" / "sutton-s0"
+    assert set(json.loads((kw_run / "eval.json").read_text())["returns"]) <= {0.0, -1.0}
+    assert all(json.loads(line)["episode_return_mean"] <= 0 for line in (kw_run / "metrics.jsonl").open())
+    assert "sutton_barto_reward: true" in (kw_run / "config.yaml").read_text()
     bad = subprocess.run([sys.executable, "-m", "trpo.cli", "bench", "--env", "Foo-v0", "--peer", "sb3-contrib",
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--peer sb3-contrib: no rl-zoo TRPO settings for Foo-v0" in bad.stderr
@@ -109,14 +122,19 @@ def test_summary_trains_nothing_and_the_budget_is_the_presets(tmp_path: Path) ->
 def test_bench_runs_rl_zoos_own_script_as_the_peer(tmp_path: Path) -> None:
     # rl_zoo3's train script with its own trpo.yml (CartPole: 2 envs x 512 steps), recorded as a run directory
     # (its config, one metrics row per batch from its Monitor files) and evaluated as trpo's runs are.
-    out = suite(tmp_path, "--seeds", "0", "--steps", "2048", "--peer", "rl-zoo")
+    # With the env's own options passed on (CartPole's Sutton-Barto reward: 0 a step, -1 at a fall), in training
+    # and in the evaluation.
+    kwargs = ["--set", 'env_kwargs={"sutton_barto_reward": true}']
+    out = suite(tmp_path, "--seeds", "0", "--steps", "2048", "--peer", "rl-zoo", *kwargs)
     run = tmp_path / "CartPole-v1" / "rl-zoo-s0"
     assert "| CartPole-v1 | rl-zoo | 2,048 | 0 |" in out
     result = json.loads((run / "eval.json").read_text())
-    assert result["step"] >= 2048 and result["episodes"] == 10 and len(result["returns"]) == 10
+    assert result["step"] >= 2048 and result["episodes"] == 10 and set(result["returns"]) <= {0.0, -1.0}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == list(range(1, len(rows) + 1)) and rows and rows[0]["step"] >= 1024
-    assert "python -m rl_zoo3.train --algo trpo --env CartPole-v1 -n 2048 --seed 0" in (run / "config.yaml").read_text()
-    assert "done already" in suite(tmp_path, "--seeds", "0", "--steps", "2048", "--peer", "rl-zoo")
+    assert all(r["episode_return_mean"] <= 0 for r in rows)
+    assert yaml.safe_load((run / "config.yaml").read_text())["command"] == (
+        "python -m rl_zoo3.train --algo trpo --env CartPole-v1 -n 2048 --seed 0 --env-kwargs sutton_barto_reward:True")
+    assert "done already" in suite(tmp_path, "--seeds", "0", "--steps", "2048", "--peer", "rl-zoo", *kwargs)
     bad = bench(tmp_path, "--peer", "rl-zoo", "--env", "Hopper-v5", code=2)
     assert "rl_zoo3's trpo.yml has no entry for Hopper-v5" in bad.stderr

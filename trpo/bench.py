@@ -82,7 +82,7 @@ def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str], mode:
         return f"done already: {path}"
     if peer:  # trpo.peers continues from its own checkpoint
         cmd = ["-m", "trpo.peers", peer, "--env", env, "--seed", str(seed), "--steps", str(steps), "--run-dir",
-               str(path)]
+               str(path), *flags]
     else:
         if (path / "config.yaml").is_file():  # started before: continue it (from the start if it has no checkpoint)
             cmd = ["train", "--resume", str(path), "--total-steps", str(steps)]
@@ -162,8 +162,11 @@ def bench(envs: Sequence[str], seeds: Sequence[int], steps: int | None = None, *
 
         if peer not in PEERS:
             raise ConfigError(f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
-        if sets:
-            raise ConfigError("--set applies to trpo's runs; a peer runs its own published settings")
+        peer_sets = field_values(sets)
+        if set(peer_sets) - {"env_kwargs"}:
+            raise ConfigError("--set applies to trpo's runs; a peer runs its own published settings (env_kwargs, "
+                              "the env's own options, apply to both)")
+        flags = ["--env-kwargs", json.dumps(coerce_fields(peer_sets).get("env_kwargs") or {})]
         for env in envs:
             try:
                 PEERS[peer][0](env)

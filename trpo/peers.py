@@ -96,7 +96,7 @@ def _callback(metrics: Path, start_step: int) -> Any:
 
 
 def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int = 100_000,
-        eval_episodes: int = 10) -> dict[str, Any]:
+        eval_episodes: int = 10, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
     from sb3_contrib import TRPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -106,10 +106,10 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
     settings = zoo_settings(env_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"env": env_id, "seed": seed, "total_steps": steps, "library": "sb3-contrib", "algo": "TRPO",
-              "policy": "MlpPolicy", **settings}
+              "policy": "MlpPolicy", **settings, "env_kwargs": env_kwargs or {}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     n_envs, normalize = settings.pop("n_envs"), settings.pop("normalize")
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
     model_file, stats_file = run_dir / "checkpoints" / "model.zip", run_dir / "checkpoints" / "vecnormalize.pkl"
     metrics = run_dir / "metrics.jsonl"
     if model_file.is_file():  # continue: drop rows logged after the checkpoint
@@ -130,7 +130,7 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
         model.save(str(model_file))
         if normalize:
             env.save(str(stats_file))
-    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1_000_003)
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1_000_003, env_kwargs=env_kwargs)
     if normalize:
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
         eval_env.obs_rms = env.obs_rms
@@ -172,7 +172,7 @@ def zoo_script_settings(env_id: str) -> dict[str, Any]:
 
 
 def run_zoo(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int = 0,
-            eval_episodes: int = 10) -> dict[str, Any]:
+            eval_episodes: int = 10, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """rl_zoo3's own training script (`python -m rl_zoo3.train --algo trpo`, its hyperparameter file, `steps`
     env steps), as users run it, then the same final evaluation as trpo's. A killed run starts again: the script
     keeps no resumable state; a trained one only gets its evaluation."""
@@ -184,27 +184,29 @@ def run_zoo(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every:
 
     zoo_dir = run_dir / "rl_zoo3"
     model_file = zoo_dir / "trpo" / f"{env_id}_1" / f"{env_id}.zip"
+    script = ["rl_zoo3.train", "--algo", "trpo", "--env", env_id, "-n", str(steps), "--seed", str(seed)]
+    if env_kwargs:  # the script reads each value as Python (its StoreDict)
+        script += ["--env-kwargs", *(f"{key}:{value!r}" for key, value in env_kwargs.items())]
     if not model_file.is_file():
         if zoo_dir.exists():
             import shutil
 
             shutil.rmtree(zoo_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "rl_zoo3.train", "--algo", "trpo", "--env", env_id, "-n", str(steps), "--seed",
-               str(seed), "-f", str(zoo_dir), "--eval-freq", "-1", "--save-freq", "-1", "--device", "cpu",
-               "--verbose", "0"]
+        cmd = [sys.executable, "-m", *script, "-f", str(zoo_dir), "--eval-freq", "-1", "--save-freq", "-1",
+               "--device", "cpu", "--verbose", "0"]
         with open(run_dir / "rl_zoo3.log", "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
     stats = model_file.parent / env_id
     config = {"env": env_id, "seed": seed, "total_steps": steps, "library": "rl_zoo3", "algo": "TRPO",
-              "command": " ".join(["python -m rl_zoo3.train --algo trpo --env", env_id, "-n", str(steps), "--seed",
-                                   str(seed)]), **zoo_script_settings(env_id)}
+              "command": " ".join(["python", "-m", *script]), **zoo_script_settings(env_id),
+              "env_kwargs": env_kwargs or {}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     _metrics_from_monitors(model_file.parent, int(config.get("n_envs", 1)) * int(config.get("n_steps", 2048)),
                            run_dir / "metrics.jsonl")
     hyperparams, stats_path = get_saved_hyperparams(str(stats), norm_reward=False, test_mode=True)
     eval_env = create_test_env(env_id, n_envs=1, stats_path=stats_path, seed=seed + 1_000_003,
-                               should_render=False, hyperparams=hyperparams)
+                               should_render=False, hyperparams=hyperparams, env_kwargs=env_kwargs)
     model = TRPO.load(str(model_file), device="cpu")
     return _evaluate(model, eval_env, eval_episodes, run_dir)
 
@@ -245,13 +247,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--checkpoint-every", type=int, default=100_000, metavar="STEPS")
+    parser.add_argument("--env-kwargs", type=json.loads, default={}, metavar="JSON",
+                        help="the env's own options, e.g. '{\"include_cfrc_ext_in_observation\": false}'")
     args = parser.parse_args()
     settings, runner = PEERS[args.peer]
     try:
         settings(args.env)
     except ValueError as exc:
         parser.error(str(exc))
-    result = runner(args.env, args.seed, args.steps, args.run_dir, args.checkpoint_every)
+    result = runner(args.env, args.seed, args.steps, args.run_dir, args.checkpoint_every,
+                    env_kwargs=args.env_kwargs)
     print(f"{args.run_dir}: {result['mean_return']:.1f}")
 
 
