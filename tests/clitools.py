@@ -15,6 +15,12 @@ from trpo.cli import main
 def run_cli(argv: list[str], cwd: Path | None = None) -> tuple[int, str]:
     """trpo's main() in this process, in `cwd` if given: its exit status and what it wrote to stderr. Anything it
     raises fails the test, as a traceback would."""
+    code, _, err = run_cli_output(argv, cwd)
+    return code, err
+
+
+def run_cli_output(argv: list[str], cwd: Path | None = None) -> tuple[int, str, str]:
+    """As run_cli, with what it wrote to stdout: (exit status, stdout, stderr)."""
     err, out = io.StringIO(), io.StringIO()
     before = os.getcwd()
     try:
@@ -24,7 +30,7 @@ def run_cli(argv: list[str], cwd: Path | None = None) -> tuple[int, str]:
             code = main(argv)
     finally:
         os.chdir(before)
-    return code, err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
 def error_lines(stderr: str) -> list[str]:

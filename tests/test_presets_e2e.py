@@ -1,7 +1,8 @@
-"""Every shipped preset, end to end, as a user runs it: `trpo train` writes checkpoints, `trpo eval` reads them,
-`trpo train --resume` continues to a larger budget; and through the Python API, save and load give the same
-actions. The presets keep their own settings (normalization, worker processes, ...); only the batch is made
-small. This is the class of test that catches a preset crashing at its first checkpoint."""
+"""Every shipped preset, end to end, as a user runs it: `trpo train` writes checkpoints, `trpo eval` reads them
+(in this process, through main()), `trpo train --resume` continues to a larger budget; and through the Python
+API, save and load give the same actions. The presets keep their own settings (normalization, worker processes,
+...); only the batch is made small. This is the class of test that catches a preset crashing at its first
+checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clitools import run_cli_output
 from test_cli import metrics, trpo
 
 from trpo import TRPO
@@ -52,9 +54,10 @@ def test_preset_trains_checkpoints_evaluates_and_resumes_through_the_cli(tmp_pat
         assert (run / file).is_file(), file
     assert [r["update"] for r in metrics(run)] == [1, 2]
 
-    ev = trpo("eval", str(run), "--episodes", "1", "--json")
-    assert ev.returncode == 0, ev.stderr
-    result = json.loads(ev.stdout.strip().splitlines()[-1])
+    # `trpo eval` in this process (clitools.py): train and resume above and below are processes of their own.
+    code, stdout, stderr = run_cli_output(["eval", str(run), "--episodes", "1", "--json"])
+    assert code == 0, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
     assert result["env"] == env_id and result["step"] == 2 * batch and np.isfinite(result["mean_return"])
 
     more = trpo("train", "--resume", str(run), "--total-steps", str(3 * batch), "--no-progress")
