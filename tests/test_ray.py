@@ -148,7 +148,7 @@ def test_cli_ray_run_matches_sync_and_resumes(tmp_path: Path) -> None:
     assert [row["update"] for row in metrics(on_ray)] == [1, 2, 3]
 
 
-def test_cartpole_learns_on_a_two_node_cluster_with_an_actor_on_each_node(tmp_path: Path) -> None:
+def test_a_two_node_cluster_with_an_actor_on_each_node_gives_the_same_run(tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
@@ -157,14 +157,18 @@ def test_cartpole_learns_on_a_two_node_cluster_with_an_actor_on_each_node(tmp_pa
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        # As tests/test_learning.py's CartPole test (same seed and budget; threshold calibrated there on 6 seeds).
+        # The CartPole preset's run, bit for bit, with its batch collected across two nodes: what it learns is then
+        # what tests/test_learning.py's CartPole test shows of the same run in one process.
         agent = TRPO("CartPole-v1", seed=0, vector_mode="ray", num_workers=2, ray_address=cluster.address)
-        agent.learn(20_000)
+        agent.learn(3 * agent.config.batch_size)
         nodes = {node for _, node in pool_of(agent).placement()}
-        result = agent.evaluate(10)
+        on_cluster = strip_timing(agent.history)
         agent.close()
         assert len(nodes) == 2  # one actor per node: the batch crossed nodes
-        assert result["mean_return"] >= 100, result
+        here = TRPO("CartPole-v1", seed=0, vector_mode="sync")
+        here.learn(3 * here.config.batch_size)
+        assert on_cluster == strip_timing(here.history) and len(on_cluster) == 3
+        here.close()
         # With a cluster running here (as `ray start` leaves one), an empty ray_address still starts a runtime of
         # the run's own, as documented; ray.init's default joined the cluster and refused the run's num_cpus.
         ray.shutdown()
