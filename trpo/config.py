@@ -637,11 +637,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 50k (92.8 +/- 0.1); the plain Gaussian failed on 3 of 10 (66.2), rl-zoo's every 4 steps on 2 (73.8).
     "MountainCarContinuous": _MOUNTAIN_CAR_CONTINUOUS,
     # Hopper departs from rl-zoo for speed (benchmarks/speed.py; returns checked against sb3-contrib there):
-    # worker processes for the envs, Fisher-vector products on every 4th sample, 10 critic epochs of 256.
+    # worker processes for the envs, Fisher-vector products on every 4th sample, critic minibatches of 256.
     # max_kl 0.02 on the joint KL, below sb3-contrib's effective 0.03 (0.01 per action dimension): at 1M steps
-    # 0.03 let 2 of 5 seeds lose their policy late (mean 2998), 0.02 gave 3358 (3021 over seeds 0-9;
-    # docs/results.md). The 300k figures in docs/speed.md and docs/family.md were measured with 0.03.
-    "Hopper": dict(_MUJOCO, max_kl=0.02, vector_mode="subprocess", fisher_subsample=4, value_epochs=10,
+    # 0.03 let 2 of 5 seeds lose their policy late (mean 2998), 0.02 gave 3358 (3021 over seeds 0-9).
+    # 5 critic epochs (40 Adam steps a batch): 3387 on seeds 0-4, 3069 over 0-9, level with 10 epochs and
+    # faster; rl-zoo's 20 epochs of 128 (320 steps) left 3 of 5 seeds below 1500 (docs/results.md). The 300k
+    # figures in docs/speed.md and docs/family.md were measured with max_kl 0.03 and 10 epochs.
+    "Hopper": dict(_MUJOCO, max_kl=0.02, vector_mode="subprocess", fisher_subsample=4, value_epochs=5,
                    value_minibatch=256),
     # The other MuJoCo tasks take sb3-contrib's trust region as it acts (its TRPO's Box-action KL is averaged
     # over action dimensions): so its max KL and damping are action_dim times ours on the joint KL. rl-zoo's
