@@ -4,8 +4,9 @@ config.yaml (env, seed, every field) with the code here, and the metrics rows co
     .venv/bin/python benchmarks/replay.py docs/results/suite/Walker2d-v5/trpo-s0 --updates 20
     .venv/bin/python benchmarks/replay.py docs/results/suite/*/kl02-s0 docs/results/box2d/*/adam-eps-s0
 
-Each line also says whether the env's preset here gives the record's config (fields that only place the work,
-such as vector_mode, aside): identical rows and the preset's config mean the preset trains those runs today.
+Each line also says whether the env's preset here gives the record's config (fields a resumed run may change,
+which only place the work, such as vector_mode, aside): identical rows and the preset's config mean the preset
+trains those runs today.
 Identical rows (every key but the timings) mean this code trains those runs as recorded, on this machine: the
 records' returns are then this code's. Runs are bit-identical on one machine, not across CPUs, so a record made
 elsewhere can differ from the first row without any change in the code; and a resumed run's envs start from fresh
@@ -25,17 +26,17 @@ from typing import Any
 
 import yaml
 
-TIMING = ("time", "fps")  # keys that start with these differ between any two runs
-# Fields that change where the work runs or what is written, not the run (runs are bit-identical across them: tests).
-PLACEMENT = {"vector_mode", "num_workers", "torch_threads", "device", "checkpoint_every", "eval_episodes",
-             "eval_every", "eval_max_steps", "max_worker_restarts", "ray_address"}
+# Timing keys differ between any two runs; the fields a resumed run may change only place the work (runs are
+# bit-identical across them: tests), so a preset that differs from a record only there gives the same runs.
+from trpo.config import RESUME_SAFE_FIELDS
+from trpo.logger import TIMING_FIELDS
 
 
 def rows(metrics: Path, count: int) -> list[dict[str, Any]]:
     out = []
     for line in metrics.read_text().splitlines()[:count]:
         row = json.loads(line)
-        out.append({k: v for k, v in row.items() if not k.startswith(TIMING)})
+        out.append({k: v for k, v in row.items() if k not in TIMING_FIELDS})
     return out
 
 
@@ -59,7 +60,7 @@ def preset_difference(record: dict[str, Any]) -> str:
     recorded = TRPOConfig.from_dict(fields).to_dict()
     preset_config, name = resolve_config(record["env"], "auto")
     now = preset_config.to_dict()
-    differ = [f"{k} {recorded[k]!r} (preset {now[k]!r})" for k in recorded if k not in PLACEMENT
+    differ = [f"{k} {recorded[k]!r} (preset {now[k]!r})" for k in recorded if k not in RESUME_SAFE_FIELDS
               and recorded[k] != now[k]]
     return f"the {name or 'no'} preset gives " + ("this config" if not differ else "another: " + ", ".join(differ))
 
