@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
 from pathlib import Path
 
 from trpo.cli import main
@@ -27,7 +28,10 @@ def run_cli_output(argv: list[str], cwd: Path | None = None) -> tuple[int, str, 
         if cwd is not None:
             os.chdir(cwd)
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            code = main(argv)
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse's --help and --version end the process, as they would there
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     finally:
         os.chdir(before)
     return code, out.getvalue(), err.getvalue()
@@ -44,3 +48,10 @@ def assert_normal_or_one_error_line(code: int, stderr: str) -> None:
         assert not errors, stderr
     else:
         assert code == 2 and len(errors) == 1, (code, stderr)
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`trpo ARGS` through main() in this process, answered as test_cli.trpo's subprocess is (returncode, stdout,
+    stderr): for tests whose subject is what a command does, not the process it runs in."""
+    code, out, err = run_cli_output(list(args), cwd)
+    return subprocess.CompletedProcess(["trpo", *args], code, out, err)

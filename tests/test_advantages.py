@@ -7,6 +7,9 @@ import torch
 
 from trpo.advantages import discounted_returns, estimate, gae, normalize, td_residuals
 
+# Floats through kernels that numpy and torch pick per CPU: scripts/dev.py test runs these again with others forced.
+pytestmark = pytest.mark.numerics
+
 
 def col(*xs: float) -> torch.Tensor:
     """A [T, 1] column (one env)."""

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import yaml
+from clitools import run_cli_output
+from test_cli import _gone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import replay
@@ -33,10 +40,23 @@ def test_suite_runs_skips_and_resumes(tmp_path: Path) -> None:
         assert json.loads((run / "eval.json").read_text())["step"] == 512
         assert (run / "checkpoints" / "latest.pt").is_file()
     assert "| CartPole-v1 | trpo | 512 | 0 1 |" in out
+    # Each run said as it starts and as it ends (in the order they end), with its result and the runs ended.
+    for seed, run in enumerate(runs):
+        assert f"started: CartPole-v1 seed {seed} (trpo), 512 steps -> {run}\n" in out
+    ended = [line for line in out.splitlines() if line.startswith("ended: ")]
+    assert [line.split("; ")[1] for line in ended] == ["1/2 runs ended", "2/2 runs ended"]
+    results = [json.loads((run / "eval.json").read_text())["mean_return"] for run in runs]
+    for seed, result in enumerate(results):
+        assert any(re.fullmatch(rf"ended: CartPole-v1 seed {seed} \(trpo\): final evaluation {result:.1f} in "
+                                r"\d\d:\d\d; [12]/2 runs ended", line) for line in ended), out
     again = suite(tmp_path, "--steps", "512", *SMALL)
-    assert again.count("done already") == 2
+    assert again.count("done already") == 2 and "started:" not in again
+    for seed, result in enumerate(results):
+        assert re.search(rf"^skipped: CartPole-v1 seed {seed} \(trpo\): done already \(final evaluation "
+                         rf"{result:.1f}\); [12]/2 runs ended$", again, re.MULTILINE), again
     # A larger budget continues both runs from their checkpoints: rows 1-2 kept, 3-4 added.
     more = suite(tmp_path, "--steps", "1024", *SMALL)
+    assert more.count("resumed: CartPole-v1 seed ") == 2 and "started:" not in more
     for run in runs:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["update"] for r in rows] == [1, 2, 3, 4]
@@ -138,3 +158,93 @@ def test_bench_runs_rl_zoos_own_script_as_the_peer(tmp_path: Path) -> None:
     assert "done already" in suite(tmp_path, "--seeds", "0", "--steps", "2048", "--peer", "rl-zoo", *kwargs)
     bad = bench(tmp_path, "--peer", "rl-zoo", "--env", "Hopper-v5", code=2)
     assert "rl_zoo3's trpo.yml has no entry for Hopper-v5" in bad.stderr
+
+
+def test_a_failed_run_is_said_with_its_log_and_counted(tmp_path: Path) -> None:
+    # gym.make refuses the keyword in the run's own process: that run fails, the benchmark goes on to its table.
+    code, out, err = run_cli_output(["bench", "--env", "CartPole-v1", "--seeds", "0", "--steps", "256", "--out",
+                                     str(tmp_path), "--set", 'env_kwargs={"no_such_option": 1}'])
+    run = tmp_path / "CartPole-v1" / "trpo-s0"
+    # The table is printed, then status 1 and a line naming the failed run and its log.
+    assert code == 1 and "| env | label |" in out, err
+    assert err == f"trpo: 1 run failed: CartPole-v1 seed 0 (trpo) (exit 2, see {run}.log)\n"
+    (ended,) = [line for line in out.splitlines() if line.startswith("ended: ")]
+    assert re.fullmatch(rf"ended: CartPole-v1 seed 0 \(trpo\): FAILED \(exit 2, see {re.escape(str(run))}\.log\) "
+                        r"in \d\d:\d\d; 1/1 runs ended, 1 failed", ended), out
+    assert "no_such_option" in Path(f"{run}.log").read_text()
+
+
+def test_an_env_or_seed_given_twice_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    # Twice the same seed would be two runs in one run directory.
+    for args, named in ((["--seeds", "0", "1", "0"], "--seeds names 0 more than once"),
+                        (["--env", "CartPole-v1", "CartPole-v1", "--seeds", "0"], "--env names CartPole-v1 more")):
+        code, _, err = run_cli_output(["bench", "--env", "CartPole-v1", "--steps", "256", "--out", str(tmp_path),
+                                       *SMALL, *args])
+        assert code == 2 and err.startswith(f"trpo: error: {named}") and err.count("\n") == 1, err
+        assert not (tmp_path / "CartPole-v1").exists()
+
+
+def test_damaged_results_are_said_and_stray_directories_ignored(tmp_path: Path) -> None:
+    runs = tmp_path / "CartPole-v1"
+    damaged = {"not-json": b"{", "not-utf8": b"\xff\xfe", "a-list": b"[1]", "text-step": b'{"step": "x"}',
+               "no-return": b'{"step": 256}', "nan-return": b'{"step": 256, "mean_return": NaN}'}
+    for name, data in damaged.items():
+        (runs / f"{name}-s0").mkdir(parents=True)
+        (runs / f"{name}-s0" / "eval.json").write_bytes(data)
+    (runs / "dir-s0" / "eval.json").mkdir(parents=True)
+    for stray in ("notes-sX", "-s3", "plain"):  # not LABEL-sSEED: not runs, whatever they hold
+        (runs / stray).mkdir()
+        (runs / stray / "eval.json").write_text('{"step": 256, "mean_return": 1.0}')
+    (runs / "good-s1").mkdir()
+    (runs / "good-s1" / "eval.json").write_text('{"step": 256, "mean_return": 9.5}')
+    code, out, err = run_cli_output(["bench", "--env", "CartPole-v1", "--steps", "256", "--out", str(tmp_path),
+                                     "--summary"])
+    assert code == 0 and not err, err
+    assert "| CartPole-v1 | good | 256 | 1 | 9.5 |" in out and out.count("| CartPole-v1 |") == 1, out
+    said = [line for line in out.splitlines() if line.startswith("damaged, not counted: ")]
+    assert sorted(said) == sorted(f"damaged, not counted: {runs / f'{name}-s0' / 'eval.json'} {why}"
+                                  for name, why in [*((n, "holds no step and final evaluation") for n in
+                                                      ("a-list", "text-step", "no-return", "nan-return")),
+                                                    ("not-json", "is unreadable (JSONDecodeError)"),
+                                                    ("not-utf8", "is unreadable (UnicodeDecodeError)"),
+                                                    ("dir", "is unreadable (IsADirectoryError)")]), out
+
+
+def test_a_finished_run_whose_result_was_damaged_is_evaluated_again(tmp_path: Path) -> None:
+    suite(tmp_path, "--seeds", "0", "--steps", "256", *SMALL)
+    result = tmp_path / "CartPole-v1" / "trpo-s0" / "eval.json"
+    before = json.loads(result.read_text())
+    result.write_text('{"step": ')  # cut short
+    again = suite(tmp_path, "--seeds", "0", "--steps", "256", *SMALL)
+    assert "resumed: CartPole-v1 seed 0" in again and "| CartPole-v1 | trpo | 256 | 0 |" in again, again
+    assert json.loads(result.read_text()) == before  # the same checkpoint, evaluated again
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
+def test_sigterm_stops_the_runs_it_started(tmp_path: Path) -> None:
+    # SIGTERM reaches the bench process only (Ctrl-C reaches its whole process group): it must end its runs itself.
+    proc = subprocess.Popen([sys.executable, "-m", "trpo.cli", "bench", "--env", "CartPole-v1", "--seeds", "0", "1",
+                             "--steps", "400000", "--out", str(tmp_path), *SMALL], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = [tmp_path / "CartPole-v1" / f"trpo-s{seed}" / "metrics.jsonl" for seed in (0, 1)]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(m.is_file() and m.read_text() for m in metrics):
+        time.sleep(0.1)
+    # Started from the pool's threads: each thread's children are its task's.
+    tasks = Path(f"/proc/{proc.pid}/task").iterdir()
+    runs = [int(p) for task in tasks for p in (task / "children").read_text().split()]
+    assert len(runs) == 2
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        for pid in (proc.pid, *runs):  # whatever the outcome, leave nothing running
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 143 and err.strip().endswith("trpo: terminated (SIGTERM); finished runs are kept; the "
+                                                           "same command skips them and continues the others from "
+                                                           "their checkpoints"), err
+    assert all(_gone(pid) for pid in runs)
+    assert out.count("; the same command continues it") == 2 and "FAILED" not in out, out
+    for seed in (0, 1):  # each run stopped as `trpo train` does on SIGTERM, saying what it keeps
+        assert "trpo: terminated (SIGTERM); " in Path(f"{metrics[seed].parent}.log").read_text()

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from clitools import error_lines, run_cli
+from clitools import cli, error_lines, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trpo.cli import build_parser
+from trpo.cli import build_parser, main
 from trpo.config import TRPOConfig, available_cores
 from trpo.rollout.collector import layout
 
@@ -35,11 +35,11 @@ def trpo(*args: str, cwd: Path | None = None, timeout: float = 240) -> subproces
 
 
 def trained_run(tmp_path: Path, env: str, total: int = 256, *extra: str) -> Path:
-    """A small run of `env` trained through the CLI in tmp_path/run (one env, 128-step batches unless `extra`
-    says otherwise)."""
+    """A small run of `env` trained through the CLI's main() in this process, in tmp_path/run (one env, 128-step
+    batches unless `extra` says otherwise)."""
     run = tmp_path / "run"
-    res = trpo("train", "--env", env, "--total-steps", str(total), "--run-dir", str(run), "--num-envs", "1",
-               "--steps-per-env", "128", "--eval-episodes", "1", "--no-progress", *extra)
+    res = cli("train", "--env", env, "--total-steps", str(total), "--run-dir", str(run), "--num-envs", "1",
+              "--steps-per-env", "128", "--eval-episodes", "1", "--no-progress", *extra)
     assert res.returncode == 0, res.stderr
     return run
 
@@ -494,3 +494,70 @@ def test_the_layout_a_run_starts_with_is_said_in_words(fields: dict, said: str) 
     text = layout(TRPOConfig(**fields))
     assert text.startswith(said + "; the learner in this process on cpu, 1 torch thread; ")
     assert text.endswith(f"{available_cores()} cores available")
+
+
+def _settings_line(stderr: str) -> str:
+    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("trpo: settings")]
+    return line
+
+
+def test_train_says_its_settings_by_where_each_comes_from_also_on_resume(tmp_path: Path) -> None:
+    (tmp_path / "cfg.yaml").write_text("gamma: 0.95\nmax_kl: 0.03\n")
+    run = tmp_path / "run"
+    code, err = run_cli(["train", "--config", "cfg.yaml", "--max-kl", "0.02", "--steps-per-env", "128",
+                         "--vector-mode", "sync", "--total-steps", "256", "--run-dir", "run", "--eval-episodes", "0",
+                         "--value-epochs", "1", "--checkpoint-every", "1", "--no-progress"], cwd=tmp_path)
+    assert code == 0, err
+    # The CartPole preset's values off the field defaults (those no flag or file replaced), the file's, the flags':
+    # a value that replaced the preset's shows it.
+    assert _settings_line(err) == (
+        "trpo: settings (the others at their field defaults): preset CartPole: num_envs=2 num_workers=1 "
+        "fisher_subsample=2 value_minibatch=512; --config cfg.yaml: gamma=0.95; flags: steps_per_env=128 (preset 512) "
+        "vector_mode=sync (preset subprocess) max_kl=0.02 value_epochs=1 (preset 20) checkpoint_every=1 "
+        "eval_episodes=0")
+    code, err = run_cli(["train", "--resume", str(run), "--total-steps", "512", "--device", "cpu", "--no-progress"])
+    assert code == 0, err
+    assert _settings_line(err) == (
+        "trpo: settings (the others at their field defaults): preset CartPole: num_envs=2 num_workers=1 "
+        "fisher_subsample=2 value_minibatch=512; the run's own: steps_per_env=128 (preset 512) vector_mode=sync "
+        "(preset subprocess) gamma=0.95 max_kl=0.02 value_epochs=1 (preset 20) checkpoint_every=1 eval_episodes=0; "
+        "flags: device=cpu")
+    code, err = run_cli(["train", "--preset", "none", "--total-steps", "128", "--steps-per-env", "128", "--run-dir",
+                         str(tmp_path / "plain"), "--eval-episodes", "0", "--value-epochs", "1", "--no-progress"])
+    assert code == 0 and _settings_line(err) == ("trpo: settings (the others at their field defaults): flags: "
+                                                 "steps_per_env=128 value_epochs=1 eval_episodes=0"), err
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_train_help_after_env_shows_the_values_that_run_would_take(capsys: pytest.CaptureFixture[str]) -> None:
+    plain = _help(["train", "--help"], capsys)
+    assert "hyperparameters (TRPOConfig fields; default: preset, else the field default):" in plain
+    assert "KL(pi_old || pi_new) over the batch. (default 0.01)" in plain and "(preset " not in plain
+    hopper = _help(["train", "--env", "Hopper-v5", "--help"], capsys)
+    assert "hyperparameters (TRPOConfig fields; --env Hopper-v5 takes preset Hopper: its values, else the field " \
+           "default):" in hopper
+    assert "KL(pi_old || pi_new) over the batch. (preset Hopper: 0.02; field default 0.01)" in hopper  # --max-kl
+    assert "--num-envs NUM_ENVS Number of vectorized environments N. (preset Hopper: 2; field default 1)" in hopper
+    assert "--gamma GAMMA Discount factor. (default 0.99)" in hopper  # the preset's value is the field default
+    # Only the hyperparameters' defaults differ from the plain help.
+    assert hopper.split("hyperparameters (")[0] == plain.split("hyperparameters (")[0]
+    preset = _help(["train", "--env", "Hopper-v5", "--preset", "CartPole", "--help"], capsys)
+    assert "--env Hopper-v5 --preset CartPole takes preset CartPole" in preset and "(preset CartPole: 2;" in preset
+    none = _help(["train", "--env", "Hopper-v5", "--preset", "none", "--help"], capsys)
+    assert "takes no preset: the field defaults" in none and "(preset " not in none
+    # An env no preset names: the preset its observations call for (CliffWalking's are no vector: none).
+    assert "--env CliffWalking-v1 takes no preset" in _help(["train", "--env=CliffWalking-v1", "-h"], capsys)
+
+
+def test_every_commands_help_shows_its_percent_signs_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse %-formats an argument's help but not a description: "95%%" there showed as written.
+    for command in ["", *build_parser().subcommands]:
+        text = _help([command, "--help"] if command else ["--help"], capsys)
+        assert "%%" not in text and "%(" not in text, command
+    assert "IQM with rliable's 95% interval" in _help(["bench", "--help"], capsys)

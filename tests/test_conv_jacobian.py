@@ -31,7 +31,7 @@ def actor_and_obs(dist, encoder: str, side: int, n: int = 24, **kwargs):
     return actor, obs
 
 
-@pytest.mark.parametrize("encoder,side", [("paper", 12), ("nature", 36)])
+@pytest.mark.parametrize("encoder,side", [pytest.param("paper", 12, marks=pytest.mark.numerics), ("nature", 36)])
 @pytest.mark.parametrize("dist_name", list(DISTS))
 def test_products_equal_autograds_and_the_kl_hessian(encoder: str, side: int, dist_name: str) -> None:
     dist = DISTS[dist_name]()

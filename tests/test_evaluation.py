@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
+from clitools import run_cli, run_cli_output
 from test_cli import FAST, TESTS, metrics, strip_timing, trpo
 
 from trpo import TRPO, ConfigError, TRPOConfig
@@ -101,3 +103,58 @@ def test_eval_checkpoint_names_and_their_errors(tmp_path: Path) -> None:
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("trpo: error:")]
         assert message in line, line
+
+
+def test_trpo_train_says_each_periodic_evaluation_and_the_api_stays_silent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    code, _, err = run_cli_output(["train", "--total-steps", "768", "--run-dir", str(run), "--eval-every", "256",
+                                   "--vector-mode", "sync", "--num-envs", "1", "--steps-per-env", "128",
+                                   "--value-epochs", "1", "--eval-episodes", "2"])
+    assert code == 0, err
+    lines = err.splitlines()
+    said = [line for line in lines if line.startswith("eval at step")]
+    assert said == evaluation_lines(rows(run / "evaluations.jsonl")) and len(said) == 3
+    # Among the progress lines (not a terminal here: plain lines, the first at once, the last at the end).
+    first, last = (next(i for i, line in enumerate(lines) if f" {step}/768 steps" in line) for step in (128, 768))
+    assert first < lines.index(said[0]) and last < lines.index(said[-1])
+    # The library prints nothing unless asked (progress=True).
+    agent = TRPO("CartPole-v1", config=SMALL.replace(eval_every=128, num_envs=1), seed=0, run_dir=tmp_path / "api")
+    capsys.readouterr()
+    agent.learn(256)
+    agent.close()
+    assert capsys.readouterr() == ("", "") and len(agent.evaluations) == 2
+    agent = TRPO("CartPole-v1", config=SMALL.replace(eval_every=128, num_envs=1), seed=0, progress=True)
+    agent.learn(256)
+    agent.close()
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("eval at step")] == \
+        evaluation_lines(agent.evaluations)
+
+
+def evaluation_lines(evaluations: list[dict]) -> list[str]:
+    """The lines the training progress shows for these evaluations (of 2 episodes each)."""
+    best, lines = -float("inf"), []
+    for row in evaluations:
+        new = row["mean_return"] > best
+        best = max(best, row["mean_return"])
+        lines.append(f"eval at step {row['step']}: mean return {row['mean_return']:.2f} +/- {row['std_return']:.2f} "
+                     "over 2 episodes" + (", new best" if new else ""))
+    return lines
+
+
+def test_trpo_eval_shows_how_far_a_long_evaluation_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    assert run_cli(["train", "--total-steps", "256", "--run-dir", str(run), "--vector-mode", "sync", "--num-envs",
+                    "1", "--steps-per-env", "128", "--value-epochs", "1", "--no-progress"])[0] == 0
+    monkeypatch.setattr("trpo.logger.PLAIN_INTERVAL", 0.0)  # as if every step took the 5 s between plain lines
+    code, out, err = run_cli_output(["eval", str(run), "--json"])
+    assert code == 0, err
+    result = json.loads(out.splitlines()[-1])
+    assert result["episodes"] == 10  # the default without --video
+    shown = [re.fullmatch(r"(\d+)/10 episodes  (\d+) steps  [\d,.]+ steps/s  elapsed \d\d:\d\d  ETA \S+", line)
+             for line in err.splitlines()]
+    assert all(shown) and len(shown) == sum(result["lengths"])  # a line per step at this interval
+    counts = [(int(m[1]), int(m[2])) for m in shown if m]
+    assert counts[-1] == (9, sum(result["lengths"]))  # the last step of the last episode
+    assert [steps for _, steps in counts] == list(range(1, sum(result["lengths"]) + 1))

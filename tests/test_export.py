@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from clitools import cli
 from gymnasium import spaces
 from test_cli import trained_run
-from test_cli import trpo as trpo_cli
 from trpo_testenvs import MaskedChoiceEnv, PixelSideEnv, SpacesEnv
 
 from trpo import TRPO, ExportError, TRPOConfig
@@ -111,13 +111,13 @@ def test_exported_actions_equal_predict(tmp_path: Path, case: str, fmt: str) -> 
 def test_cli_exports_a_run_and_refuses_what_it_cannot(tmp_path: Path) -> None:
     run = trained_run(tmp_path, "Pendulum-v1", 512, "--num-envs", "2")
     out = tmp_path / "pendulum.onnx"
-    res = trpo_cli("export", str(run), "--checkpoint", "final", "--format", "onnx", "--out", str(out))
+    res = cli("export", str(run), "--checkpoint", "final", "--format", "onnx", "--out", str(out))
     assert res.returncode == 0 and out.is_file() and "exported as onnx" in res.stdout, res.stderr
     agent = TRPO.load(run)
     obs = np.random.default_rng(0).uniform(-1, 1, (50, 3)).astype(np.float32)
     np.testing.assert_allclose(run_exported(out, "onnx", [obs])[0], agent.predict(obs)[0], rtol=1e-5, atol=1e-6)
     agent.close()
-    bad = trpo_cli("export", str(run), "--format", "tflite", "--out", str(tmp_path / "x"))
+    bad = cli("export", str(run), "--format", "tflite", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     agent = TRPO(lambda: SpacesEnv(spaces.Discrete(5), spaces.Discrete(2)), config=SMALL)
     with pytest.raises(ExportError, match="format must be one of torchscript, onnx"):

@@ -18,6 +18,7 @@ from trpo import TRPO, TRPOConfig
 from trpo.config import ConfigError
 from trpo.encoders import ConvBody, ImageLayout, image_layout
 from trpo.envs import EnvError
+from trpo.extras import install_hint
 from trpo.networks import Actor
 from trpo.policy import TorchActing, snapshot
 from trpo.spaces import ObsEncoder, make_distribution
@@ -161,8 +162,8 @@ def test_minatar_ids_register_themselves_and_train() -> None:
 
 
 @pytest.mark.parametrize("env_id,module,message", [
-    ("ALE/Pong-v5", "ale_py", 'ALE/Pong-v5 needs ale-py: pip install "trpo[atari]"'),
-    ("MinAtar/Breakout-v1", "minatar.gym", 'MinAtar games need minatar: pip install "trpo[minatar]"'),
+    ("ALE/Pong-v5", "ale_py", f"ALE/Pong-v5 needs ale-py: {install_hint('atari')}"),
+    ("MinAtar/Breakout-v1", "minatar.gym", f"MinAtar games need minatar: {install_hint('minatar')}"),
 ])
 def test_missing_game_packages_say_how_to_install_them(monkeypatch: pytest.MonkeyPatch, env_id: str, module: str,
                                                        message: str) -> None:

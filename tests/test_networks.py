@@ -9,6 +9,9 @@ from trpo.encoders import CELLS, RecurrentCell
 from trpo.networks import Critic
 from trpo.sequences import Sequences
 
+# Floats through kernels that numpy and torch pick per CPU: scripts/dev.py test runs these again with others forced.
+pytestmark = pytest.mark.numerics
+
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("batch,obs_dim,hidden", [(128, 11, (64, 64)), (77, 3, (32,)), (512, 4, (16, 8, 24))])

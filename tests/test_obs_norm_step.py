@@ -19,6 +19,7 @@ from trpo.policy import batch_noise
 STEP = {"obs_norm_update": "step", "normalize_obs": True}
 
 
+@pytest.mark.numerics
 def test_the_learner_replays_the_statistics_the_acting_policy_moved() -> None:
     rng = np.random.default_rng(0)
     raw = (rng.normal(size=(50, 3, 4)) * [1, 10, 0.01, 100]).astype(np.float32)
@@ -37,6 +38,7 @@ def test_the_learner_replays_the_statistics_the_acting_policy_moved() -> None:
     np.testing.assert_allclose(learner.stats.var, rows.var(0), rtol=1e-5, atol=1e-6)  # var prior 1
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("update", ["batch", "step"])
 @pytest.mark.parametrize("mode", ["sync", "subprocess"])
 def test_the_batch_holds_the_observations_the_policy_sampled_its_actions_from(update: str, mode: str) -> None:

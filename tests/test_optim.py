@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -29,6 +30,7 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
+@pytest.mark.numerics
 def test_adam_matches_torch_fused_adam_bit_for_bit() -> None:
     net, twin = _pair()
     _train(net, Adam(net.parameters(), lr=3e-3), 25, seed=1)
@@ -37,6 +39,7 @@ def test_adam_matches_torch_fused_adam_bit_for_bit() -> None:
     assert not _same(net, _pair()[0])  # it did train
 
 
+@pytest.mark.numerics
 def test_state_dicts_are_interchangeable_with_torch_adam() -> None:
     net, twin = _pair()
     ours, theirs = Adam(net.parameters(), lr=1e-3), torch.optim.Adam(twin.parameters(), lr=1e-3, fused=True)

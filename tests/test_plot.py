@@ -1,4 +1,5 @@
-"""`trpo plot` on real run directories made by `trpo train` (through the CLI), and on damaged hand-made ones."""
+"""`trpo plot` on real run directories made by `trpo train` (through the CLI's main(), in this process), and on
+damaged hand-made ones."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from clitools import cli, error_lines, run_cli, run_cli_output
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cli import FAST, trpo
+from test_cli import FAST
 from test_logger import json_values, lines, lines_of
 
 from trpo.plot import PlotError, curves, load_runs
@@ -22,13 +24,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plot")
     for name, args in [("cp-s0", ["--seed", "0"]), ("cp-s1", ["--seed", "1"]),
                        ("pend-ppo-s0", ["--env", "Pendulum-v1", "--update-rule", "ppo"])]:
-        res = trpo("train", "--total-steps", "768", "--run-dir", str(root / "runs" / name), *args, *FAST)
+        res = cli("train", "--total-steps", "768", "--run-dir", str(root / "runs" / name), *args, *FAST)
         assert res.returncode == 0, res.stderr
     return root
 
 
 def test_plot_groups_runs_by_env_and_label(runs: Path) -> None:
-    res = trpo("plot", "runs/*", "--out", "curves.png", cwd=runs)
+    res = cli("plot", "runs/*", "--out", "curves.png", cwd=runs)
     assert res.returncode == 0, res.stderr
     assert "3 runs in 2 groups" in res.stdout
     assert (runs / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -40,7 +42,7 @@ def test_plot_groups_runs_by_env_and_label(runs: Path) -> None:
 
 
 def test_plot_any_metric_and_labels_by_config_fields(runs: Path) -> None:
-    res = trpo("plot", str(runs / "runs"), "--metric", "kl_max", "--label-by", "update_rule", "--out",
+    res = cli("plot", str(runs / "runs"), "--metric", "kl_max", "--label-by", "update_rule", "--out",
                str(runs / "kl.pdf"))
     assert res.returncode == 0, res.stderr
     assert (runs / "kl.pdf").read_bytes()[:4] == b"%PDF"
@@ -54,7 +56,7 @@ def test_plot_any_metric_and_labels_by_config_fields(runs: Path) -> None:
     (["runs", "--out", "x.nope"], "cannot write x.nope"),
 ])
 def test_plot_errors_are_one_line(runs: Path, args: list[str], message: str) -> None:
-    res = trpo("plot", *args, cwd=runs)
+    res = cli("plot", *args, cwd=runs)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("trpo: error:")]
     assert message in line
@@ -166,7 +168,7 @@ def test_plot_labels_by_config_fields_holding_lists_and_mappings(tmp_path: Path)
 
 def test_plot_of_a_damaged_run_is_one_error_line(tmp_path: Path) -> None:
     make_run(tmp_path / "r", GOOD, b"- not a mapping\n")
-    res = trpo("plot", str(tmp_path / "r"), "--out", str(tmp_path / "c.png"))
+    res = cli("plot", str(tmp_path / "r"), "--out", str(tmp_path / "c.png"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [f"trpo: error: {tmp_path / 'r' / 'config.yaml'} is not a YAML mapping"]
 
@@ -207,3 +209,28 @@ def test_plot_of_any_run_directories_plots_or_raises_a_plot_error(
     for groups in data.values():
         for grid, values in groups.values():
             assert np.isfinite(grid).all() and values.shape[1] == len(grid)
+
+
+def test_plot_draws_the_periodic_evaluations_as_eval_metrics(runs: Path, tmp_path: Path) -> None:
+    evaluated = [tmp_path / "runs" / f"ev-s{seed}" for seed in (0, 1)]
+    for seed, run in enumerate(evaluated):
+        code, err = run_cli(["train", "--total-steps", "512", "--run-dir", str(run), "--seed", str(seed),
+                             "--eval-every", "256", "--vector-mode", "sync", *FAST])
+        assert code == 0, err
+    code, out, err = run_cli_output(["plot", str(tmp_path / "runs"), "--metric", "eval/mean_return", "--out",
+                                     str(tmp_path / "eval.png")])
+    assert code == 0 and out == f"trpo: plotted eval/mean_return of 2 runs in 1 groups -> {tmp_path / 'eval.png'}\n"
+    assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The curve is evaluations.jsonl's, not metrics.jsonl's: one point per evaluation, each run's own values.
+    grid, values = curves(load_runs([str(tmp_path / "runs")]), "eval/mean_length")["CartPole-v1"]["ev"]
+    logged = [[json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()] for run in evaluated]
+    assert list(grid) == [256, 512] and values.tolist() == [[row["mean_length"] for row in rows] for rows in logged]
+    # Runs that never evaluated: one line saying where evaluations come from.
+    code, err = run_cli(["plot", str(runs / "runs"), "--metric", "eval/mean_return"])
+    (line,) = error_lines(err)
+    assert code == 2 and line == ("trpo: error: 'eval/mean_return' comes from periodic evaluations, and none of "
+                                  "these runs has any (evaluations.jsonl: trpo train --eval-every N)")
+    with pytest.raises(PlotError, match="no run logs the metric 'eval/returns'") as error:
+        curves(load_runs([str(tmp_path / "runs")]), "eval/returns")  # lists of returns are no curve
+    assert ", episodes, eval/capped, eval/mean_length, eval/mean_return, eval/std_return, expected_gain, " in str(
+        error.value)

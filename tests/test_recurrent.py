@@ -68,6 +68,7 @@ def test_chunks_pad_the_last_sequence_and_the_flat_order_maps_back() -> None:
     assert torch.equal(sub.position[sub.valid], torch.arange(4))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_cells_match_torch_lstm_and_gru(kind: str) -> None:
     """The written-out equations are torch's LSTM and GRU cells with the same weights."""
@@ -123,6 +124,7 @@ def test_nothing_leaks_across_an_episode_start() -> None:
 # --- the Fisher-vector product through time ------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("name", ["discrete", "box", "multibinary"])
 @pytest.mark.parametrize("form", ["gauss_newton", "hessian"])
@@ -156,6 +158,7 @@ def test_fisher_vector_product_through_time_equals_the_hessian_of_the_mean_kl(ki
 # --- rollouts and the update --------------------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_rollout_log_probs_and_states_equal_the_updates(kind: str) -> None:
     """Stepping the batch's observations again one at a time from the stored states gives back the stored states
@@ -262,6 +265,7 @@ def test_update_rules_all_take_sequences() -> None:
         agent.close()
 
 
+@pytest.mark.numerics
 def test_sync_and_subprocess_runs_are_identical() -> None:
     histories = []
     for mode in ("sync", "subprocess"):

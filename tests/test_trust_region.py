@@ -22,6 +22,9 @@ from trpo.trust_region import (
     trpo_step,
 )
 
+# Floats through kernels that numpy and torch pick per CPU: scripts/dev.py test runs these again with others forced.
+pytestmark = pytest.mark.numerics
+
 
 @pytest.fixture(autouse=True)
 def float64():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clitools import run_cli_output
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cli import _gone
 
 from trpo.config import ConfigError
 from trpo.tune import DEFAULT_SPACE, parse_space, settings_for
@@ -84,8 +87,15 @@ def test_two_commands_on_one_study_and_a_run_that_goes_on(tmp_path: Path) -> Non
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, out + err
     trials = study(tmp_path).trials
-    assert 5 <= len(finished(trials)) <= 6  # each stops once the study has 5 (one may be mid-trial then)
-    assert len(finished(trials)) == len(trials) and len({t.number for t in trials}) == len(trials)
+    # Exactly 5: a trial starts only where fewer than 5 before it are finished or running; one asked for after that
+    # ends at once, failed and marked surplus, and is not in the summary.
+    assert len(finished(trials)) == 5, [(t.number, t.state) for t in trials]
+    kept = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert len(finished(kept)) == len(kept) and len({t.number for t in trials}) == len(trials)
+    assert all(t.state == optuna.trial.TrialState.FAIL and not t.intermediate_values for t in trials if t not in kept)
+    said = tune(tmp_path, "--trials", "5", "--summary").stdout.splitlines()[0]  # "study 'X': 3 complete, 2 pruned"
+    assert sum(int(n) for n, state in re.findall(r"(\d+) (\w+)", said) if state in ("complete", "pruned")) == 5
+    assert "fail" not in said, said
     # More trials later: the study goes on from what it holds.
     tune(tmp_path, "--trials", "7")
     assert len(finished(study(tmp_path).trials)) == 7
@@ -111,6 +121,10 @@ def test_median_pruner_stops_trials_below_the_median(tmp_path: Path) -> None:
         rows = (Path(t.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
         assert json.loads(rows[-1])["step"] == 512
     assert "4 pruned" in res.stdout
+    # Each said as it ended, from the two processes' trials in the study (this process only waits for them).
+    pruned = [ln for ln in res.stderr.splitlines() if re.match(r"trpo: trial \d+ pruned at step 512 \(evaluation ", ln)]
+    assert len(pruned) == 4 and all("; best 1000000.00 (trial 1); " in ln for ln in pruned), res.stderr
+    assert [ln.split("; ")[-1].split(" trials")[0] for ln in pruned] == ["3/6", "4/6", "5/6", "6/6"]
 
 
 def test_ctrl_c_fails_the_trial_and_the_study_goes_on(tmp_path: Path) -> None:
@@ -214,3 +228,102 @@ def test_failed_trials_are_replaced_and_say_why(tmp_path: Path) -> None:
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert failed and all(t.params["num_envs"] == 8 for t in failed)
     assert "exceeds the trial's 1024 steps" in res.stdout
+    said = [ln for ln in res.stderr.splitlines() if ln.startswith("trpo: trial ")]
+    assert len(said) == len(trials)  # every trial, failed or not, as it ended
+    for t in failed:
+        assert any(ln.startswith(f"trpo: trial {t.number} failed: ConfigError: a batch of 8 x 256 steps exceeds the "
+                                 "trial's 1024 steps (num_envs=8); ") for ln in said), res.stderr
+
+
+def test_each_trial_is_said_as_it_ends(tmp_path: Path) -> None:
+    cmd = tune_cmd(tmp_path, "--trials", "2", "--pruner", "none")
+    code, _, err = run_cli_output(cmd[cmd.index("tune"):])  # in this process: one job, the callback's lines
+    assert code == 0, err
+    trials = study(tmp_path).trials
+    lines = err.splitlines()
+    assert lines[0].startswith("trpo: tuning CartPole-v1 (1,024 steps a trial, 4 evaluations)") and len(lines) == 3
+    best = None
+    for t, line in zip(trials, lines[1:], strict=True):
+        best = t if best is None or t.value > best.value else best
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        assert re.fullmatch(rf"trpo: trial {t.number} complete: {t.value:.2f} \({re.escape(params)}\); best "
+                            rf"{best.value:.2f} \(trial {best.number}\); {t.number + 1}/2 trials finished, "
+                            r"\d\d:\d\d elapsed", line), line
+
+
+def test_an_output_directory_holds_one_study_and_refuses_another_storage(tmp_path: Path) -> None:
+    cmd = tune_cmd(tmp_path, "--trials", "1", "--pruner", "none", "--total-steps", "256", "--evaluations", "1")
+    code, _, err = run_cli_output(cmd[cmd.index("tune"):])
+    assert code == 0, err
+    best = tmp_path / "tune" / "CartPole-v1" / "best.yaml"
+    written = best.read_text()
+    # The same study name in another storage would write its trial_0 and best.yaml over these: refused.
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    code, _, err = run_cli_output([*cmd[cmd.index("tune"):], "--storage", other])
+    assert code == 2 and err.count("\n") == 1 and err.startswith(
+        f"trpo: error: {tmp_path / 'tune' / 'CartPole-v1'} holds the trials of study 'CartPole-v1' in "
+        f"sqlite:///../CartPole-v1.db (a SQLite path from that directory), not of 'CartPole-v1' in {other}, "), err
+    assert best.read_text() == written and not (tmp_path / "other.db").exists()
+
+
+def test_errors_of_storage_and_worker_processes_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cmd = tune_cmd(tmp_path, "--trials", "2", "--total-steps", "256", "--evaluations", "1")[3:]
+    code, _, err = run_cli_output([*cmd, "--storage", "sqlite:///"])  # SQLAlchemy's in-memory database
+    assert code == 2 and err == ("trpo: error: --storage sqlite:/// names no database file: give sqlite:///PATH.db "
+                                 "(or a server's URL)\n"), err
+    # The env raises in step() in both worker processes: their line, not a traceback of this one.
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+    cmd[cmd.index("CartPole-v1")] = "trpo_testenvs:RaisesInStep-v0"
+    code, _, err = run_cli_output([*cmd, "--jobs", "2"])
+    study_dir = tmp_path / "tune" / "trpo_testenvs_RaisesInStep-v0"
+    assert code == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == ("trpo: error: workers 0, 1: env 0 (RaisesInStep-v0) raised RuntimeError in "
+                                    "step(): the simulator diverged (see "
+                                    f"{study_dir / 'worker_0.log'}, {study_dir / 'worker_1.log'})"), err
+
+
+def _start_long_trials(tmp_path: Path, jobs: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """A tune of `jobs` processes whose trials would take minutes, returned once each has written a metrics row;
+    and its command line."""
+    cmd = tune_cmd(tmp_path, "--trials", "2", "--pruner", "none", "--jobs", str(jobs))
+    cmd[cmd.index("1024")] = "400000"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rows = [tmp_path / "tune" / "CartPole-v1" / f"trial_{n}" / "metrics.jsonl" for n in range(jobs)]
+    deadline = time.time() + 120
+    while not all(m.is_file() and m.read_text() for m in rows) and time.time() < deadline:
+        time.sleep(0.2)
+    return proc, cmd
+
+
+def test_a_killed_tunes_trial_is_marked_failed_by_the_next_command(tmp_path: Path) -> None:
+    proc, cmd = _start_long_trials(tmp_path, 1)
+    proc.kill()  # SIGKILL: nothing of the process's own runs
+    proc.communicate(timeout=60)
+    assert [t.state for t in study(tmp_path).trials] == [optuna.trial.TrialState.RUNNING]
+    code, out, err = run_cli_output([*cmd[3:], "--summary"])  # a later command finds its process gone
+    assert code == 0, err
+    (trial,) = study(tmp_path).trials
+    assert trial.state == optuna.trial.TrialState.FAIL
+    reason = f"interrupted: its process {proc.pid} on {trial.user_attrs['host']} ended without finishing it (killed?)"
+    assert trial.user_attrs["error"] == reason
+    assert "study 'CartPole-v1': 1 fail\n" in out and f"trial 0 failed: {reason}" in out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
+def test_sigterm_with_jobs_ends_the_worker_processes_and_their_trials(tmp_path: Path) -> None:
+    proc, _ = _start_long_trials(tmp_path, 2)
+    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(workers) == 2
+    proc.terminate()  # SIGTERM reaches the parent alone
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        for pid in (proc.pid, *workers):
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 143 and "trpo: terminated (SIGTERM); study 'CartPole-v1'" in err, err
+    assert all(_gone(pid) for pid in workers)
+    trials = study(tmp_path).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert all(t.user_attrs["error"] == "interrupted (Ctrl-C or SIGTERM)" for t in trials)

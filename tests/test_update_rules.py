@@ -186,7 +186,9 @@ def test_rules_train_checkpoint_and_resume_through_the_cli(tmp_path, rule: str, 
     res = trpo("train", "--env", env_id, "--update-rule", rule, "--total-steps", "512", "--checkpoint-every", "1",
                "--run-dir", str(run), *FAST)
     assert res.returncode == 0, res.stderr
-    more = trpo("train", "--resume", str(run), "--total-steps", "768", "--no-progress", "--eval-episodes", "1")
+    # --env names the test envs' module again, which a resume imports only when named (docs/security.md).
+    more = trpo("train", "--resume", str(run), "--env", env_id, "--total-steps", "768", "--no-progress",
+                "--eval-episodes", "1")
     assert more.returncode == 0, more.stderr
     rows = metrics(run)
     assert [r["update"] for r in rows] == [1, 2, 3] and all(r["kl_max"] >= r["kl"] for r in rows)

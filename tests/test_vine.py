@@ -12,7 +12,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from test_cli import metrics, trpo
+from clitools import cli
+from test_cli import metrics
 from trpo_testenvs import LayeredMDP, MaskedChoiceEnv
 
 from trpo import TRPO, TRPOConfig
@@ -350,17 +351,17 @@ def test_vine_presets_train_checkpoint_evaluate_and_resume_through_the_cli(tmp_p
     if env_id.startswith("MinAtar"):
         pytest.importorskip("minatar")
     run = tmp_path / "run"
-    first = trpo("train", "--env", env_id, "--sampling", "vine", "--vine-states", "4", "--steps-per-env", "64",
-                 "--total-steps", str(300 * envs), "--checkpoint-every", "1", "--eval-episodes", "1",
-                 "--no-progress", "--run-dir", str(run))
+    first = cli("train", "--env", env_id, "--sampling", "vine", "--vine-states", "4", "--steps-per-env", "64",
+                "--total-steps", str(300 * envs), "--checkpoint-every", "1", "--eval-episodes", "1",
+                "--no-progress", "--run-dir", str(run))
     assert first.returncode == 0, first.stderr
     rows = metrics(run)
     starts = [0] + [r["step"] for r in rows[:-1]]
     assert all(r["step"] == prev + 64 * envs + r["vine_steps"] for prev, r in zip(starts, rows, strict=True))
     assert rows[-1]["step"] >= 300 * envs > rows[-2]["step"] and (run / "eval.json").is_file()
-    ev = trpo("eval", str(run), "--episodes", "1", "--json")
+    ev = cli("eval", str(run), "--episodes", "1", "--json")
     assert ev.returncode == 0, ev.stderr
-    more = trpo("train", "--resume", str(run), "--total-steps", str(600 * envs), "--no-progress")
+    more = cli("train", "--resume", str(run), "--total-steps", str(600 * envs), "--no-progress")
     assert more.returncode == 0, more.stderr
     resumed = metrics(run)
     assert len(resumed) > len(rows) and resumed[-1]["step"] >= 600 * envs > resumed[-2]["step"]

@@ -14,6 +14,7 @@ import math
 import platform
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from trpo import advantages as adv_lib
 from trpo import checkpoint
 from trpo import policy as policy_lib
 from trpo import render as render_lib
+from trpo import trust as trust_lib
 from trpo import vine as vine_lib
 from trpo.config import (
     RESUME_SAFE_FIELDS,
@@ -49,7 +51,7 @@ from trpo.envs import (
     resolve_env_config,
     with_options,
 )
-from trpo.logger import MetricsLog, Progress
+from trpo.logger import EpisodeProgress, MetricsLog, Progress
 from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
 from trpo.optim import Adam
@@ -67,6 +69,12 @@ from trpo.spaces import (
 from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
+EVALUATIONS = "evaluations.jsonl"
+# latest.pt's copy of a best.pt not yet written (`TRPO._save_latest`), as bytes in a uint8 tensor.
+BEST_PENDING = "best_pending"
+# Where a resume moves the numbered checkpoints saved after the checkpoint it goes on from: that part of the run
+# is trained again, and a saved model is never deleted.
+REPLACED = "checkpoints/replaced"
 
 
 def versions() -> dict[str, str]:
@@ -79,11 +87,14 @@ def versions() -> dict[str, str]:
 class TRPO:
     """Trust Region Policy Optimization on a Gymnasium environment.
 
-    env: an env id ('CartPole-v1', 'module:EnvId'), a zero-argument factory, or a `gymnasium.Env` instance.
+    env: an env id ('CartPole-v1', 'module:EnvId'), a zero-argument factory, or a `gymnasium.Env` instance (one env,
+        stepped in this process: the preset's num_envs and vector_mode give way, with a warning saying so).
     config: the hyperparameters, exactly; when omitted, the env id's preset (if any) over the field defaults.
     **overrides: config fields set on top of that (`TRPO("Hopper-v5", max_kl=0.02)` is the Hopper preset with
         max_kl 0.02; with `config=`, that config with these fields replaced).
     run_dir: where learn() writes config.yaml, metrics.jsonl, TensorBoard events and checkpoints (optional).
+    progress: show on stderr how training goes (a bar on a terminal, plain lines otherwise) and each periodic
+        evaluation's result; off, the library prints nothing.
     overwrite: a run_dir that already holds a run is refused (use `TRPO.resume` to continue it); True removes
         that run's files first.
     """
@@ -106,6 +117,8 @@ class TRPO:
                 probe = make_env(env)  # a factory whose env has a registered id keeps that id's preset
                 preset_id = probe.spec.id if probe.spec is not None else None
             config, self.preset = resolve_env_config(env, preset_id, "auto", overrides=overrides, made=probe)
+            if isinstance(env, gym.Env):
+                config = _one_env_in_process(config, set(overrides))
         else:
             self.preset = None
             if overrides:
@@ -177,6 +190,7 @@ class TRPO:
         self.evaluations: list[dict[str, Any]] = []  # periodic evaluations (eval_every), as in evaluations.jsonl
         self.best_mean_return = -math.inf
         self._best_snapshot: bytes | None = None  # the best agent so far, for best.pt at the next checkpoint
+        self._best_pending_run: str | None = None  # the run whose checkpoint carried _best_snapshot, when loaded
         self._collector: RolloutCollector | None = None
         self._critic_state: Tensor | None = None  # a recurrent critic's state per env where the last batch ended
 
@@ -259,7 +273,9 @@ class TRPO:
                 if progress is not None:
                     progress.update(self.num_steps, metrics["episode_return_mean"])
                 if _passed(before, self.num_steps, cfg.eval_every):
-                    self._evaluate_periodically(log, evaluations)
+                    best = self._evaluate_periodically(log, evaluations)
+                    if progress is not None:
+                        progress.note(_evaluation_line(self.evaluations[-1], best))
                 if self.run_dir is not None and _passed(before, self.num_steps, cfg.save_every):
                     self._save_numbered()
                 if self.run_dir is not None and cfg.checkpoint_every and self.num_updates % cfg.checkpoint_every == 0:
@@ -278,9 +294,10 @@ class TRPO:
                 self.save(self.run_dir / checkpoint.FINAL)
         return self
 
-    def _evaluate_periodically(self, log: MetricsLog | None, evaluations: MetricsLog | None) -> None:
+    def _evaluate_periodically(self, log: MetricsLog | None, evaluations: MetricsLog | None) -> bool:
         """eval_episodes deterministic episodes now: a row in `self.evaluations` (and evaluations.jsonl and
-        TensorBoard), and a snapshot of the agent for best.pt when its mean is the best so far."""
+        TensorBoard), and a snapshot of the agent for best.pt when its mean is the best so far. Returns whether it
+        is."""
         result = self.evaluate(self.config.eval_episodes)
         row = {"update": self.num_updates, "step": self.num_steps,
                **{k: result[k] for k in ("mean_return", "std_return", "mean_length", "capped", "returns", "lengths")}}
@@ -288,17 +305,28 @@ class TRPO:
         if evaluations is not None and log is not None:
             evaluations.write(row)
             log.add_scalars({k: row[k] for k in ("step", "mean_return", "std_return", "mean_length")}, "eval")
-        if row["mean_return"] > self.best_mean_return:
-            self.best_mean_return = row["mean_return"]
-            if self.run_dir is not None:
-                self._best_snapshot = checkpoint.serialize(self.state_dict())
+        if row["mean_return"] <= self.best_mean_return:
+            return False
+        self.best_mean_return = row["mean_return"]
+        if self.run_dir is not None:
+            self._best_snapshot = checkpoint.serialize(self.state_dict())
+        return True
 
     def _save_latest(self) -> None:
         """checkpoints/latest.pt, and best.pt if a better evaluation came since the last checkpoint: best.pt is
-        never newer than latest.pt, so a resumed run's best is one of the evaluations it keeps."""
+        never newer than latest.pt, so a resumed run's best is one of the evaluations it keeps. Until best.pt is
+        written, latest.pt carries it (BEST_PENDING): a process that ends between the two writes, or a disk that
+        fills there, leaves the best evaluation kept with its model, which the resume writes (`_open_run_dir`)."""
         assert self.run_dir is not None
-        self.save(self.run_dir / checkpoint.LATEST)
+        state = self.state_dict()
         if self._best_snapshot is not None:
+            state[BEST_PENDING] = torch.frombuffer(bytearray(self._best_snapshot), dtype=torch.uint8)
+        checkpoint.save_atomic(state, self.run_dir / checkpoint.LATEST)
+        self._write_best()
+
+    def _write_best(self) -> None:
+        if self._best_snapshot is not None:
+            assert self.run_dir is not None
             checkpoint.write_bytes_atomic(self.run_dir / checkpoint.BEST, self._best_snapshot)
             self._best_snapshot = None
 
@@ -312,15 +340,19 @@ class TRPO:
                 old.unlink(missing_ok=True)
 
     def _open_evaluations(self) -> MetricsLog | None:
-        """evaluations.jsonl of a run that evaluates periodically, without the rows after the checkpoint this agent
-        goes on from; the best mean among those kept is the best so far."""
-        if self.run_dir is None or not self.config.eval_every:
+        """evaluations.jsonl without the rows after the checkpoint this agent goes on from, also where the run no
+        longer evaluates (resumed with eval_every 0): every row kept is of this life of the run, as best.pt is.
+        The best mean among them is the best so far. Returns the log to write to where the run evaluates."""
+        if self.run_dir is None or not (self.config.eval_every or (self.run_dir / EVALUATIONS).exists()):
             return None
-        log = MetricsLog(self.run_dir, tensorboard=False, keep_updates=self.num_updates, name="evaluations.jsonl")
+        log = MetricsLog(self.run_dir, tensorboard=False, keep_updates=self.num_updates, name=EVALUATIONS)
         self.evaluations = log.kept
         means = [row.get("mean_return") for row in log.kept]
         self.best_mean_return = max([m for m in means if isinstance(m, int | float) and not isinstance(m, bool)],
                                     default=-math.inf)
+        if not self.config.eval_every:
+            log.close()
+            return None
         return log
 
     def _collector_or_new(self) -> RolloutCollector:
@@ -483,15 +515,33 @@ class TRPO:
             checkpoint.remove_temp_files(self.run_dir)
             if self._loaded_from is None:
                 checkpoint.check_new_run_dir(self.run_dir, self.overwrite)
-            elif not self._owns_run_dir() and checkpoint.holds_run(self.run_dir):
-                raise checkpoint.RunDirError(
-                    f"{self.run_dir} holds another run than the one {self._loaded_from} was saved from; load into an "
-                    "empty run directory to go on from this checkpoint there, or continue that run with "
-                    f"TRPO.resume({str(self.run_dir)!r})")
+            elif not self._owns_run_dir():
+                if checkpoint.holds_run(self.run_dir):
+                    raise checkpoint.RunDirError(
+                        f"{self.run_dir} holds another run than the one {self._loaded_from} was saved from; load into "
+                        "an empty run directory to go on from this checkpoint there, or continue that run with "
+                        f"TRPO.resume({str(self.run_dir)!r})")
+            else:
+                self._refuse_rewind()
         except BaseException:
             lock.release()
             raise
         self._lock = lock
+
+    def _refuse_rewind(self) -> None:
+        """A checkpoint older than its run's newest (best.pt, a numbered one) would go on in the run's directory by
+        dropping the rows and checkpoints after it: refused, saying how to branch from it instead."""
+        assert self.run_dir is not None and self._loaded_from is not None
+        newest = checkpoint.newest(self.run_dir)
+        if newest is None or newest.resolve() == self._loaded_from.resolve():
+            return
+        ahead = int(checkpoint.load(newest)["num_updates"])
+        if ahead > self.num_updates:
+            raise checkpoint.RunDirError(
+                f"{self._loaded_from} is at update {self.num_updates} of the run in {self.run_dir}, which went on to "
+                f"update {ahead} ({newest}): training it there would drop the updates after it. To branch from it, "
+                "load it with another run_dir (an empty one); to go on with the run, "
+                f"TRPO.resume({str(self.run_dir)!r})")
 
     def _owns_run_dir(self) -> bool:
         """Whether run_dir holds the run this (loaded) agent's checkpoint was saved from: the run ids match, or,
@@ -514,10 +564,25 @@ class TRPO:
         elif self.run_id is None:  # a new run (with overwrite, the old run's files go first)
             checkpoint.clear_run(self.run_dir)
             self.run_id = uuid.uuid4().hex
+        if self._best_pending_run not in (None, self.run_id):
+            self._best_snapshot = None  # a new run from another run's checkpoint: that run's best is not this one's
+        self._best_pending_run = None
         record = {"env": self.env_id, "seed": self.seed, "total_steps": self.total_steps, "preset": self.preset,
                   "run_id": self.run_id, **self.config.to_dict(), "versions": versions()}
         checkpoint.write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
+        self._write_best()  # the best that a checkpoint carried (_save_latest), now that its run goes on
+        self._set_aside_replaced()
         return MetricsLog(self.run_dir, keep_updates=self.num_updates)
+
+    def _set_aside_replaced(self) -> None:
+        """Numbered checkpoints of steps after this agent's (saved by a life of the run that was killed after its
+        last checkpoint) belong to the part of the run trained again now, as the rows dropped with them: moved to
+        checkpoints/replaced/, so that keep_checkpoints counts this life's alone and no saved model is deleted."""
+        assert self.run_dir is not None
+        for path in checkpoint.numbered(self.run_dir):
+            if int(path.stem[5:]) > self.num_steps:
+                (self.run_dir / REPLACED).mkdir(parents=True, exist_ok=True)
+                path.replace(self.run_dir / REPLACED / path.name)
 
     # --- inference -----------------------------------------------------------------------------------------
 
@@ -549,6 +614,10 @@ class TRPO:
             encoded = self._encoded(obs, batched, action_mask)
         except ObservationError as exc:
             raise ObservationError(f"predict: {exc}; pass one observation or a batch of them (leading dim)") from None
+        finite = np.isfinite(encoded).all(axis=1)
+        if not finite.all():  # the policy would answer it with an action all the same, a meaningless one
+            which = f"observation {int(np.flatnonzero(~finite)[0])} of the batch" if batched else "the observation"
+            raise ObservationError(f"predict: {which} holds NaN or an infinity")
         action, state = self._act(encoded, deterministic, self._state_in(state, len(encoded)),
                                   _starts(episode_start, len(encoded)))
         return (action if batched else action[0]), None if state is None else state.cpu().numpy()
@@ -576,22 +645,24 @@ class TRPO:
         return self.dist.to_env(action.cpu().numpy()), state
 
     def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None,
-                 video: str | Path | None = None, render: bool = False) -> dict[str, Any]:
+                 video: str | Path | None = None, render: bool = False, progress: bool = False) -> dict[str, Any]:
         """Run full episodes on a separate env; returns mean/std of the raw returns and the per-episode lists.
         In an env without a time limit of its own, an episode ends after config.eval_max_steps steps (a policy
         can walk into a wall forever): `capped` counts the episodes cut there. `video`: also write the episodes'
         frames to this file (mp4, gif, ...; pip install 'trpo[video]'); `render`: show them in a window. Both run
-        on an env made to render (render.py), the same episodes as without."""
+        on an env made to render (render.py), the same episodes as without. `progress`: show on stderr how far the
+        episodes are (frames written with a video, env steps otherwise) once they take more than a moment."""
         if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes <= 0:
             raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+        display = EpisodeProgress(episodes, "frames" if video is not None else "steps") if progress else None
         if video is None and not render:
-            return self._episodes(self._eval_env, episodes, deterministic, seed)
+            return self._episodes(self._eval_env, episodes, deterministic, seed, display=display)
         env = render_lib.render_env(self.env_spec, "human" if render else "rgb_array")
         writer = None
         try:
             if video is not None:
                 writer = render_lib.VideoWriter(video, fps=env.metadata.get("render_fps") or 30)
-            result = self._episodes(env, episodes, deterministic, seed, writer)
+            result = self._episodes(env, episodes, deterministic, seed, writer, display)
         finally:
             if writer is not None:
                 writer.close()
@@ -600,7 +671,8 @@ class TRPO:
         return {**result, **({} if writer is None else {"video": str(video), "frames": writer.frames})}
 
     def _episodes(self, env: gym.Env, episodes: int, deterministic: bool, seed: int | None,
-                  writer: render_lib.VideoWriter | None = None) -> dict[str, Any]:
+                  writer: render_lib.VideoWriter | None = None,
+                  display: EpisodeProgress | None = None) -> dict[str, Any]:
         if env is self.env_spec:
             self._collector = None  # the shared instance is about to be reset; start training afresh after
         limit = None if has_time_limit(env) else self.config.eval_max_steps
@@ -623,6 +695,8 @@ class TRPO:
                     length += 1
                     if writer is not None:
                         writer.add(render_lib.frame(env))
+                    if display is not None:
+                        display.update(len(returns), writer.frames if writer is not None else sum(lengths) + length)
                     reward = env_reward(reward)
                     check_reward(reward, env, None, length)
                     total += reward
@@ -641,6 +715,9 @@ class TRPO:
             if isinstance(exc, EnvError | ConfigError):
                 raise
             raise env_failure(exc, call, env=env) from exc
+        finally:
+            if display is not None:
+                display.close()
         return {"mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
                 "episodes": episodes, "mean_length": float(np.mean(lengths)), "capped": capped,
                 "max_steps": limit, "returns": returns, "lengths": lengths}
@@ -675,13 +752,22 @@ class TRPO:
     @classmethod
     def load(cls, path: str | Path, env: EnvSpec | None = None, device: str | None = None,
              run_dir: str | Path | None = None, progress: bool = False,
-             overrides: dict[str, Any] | None = None) -> TRPO:
+             overrides: dict[str, Any] | None = None, trust: bool = False) -> TRPO:
         """Rebuild an agent from a checkpoint file or run directory. `env` defaults to the saved env id;
         `overrides` replaces config fields (the CLI allows only those that leave the math unchanged).
         With `run_dir`, training (`train_until(total)`, `learn(n, reset_num_timesteps=False)`) continues the
         checkpoint's own run there, or starts a new run from the checkpoint in a directory without a run; another
-        run's directory is refused."""
-        file = checkpoint.resolve(path)
+        run's directory is refused. A damaged checkpoint (checksum, non-finite weights or statistics) is refused.
+        `trust`: allow what the checkpoint names and this call does not, which is refused otherwise with one line
+        naming it: the modules its env id and env_wrappers would import (other than trpo's, Gymnasium's and those
+        already imported), the Ray cluster its ray_address joins (docs/security.md)."""
+        return cls._load(checkpoint.resolve(path), env, env is not None, device, run_dir, progress, overrides, trust)
+
+    @classmethod
+    def _load(cls, file: Path, env: EnvSpec | None, env_named: bool, device: str | None, run_dir: str | Path | None,
+              progress: bool, overrides: dict[str, Any] | None, trust: bool) -> TRPO:
+        """`load` of a checkpoint file; `env_named`: whether `env` is the user's (else a run record's, whose id is
+        checked as the checkpoint's own would be)."""
         state = checkpoint.load(file)
         try:
             saved = dict(state["config"])
@@ -698,6 +784,7 @@ class TRPO:
         spec = env if env is not None else env_id
         if spec is None:
             raise checkpoint.CheckpointError(f"{file} was trained on an env without an id; pass env=...")
+        _refuse_unnamed(file, spec, env_named, config, changes, trust, checkpoint.CheckpointError)
         agent = cls(spec, config=config, seed=seed, run_dir=run_dir, progress=progress)
         try:
             agent.load_state_dict(state)
@@ -726,16 +813,20 @@ class TRPO:
         self.num_steps = int(state["num_steps"])
         self.num_updates = int(state["num_updates"])
         self.total_steps = int(state["total_steps"])
+        pending = state.get(BEST_PENDING)  # best.pt as latest.pt carried it (_save_latest)
+        if isinstance(pending, torch.Tensor):
+            self._best_snapshot, self._best_pending_run = pending.numpy().tobytes(), self.run_id
 
     @classmethod
-    def resume(cls, run_dir: str | Path, progress: bool = False, env: EnvSpec | None = None,
+    def resume(cls, run_dir: str | Path, progress: bool = False, env: EnvSpec | None = None, trust: bool = False,
                **overrides: Any) -> TRPO:
         """The run in `run_dir`, ready to continue with `learn()` (to its total_steps): from its newest saved state
         (checkpoints/latest.pt, else final.pt), or, if it was stopped before writing one, from the start with its
         saved config, env and seed (its earlier rows and events are removed). `env` is needed only for a run
         trained on an env without an id (a factory or an instance); a run with an id keeps it. `overrides` may
         change only fields that leave the run's math unchanged (RESUME_SAFE_FIELDS). The run directory is locked
-        for this agent at once: a run that is still being written is refused."""
+        for this agent at once: a run that is still being written is refused. `trust` as for `load`: the run's
+        env id counts as named when `env` gives it again."""
         run_dir = Path(run_dir)
         fixed = sorted(set(overrides) - set(RESUME_SAFE_FIELDS))
         if fixed:
@@ -745,16 +836,18 @@ class TRPO:
             raise checkpoint.RunDirError(f"cannot resume: {run_dir} is not a run directory")
         lock = checkpoint.RunDirLock(run_dir)  # before reading: the run may not change under us
         try:
-            agent = cls._resumed(run_dir, progress, env, overrides)
+            agent = cls._resumed(run_dir, progress, env, overrides, trust)
         except BaseException:
             lock.release()
             raise
         agent._lock = lock
         checkpoint.remove_temp_files(run_dir)
+        agent._write_best()  # one its latest.pt carried (a process that ended before writing it): due at once
         return agent
 
     @classmethod
-    def _resumed(cls, run_dir: Path, progress: bool, env: EnvSpec | None, overrides: dict[str, Any]) -> TRPO:
+    def _resumed(cls, run_dir: Path, progress: bool, env: EnvSpec | None, overrides: dict[str, Any],
+                 trust: bool) -> TRPO:
         record = checkpoint.read_run_record(run_dir)
         recorded_env = record.get("env")
         if recorded_env is not None and not isinstance(recorded_env, str):
@@ -776,7 +869,12 @@ class TRPO:
                                          f"got {total!r}")
         saved = checkpoint.newest(run_dir)
         if saved is not None:
-            agent = cls.load(saved, env=spec, run_dir=run_dir, progress=progress, overrides=overrides)
+            agent = cls._load(saved, spec, env is not None, None, run_dir, progress, overrides, trust)
+            recorded_id = record.get("run_id")
+            if agent.run_id is not None and recorded_id is not None and agent.run_id != recorded_id:
+                agent.close()  # another run's checkpoint (copied in): going on would mix two runs' rows
+                raise checkpoint.RunDirError(f"cannot resume {run_dir}: its checkpoint {saved} is of another run "
+                                             f"(run_id {agent.run_id}) than its config.yaml (run_id {recorded_id})")
         else:
             values = {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS}
             try:
@@ -784,6 +882,8 @@ class TRPO:
                 seed = check_seed(record.get("seed", 0))
             except ConfigError as exc:
                 raise checkpoint.RunDirError(f"{run_dir / 'config.yaml'}: {exc}") from None
+            _refuse_unnamed(run_dir / "config.yaml", spec, env is not None, config, overrides, trust,
+                            checkpoint.RunDirError)
             agent = cls(spec, config=config, seed=seed, run_dir=run_dir, progress=progress, overwrite=True)
             preset = record.get("preset")
             agent.preset = preset if isinstance(preset, str) else None
@@ -818,6 +918,17 @@ class TRPO:
                 self._lock = None
 
 
+def _refuse_unnamed(source: Path, env: EnvSpec, env_named: bool, config: TRPOConfig, named: Any, trust: bool,
+                    error: type[ValueError]) -> None:
+    """Refuse to open a stored run (`source`) whose env would import, or whose training would join, what no one
+    named (trust.py); `env_named`: whether the user gave `env` (else it is stored); `named`: the fields they gave."""
+    env_id = env if isinstance(env, str) else None
+    found = [] if trust else trust_lib.unnamed(None if env_named else env_id, config, named,
+                                                 env_id if env_named else None)
+    if found:
+        raise error(trust_lib.refusal(source, found))
+
+
 def _positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -832,6 +943,40 @@ def _starts(episode_start: Any, rows: int) -> np.ndarray:
     if arr.size != rows or arr.dtype.kind not in "biuf":
         raise ValueError(f"episode_start must hold one bool per observation ({rows}), got {episode_start!r}")
     return arr.reshape(rows).astype(bool)
+
+
+def _one_env_in_process(config: TRPOConfig, given: set[str]) -> TRPOConfig:
+    """The preset's config for an env instance: one env, stepped in this process (an instance can neither be copied
+    into more envs nor sent to worker processes), with the preset's batch size, where the fields `given` leave it
+    open; a num_envs > 1 or a vector_mode other than sync that the user set keeps its clear error. Said as a
+    UserWarning, not a print: the library stays silent otherwise, yet the user must learn that the preset's
+    settings changed; a warning shows once, points at their line, and can be filtered or made an error."""
+    if ("num_envs" in given and config.num_envs != 1) or ("vector_mode" in given and config.vector_mode != "sync"):
+        return config  # the user's own choice, refused with its error when training starts
+    changes: dict[str, Any] = {}
+    if config.num_envs != 1 and "num_envs" not in given:
+        changes["num_envs"] = 1
+        if "steps_per_env" not in given:
+            changes["steps_per_env"] = config.batch_size
+    if config.vector_mode != "sync" and "vector_mode" not in given:
+        changes["vector_mode"] = "sync"
+        if "num_workers" not in given:
+            changes["num_workers"] = 0
+    if not changes:
+        return config
+    said = ", ".join(f"{name} {getattr(config, name)} -> {value}" for name, value in changes.items()
+                     if name != "num_workers")
+    warnings.warn(f"trpo: an env instance is one env stepped in this process, so the preset's settings changed: "
+                  f"{said}; pass an env id or a factory to keep them", UserWarning, stacklevel=3)
+    return config.replace(**changes)
+
+
+def _evaluation_line(row: dict[str, Any], best: bool) -> str:
+    """A periodic evaluation as the training progress shows it."""
+    episodes = len(row["returns"])
+    capped = f", {row['capped']} cut at eval_max_steps" if row["capped"] else ""
+    return (f"eval at step {row['step']}: mean return {row['mean_return']:.2f} +/- {row['std_return']:.2f} over "
+            f"{episodes} episode{'s' * (episodes != 1)}{capped}{', new best' if best else ''}")
 
 
 def _passed(before: int, now: int, every: int) -> bool:

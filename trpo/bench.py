@@ -17,16 +17,21 @@ bench extra), min and max across seeds, beside the published TRPO figures (sb3-c
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from trpo.config import PRESET_STEPS, ConfigError, coerce_fields, preset_name_for, resolve_config
+from trpo.logger import fmt_time
 
 # sb3-contrib's published TRPO (1M steps, 3 seeds, MuJoCo v3) and rl-baselines3-zoo's single runs.
 PUBLISHED = {
@@ -34,6 +39,7 @@ PUBLISHED = {
     "Swimmer": (359, 365.7), "CartPole": (None, 500), "Pendulum": (None, -174.6), "Acrobot": (None, -83.1),
 }
 EVAL_EPISODES = 10
+STOP_WAIT_S = 60.0  # after SIGTERM, for the runs to save their checkpoints and exit before they are killed
 
 
 def run_dir(out: Path, env: str, label: str, seed: int) -> Path:
@@ -45,9 +51,37 @@ def budget(env: str, steps: int | None) -> int:
     return steps if steps else PRESET_STEPS.get(preset_name_for(env) or "", 1_000_000)
 
 
-def finished(path: Path, steps: int) -> bool:
+class DamagedResultError(ValueError):
+    """A run's eval.json that cannot be read as one (cut short, edited, not JSON); the message says why."""
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The run's eval.json as {"step": int, "mean_return": float, ...}; None where there is none (a file that is
+    not there); DamagedResultError where it is there but is no result (not UTF-8 JSON, not an object with an integer
+    step and a finite mean_return), so that a damaged run is said as such instead of ending the table."""
     result = path / "eval.json"
-    return result.is_file() and json.loads(result.read_text()).get("step", 0) >= steps
+    if not result.exists():
+        return None
+    try:
+        record = json.loads(result.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # a directory, bytes that are not UTF-8, not JSON
+        raise DamagedResultError(f"{result} is unreadable ({type(exc).__name__})") from None
+    step = record.get("step") if isinstance(record, dict) else None
+    value = record.get("mean_return") if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or isinstance(value, bool) or \
+            not isinstance(value, int | float) or not math.isfinite(value):
+        raise DamagedResultError(f"{result} holds no step and final evaluation")
+    return record
+
+
+def finished(path: Path, steps: int) -> bool:
+    """Whether the run reached `steps` with its final evaluation; a damaged eval.json is no evaluation (the run
+    is continued, which evaluates it again)."""
+    try:
+        record = read_result(path)
+    except DamagedResultError:
+        return False
+    return record is not None and record["step"] >= steps
 
 
 def field_values(items: Sequence[str]) -> dict[str, str]:
@@ -76,26 +110,112 @@ def train_flags(items: Sequence[str]) -> tuple[list[str], str]:
     return flags, mode
 
 
-def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str], mode: str, peer: str = "") -> str:
-    """One run to its budget in a fresh process (continued if it was started before); a line saying how it went."""
+class Processes:
+    """The runs' processes alive now. SIGTERM reaches this process alone (Ctrl-C the whole process group), so
+    `stop` ends them itself: SIGTERM, which each run answers by stopping at its last checkpoint, then SIGKILL for
+    one still there after STOP_WAIT_S. No run starts after `stop`."""
+
+    def __init__(self) -> None:
+        self.alive: set[subprocess.Popen[bytes]] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def run(self, cmd: list[str], log: Any) -> int | None:
+        """The exit status of `cmd` (output to `log`), or None if it was not started because of `stop`."""
+        with self.lock:
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.alive.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.alive.discard(proc)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            procs = list(self.alive)
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + STOP_WAIT_S
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str], mode: str, peer: str = "",
+            procs: Processes | None = None) -> str:
+    """One run to its budget in a fresh process (continued if it was started before); a few words saying how it
+    went: "FAILED ..." where it failed, "stopped ..." where `procs` was stopped."""
     if finished(path, steps):
-        return f"done already: {path}"
+        return f"done already ({_result(path)})"
     if peer:  # trpo.peers continues from its own checkpoint
         cmd = ["-m", "trpo.peers", peer, "--env", env, "--seed", str(seed), "--steps", str(steps), "--run-dir",
                str(path), *flags]
     else:
         if (path / "config.yaml").is_file():  # started before: continue it (from the start if it has no checkpoint)
-            cmd = ["train", "--resume", str(path), "--total-steps", str(steps)]
+            # --env: the env this bench names, so that a module:EnvId id is imported as named (docs/security.md)
+            cmd = ["train", "--resume", str(path), "--env", env, "--total-steps", str(steps)]
         else:
             cmd = ["train", "--env", env, "--seed", str(seed), "--total-steps", str(steps), "--run-dir", str(path),
                    "--eval-episodes", str(EVAL_EPISODES), *flags]
         cmd = ["-m", "trpo.cli", *cmd, "--vector-mode", mode, "--no-progress"]
     path.parent.mkdir(parents=True, exist_ok=True)
+    procs = procs or Processes()
     with open(path.parent / f"{path.name}.log", "a") as log:
-        code = subprocess.run([sys.executable, *cmd], stdout=log, stderr=subprocess.STDOUT).returncode
+        code = procs.run([sys.executable, *cmd], log)
+    if procs.stopping:
+        return "stopped"
     if code != 0:
-        return f"FAILED (exit {code}, see {path}.log): {path}"
-    return f"{path}: {json.loads((path / 'eval.json').read_text())['mean_return']:.1f}"
+        return f"FAILED (exit {code}, see {path}.log)"
+    return _result(path)
+
+
+def _result(path: Path) -> str:
+    try:
+        record = read_result(path)
+    except DamagedResultError as exc:
+        return f"FAILED ({exc})"
+    if record is None:
+        return f"FAILED (no {path / 'eval.json'} written)"
+    return f"final evaluation {record['mean_return']:.1f}"
+
+
+class _Said:
+    """Each run's start and end, said one line at a time from the pool's threads, with the runs ended so far."""
+
+    def __init__(self, total: int, say: Callable[[str], None], procs: Processes) -> None:
+        self.total, self.say, self.procs = total, say, procs
+        self.ended = 0
+        self.failed: list[str] = []  # the failed runs, each with its outcome
+        self.lock = threading.Lock()
+
+    def run(self, path: Path, env: str, seed: int, label: str, steps: int, flags: list[str], mode: str,
+            peer: str) -> None:
+        run = f"{env} seed {seed} ({label})"
+        if not finished(path, steps):
+            how = "resumed" if (path / "config.yaml").is_file() else "started"
+            with self.lock:
+                self.say(f"{how}: {run}, {steps:,} steps -> {path}")
+        t0 = time.perf_counter()
+        outcome = run_one(path, env, seed, steps, flags, mode, peer, self.procs)
+        with self.lock:
+            if outcome == "stopped":
+                self.say(f"stopped: {run}; the same command continues it")
+                return
+            self.ended += 1
+            if outcome.startswith("FAILED"):
+                self.failed.append(f"{run} {outcome.removeprefix('FAILED ')}")
+            failed = f", {len(self.failed)} failed" if self.failed else ""
+            skipped = outcome.startswith("done already")
+            took = "" if skipped else f" in {fmt_time(time.perf_counter() - t0)}"
+            self.say(f"{'skipped' if skipped else 'ended'}: {run}: {outcome}{took}; {self.ended}/{self.total} runs "
+                     f"ended{failed}")
 
 
 def iqm_with_ci(values: list[float]) -> str:
@@ -121,18 +241,26 @@ def plain_iqm(values: list[float]) -> float:
 
 
 def summary(out: Path, envs: Sequence[str], steps: int | None = None) -> str:
-    """The markdown table of the finished runs under `out` (those that reached the budget) for these envs."""
+    """The markdown table of the finished runs under `out` (those that reached the budget) for these envs, and a
+    line under it for each run whose eval.json is damaged. Directories not named LABEL-sSEED are not runs."""
+    distinct("--env", envs)
     lines = ["| env | label | steps | seeds | final eval per seed | mean | std | IQM [95% CI] | min | max | "
              "sb3-contrib | rl-zoo |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    damaged = []
     for env in envs:
         env_steps = budget(env, steps)
         labels: dict[str, list[tuple[int, float]]] = {}
-        for result in sorted((out / env).glob("*-s*/eval.json")):
-            record = json.loads(result.read_text())
-            if record.get("step", 0) < env_steps:
+        for path in sorted((out / env).glob("*-s*")):
+            label, _, seed = path.name.rpartition("-s")
+            if not (label and seed.isdigit() and path.is_dir()):  # a run's log, or a directory of the user's
                 continue
-            label, _, seed = result.parent.name.rpartition("-s")
-            labels.setdefault(label, []).append((int(seed), record["mean_return"]))
+            try:
+                record = read_result(path)
+            except DamagedResultError as exc:
+                damaged.append(f"damaged, not counted: {exc}")
+                continue
+            if record is not None and record["step"] >= env_steps:
+                labels.setdefault(label, []).append((int(seed), record["mean_return"]))
         sb3, zoo = PUBLISHED.get(env.rsplit("/", 1)[-1].rsplit("-v", 1)[0], (None, None))
         for label, runs in labels.items():
             runs.sort()
@@ -141,15 +269,26 @@ def summary(out: Path, envs: Sequence[str], steps: int | None = None) -> str:
                          f"{', '.join(f'{v:.1f}' for v in values)} | {np.mean(values):.1f} | {np.std(values):.1f} | "
                          f"{iqm_with_ci(values)} | {min(values):.1f} | {max(values):.1f} | {sb3 or '-'} | "
                          f"{zoo or '-'} |")
-    return "\n".join(lines)
+    return "\n".join(lines + damaged)
+
+
+def distinct(flag: str, values: Sequence[Any]) -> None:
+    """ConfigError for a value given twice: two runs of one env and seed would share one run directory."""
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise ConfigError(f"{flag} names {', '.join(repeated)} more than once; each run has one directory, so give "
+                          "each once")
 
 
 def bench(envs: Sequence[str], seeds: Sequence[int], steps: int | None = None, *, label: str | None = None,
           peer: str = "", sets: Sequence[str] = (), preset: str | None = None, jobs: int = 2, shard: str = "1/1",
-          out: Path = Path("runs/bench"), say: Callable[[str], None] = print) -> str:
-    """Run (or continue) the benchmark's runs of this shard, `jobs` at a time, saying each outcome; return the table.
+          out: Path = Path("runs/bench"), say: Callable[[str], None] = print) -> tuple[str, list[str]]:
+    """Run (or continue) the benchmark's runs of this shard, `jobs` at a time, saying when each starts and how it
+    ended; return the table and the runs that failed (each with its outcome).
     `preset`: as `trpo train --preset` (default: each env's own). Bad arguments raise ConfigError before anything
-    runs."""
+    runs. An interrupt (Ctrl-C, SIGTERM) stops the runs in progress (`Processes.stop`) and is raised again."""
+    distinct("--env", envs)
+    distinct("--seeds", seeds)
     flags, mode = train_flags(sets)
     if preset is not None:
         if peer:
@@ -184,7 +323,15 @@ def bench(envs: Sequence[str], seeds: Sequence[int], steps: int | None = None, *
     runs = [(run_dir(out, env, name, seed), env, seed) for env in envs for seed in seeds][index - 1 :: count]
     say(f"# {len(runs)} runs (shard {shard}), {jobs} at a time, to "
         + ", ".join(f"{env} {budget(env, steps):,} steps" for env in envs))
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for line in pool.map(lambda run: run_one(*run, budget(run[1], steps), flags, mode, peer), runs):
-            say(line)
-    return summary(out, envs, steps)
+    procs = Processes()
+    said = _Said(len(runs), say, procs)
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        # list(): a run's exception is raised here
+        list(pool.map(lambda run: said.run(*run, name, budget(run[1], steps), flags, mode, peer), runs))
+    except BaseException:
+        procs.stop()  # else the pool's threads wait for runs that go on without us
+        raise
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return summary(out, envs, steps), said.failed

@@ -5,11 +5,14 @@ and a run directory written only by its own run."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import math
 import os
 import re
 import shutil
 import signal
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,16 +28,54 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "fina
              "best.pt")
 BEST = Path("best.pt")
 LOCK = ".lock"
+# The folders a run writes into: real folders of the run directory, never links to elsewhere.
+RUN_FOLDERS = ("checkpoints", "tensorboard")
 # `_replace_atomically`'s temporary files: ".NAME.PID.tmp".
 _TEMP_NAME = re.compile(r"\..+\.\d+\.tmp")
+# The key of a checkpoint's SHA-256 checksum of the rest (`_digest`); absent from checkpoints before it.
+CHECKSUM = "sha256"
+# Parts of a checkpoint whose numbers may legitimately be non-finite or are checked elsewhere (TRPOConfig).
+_NOT_NUMBERS = ("config", "versions")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or not a trpo checkpoint; the message names the file."""
+    """A checkpoint is missing, unreadable, damaged or not a trpo checkpoint; the message names the file."""
 
 
 class RunDirError(ValueError):
-    """A run directory cannot be used as asked (it holds another run, or is not a directory)."""
+    """A run directory cannot be used as asked (it holds another run, is not a directory, or a file trpo would
+    write there is a link or not a regular file)."""
+
+
+def regular_file(path: Path) -> bool:
+    """Whether `path` is a regular file (False: nothing there). Anything else there, a symbolic link above all, is
+    RunDirError: trpo writes only regular files, and never through a link, which could point anywhere."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(mode):
+        return True
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+    raise RunDirError(f"{path} is {kind}; trpo writes only regular files, never through links: remove it")
+
+
+def open_regular(path: Path, flags: int) -> int:
+    """os.open of a regular file of its own to write: never following a link at `path` (O_NOFOLLOW, after
+    `regular_file`, so that a link made in between fails too), nor writing into a file with other hard links."""
+    regular_file(path)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as exc:
+        if not os.path.islink(path):
+            raise
+        raise RunDirError(f"{path} is a symbolic link; trpo never writes through links: remove it") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        raise RunDirError(f"{path} is not a regular file of its own (it has {info.st_nlink} hard links); trpo "
+                          "never writes into a file shared with another path: remove it")
+    return fd
 
 
 _HELD_LOCKS: set[int] = set()  # fds of the run dir locks this process holds; a forked child closes its copies
@@ -52,9 +93,16 @@ class RunDirLock:
             raise RunDirError(f"run directory {run_dir} exists and is not a directory")
         self.path = run_dir / LOCK
         self.made_dir = not run_dir.exists()
-        self.made_file = not self.path.exists()
+        self.made_file = not os.path.lexists(self.path)
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Every write of a run happens under this lock: its folders are checked here, once, and each file as it is
+        # opened (`open_regular`, `_replace_atomically`).
+        for folder in RUN_FOLDERS:
+            if os.path.lexists(run_dir / folder) and (os.path.islink(run_dir / folder) or
+                                                      not (run_dir / folder).is_dir()):
+                raise RunDirError(f"{run_dir / folder} is a link or not a folder; trpo writes only into folders of "
+                                  "the run directory itself: remove it")
+        fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)
         try:
             _lock_fd(fd)
         except OSError:
@@ -211,10 +259,12 @@ def _replace_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]
     killed run leaves the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    regular_file(path)  # the rename would replace a link rather than follow it; still, a link there is refused
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with interrupts_deferred():
         try:
-            with open(tmp, "wb") as fh:
+            tmp.unlink(missing_ok=True)  # a killed write's, or a link planted at this predictable name: removed
+            with os.fdopen(open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
                 write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -232,7 +282,7 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a checkpoint all at once."""
     import torch  # here, not at the top: the CLI checks run dirs and paths before torch loads (2-3 s)
 
-    _replace_atomically(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
+    _replace_atomically(path, lambda fh: torch.save(_sealed(state), fh))
 
 
 def serialize(state: dict[str, Any]) -> bytes:
@@ -240,8 +290,67 @@ def serialize(state: dict[str, Any]) -> bytes:
     import torch
 
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buffer)
+    torch.save(_sealed(state), buffer)
     return buffer.getvalue()
+
+
+def _sealed(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's contents with their format and their checksum beside them."""
+    contents = {"format": FORMAT, **state}
+    return {**contents, CHECKSUM: _digest(contents)}
+
+
+def _leaves(value: Any, name: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted name, value) of every tensor, number, text and None in a checkpoint's nested dicts and lists, in an
+    order that does not depend on how they were stored."""
+    if isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            yield from _leaves(value[key], f"{name}.{key}" if name else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _leaves(item, f"{name}[{i}]")
+    else:
+        yield name, value
+
+
+def _digest(contents: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's contents: each leaf's name, then a tensor's dtype, shape and bytes or another
+    value's repr. It names accidental damage (a flipped bit loads as another weight); anyone who can write the
+    file can also write a matching checksum, so it proves nothing about who wrote it."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, value in _leaves(contents):
+        digest.update(f"{name}\0".encode())
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{flat.dtype}{tuple(value.shape)}\0".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{value!r}\0".encode())
+    return digest.hexdigest()
+
+
+def check_intact(path: Path, state: dict[str, Any]) -> None:
+    """CheckpointError naming what is damaged: contents that do not match their checksum (a checkpoint from before
+    checksums has none, and is read as it is), a non-finite number among the weights, optimizer and normalizer
+    statistics, or a negative variance."""
+    import torch
+
+    saved = state.get(CHECKSUM)
+    if saved is not None and saved != _digest({k: v for k, v in state.items() if k != CHECKSUM}):
+        raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the SHA-256 checksum saved "
+                              "with them")
+    for key in sorted(state.keys() - {*_NOT_NUMBERS, CHECKSUM}):
+        for name, value in _leaves(state[key], key):
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                finite = bool(torch.isfinite(value).all())
+                negative = name.endswith("norm.var") and bool((value < 0).any())  # obs_norm's, reward_norm's
+            else:
+                finite, negative = not (isinstance(value, float) and not math.isfinite(value)), False
+            if not finite or negative:
+                what = "NaN or an infinity" if not finite else "a negative variance"
+                raise CheckpointError(f"checkpoint {path} is damaged: {name} holds {what}")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -267,6 +376,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a trpo checkpoint")
+    check_intact(path, state)
     return state
 
 

@@ -25,10 +25,14 @@ except KeyboardInterrupt:  # Ctrl-C in the first instants: no traceback either
     raise SystemExit(130) from None
 
 DEFAULT_ENV = "CartPole-v1"
+# `trpo eval`'s episodes: recording a video renders every frame (a few a second for MuJoCo without a GPU), so one.
+EVAL_EPISODES, VIDEO_EPISODES = 10, 1
 # `trpo eval RUN --checkpoint NAME`: the run directory's files.
 CHECKPOINTS = {"best": "best.pt", "latest": "checkpoints/latest.pt", "final": "final.pt"}
 # A resumed run takes these from its own run directory (--env only where it was trained on an env without an id).
 RESUME_FIXED = ("seed", "config", "preset", "run_dir", "overwrite")
+TRUST_HELP = ("import the modules and join the Ray cluster that the run or checkpoint names and this command does not "
+              "(refused otherwise, with a line naming them: docs/security.md)")
 
 
 class UsageError(ValueError):
@@ -50,16 +54,32 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from trpo.config import TRPOConfig, field_docs
+def _add_config_flags(parser: argparse.ArgumentParser, preset: tuple[str, str | None] | None = None) -> None:
+    """One flag per TRPOConfig field. `preset`: (what chose it, its name) for `trpo train --env X --help`, whose
+    flags then show the values that run would take from the preset."""
+    from trpo.config import PRESETS, TRPOConfig, field_docs
 
-    group = parser.add_argument_group("hyperparameters (TRPOConfig fields; default: preset, else the field default)")
+    title = "hyperparameters (TRPOConfig fields; default: preset, else the field default)"
+    preset_values: dict[str, Any] = {}
+    if preset is not None:
+        chosen_by, name = preset
+        if name is None:
+            title = f"hyperparameters (TRPOConfig fields; {chosen_by} takes no preset: the field defaults)"
+        else:
+            title = f"hyperparameters (TRPOConfig fields; {chosen_by} takes preset {name}: its values, else the field "
+            title += "default)"
+            preset_values = TRPOConfig(**PRESETS[name]).to_dict()
+    group = parser.add_argument_group(title)
     hints = get_type_hints(TRPOConfig)
     docs = field_docs()
+    defaults = TRPOConfig().to_dict()
     for f in fields(TRPOConfig):
         hint = hints[f.name]
         default_text = ",".join(map(str, f.default)) if get_origin(hint) is tuple else f.default
         help_text = f"{docs.get(f.name, '')} (default {default_text})"
+        if f.name in preset_values and preset_values[f.name] != defaults[f.name]:
+            value = _show(preset_values[f.name]).replace("%", "%%")  # argparse %-formats help texts
+            help_text = f"{docs.get(f.name, '')} (preset {preset[1]}: {value}; field default {default_text})"
         if hint is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
@@ -73,7 +93,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(_flag(f.name), dest=f.name, default=None, metavar=metavar, help=help_text)
 
 
-def build_parser() -> _Parser:
+def build_parser(train_preset: tuple[str, str | None] | None = None) -> _Parser:
+    """The parser of every command; `train_preset` as for _add_config_flags (`trpo train --env X --help`)."""
     from trpo import __version__
 
     parser = _Parser(prog="trpo", description="Trust Region Policy Optimization for Gymnasium.")
@@ -96,21 +117,25 @@ def build_parser() -> _Parser:
     train.add_argument("--resume", default=None, metavar="RUN_DIR",
                        help="continue a run: from its newest checkpoint (latest.pt, else final.pt), or from the start "
                        "if it wrote none; --env only for a run trained on an env without an id")
+    train.add_argument("--trust", action="store_true", help="with --resume: " + TRUST_HELP)
     train.add_argument("--no-progress", action="store_true", help="no progress display")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
-    _add_config_flags(train)
+    _add_config_flags(train, train_preset)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint or run directory")
     ev.add_argument("path", help="run directory (its newest checkpoint) or checkpoint file")
     ev.add_argument("--checkpoint", default=None, choices=CHECKPOINTS,
                     help="which of the run directory's checkpoints: best.pt (eval_every), checkpoints/latest.pt, "
                     "final.pt (default: the newest, latest.pt, else final.pt)")
-    ev.add_argument("--episodes", default="10", help="episodes to run (default 10)")
+    ev.add_argument("--episodes", default=None,
+                    help=f"episodes to run (default {EVAL_EPISODES}; with --video {VIDEO_EPISODES}, as recording "
+                    "renders every step)")
     ev.add_argument("--seed", default=None, help="evaluation seed")
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     ev.add_argument("--device", default=None, help="torch device")
     ev.add_argument("--env", default=None, help="env id to evaluate on (default: the one it was trained on)")
     ev.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    ev.add_argument("--trust", action="store_true", help=TRUST_HELP)
     ev.add_argument("--video", default=None, metavar="FILE",
                     help="also record the episodes to FILE (.mp4, .gif; pip install 'trpo[video]'; MuJoCo without a "
                     "display: MUJOCO_GL=egl or osmesa)")
@@ -123,13 +148,16 @@ def build_parser() -> _Parser:
     ex.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
                     help="torchscript (torch.jit.load) or onnx (onnxruntime; pip install 'trpo[export]')")
     ex.add_argument("--out", required=True, help="file to write")
+    ex.add_argument("--trust", action="store_true", help=TRUST_HELP)
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     be = sub.add_parser("bench", help="envs x seeds x a budget as run directories, resumable, and the results table",
                         description="Each run is `trpo train` in its own process, on one core (vector_mode sync "
                         "unless --set says otherwise); run it again to continue: finished runs are skipped, started "
                         "ones resumed. The table: final deterministic evaluation over 10 episodes per seed, mean, std, "
-                        "IQM with rliable's 95%% interval, beside the published TRPO figures (trpo/bench.py).")
+                        "IQM with rliable's 95% interval, beside the published TRPO figures (trpo/bench.py). Exit "
+                        "status 1 where a run failed (after the table; a line names each, with its log), 2 for bad "
+                        "arguments (an env or seed given twice too).")
     be.add_argument("--env", nargs="+", required=True, help="env ids")
     be.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"], help="seeds (default 0 1 2 3 4)")
     be.add_argument("--steps", default=None, help="env steps per run (default: each env's preset budget, else 1M)")
@@ -181,7 +209,10 @@ def build_parser() -> _Parser:
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_GLOB",
                     help="run directories, glob patterns ('runs/ppo-*'), or directories holding run directories")
     pl.add_argument("--out", default="curves.png", help="image file to write (default curves.png; .pdf, .svg too)")
-    pl.add_argument("--metric", default="episode_return_mean", help="a metrics.jsonl key (default episode_return_mean)")
+    pl.add_argument("--metric", default="episode_return_mean",
+                    help="a metrics.jsonl key (default episode_return_mean), or eval/mean_return, eval/std_return, "
+                    "eval/mean_length: the periodic evaluations of evaluations.jsonl (trpo train --eval-every N), "
+                    "named as in TensorBoard")
     pl.add_argument("--label-by", default=None, metavar="FIELD[,FIELD]",
                     help="label runs by these config fields (default: the run directory's name without its seed)")
     pl.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
@@ -191,7 +222,7 @@ def build_parser() -> _Parser:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parse, reporting a flag that no (sub)command knows against the subcommand's own flags."""
-    parser = build_parser()
+    parser = build_parser(_help_preset(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     if extra:
         target = parser.subcommands.get(args.command or "", parser)
@@ -201,6 +232,35 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         target.error(f"unrecognized arguments: {' '.join(extra)}{suggestion}")
     _refuse_blank_values(parser.subcommands.get(args.command or "", parser), args)
     return args
+
+
+def _help_preset(argv: list[str]) -> tuple[str, str | None] | None:
+    """For `trpo train --env X [--preset P] --help`: (what chose the preset, its name), the preset that run would
+    take, so that --help shows its values; None for any other command line (the plain help, or none)."""
+    if "train" not in argv or not {"-h", "--help"} & set(argv[argv.index("train"):]):
+        return None
+    given: dict[str, str] = {}
+    for i, token in enumerate(argv):
+        for flag in ("--env", "--preset"):
+            if token == flag and i + 1 < len(argv):
+                given[flag] = argv[i + 1]
+            elif token.startswith(flag + "="):
+                given[flag] = token.split("=", 1)[1]
+    if not given:
+        return None
+    from trpo.config import resolve_config
+
+    env, preset = given.get("--env", DEFAULT_ENV), given.get("--preset", "auto")
+    chosen_by = " ".join(f"{flag} {value}" for flag, value in given.items())
+    try:
+        _, name = resolve_config(env, preset)
+        if name is None and preset == "auto":  # the vector preset goes by the env's observations: make it
+            from trpo.envs import resolve_env_config
+
+            _, name = resolve_env_config(env, env, preset)
+    except (ValueError, OSError):  # ConfigError, EnvError: the plain help; training says what is wrong
+        return None
+    return chosen_by, name
 
 
 def _refuse_blank_values(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -253,7 +313,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from trpo.agent import TRPO
 
         _RUN["dir"] = Path(args.resume)
-        agent = TRPO.resume(args.resume, progress=not args.no_progress, env=args.env, **overrides)
+        agent = TRPO.resume(args.resume, progress=not args.no_progress, env=args.env, trust=args.trust, **overrides)
         total_steps = _positive_int("total-steps", args.total_steps or agent.total_steps)
         agent.total_steps = total_steps
         if agent.finished:
@@ -267,8 +327,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             start = f"at step {agent.num_steps}" if agent.num_updates else "from the start (no checkpoint yet)"
             print(f"trpo: resuming {agent.env_id} {start} of {total_steps} -> {agent.run_dir}", file=sys.stderr)
+        settings = _settings(agent.config, agent.preset, [("flags", overrides)], rest="the run's own")
+        print(f"trpo: {settings}", file=sys.stderr)
         return _train_and_report(agent, max(total_steps, agent.num_steps))
 
+    if args.trust:  # a new run imports only what its flags and --config name
+        raise UsageError("--trust is for --resume: a new run's env and wrappers are the ones you name")
     file_values = load_yaml(args.config) if args.config else {}
     run_values = {k: file_values.pop(k) for k in RUN_RECORD_KEYS if k in file_values}
     env_id = args.env if args.env is not None else run_values.get("env") or DEFAULT_ENV
@@ -302,7 +366,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trpo: training {env_id} (preset {preset or 'none'}) for {total_steps} steps, seed {seed} -> "
           f"{agent.run_dir}", file=sys.stderr)
     print(f"trpo: {layout(config)}", file=sys.stderr)
+    layers = [(f"--config {args.config}", file_values), ("flags", overrides)]
+    print(f"trpo: {_settings(config, preset, layers)}", file=sys.stderr)
     return _train_and_report(agent, total_steps)
+
+
+def _settings(config: Any, preset: str | None, layers: list[tuple[str, dict[str, Any]]],
+              rest: str = "preset") -> str:
+    """The run's hyperparameters in a line: those off their field defaults and those the user gave, by where each
+    comes from (the preset, then `layers` in rising precedence: --config, flags). A value no layer gave and the
+    preset does not hold is `rest`'s (a resumed run's own, set when it started); one a layer changed from the
+    preset's shows the preset's too."""
+    from trpo.config import PRESETS, TRPOConfig
+
+    defaults = TRPOConfig().to_dict()
+    preset_values = {**defaults, **(TRPOConfig(**PRESETS[preset]).to_dict() if preset in PRESETS else {})}
+    groups: dict[str, list[str]] = {}
+    for name, value in config.to_dict().items():
+        source = next((label for label, given in reversed(layers) if name in given), None)
+        if source is None and value == defaults[name] == preset_values[name]:
+            continue
+        if source is None:
+            source = f"preset {preset}" if value == preset_values[name] and preset else rest
+        note = f" (preset {_show(preset_values[name])})" if preset_values[name] not in (value, defaults[name]) else ""
+        groups.setdefault(source, []).append(f"{name}={_show(value)}{note}")
+    order = [f"preset {preset}", rest, *(label for label, _ in layers)]
+    said = "; ".join(f"{label}: {' '.join(groups[label])}" for label in dict.fromkeys(order) if label in groups)
+    return f"settings (the others at their field defaults): {said}" if said else "settings: the field defaults"
+
+
+def _show(value: Any) -> str:
+    """A config value as the flags take it: 64,64 for a tuple of numbers, JSON for a mapping or list."""
+    if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
+        return ",".join(map(str, value))
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else str(value)
 
 
 def _train_and_report(agent: Any, total_steps: int) -> int:
@@ -311,7 +408,7 @@ def _train_and_report(agent: Any, total_steps: int) -> int:
     try:
         agent.train_until(total_steps, callback=_stop_if_signalled)
         if agent.config.eval_episodes > 0:
-            result = agent.evaluate(agent.config.eval_episodes)
+            result = agent.evaluate(agent.config.eval_episodes, progress=agent.progress)
             result["step"] = agent.num_steps
             write_text_atomic(agent.run_dir / "eval.json", json.dumps(result) + "\n")
             _print(f"trpo: evaluation over {result['episodes']} episodes: mean return {result['mean_return']:.2f} "
@@ -320,6 +417,10 @@ def _train_and_report(agent: Any, total_steps: int) -> int:
     finally:
         agent.close()
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _capped_note(result: dict[str, Any]) -> str:
@@ -333,15 +434,20 @@ def _capped_note(result: dict[str, Any]) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from trpo.config import check_seed
 
-    episodes = _positive_int("episodes", args.episodes)
+    default = VIDEO_EPISODES if args.video else EVAL_EPISODES
+    episodes = default if args.episodes is None else _positive_int("episodes", args.episodes)
     seed = None if args.seed is None else check_seed(args.seed)
     path = _checkpoint_path(args)
     from trpo.agent import TRPO
 
-    agent = TRPO.load(path, env=args.env, device=args.device)  # reads only: no run dir lock
+    agent = TRPO.load(path, env=args.env, device=args.device, trust=args.trust)  # reads only: no run dir lock
     try:
+        if args.video:
+            why = " (the default with --video; --episodes N for more)" if args.episodes is None else ""
+            print(f"trpo: recording {_count(episodes, 'episode')} of {agent.env_id or 'the env'} to "
+                  f"{args.video}{why}", file=sys.stderr)
         result = agent.evaluate(episodes, deterministic=not args.stochastic, seed=seed, video=args.video,
-                                render=args.render)
+                                render=args.render, progress=True)
     finally:
         agent.close()
     result["env"] = agent.env_id
@@ -350,7 +456,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _print(json.dumps(result))
     else:
         _print(f"{agent.env_id}: mean return {result['mean_return']:.2f} +/- {result['std_return']:.2f} over "
-               f"{episodes} episodes (checkpoint at step {agent.num_steps}){_capped_note(result)}")
+               f"{_count(episodes, 'episode')} (checkpoint at step {agent.num_steps}){_capped_note(result)}")
         if args.video:
             _print(f"trpo: video of {result['frames']} frames written to {args.video}")
     return 0
@@ -361,7 +467,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from trpo.agent import TRPO
     from trpo.export import export
 
-    agent = TRPO.load(path, device="cpu")  # reads only: no run dir lock
+    agent = TRPO.load(path, device="cpu", trust=args.trust)  # reads only: no run dir lock
     try:
         out = export(agent, args.out, args.format)
     finally:
@@ -394,8 +500,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     _RUN["note"] = ("finished runs are kept; the same command skips them and continues the others from their "
                     "checkpoints")
-    _print(bench(args.env, seeds, steps, label=args.label, peer=args.peer, sets=args.set, preset=args.preset,
-                 jobs=_positive_int("jobs", args.jobs), shard=args.shard, out=Path(args.out), say=_print))
+    table, failed = bench(args.env, seeds, steps, label=args.label, peer=args.peer, sets=args.set,
+                          preset=args.preset, jobs=_positive_int("jobs", args.jobs), shard=args.shard,
+                          out=Path(args.out), say=_print)
+    _print(table)
+    if failed:  # the table of the others first; then status 1, as a test runner with failed tests
+        print(f"trpo: {_count(len(failed), 'run')} failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -517,7 +628,7 @@ def _run(argv: list[str] | None) -> int:
 # The errors the user can fix besides UsageError and OSError, as (module, class).
 USER_ERRORS = (("trpo.checkpoint", "CheckpointError"), ("trpo.checkpoint", "RunDirError"),
                ("trpo.config", "ConfigError"), ("trpo.envs", "EnvError"), ("trpo.export", "ExportError"),
-               ("trpo.plot", "PlotError"), ("trpo.spaces", "UnsupportedSpaceError"))
+               ("trpo.plot", "PlotError"), ("trpo.spaces", "UnsupportedSpaceError"), ("trpo.tune", "WorkerError"))
 
 
 def _is_user_error(exc: BaseException) -> bool:

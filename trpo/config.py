@@ -54,7 +54,8 @@ class TRPOConfig:
     max_episode_steps: int | None = None
     """Episode limit replacing the env's registered one (a TimeLimit), empty: the env's own."""
     env_wrappers: Wrappers = ()
-    """Wrappers applied in order after gym.make, each 'module:Class' or, with keyword arguments, 'module:Class'
+    """Gymnasium wrapper classes (gymnasium.Wrapper subclasses; nothing else is called) applied in order after
+    gym.make, each 'module:Class' or, with keyword arguments, 'module:Class'
     followed by '=' and a JSON object on the command line (--env-wrappers, repeatable) or a mapping
     {module:Class: {arg: value}} in a YAML list (rl-zoo's env_wrapper form)."""
 

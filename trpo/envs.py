@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,9 @@ import gymnasium as gym
 import numpy as np
 
 from trpo.config import TRPOConfig, resolve_config
+from trpo.extras import install_hint
 from trpo.spaces import MAX_REWARD, ObsEncoder, ObservationError
+from trpo.trust import split_path
 
 EnvSpec = str | Callable[[], gym.Env] | gym.Env
 
@@ -66,6 +69,8 @@ def make_env(spec: EnvSpec, **make_kwargs: Any) -> gym.Env:
     if callable(spec):
         try:
             env = spec()
+        except EnvError:  # an EnvMaker's own, already one clear line (a wrapper refused or missing)
+            raise
         except Exception as exc:
             raise env_failure(exc, "its factory") from exc
         if not isinstance(env, gym.Env):
@@ -85,13 +90,30 @@ def make_env(spec: EnvSpec, **make_kwargs: Any) -> gym.Env:
         raise
     except gym.error.UnregisteredEnv as exc:
         raise EnvError(f"unknown environment id {spec!r}: {exc}") from exc
-    except (gym.error.Error, ModuleNotFoundError) as exc:  # e.g. DependencyNotInstalled: mujoco is missing
+    except gym.error.DependencyNotInstalled as exc:  # mujoco or Box2D missing: the extra to install, not Gymnasium's
+        raise EnvError(f"cannot make environment {spec!r}: {missing_dependency(exc)}") from exc
+    except (gym.error.Error, ModuleNotFoundError) as exc:
         raise EnvError(f"cannot make environment {spec!r}: {exc}") from exc
     except Exception as exc:  # the env's own constructor, or the module that registers it, failed
         text = f"{type(exc).__name__}: {exc}"
         if gl_failure(text):  # MuJoCo's renderer, loaded as MUJOCO_GL says
             raise EnvError(f"cannot make environment {spec!r}: {gl_message(text)}") from exc
         raise EnvError(f"cannot make environment {spec!r}: {text}") from exc
+
+
+# Gymnasium's extras that trpo's extras of the same name install (pyproject.toml).
+GYMNASIUM_EXTRAS = ("mujoco", "box2d")
+
+
+def missing_dependency(exc: Exception) -> str:
+    """Gymnasium's 'MuJoCo is not installed, run `pip install "gymnasium[mujoco]"`' as the trpo extra that installs
+    it, with the pip of the Python running trpo (the extras of Gymnasium that trpo's own extras carry: mujoco, box2d);
+    any other missing package as Gymnasium says it."""
+    text = " ".join(str(exc).split())
+    match = re.search(r"gymnasium\[([\w-]+)\]", text)
+    if match is None or match.group(1) not in GYMNASIUM_EXTRAS:
+        return text
+    return f"{text.split(',')[0].rstrip('.')}: {install_hint(match.group(1))}"
 
 
 def gl_failure(text: str) -> bool:
@@ -140,15 +162,20 @@ class EnvMaker:
         return env
 
 
-def _import_wrapper(path: str) -> Callable[..., gym.Env]:
-    """'module:Class' or 'module.Class' -> the class, or EnvError naming what is missing."""
-    module, _, name = path.partition(":") if ":" in path else path.rpartition(".")
+def _import_wrapper(path: str) -> type[gym.Wrapper]:
+    """'module:Class' or 'module.Class' -> the class, or EnvError naming what is missing. Only a gymnasium.Wrapper
+    subclass is returned, to be called: a stored config naming any other callable (os:system) is refused here."""
+    module, name = split_path(path)
     try:
-        return getattr(importlib.import_module(module), name)
+        wrapper = getattr(importlib.import_module(module), name)
     except ImportError as exc:
         raise EnvError(f"cannot import the wrapper {path}: {exc}") from exc
     except AttributeError:
         raise EnvError(f"cannot import the wrapper {path}: module {module} has no {name}") from None
+    if not (isinstance(wrapper, type) and issubclass(wrapper, gym.Wrapper)):
+        raise EnvError(f"env_wrappers: {path} is not a Gymnasium wrapper class (a subclass of gymnasium.Wrapper); "
+                       "only those are applied")
+    return wrapper
 
 
 def with_options(spec: EnvSpec, env_kwargs: dict[str, Any] | None, max_episode_steps: int | None,
@@ -172,7 +199,7 @@ def make_atari(env_id: str) -> gym.Env:
     try:
         import ale_py
     except ImportError as exc:
-        raise EnvError(f"{env_id} needs ale-py: pip install \"trpo[atari]\"") from exc
+        raise EnvError(f"{env_id} needs ale-py: {install_hint('atari')}") from exc
     gym.register_envs(ale_py)
     sticky = gym.spec(env_id).kwargs.get("repeat_action_probability", 0.0)
     env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0)  # AtariPreprocessing skips the frames
@@ -187,7 +214,7 @@ def _register_minatar() -> None:
     try:
         from minatar.gym import register_envs
     except ImportError as exc:
-        raise EnvError("MinAtar games need minatar: pip install \"trpo[minatar]\"") from exc
+        raise EnvError(f"MinAtar games need minatar: {install_hint('minatar')}") from exc
     if "MinAtar/Breakout-v1" not in gym.registry:
         register_envs()
 

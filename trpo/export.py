@@ -33,6 +33,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from trpo.extras import install_hint
 from trpo.spaces import Bernoulli, Categorical, DiagGaussian, MultiCategorical
 
 FORMATS = ("torchscript", "onnx")
@@ -159,7 +160,7 @@ def _onnx(module: nn.Module, inputs: tuple[Tensor, ...], names: list[str], outpu
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as exc:
-        raise ExportError("ONNX export needs the onnx and onnxscript packages: pip install 'trpo[export]'") from exc
+        raise ExportError(f"ONNX export needs the onnx and onnxscript packages: {install_hint('export')}") from exc
     batch = torch.export.Dim("batch")
     # The batch dimension of every input is free; torch.export takes forward(obs, *extra)'s extras as one tuple.
     extras = tuple({0: batch} for _ in inputs[1:])

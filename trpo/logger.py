@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
-from trpo.checkpoint import interrupts_deferred, write_text_atomic
+from trpo.checkpoint import interrupts_deferred, open_regular, regular_file, write_text_atomic
 
 # Fields that measure time: they differ between otherwise identical runs.
 TIMING_FIELDS = ("fps", "time_rollout", "time_policy", "time_value", "time_elapsed")
@@ -63,8 +64,9 @@ class MetricsLog:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / name
         self.kept: list[dict[str, Any]] = []
-        last_step = self._truncate(keep_updates) if self.path.exists() else None
-        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        # A link or other non-file there is refused before it is read or written (checkpoint.regular_file).
+        last_step = self._truncate(keep_updates) if regular_file(self.path) else None
+        self.file = os.fdopen(open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8")
         self.writer = None
         if tensorboard:
             try:
@@ -117,19 +119,24 @@ class MetricsLog:
                 self.writer.close()
 
 
+# Seconds between the plain progress lines written where the output is no terminal (a log file, a pipe).
+PLAIN_INTERVAL = 5.0
+
+
 class Progress:
-    """A live one-line bar on a terminal; plain lines at most every `interval` seconds otherwise."""
+    """A live one-line bar on a terminal; plain lines at most every `interval` seconds (PLAIN_INTERVAL) otherwise."""
 
     def __init__(self, total_steps: int, start_step: int = 0, stream: IO[str] | None = None,
-                 interval: float = 5.0) -> None:
+                 interval: float | None = None) -> None:
         self.total = total_steps
         self.start_step = start_step
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval
+        self.interval = PLAIN_INTERVAL if interval is None else interval
         self.t0 = time.perf_counter()
         self.last_print = -math.inf
         self.last_return: float | None = None
+        self.bar = ""  # the terminal's bar as last drawn, drawn again under a note
 
     def update(self, step: int, episode_return: float | None) -> None:
         if episode_return is not None and math.isfinite(episode_return):
@@ -140,15 +147,25 @@ class Progress:
         eta = (self.total - step) / rate if rate > 0 else math.inf
         ret = f"{self.last_return:.1f}" if self.last_return is not None else "n/a"
         frac = min(1.0, step / self.total)
-        text = f"{step}/{self.total} steps  {rate:,.0f} steps/s  ETA {_fmt_time(eta)}  return {ret}"
+        text = f"{step}/{self.total} steps  {rate:,.0f} steps/s  ETA {fmt_time(eta)}  return {ret}"
         if self.tty:
-            bar = "#" * int(frac * 24)
-            self.stream.write(f"\r[{bar:<24}] {frac:4.0%} {text}\033[K")
+            self.bar = f"[{'#' * int(frac * 24):<24}] {frac:4.0%} {text}"
+            self.stream.write(f"\r{self.bar}\033[K")
             self.stream.flush()
         elif now - self.last_print >= self.interval or step >= self.total:
             self.stream.write(f"{frac:4.0%} {text}\n")
             self.stream.flush()
             self.last_print = now
+
+    def note(self, text: str) -> None:
+        """A line of its own among the progress (a periodic evaluation's result). On a terminal the bar's line is
+        cleared first, then the bar is drawn again below the note: carriage returns would otherwise write the next
+        bar over the note's end."""
+        if self.tty:
+            self.stream.write(f"\r{text}\033[K\n{self.bar}")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
         if self.tty:
@@ -156,7 +173,55 @@ class Progress:
             self.stream.flush()
 
 
-def _fmt_time(seconds: float) -> str:
+class EpisodeProgress:
+    """Episodes being run one after another (`trpo eval`, above all with --video: a few frames a second): a live
+    line on a terminal, plain lines at most every `interval` seconds (PLAIN_INTERVAL) otherwise. Counts `unit`s:
+    frames written to a video, else env steps. A quick evaluation stays quiet: the terminal's line appears after
+    `delay` seconds, the first plain line after `interval`; the terminal's line is cleared at the end, where the
+    result is printed."""
+
+    def __init__(self, episodes: int, unit: str = "steps", stream: IO[str] | None = None,
+                 interval: float | None = None, delay: float = 1.0) -> None:
+        self.episodes = episodes
+        self.unit = unit
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = PLAIN_INTERVAL if interval is None else interval
+        self.delay = delay
+        self.t0 = time.perf_counter()
+        self.last_print = self.t0 if not self.tty else -math.inf
+        self.drawn = False
+
+    def text(self, done: int, count: int, now: float) -> str:
+        elapsed = now - self.t0
+        rate = count / elapsed if elapsed > 0 else 0.0
+        eta = elapsed / done * (self.episodes - done) if done else math.inf
+        return (f"{done}/{self.episodes} episodes  {count} {self.unit}  {rate:,.1f} {self.unit}/s  "
+                f"elapsed {fmt_time(elapsed)}  ETA {fmt_time(eta)}")
+
+    def update(self, done: int, count: int) -> None:
+        """`done` episodes finished, `count` frames or steps so far; called at every step, cheap between lines."""
+        now = time.perf_counter()
+        if self.tty:
+            # A few redraws a second are enough to read.
+            if now - self.t0 >= self.delay and now - self.last_print >= 0.2:
+                frac = done / self.episodes
+                self.stream.write(f"\r[{'#' * int(frac * 24):<24}] {self.text(done, count, now)}\033[K")
+                self.stream.flush()
+                self.last_print, self.drawn = now, True
+        elif now - self.last_print >= self.interval:
+            self.stream.write(self.text(done, count, now) + "\n")
+            self.stream.flush()
+            self.last_print = now
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def fmt_time(seconds: float) -> str:
+    """A duration as MM:SS, or H:MM:SS from an hour; --:-- where it is unknown (infinite)."""
     if not math.isfinite(seconds):
         return "--:--"
     seconds = int(seconds)

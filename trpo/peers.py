@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from trpo.extras import install_hint
+
 # rl-baselines3-zoo's hyperparams/trpo.yml (its MuJoCo entries are for v4; `normalize` is VecNormalize with the
 # agent's gamma). MuJoCo tasks the zoo does not list (InvertedPendulum, Reacher, ...) get its MuJoCo defaults.
 ZOO_MUJOCO = dict(n_envs=2, n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95, sub_sampling_factor=1,
@@ -157,7 +159,7 @@ def zoo_hyperparams(algo: str) -> dict[str, Any]:
     TimeLimit with its own patch in the whole process (rl_zoo3/gym_patches.py), which vine sampling cannot save."""
     spec = importlib.util.find_spec("rl_zoo3")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the rl-zoo peer needs rl_zoo3: pip install 'trpo[bench]'")
+        raise ValueError(f"the rl-zoo peer needs rl_zoo3: {install_hint('bench')}")
     path = Path(next(iter(spec.submodule_search_locations))) / "hyperparams" / f"{algo}.yml"
     return yaml.safe_load(path.read_text())
 

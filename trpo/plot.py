@@ -1,4 +1,4 @@
-"""`trpo plot`: learning curves from run directories' metrics.jsonl.
+"""`trpo plot`: learning curves from run directories' metrics.jsonl (and evaluations.jsonl: `eval/KEY` metrics).
 
 Runs are grouped by env (one panel each, side by side) and by label (one line each: the mean over the group's
 runs, with a band from their min to their max). The label is the run directory's name without its seed and
@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ import numpy as np
 import yaml
 
 from trpo.logger import json_lines
+
+EVALUATIONS = "evaluations.jsonl"
+EVAL_PREFIX = "eval/"  # as TensorBoard names the periodic evaluations' scalars
 
 
 class PlotError(ValueError):
@@ -30,6 +33,7 @@ class Run:
     env: str
     label: str
     rows: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # evaluations.jsonl's rows (eval_every)
 
 
 def _label(path: Path, config: dict[str, Any], label_by: list[str]) -> str:
@@ -104,23 +108,43 @@ def load_runs(patterns: list[str], label_by: list[str] | None = None) -> list[Ru
         raise PlotError(f"no run directories (with a metrics.jsonl) match {' '.join(patterns)}")
     runs = []
     for path in dict.fromkeys(dirs):
-        rows = []
-        for _, row in json_lines(_read(path / "metrics.jsonl")):
-            step = _number(row.get("step")) if isinstance(row, dict) else None
-            if step is not None:
-                rows.append({**row, "step": step})
+        rows = _rows(path / "metrics.jsonl")
         if rows:
             config = _config(path)
-            runs.append(Run(path, config.get("env") or "unknown env", _label(path, config, label_by or []), rows))
+            evaluations = _rows(path / EVALUATIONS) if (path / EVALUATIONS).exists() else []
+            runs.append(Run(path, config.get("env") or "unknown env", _label(path, config, label_by or []), rows,
+                            evaluations))
     if not runs:
         raise PlotError(f"the run directories matching {' '.join(patterns)} hold no metrics rows yet")
     return runs
 
 
+def _rows(file: Path) -> list[dict[str, Any]]:
+    """A JSON-lines log's rows that have a finite numeric `step` (as a float); other lines are skipped."""
+    rows = []
+    for _, row in json_lines(_read(file)):
+        step = _number(row.get("step")) if isinstance(row, dict) else None
+        if step is not None:
+            rows.append({**row, "step": step})
+    return rows
+
+
+def _series(run: Run, metric: str) -> tuple[list[dict[str, Any]], str]:
+    """The rows a metric is read from and its key in them: `eval/KEY` (TensorBoard's name) is evaluations.jsonl's
+    KEY, any other name a metrics.jsonl key."""
+    return (run.evaluations, metric[len(EVAL_PREFIX):]) if metric.startswith(EVAL_PREFIX) else (run.rows, metric)
+
+
 def curves(runs: list[Run], metric: str, points: int = 100) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """env -> label -> (env steps, values [runs, grid]): each run's metric interpolated onto the group's env
-    steps (at most `points` of them, evenly spaced; NaN before a run's first value and after its last step)."""
+    steps (at most `points` of them, evenly spaced; NaN before a run's first value and after its last step).
+    `eval/mean_return` and the other `eval/KEY` metrics are the periodic evaluations (evaluations.jsonl)."""
+    if metric.startswith(EVAL_PREFIX) and not any(run.evaluations for run in runs):
+        raise PlotError(f"{metric!r} comes from periodic evaluations, and none of these runs has any "
+                        "(evaluations.jsonl: trpo train --eval-every N)")
     available = set().union(*(row.keys() for run in runs for row in run.rows))
+    available |= {EVAL_PREFIX + key for run in runs for row in run.evaluations for key, value in row.items()
+                  if key not in ("step", "update") and _number(value) is not None}  # not the lists of returns
     if metric not in available:
         # repr for a hand-edited name holding a line break or escape sequence: the message stays one line
         logged = ", ".join(name if name.isprintable() else repr(name) for name in sorted(available))
@@ -129,13 +153,15 @@ def curves(runs: list[Run], metric: str, points: int = 100) -> dict[str, dict[st
     for env in dict.fromkeys(run.env for run in runs):
         for label in dict.fromkeys(run.label for run in runs if run.env == env):
             group = [run for run in runs if run.env == env and run.label == label]
-            steps = np.unique([row["step"] for run in group for row in run.rows])
+            steps = np.unique([row["step"] for run in group for row in _series(run, metric)[0]])
+            if not len(steps):
+                continue  # no run of this group evaluated
             grid = steps if len(steps) <= points else np.linspace(steps[0], steps[-1], points)
             values = []
             for run in group:
+                rows, key = _series(run, metric)
                 # sorted: np.interp needs increasing steps, and a hand-edited log may not have them
-                pts = sorted((row["step"], value) for row in run.rows
-                             if (value := _number(row.get(metric))) is not None)
+                pts = sorted((row["step"], value) for row in rows if (value := _number(row.get(key))) is not None)
                 if pts:
                     xs, ys = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
                     values.append(np.interp(grid, xs, ys, left=np.nan, right=np.nan))

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 from trpo.envs import EnvError, EnvMaker, EnvSpec, gl_failure, gl_message, make_env
+from trpo.extras import install_hint
 
 
 class RenderError(EnvError):
@@ -57,7 +58,7 @@ def frame(env: gym.Env) -> np.ndarray:
         if gl_failure(text) or "mujoco" in type(exc).__module__:
             raise RenderError(gl_message(text)) from exc
         if "pygame" in text:  # classic control and Box2D draw with it
-            raise RenderError(f"{text}; rendering this env needs pygame: pip install 'trpo[video]'") from exc
+            raise RenderError(f"{text}; rendering this env needs pygame: {install_hint('video')}") from exc
         raise RenderError(f"the env cannot render an rgb_array frame: {text}") from exc
     if not isinstance(image, np.ndarray) or image.ndim != 3:
         raise RenderError(f"the env's render() gave {type(image).__name__}, not an rgb_array frame")
@@ -72,7 +73,7 @@ class VideoWriter:
         try:
             import imageio.v2 as imageio
         except ImportError as exc:
-            raise RenderError("recording a video needs imageio and imageio-ffmpeg: pip install 'trpo[video]'") from exc
+            raise RenderError(f"recording a video needs imageio and imageio-ffmpeg: {install_hint('video')}") from exc
         self.path = Path(path)
         options: dict[str, Any] = {"fps": fps}
         if self.path.suffix.lower() in (".mp4", ".mkv", ".mov", ".avi"):
@@ -83,7 +84,7 @@ class VideoWriter:
             self.writer = imageio.get_writer(str(self.path), **options)
         except Exception as exc:  # no ffmpeg plugin, an unknown suffix, a directory that does not exist
             raise RenderError(f"cannot write the video {self.path}: {exc}; mp4 needs imageio-ffmpeg: "
-                              "pip install 'trpo[video]'") from exc
+                              f"{install_hint('video')}") from exc
         self.frames = 0
 
     def add(self, image: np.ndarray) -> None:

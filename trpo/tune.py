@@ -10,15 +10,24 @@ median pruner stops a trial whose evaluation falls below the median of earlier t
 value is its final deterministic evaluation (eval_episodes episodes). The sampler is TPE (random for its first
 `startup_trials`). A study lives in an Optuna storage, a SQLite file by default, so a killed search goes on where
 it stopped and several processes or machines can share one: `trials` is the study's total of finished (complete
-or pruned) trials. Each trial is a run directory OUT/STUDY/trial_N (metrics, evaluations, final.pt).
+or pruned) trials, counted exactly across processes: a trial starts only where fewer than `trials` trials before it
+(in the storage's order) are finished or running (`_claim`); a surplus one ends as failed, marked `surplus`,
+before it trains, and is left out of the summary. Each trial records its process and host; a trial left running
+by a process that is gone (killed) is marked failed, with the reason, when a later command opens the study.
+Each trial is a run directory OUT/STUDY/trial_N (metrics, evaluations, final.pt); OUT/STUDY/study.json records
+the study and storage they belong to, and another storage's study of the same name is refused there.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import math
 import os
 import pickle
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +40,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from trpo.config import PRESET_STEPS, ConfigError, TRPOConfig, coerce_fields, load_yaml, resolve_config
+from trpo.extras import install_hint
 
 # The default search space: TRPO's trust region and its CG, the advantage estimator, the batch's shape, the critic's
 # fit, the networks' width and the normalizations. A list is a choice among values; a mapping {low, high, log} a
@@ -51,6 +61,8 @@ DEFAULT_SPACE: dict[str, Any] = {
 }
 # Not tuned (they say how trials run, not what they learn), and not in best.yaml.
 RUN_FIELDS = ("vector_mode", "num_workers", "device", "torch_threads", "eval_every", "checkpoint_every")
+MARKER = "study.json"  # in OUT/STUDY: the study and storage whose trials the directory holds
+STOP_WAIT_S = 60.0  # after SIGTERM, for the worker processes to end their trials before they are killed
 
 
 @dataclass(frozen=True)
@@ -184,6 +196,9 @@ def settings_for(env: str, trials: int, *, total_steps: int | None = None, space
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"study must be a plain name, got {name!r}")
     url = storage or f"sqlite:///{(out / f'{name}.db').as_posix()}"
+    if url.split("?")[0] in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):
+        # SQLAlchemy's in-memory database: gone at exit, and not even shared with the trial's own threads
+        raise ConfigError(f"--storage {url} names no database file: give sqlite:///PATH.db (or a server's URL)")
     return TuneSettings(env, steps, trials, space, fixed, name, url, out, seed, evaluations, startup_trials, pruner,
                         sampler, preset or "none")
 
@@ -192,7 +207,7 @@ def _optuna() -> Any:
     try:
         import optuna
     except ImportError:
-        raise ConfigError("trpo tune needs Optuna: pip install 'trpo[tune]'") from None
+        raise ConfigError(f"trpo tune needs Optuna: {install_hint('tune')}") from None
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's reason is in its user attrs instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's
     return optuna
@@ -202,6 +217,7 @@ def open_study(s: TuneSettings, worker: int = 0, create: bool = True) -> Any:
     """The study, created (unless not `create`) or loaded; refused if it was made for another env, budget or
     space."""
     optuna = _optuna()
+    claim_study_dir(s, write=False)  # before the storage is made: another storage's study is refused untouched
     storage = _storage(s.storage)
     startup = s.startup_trials
     exists = s.study in optuna.get_all_study_names(storage)
@@ -226,7 +242,106 @@ def open_study(s: TuneSettings, worker: int = 0, create: bool = True) -> Any:
         differ = sorted(k for k in identity if recorded.get(k) != identity[k])
         raise ConfigError(f"study {s.study!r} in {s.storage} was made with another {', '.join(differ)}; "
                           "give another --study name, or the same settings to go on with it")
+    claim_study_dir(s)
+    end_interrupted(study)
     return study
+
+
+def _storage_identity(s: TuneSettings) -> str:
+    """The storage as study.json records it: a SQLite file by its path from the study's directory (the two move
+    together), another URL without its password."""
+    if s.storage.startswith("sqlite:///"):
+        db = Path(s.storage[len("sqlite:///"):].split("?")[0]).resolve()
+        return "sqlite:///" + Path(os.path.relpath(db, s.study_dir.resolve())).as_posix()
+    from sqlalchemy.engine import make_url
+
+    with contextlib.suppress(Exception):  # a URL SQLAlchemy reads otherwise than Optuna: as it is
+        return make_url(s.storage).render_as_string(hide_password=True)
+    return s.storage
+
+
+def claim_study_dir(s: TuneSettings, write: bool = True) -> None:
+    """OUT/STUDY holds one study's trial_N directories and best.yaml: record which study and storage in its
+    study.json (unless not `write`: a storage that did not open yet), and refuse another storage's study of the
+    same name, whose trials would overwrite them."""
+    mine = {"study": s.study, "storage": _storage_identity(s)}
+    marker = s.study_dir / MARKER
+    if not write and not marker.exists():
+        return
+    s.study_dir.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():  # written whole under another name, then linked: a process racing us reads all of it
+        temp = s.study_dir / f".{MARKER}.{os.getpid()}"
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as file:
+            file.write(json.dumps(mine) + "\n")
+        try:
+            os.link(temp, marker)
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink()
+    try:
+        recorded = json.loads(marker.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{marker}, which names the study whose trials {s.study_dir} holds, is unreadable "
+                          f"({type(exc).__name__}); give another --out") from None
+    if recorded != mine:
+        theirs = recorded if isinstance(recorded, dict) else {}
+        raise ConfigError(f"{s.study_dir} holds the trials of study {theirs.get('study')!r} in "
+                          f"{theirs.get('storage')} (a SQLite path from that directory), not of {s.study!r} in "
+                          f"{s.storage}, whose trials would overwrite them: give another --out or --study, or that "
+                          "storage")
+
+
+def _owner() -> dict[str, Any]:
+    """The user attrs that name the process running a trial: its id, its start (Linux) and the host."""
+    return {"process": os.getpid(), "process_started": _started(os.getpid()), "host": socket.gethostname()}
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot; Linux), to tell it from a later one given the same id;
+    None where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _gone(attrs: Mapping[str, Any]) -> bool:
+    """Whether the process that `attrs` (`_owner`) name is gone: on this host only, where it can be asked."""
+    pid = attrs.get("process")
+    if attrs.get("host") != socket.gethostname() or not isinstance(pid, int) or os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only whether it exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: there
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    started = attrs.get("process_started")
+    return state in ("Z", "X") or (started is not None and _started(pid) not in (None, started))
+
+
+def end_interrupted(study: Any) -> list[int]:
+    """Mark failed, with the reason, the running trials whose process is gone (killed: SIGKILL, a crash, a lost
+    machine): those on this host by their process, the others once their heartbeat stops (Optuna's). They would
+    otherwise stay running in the summary, and count against `trials`. Returns the numbers of those marked."""
+    optuna = _optuna()
+    storage, ended = study._storage, []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if not _gone(t.user_attrs):
+            continue
+        reason = (f"interrupted: its process {t.user_attrs['process']} on {t.user_attrs['host']} ended without "
+                  "finishing it (killed?)")
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another process was first
+            storage.set_trial_user_attr(t._trial_id, "error", reason)
+            storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            ended.append(t.number)
+    optuna.storages.fail_stale_trials(study)
+    return ended
 
 
 def _storage(url: str) -> Any:
@@ -254,13 +369,36 @@ def _storage(url: str) -> Any:
     raise ConfigError(f"cannot open the Optuna storage {url}: its tables could not be made")
 
 
+class _SurplusError(Exception):
+    """The study already has its trials finished or running: this one ends before it trains."""
+
+
+def _claim(s: TuneSettings, trial: Any) -> None:
+    """Let `trial` train only if fewer than s.trials trials before it are finished (complete, pruned) or running;
+    _SurplusError otherwise. Trial numbers follow the storage's order of creation, which the storage makes one at a
+    time, so every process sees the same trials before each trial and two cannot both take the last place."""
+    if _taken(trial.study, trial.number) >= s.trials:
+        trial.set_user_attr("surplus", True)
+        trial.study.stop()  # this process's search ends with this trial
+        raise _SurplusError(f"the study has its {s.trials} trials finished or running")
+
+
+def _taken(study: Any, before: int | None = None) -> int:
+    """The study's trials (numbered below `before`) that are finished (complete, pruned) or running."""
+    states = _optuna().trial.TrialState
+    return sum((before is None or t.number < before) and t.state in (states.COMPLETE, states.PRUNED, states.RUNNING)
+               and not t.user_attrs.get("surplus") for t in study.get_trials(deepcopy=False))
+
+
 def objective(s: TuneSettings, trial: Any, worker: int = 0) -> float:
     """Train one trial's agent, reporting each periodic evaluation for pruning; its final evaluation's mean."""
     optuna = _optuna()
     from trpo.agent import TRPO
 
     trial.set_user_attr("worker", worker)
-    trial.set_user_attr("process", os.getpid())
+    for key, value in _owner().items():
+        trial.set_user_attr(key, value)
+    _claim(s, trial)
     params = {d.name: d.suggest(trial) for d in s.space}
     run_fields = {"vector_mode": "sync", "eval_every": max(1, s.total_steps // s.evaluations)}
     try:
@@ -287,8 +425,10 @@ def objective(s: TuneSettings, trial: Any, worker: int = 0) -> float:
     try:
         agent.train_until(s.total_steps, callback=report)
         result = agent.evaluate(config.eval_episodes)
-    except Exception as exc:
-        if not isinstance(exc, optuna.TrialPruned):
+    except BaseException as exc:  # Optuna marks the trial failed (pruned): say why in the summary
+        if isinstance(exc, KeyboardInterrupt):
+            trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)")
+        elif not isinstance(exc, optuna.TrialPruned):
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
         raise
     finally:
@@ -297,24 +437,35 @@ def objective(s: TuneSettings, trial: Any, worker: int = 0) -> float:
     return float(result["mean_return"])
 
 
-def work(s: TuneSettings, worker: int = 0, workers: int = 1) -> None:
+def work(s: TuneSettings, worker: int = 0, workers: int = 1, on_trial: Callable[[], None] | None = None) -> None:
     """This process's share of the trials the study still lacks, and again as many for those of its trials that
-    failed (a combination the config refuses, a batch over the budget), up to three tries per trial asked for."""
+    failed (a combination the config refuses, a batch over the budget), up to three tries per trial asked for;
+    it stops at its first surplus trial (`_claim`: other processes took the study's last places). `on_trial()`
+    runs after each of its trials."""
     optuna = _optuna()
     study = open_study(s, worker)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     missing = max(0, s.trials - len(study.get_trials(deepcopy=False, states=done)))
     share = missing // workers + (worker < missing % workers)
-    # The callback stops this process once the study has its trials, where other processes share it too.
-    enough = optuna.study.MaxTrialsCallback(s.trials, states=done)
+
+    def after_trial(study: Any, _trial: Any) -> None:
+        if on_trial is not None:
+            on_trial()
+        if _taken(study) >= s.trials:  # the others took the last places: no surplus trial to ask for
+            study.stop()
+
     tries = 3 * share
+    me = _owner()
     while share and tries > 0:
         before = len(study.trials)
-        # ConfigError: the trial fails, the search goes on.
-        study.optimize(lambda trial: objective(s, trial, worker), n_trials=share, catch=(ConfigError,),
-                       callbacks=[enough])
+        # ConfigError: the trial fails, the search goes on; _SurplusError: it fails and the search stops.
+        study.optimize(lambda trial: objective(s, trial, worker), n_trials=share, catch=(ConfigError, _SurplusError),
+                       callbacks=[after_trial])
         tries -= share
-        mine = [t for t in study.get_trials(deepcopy=False)[before:] if t.user_attrs.get("process") == os.getpid()]
+        mine = [t for t in study.get_trials(deepcopy=False)[before:]
+                if all(t.user_attrs.get(k) == v for k, v in me.items())]
+        if any(t.user_attrs.get("surplus") for t in mine) or _taken(study) >= s.trials:
+            break
         share = sum(t.state == optuna.trial.TrialState.FAIL for t in mine)
 
 
@@ -323,31 +474,107 @@ def tune(s: TuneSettings, jobs: int = 1, say: Callable[[str], None] = print) -> 
     study = open_study(s)  # checks the storage and the settings before any process starts
     say(f"trpo: tuning {s.env} ({s.total_steps:,} steps a trial, {s.evaluations} evaluations) in study {s.study!r} "
         f"at {s.storage}: {s.trials} trials, {jobs} at a time")
+    reporter = TrialReporter(s, study, say)
     if jobs == 1:
-        work(s)
+        work(s, on_trial=reporter.poll)
     else:
-        s.study_dir.mkdir(parents=True, exist_ok=True)
-        procs = []
-        for worker in range(jobs):
-            log = open(s.study_dir / f"worker_{worker}.log", "a")  # noqa: SIM115 (closed below)
+        _work_in_processes(s, jobs, study, reporter)
+    return report(s, study)
+
+
+class WorkerError(RuntimeError):
+    """A worker process of `tune(jobs > 1)` failed: its own error line, and where its log is."""
+
+
+def _work_in_processes(s: TuneSettings, jobs: int, study: Any, reporter: TrialReporter) -> None:
+    """`work` in `jobs` processes, their trials said as they end. Interrupted (Ctrl-C, SIGTERM, which reaches this
+    process alone), it ends them: SIGTERM, which fails their trials with the reason, then SIGKILL after
+    STOP_WAIT_S, and the trials of those killed are marked failed here."""
+    procs = []
+    logs = [s.study_dir / f"worker_{worker}.log" for worker in range(jobs)]
+    for worker, path in enumerate(logs):
+        with open(path, "a") as log:  # the child holds its own copy of the file
             cmd = [sys.executable, "-m", "trpo.tune", base64.b64encode(pickle.dumps(s)).decode(), str(worker),
                    str(jobs)]
-            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-        failed = []
-        try:
-            for worker, (proc, _) in enumerate(procs):
-                if proc.wait() != 0:
-                    failed.append(f"worker {worker} exited with {proc.returncode} "
-                                  f"(see {s.study_dir / f'worker_{worker}.log'})")
-        finally:
-            for proc, log in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait()
-                log.close()
-        if failed:
-            raise RuntimeError("; ".join(failed))
-    return report(s, study)
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        while any(proc.poll() is None for proc in procs):
+            reporter.poll()
+            time.sleep(1.0)
+    finally:
+        running = [proc for proc in procs if proc.poll() is None]
+        for proc in running:
+            proc.terminate()
+        deadline = time.monotonic() + STOP_WAIT_S
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if running:
+            end_interrupted(study)
+    reporter.poll()
+    failed = {}  # a worker's error line -> the workers that said it
+    for worker, (proc, path) in enumerate(zip(procs, logs, strict=True)):
+        if proc.returncode != 0:
+            failed.setdefault(_error_line(path) or f"exited with status {proc.returncode}", []).append(worker)
+    if failed:
+        raise WorkerError("; ".join(f"worker{'s' * (len(ws) > 1)} {', '.join(map(str, ws))}: {line} (see "
+                                    f"{', '.join(str(logs[w]) for w in ws)})" for line, ws in failed.items()))
+
+
+def _error_line(log: Path) -> str | None:
+    """The last `trpo: error:` line a worker wrote to its log (`_worker_main`), without the prefix."""
+    with contextlib.suppress(OSError):
+        lines = log.read_bytes().decode("utf-8", "replace").splitlines()
+        return next((ln.removeprefix("trpo: error: ") for ln in reversed(lines) if ln.startswith("trpo: error: ")),
+                    None)
+    return None
+
+
+class TrialReporter:
+    """A line per trial as it ends (complete, pruned or failed): its value, its parameters, the best so far, the
+    trials finished of those asked for and the time since the search started. Read from the study's storage, so
+    that the trials of worker processes (and of other machines sharing the study) are said too; those that ended
+    before are not."""
+
+    def __init__(self, s: TuneSettings, study: Any, say: Callable[[str], None]) -> None:
+        self.s, self.study, self.say = s, study, say
+        self.t0 = time.perf_counter()
+        self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+
+    def poll(self) -> None:
+        optuna = _optuna()
+        from trpo.logger import fmt_time
+
+        states = optuna.trial.TrialState
+        trials = [t for t in self.study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+        for t in trials:
+            if t.number in self.seen or not t.state.is_finished():
+                continue
+            self.seen.add(t.number)
+            ended = [u for u in trials if u.state.is_finished() and u.number in self.seen]
+            complete = [u for u in ended if u.state == states.COMPLETE]
+            best = max(complete, key=lambda u: u.value, default=None)
+            done = sum(u.state in (states.COMPLETE, states.PRUNED) for u in ended)
+            params = " ".join(f"{k}={_show(v)}" for k, v in t.params.items())
+            self.say(f"trpo: trial {t.number} {_outcome(t, states)} ({params}); best "
+                     f"{'none yet' if best is None else f'{best.value:.2f} (trial {best.number})'}; "
+                     f"{done}/{self.s.trials} trials finished, {fmt_time(time.perf_counter() - self.t0)} elapsed")
+
+
+def _outcome(t: Any, states: Any) -> str:
+    """What became of an ended trial, in a few words."""
+    if t.state == states.COMPLETE:
+        return f"complete: {t.value:.2f}"
+    if t.state == states.PRUNED and t.intermediate_values:
+        step = max(t.intermediate_values)
+        return f"pruned at step {step:,} (evaluation {t.intermediate_values[step]:.2f})"
+    if t.state == states.FAIL:
+        error = " ".join(str(t.user_attrs.get("error", "no reason recorded")).split())
+        return f"failed: {error[:120]}"
+    return t.state.name.lower()
 
 
 def best_config(s: TuneSettings, study: Any) -> dict[str, Any] | None:
@@ -356,15 +583,17 @@ def best_config(s: TuneSettings, study: Any) -> dict[str, Any] | None:
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         return None
     best = study.best_trial
-    values = TRPOConfig(**coerce_fields({**s.fixed, **best.params})).to_dict()
-    tuned = {k: values[k] for k in (*s.fixed, *best.params)}
+    # Only the space's fields: a shared study's trials may record others (env_wrappers), which best.yaml must not.
+    params = {d.name: best.params[d.name] for d in s.space if d.name in best.params}
+    values = TRPOConfig(**coerce_fields({**s.fixed, **params})).to_dict()
+    tuned = {k: values[k] for k in (*s.fixed, *params)}
     return {"env": s.env, "total_steps": s.total_steps, "seed": s.seed, **tuned}
 
 
 def report(s: TuneSettings, study: Any) -> str:
     """The summary: trials by state, the best ten, and where best.yaml is (written here)."""
     optuna = _optuna()
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]  # never trained
     count = {state: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
     lines = [f"study {s.study!r}: " + ", ".join(f"{n} {state.name.lower()}" for state, n in count.items() if n)]
     done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: -t.value)
@@ -376,10 +605,11 @@ def report(s: TuneSettings, study: Any) -> str:
     lines += [f"trial {t.number} failed: {t.user_attrs['error']}" for t in failed[-5:]]
     best = best_config(s, study)
     if best is not None:
+        from trpo.checkpoint import write_text_atomic  # never through a link planted at best.yaml
+
         path = s.study_dir / "best.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# trpo tune: study {s.study!r}, trial {study.best_trial.number}, final evaluation "
-                        f"{study.best_trial.value:.2f}\n" + yaml.safe_dump(best, sort_keys=False))
+        write_text_atomic(path, f"# trpo tune: study {s.study!r}, trial {study.best_trial.number}, final "
+                          f"evaluation {study.best_trial.value:.2f}\n" + yaml.safe_dump(best, sort_keys=False))
         lines += ["", f"best: trial {study.best_trial.number} ({study.best_trial.value:.2f}) -> {path}; "
                   f"train it: trpo train --config {path}"]
     return "\n".join(lines)
@@ -398,5 +628,25 @@ def _number_kind(name: str) -> type | None:
     return None
 
 
-if __name__ == "__main__":  # one worker process of `tune(..., jobs > 1)`
-    work(pickle.loads(base64.b64decode(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]))
+def _worker_main(argv: list[str]) -> int:
+    """One worker process of `tune(..., jobs > 1)`, its output in its log: SIGTERM fails its trial as Ctrl-C does
+    (the parent sends it), and an error ends with one `trpo: error:` line that the parent reports."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        work(pickle.loads(base64.b64decode(argv[0])), int(argv[1]), int(argv[2]))
+    except KeyboardInterrupt:
+        return 143
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()  # for the log; the line below is what the parent says
+        print(f"trpo: error: {' '.join(str(exc).split()) or type(exc).__name__}", flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -82,6 +82,12 @@ def _flat_params(actor: Actor) -> Tensor:
     return torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
 
 
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """Whether two flat parameter vectors are bit for bit the same. Not torch.equal: NaN != NaN, so a policy with a
+    NaN weight would never match itself, and each batch would be dropped and collected again, without end."""
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
 # vector_mode -> the backend's factory; a new backend is a module with a factory and a line here.
 BACKENDS: dict[str, BackendFactory] = {"sync": sync_backend, "subprocess": subprocess_backend, "ray": ray_backend,
                                        "envpool": envpool_backend}
@@ -167,7 +173,7 @@ class RolloutCollector:
         if pending is None:
             raise RuntimeError("no batch is being collected; call start() first")
         steps, n, d = pending.noise.shape[0], self.num_envs, self.encoder.dim
-        if not torch.equal(pending.theta, _flat_params(actor)):
+        if not _same_bits(pending.theta, _flat_params(actor)):
             self.runner.drop()  # set going with another policy
             return self.collect(actor, steps, pending.generator)
         restarts = self.runner.restarts

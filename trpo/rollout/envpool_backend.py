@@ -21,6 +21,7 @@ import numpy as np
 
 from trpo.config import TRPOConfig
 from trpo.envs import EnvError, EnvMaker, EnvSpec, check_masks
+from trpo.extras import install_hint
 from trpo.policy import Acting
 from trpo.rollout.runner import InProcess, Segment
 from trpo.rollout.workers import worker_count
@@ -33,7 +34,7 @@ def envpool_backend(spec: EnvSpec, cfg: TRPOConfig, encoder: ObsEncoder, dist: A
     try:
         import envpool
     except ImportError:
-        raise EnvError("vector_mode 'envpool' needs envpool: pip install 'trpo[envpool]'") from None
+        raise EnvError(f"vector_mode 'envpool' needs envpool: {install_hint('envpool')}") from None
     env_id, max_steps = _task(spec)
     task = env_id.removeprefix("ALE/")  # envpool names Atari games without the namespace
     if task not in envpool.list_all_envs():

@@ -12,7 +12,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
+import socket
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,7 @@ import torch
 
 from trpo.config import ConfigError, TRPOConfig
 from trpo.envs import EnvError, EnvSpec, make_env
+from trpo.extras import install_hint
 from trpo.policy import Acting
 from trpo.rollout.runner import EnvRunner, Segment
 from trpo.rollout.workers import check_remote_spec, worker_count, worker_error
@@ -27,6 +32,9 @@ from trpo.spaces import ActionDistribution, ObsEncoder
 from trpo.vine import VinePlan
 
 START_TIMEOUT_S = 120.0  # for Ray to place the actors (a cluster without free CPUs would wait forever)
+# For a cluster at ray_address to accept a connection; then Ray tries its GCS once (about 40 s) instead of 20 times
+# (over ten minutes against an address that answers but is no Ray cluster).
+CONNECT_TIMEOUT_S = 30.0
 RESTART_SEED = 1_000_003  # a restarted actor's envs are seeded seed + RESTART_SEED * restarts + index
 
 
@@ -34,7 +42,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise ConfigError("vector_mode 'ray' needs Ray: pip install \"trpo[ray]\"") from exc
+        raise ConfigError(f"vector_mode 'ray' needs Ray: {install_hint('ray')}") from exc
     return ray
 
 
@@ -100,10 +108,15 @@ class RayPool:
                 # path for the actors, so env modules importable here (e.g. 'my_pkg:MyEnv-v0') import there too.
                 init["num_cpus"] = max(os.cpu_count() or 1, workers)
                 init["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+            else:
+                _check_reachable(address)
             try:
-                ray.init(**init)
+                with _bounded_join(bool(address)), _sigterm_kept():
+                    ray.init(**init)
             except Exception as exc:  # e.g. no cluster at that address
-                raise EnvError(f"cannot start or join Ray (ray_address={address!r}): {exc}") from exc
+                waited = " (Ray waited about 40 s for it)" if address else ""
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise EnvError(f"cannot start or join Ray (ray_address={address!r}): {first}{waited}") from exc
         self.actor_class = ray.remote(num_cpus=1, max_restarts=0)(RayWorker)
         self.spec, self.encoder, self.dist = spec, encoder, dist
         self.max_restarts = max_restarts
@@ -200,6 +213,48 @@ class RayPool:
         if self.started_runtime and self.ray.is_initialized():
             self.ray.shutdown()
             self.started_runtime = False
+
+
+def _check_reachable(address: str) -> None:
+    """EnvError, within CONNECT_TIMEOUT_S, where nothing accepts a connection at a HOST:PORT (or ray://HOST:PORT)
+    ray_address, instead of Ray's own wait of over ten minutes. Other addresses ('auto') are Ray's to find."""
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:  # refused, timed out, an unknown host
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise EnvError(f"cannot join Ray at ray_address={address!r}: nothing accepts connections there ({reason}; "
+                       f"waited at most {CONNECT_TIMEOUT_S:.0f} s); start the cluster (ray start --head) or fix the "
+                       "address") from exc
+
+
+@contextlib.contextmanager
+def _bounded_join(joining: bool) -> Iterator[None]:
+    """Ray tries a cluster's GCS once (RAY_gcs_server_port_wait_time_s, unless the user set it) while joining."""
+    key = "RAY_gcs_server_port_wait_time_s"
+    set_here = joining and key not in os.environ
+    if set_here:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if set_here:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """ray.init replaces the SIGTERM handler with one that exits at once (status 15, no line): trpo's, which stops
+    the run at its checkpoint and says so (cli.py), is put back. Ray is shut down by the run's close()."""
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM")
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None and previous is not signal.SIG_DFL:  # a library user's default: Ray's stays
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _share(plan: VinePlan | None, lo: int, hi: int) -> VinePlan | None:
