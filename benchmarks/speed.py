@@ -363,9 +363,9 @@ def cnn_step(cg_iters: int, jacobian: bool, seed: int = 0, samples: int = 1024) 
 
     import trpo.update_rules as rules
     from trpo.config import TRPOConfig
+    from trpo.distributions import Categorical
     from trpo.encoders import ImageLayout
     from trpo.networks import Actor
-    from trpo.spaces import Categorical
 
     torch.set_num_threads(1)
     if not jacobian:

@@ -361,10 +361,10 @@ def test_hessian_and_gauss_newton_products_give_the_same_update() -> None:
 @pytest.mark.parametrize("space", [spaces.Discrete(3), spaces.Box(-1, 1, (2,)), spaces.MultiBinary(2)])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_numpy_rollout_policy_matches_the_torch_actor(space: spaces.Space, activation: str) -> None:
+    from trpo.distributions import make_distribution
     from trpo.networks import Actor
     from trpo.normalization import ObsNormalizer
     from trpo.policy import NumpyMLP, TorchActing, snapshot
-    from trpo.spaces import make_distribution
 
     torch.manual_seed(0)
     dist = make_distribution(space)
@@ -411,10 +411,10 @@ def test_each_env_gets_the_same_action_bits_however_the_envs_are_split(obs_dim: 
     the same bits whatever rows come with it. A BLAS matmul does not (its kernel, and so its summation order,
     depends on the number of rows: 107 of 720 shapes differed here with OpenBLAS), so the MLP uses einsum's own
     loops; the kernel variants of scripts/dev.py hold this for numpy's other SIMD targets too."""
+    from trpo.distributions import make_distribution
     from trpo.networks import Actor
     from trpo.normalization import ObsNormalizer
     from trpo.policy import snapshot
-    from trpo.spaces import make_distribution
 
     torch.manual_seed(data.draw(st.integers(0, 2**16), "seed"))
     dist = make_distribution(spaces.Discrete(5) if discrete else spaces.Box(-1, 1, (3,)))

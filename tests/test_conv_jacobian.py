@@ -8,9 +8,9 @@ import torch
 from gymnasium import spaces
 
 from trpo.conv_jacobian import conv_linearization
+from trpo.distributions import Bernoulli, Categorical, DiagGaussian, MultiCategorical
 from trpo.encoders import ImageLayout
 from trpo.networks import Actor
-from trpo.spaces import Bernoulli, Categorical, DiagGaussian, MultiCategorical
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp
 from trpo.update_rules import flat_parameters
 

@@ -4,6 +4,7 @@ observations, for every action space, masks, images, recurrent policies (with th
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,17 @@ def test_dict_inputs_are_named_by_their_keys(tmp_path: Path) -> None:
     assert [i.name for i in session.get_inputs()] == ["obs.inner.mode", "obs.inner.v", "obs.pos", "state"]
     assert [o.name for o in session.get_outputs()] == ["action", "next_state"]
     agent.close()
+
+
+def test_a_file_that_cannot_be_written_is_one_line_in_both_formats(tmp_path: Path) -> None:
+    run = trained_run(tmp_path, "CartPole-v1")
+    unwritable = Path("/sys/policy") if os.geteuid() == 0 else tmp_path / "read-only" / "policy"  # root writes anywhere
+    if os.geteuid() != 0:
+        unwritable.parent.mkdir(mode=0o555)
+    cases = [(tmp_path / "no-such-dir" / "policy", "No such file or directory"), (tmp_path, "Is a directory"),
+             (unwritable, "Permission denied")]
+    for fmt, suffix in (("torchscript", ".pt"), ("onnx", ".onnx")):
+        for out, why in cases:
+            target = out if out.is_dir() else out.with_suffix(suffix)
+            res = cli("export", str(run), "--format", fmt, "--out", str(target))
+            assert res.returncode == 2 and res.stderr == f"trpo: error: {why}: {str(target)!r}\n", (fmt, res.stderr)

@@ -16,12 +16,13 @@ from trpo_testenvs import PixelSideEnv
 
 from trpo import TRPO, TRPOConfig
 from trpo.config import ConfigError
+from trpo.distributions import make_distribution
 from trpo.encoders import ConvBody, ImageLayout, image_layout
 from trpo.envs import EnvError
 from trpo.extras import install_hint
 from trpo.networks import Actor
+from trpo.observations import ObsEncoder
 from trpo.policy import TorchActing, snapshot
-from trpo.spaces import ObsEncoder, make_distribution
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp
 from trpo.update_rules import flat_parameters
 

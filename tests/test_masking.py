@@ -15,9 +15,10 @@ from gymnasium import spaces
 from trpo_testenvs import MaskedChoiceEnv, SpacesEnv
 
 from trpo import TRPO, TRPOConfig
+from trpo.distributions import make_distribution
 from trpo.envs import EnvError
 from trpo.networks import Actor
-from trpo.spaces import UnsupportedSpaceError, make_distribution
+from trpo.observations import UnsupportedSpaceError
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp
 from trpo.update_rules import flat_parameters
 

@@ -18,11 +18,11 @@ from trpo_testenvs import MaskedChoiceEnv, PixelSideEnv, SpacesEnv
 
 from trpo import TRPO, pomdp  # pomdp registers the partially observed tasks
 from trpo.config import ConfigError, Recurrent, TRPOConfig
+from trpo.distributions import make_distribution
 from trpo.encoders import CELLS, ConvBody, make_cell, unroll
 from trpo.networks import Actor
 from trpo.policy import snapshot
 from trpo.sequences import Sequences, chunk
-from trpo.spaces import make_distribution
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp
 from trpo.update_rules import PolicyBatch, flat_parameters
 

@@ -4,6 +4,7 @@ line (no display for --render, a MUJOCO_GL backend this machine lacks, a factory
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -108,3 +109,30 @@ def test_trpo_eval_video_records_one_episode_by_default_and_shows_its_frames(
     assert all(shown) and [int(m[1]) for m in shown if m] == list(range(2, frames + 1))  # from the first step's
     code, out, _ = run_cli_output(["eval", str(run), "--video", str(video), "--episodes", "2"])
     assert code == 0 and " over 2 episodes " in out and int(out.split("video of ")[1].split()[0]) > frames
+
+
+def test_a_video_file_that_cannot_be_written_is_blamed_not_the_env(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    run = trained_run(tmp_path, "CartPole-v1")
+    unwritable = Path("/sys/v.mp4") if os.geteuid() == 0 else tmp_path / "read-only" / "v.mp4"  # root writes anywhere
+    if os.geteuid() != 0:
+        unwritable.parent.mkdir(mode=0o555)
+    for video, said in ((tmp_path / "video", f"the video {tmp_path / 'video'} has no extension to say its format: "
+                         "name it .mp4, .gif, ..."),
+                        (unwritable, f"cannot write the video {unwritable}: Permission denied")):
+        code, _, err = run_cli_output(["eval", str(run), "--video", str(video)])
+        assert code == 2 and error_lines(err) == [f"trpo: error: {said}"], err
+    # ffmpeg failing in the middle (a full disk): the file's error, not the env raising in step().
+    import imageio.v2  # here: the module is skipped above where imageio is missing
+
+    class Full:
+        def append_data(self, image: np.ndarray) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(imageio.v2, "get_writer", lambda *args, **kwargs: Full())
+    code, _, err = run_cli_output(["eval", str(run), "--video", str(tmp_path / "v.mp4")])
+    assert code == 2 and error_lines(err) == [
+        f"trpo: error: cannot write the video {tmp_path / 'v.mp4'}: [Errno 28] No space left on device"], err

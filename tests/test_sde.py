@@ -14,11 +14,11 @@ from torch.func import hessian
 
 from trpo import TRPO
 from trpo.config import ConfigError, TRPOConfig
+from trpo.distributions import make_distribution
 from trpo.networks import Actor
 from trpo.normalization import ObsNormalizer
 from trpo.policy import snapshot
 from trpo.sequences import Sequences
-from trpo.spaces import make_distribution
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp
 from trpo.update_rules import flat_parameters
 

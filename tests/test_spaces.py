@@ -8,7 +8,8 @@ import torch
 from gymnasium import spaces
 from torch import distributions as dists
 
-from trpo.spaces import ObsEncoder, UnsupportedSpaceError, make_distribution
+from trpo.distributions import make_distribution
+from trpo.observations import ObsEncoder, UnsupportedSpaceError
 
 # Floats through kernels that numpy and torch pick per CPU: scripts/dev.py test runs these again with others forced.
 pytestmark = pytest.mark.numerics

@@ -11,8 +11,8 @@ import torch
 from gymnasium import spaces
 from torch.func import functional_call, hessian
 
+from trpo.distributions import make_distribution
 from trpo.networks import Actor
-from trpo.spaces import make_distribution
 from trpo.trust_region import (
     autograd_linearization,
     backtracking_line_search,

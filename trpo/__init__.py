@@ -17,8 +17,8 @@ _EXPORTS = {
     "TRPOConfig": "trpo.config",
     "ConfigError": "trpo.config",
     "EnvError": "trpo.envs",
-    "ObservationError": "trpo.spaces",
-    "UnsupportedSpaceError": "trpo.spaces",
+    "ObservationError": "trpo.observations",
+    "UnsupportedSpaceError": "trpo.observations",
     "CheckpointError": "trpo.checkpoint",
     "RunDirError": "trpo.checkpoint",
     "PlotError": "trpo.plot",
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from trpo.config import ConfigError, TRPOConfig
     from trpo.envs import EnvError
     from trpo.export import ExportError
+    from trpo.observations import ObservationError, UnsupportedSpaceError
     from trpo.plot import PlotError
-    from trpo.spaces import ObservationError, UnsupportedSpaceError
 
 
 def __getattr__(name: str) -> object:

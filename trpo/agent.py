@@ -39,6 +39,7 @@ from trpo.config import (
     available_cores,
     check_seed,
 )
+from trpo.distributions import make_distribution
 from trpo.envs import (
     EnvError,
     EnvSpec,
@@ -54,18 +55,10 @@ from trpo.envs import (
 from trpo.logger import EpisodeProgress, MetricsLog, Progress
 from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
+from trpo.observations import MASK_KEY, ObsEncoder, ObservationError, UnsupportedSpaceError, env_reward, mask_source
 from trpo.optim import Adam
 from trpo.rollout import Batch, RolloutCollector
 from trpo.sequences import Inputs, Sequences, select, unit_steps, units
-from trpo.spaces import (
-    MASK_KEY,
-    ObsEncoder,
-    ObservationError,
-    UnsupportedSpaceError,
-    env_reward,
-    make_distribution,
-    mask_source,
-)
 from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
@@ -196,7 +189,7 @@ class TRPO:
 
     def _mask_source(self) -> str | None:
         """Action masks from a Dict observation's "action_mask" or from info["action_mask"] (Gymnasium's
-        conventions; see spaces.mask_source): the env is reset once here to look at its info."""
+        conventions; see observations.mask_source): the env is reset once here to look at its info."""
         info = None
         if not (isinstance(self.observation_space, gym.spaces.Dict) and MASK_KEY in self.observation_space.spaces):
             try:
@@ -743,6 +736,7 @@ class TRPO:
             "rng": {"sample": self.sample_gen.get_state(), "shuffle": self.shuffle_gen.get_state(),
                     "predict": self.predict_gen.get_state()},
             "versions": versions(),
+            "spaces": spaces_text(self.observation_space, self.action_space),  # named when another env refuses it
         }
 
     def save(self, path: str | Path) -> None:
@@ -785,14 +779,20 @@ class TRPO:
         if spec is None:
             raise checkpoint.CheckpointError(f"{file} was trained on an env without an id; pass env=...")
         _refuse_unnamed(file, spec, env_named, config, changes, trust, checkpoint.CheckpointError)
-        agent = cls(spec, config=config, seed=seed, run_dir=run_dir, progress=progress)
+        try:
+            agent = cls(spec, config=config, seed=seed, run_dir=run_dir, progress=progress)
+        except ConfigError as exc:  # e.g. use_sde, which another env's actions refuse: the spaces differ, said so
+            other = _other_spaces(file, state, spec, config)
+            if other is None:
+                raise
+            raise other from exc
         try:
             agent.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             agent.close()
             trained_on = f", trained on {env_id!r}" if env_id != env_id_of(spec) else ""
-            raise checkpoint.CheckpointError(f"{file} does not fit env {spec!r}{trained_on} (or this trpo version): "
-                                             f"{_describe(exc)}") from exc
+            raise _other_spaces(file, state, spec, config) or checkpoint.CheckpointError(
+                f"{file} does not fit env {spec!r}{trained_on} (or this trpo version): {_describe(exc)}") from exc
         agent._loaded_from = file
         return agent
 
@@ -989,6 +989,37 @@ def _overflow_message(batch: Batch) -> str:
     largest = float(batch.rewards.abs().max())
     return (f"the returns of this batch overflow float32 (its largest reward, after any scaling, is {largest:.3g}): "
             "scale the env's rewards down, or turn on normalize_reward")
+
+
+def spaces_text(observation_space: gym.Space, action_space: gym.Space) -> dict[str, str]:
+    """An agent's spaces as a checkpoint records them."""
+    return {"observation": repr(observation_space), "action": repr(action_space)}
+
+
+def _other_spaces(file: Path, state: dict[str, Any], spec: EnvSpec,
+                  config: TRPOConfig) -> checkpoint.CheckpointError | None:
+    """The error naming both spaces where a checkpoint is loaded into an env with other spaces (a checkpoint from
+    before they were recorded names its env instead); None where they are the same, or the env cannot be made."""
+    try:
+        env = make_env(with_options(spec, config.env_kwargs, config.max_episode_steps, config.env_wrappers))
+    except Exception:  # the env's own error comes as it is, from the constructor
+        return None
+    here = spaces_text(env.observation_space, env.action_space)
+    if env is not spec:  # never the user's own instance
+        with contextlib.suppress(Exception):
+            env.close()
+    saved, name = state.get("spaces"), env_id_of(spec) or type(spec).__name__
+    if isinstance(saved, dict):
+        if saved == here:
+            return None
+        theirs = f"observations {saved.get('observation')}, actions {saved.get('action')}"
+    elif state.get("env_id") not in (None, env_id_of(spec)):
+        theirs = f"those of {state.get('env_id')!r} (this checkpoint is older than the record of them)"
+    else:
+        return None
+    return checkpoint.CheckpointError(f"{file} does not fit env {name!r}: their spaces differ. The checkpoint's: "
+                                      f"{theirs}; the env's: observations {here['observation']}, actions "
+                                      f"{here['action']}")
 
 
 def _describe(exc: BaseException) -> str:

@@ -40,6 +40,7 @@ PUBLISHED = {
 }
 EVAL_EPISODES = 10
 STOP_WAIT_S = 60.0  # after SIGTERM, for the runs to save their checkpoints and exit before they are killed
+INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, which the runs received too, before they are sent SIGTERM
 
 
 def run_dir(out: Path, env: str, label: str, seed: int) -> Path:
@@ -112,8 +113,7 @@ def train_flags(items: Sequence[str]) -> tuple[list[str], str]:
 
 class Processes:
     """The runs' processes alive now. SIGTERM reaches this process alone (Ctrl-C the whole process group), so
-    `stop` ends them itself: SIGTERM, which each run answers by stopping at its last checkpoint, then SIGKILL for
-    one still there after STOP_WAIT_S. No run starts after `stop`."""
+    `stop` ends them itself (`end_processes`). No run starts after `stop`."""
 
     def __init__(self) -> None:
         self.alive: set[subprocess.Popen[bytes]] = set()
@@ -125,7 +125,7 @@ class Processes:
         with self.lock:
             if self.stopping:
                 return None
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            proc: subprocess.Popen[bytes] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             self.alive.add(proc)
         try:
             return proc.wait()
@@ -133,19 +133,34 @@ class Processes:
             with self.lock:
                 self.alive.discard(proc)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0.0) -> None:
         with self.lock:
             self.stopping = True
             procs = list(self.alive)
-        for proc in procs:
-            proc.terminate()
-        deadline = time.monotonic() + STOP_WAIT_S
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_processes(procs, grace)
+
+
+def end_processes(procs: Sequence[subprocess.Popen[Any]], grace: float = 0.0) -> None:
+    """End child processes, waiting a bounded time: `grace` seconds to end on their own (where Ctrl-C reached them
+    too), then SIGTERM (trpo's processes stop at their checkpoint and say so), then SIGKILL for any still there
+    after STOP_WAIT_S."""
+    left = _still_running(procs, grace)
+    for proc in left:
+        proc.terminate()
+    for proc in _still_running(left, STOP_WAIT_S):
+        proc.kill()
+        proc.wait()
+
+
+def _still_running(procs: Sequence[subprocess.Popen[Any]], seconds: float) -> list[subprocess.Popen[Any]]:
+    deadline = time.monotonic() + seconds
+    left = []
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            left.append(proc)
+    return left
 
 
 def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str], mode: str, peer: str = "",
@@ -329,8 +344,9 @@ def bench(envs: Sequence[str], seeds: Sequence[int], steps: int | None = None, *
     try:
         # list(): a run's exception is raised here
         list(pool.map(lambda run: said.run(*run, name, budget(run[1], steps), flags, mode, peer), runs))
-    except BaseException:
-        procs.stop()  # else the pool's threads wait for runs that go on without us
+    except BaseException as exc:  # else the pool's threads wait for runs that go on without us
+        # Ctrl-C (a plain KeyboardInterrupt) reached the runs' process group too; SIGTERM and errors, us alone.
+        procs.stop(grace=INTERRUPT_GRACE_S if type(exc) is KeyboardInterrupt else 0.0)
         raise
     finally:
         pool.shutdown(cancel_futures=True)

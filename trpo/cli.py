@@ -591,8 +591,26 @@ def _install_signal_handlers() -> dict[int, Any]:
     return previous
 
 
+def _closed_streams_to_devnull() -> None:
+    """stdout or stderr closed by the caller (`trpo train 2>&-`) becomes /dev/null: Python leaves sys.stderr None,
+    where every line would raise, and the next file opened (metrics.jsonl) would take the number 2, where env
+    worker processes write what they say."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 (the process's own, never closed)
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    _closed_streams_to_devnull()
     _RUN.clear()
     _SIGNALS.clear()
     previous = _install_signal_handlers()
@@ -620,22 +638,39 @@ def _run(argv: list[str] | None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 2
+    _refuse_non_utf8_run_dirs(args)
     commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "bench": cmd_bench, "tune": cmd_tune,
                 "plot": cmd_plot, "presets": lambda _: cmd_presets()}
     return commands[args.command](args)
 
 
+# The options that name where runs write (TensorBoard events among their files), by command.
+RUN_DIR_OPTIONS = {"train": ("run_dir", "resume"), "bench": ("out",), "tune": ("out",)}
+
+
+def _refuse_non_utf8_run_dirs(args: argparse.Namespace) -> None:
+    """A run directory whose name is not UTF-8 (Linux names are any bytes) is refused before anything is written:
+    TensorBoard's writer encodes its directory as UTF-8, and would fail once the run has started."""
+    for name in RUN_DIR_OPTIONS.get(args.command, ()):
+        value = getattr(args, name, None)
+        try:
+            (value or "").encode("utf-8")  # Python holds the bytes that are not UTF-8 as lone surrogates
+        except UnicodeEncodeError:
+            raise UsageError(f"{_flag(name)} {value!r} is not UTF-8 text, which TensorBoard's event files need in "
+                             "their directory's name: give another") from None
+
+
 # The errors the user can fix besides UsageError and OSError, as (module, class).
 USER_ERRORS = (("trpo.checkpoint", "CheckpointError"), ("trpo.checkpoint", "RunDirError"),
                ("trpo.config", "ConfigError"), ("trpo.envs", "EnvError"), ("trpo.export", "ExportError"),
-               ("trpo.plot", "PlotError"), ("trpo.spaces", "UnsupportedSpaceError"), ("trpo.tune", "WorkerError"))
+               ("trpo.plot", "PlotError"), ("trpo.observations", "UnsupportedSpaceError"), ("trpo.tune", "WorkerError"))
 
 
 def _is_user_error(exc: BaseException) -> bool:
     """Errors the user can fix (flags, files, their env, the OS refusing a write): one line, no traceback."""
     if isinstance(exc, UsageError | OSError):
         return True
-    # Only a loaded module can have raised its error: importing the others (trpo.spaces loads torch, 2-3 s)
+    # Only a loaded module can have raised its error: importing the others (trpo.distributions loads torch, 2-3 s)
     # would delay the one line a mistyped flag gets.
     return any(isinstance(exc, getattr(sys.modules[module], name)) for module, name in USER_ERRORS
                if module in sys.modules)

@@ -1,4 +1,5 @@
-"""Typed configuration: one documented field per hyperparameter, presets chosen by env id.
+"""Typed configuration: one documented field per hyperparameter, presets chosen by env id (their values: the YAML
+files of trpo/presets, checked here).
 
 The CLI (`trpo train --max-kl 0.02`) and YAML files (`max_kl: 0.02`) map one-to-one onto the fields of
 `TRPOConfig` (dashes on the command line, underscores in YAML and Python). Precedence, lowest first:
@@ -18,10 +19,13 @@ import os
 import re
 import reprlib
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from trpo.presets import LazyMapping, Preset, PresetError, read_presets
 
 AdvantageEstimator = Literal["gae", "td", "return"]
 UpdateRule = Literal["trpo", "npg", "penalty", "pg", "ppo"]
@@ -581,163 +585,40 @@ def _number(text: str) -> Any:
     return text
 
 
-# --- presets --------------------------------------------------------------------------------------------
-
-_MUJOCO = dict(
-    normalize_obs=True,
-    normalize_reward=True,
-    num_envs=2,
-    steps_per_env=1024,
-    value_minibatch=128,
-    gamma=0.99,
-    gae_lambda=0.95,
-    cg_iters=25,
-    cg_damping=0.1,
-    value_epochs=20,
-    value_lr=1e-3,
-    max_kl=0.01,
-)
-
-
-def _sb3_matched(action_dim: int, max_kl_per_dim: float = 0.01, **extra: Any) -> dict[str, Any]:
-    """_MUJOCO with sb3-contrib's effective trust region on the joint KL. The envs step in worker processes, one
-    per env and at most one per core (num_workers 0: the machine decides): on 2 cores that beat both envs in one
-    worker by 29% on Walker2d, 37% on Hopper and 3% on HalfCheetah (benchmarks/speed.py, docs/speed.md)."""
-    return dict(_MUJOCO, max_kl=round(max_kl_per_dim * action_dim, 6), cg_damping=round(0.1 * action_dim, 6),
-                vector_mode="subprocess", **extra)
+# --- presets: the YAML files of trpo/presets, read by that package, their fields checked here --------------------
 
 VECTOR_PRESET = "vector"  # the preset of an env without one whose observations are a flat vector
 
-_CARTPOLE = dict(num_envs=2, steps_per_env=512, value_minibatch=512, cg_damping=0.1, gae_lambda=0.95, gamma=0.99,
-                 value_lr=1e-3, value_epochs=20, vector_mode="subprocess", num_workers=1, fisher_subsample=2)
-_PENDULUM = dict(num_envs=2, steps_per_env=1024, gamma=0.9, value_epochs=15, use_sde=True, sde_sample_freq=8,
-                 init_log_std=-1.0)
-_MOUNTAIN_CAR_CONTINUOUS = dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024,
-                                use_sde=True, sde_sample_freq=8)
-_ANT = _sb3_matched(action_dim=8, init_log_std=-1.0)
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # rl-zoo's TRPO settings (rl-baselines3-zoo, hyperparams/trpo.yml); max_kl bounds the joint KL over action
-    # dimensions here.
-    # CartPole departs from rl-zoo in gae_lambda (0.98 -> 0.95) and cg_damping (1e-3 -> 0.1): with rl-zoo's
-    # values 2 of 6 seeds ended below 475 at 100k steps, with these 11 of 12 reach 500 (docs/results.md).
-    # For speed: both envs step in one worker process, collecting the next batch while this process fits the
-    # critic (one job per core; the same run as stepping them here), and Fisher-vector products use every 2nd
-    # sample (12 of 12 seeds still reach 500; halving the critic epochs instead left 3 of 12 below 475).
-    "CartPole": _CARTPOLE,
-    # Pendulum with gSDE (rl-zoo's TRPO uses it here), a new exploration matrix every 8 steps, sigma starting at
-    # e^-1: final returns at 100k better than the plain Gaussian's on all of seeds 0-9 (mean -167.4 against -183.1;
-    # benchmarks/sde.py, docs/results.md); rl-zoo's own frequency 4 with sigma e^0 did worse than either.
-    "Pendulum": _PENDULUM,
-    # Acrobot: observations and rewards normalized, the field defaults otherwise (one env of 2,048 steps a batch):
-    # -78.7 on seeds 0-4 at 100k, against rl-zoo's -83.1; rl-zoo's 2 x 1024 with the same normalization gave
-    # -84.2 on seeds 0-5 (-85.3 on 0-4), the field defaults without it -80.6 (docs/results.md).
-    "Acrobot": dict(normalize_obs=True, normalize_reward=True),
-    "MountainCar": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024, value_epochs=20),
-    # MountainCarContinuous with gSDE, a new exploration matrix every 8 steps: all of seeds 0-9 reach the goal at
-    # 50k (92.8 +/- 0.1); the plain Gaussian failed on 3 of 10 (66.2), rl-zoo's every 4 steps on 2 (73.8).
-    "MountainCarContinuous": _MOUNTAIN_CAR_CONTINUOUS,
-    # Hopper departs from rl-zoo for speed (benchmarks/speed.py; returns checked against sb3-contrib there):
-    # worker processes for the envs, Fisher-vector products on every 4th sample, critic minibatches of 256.
-    # max_kl 0.02 on the joint KL, below sb3-contrib's effective 0.03 (0.01 per action dimension): at 1M steps
-    # 0.03 let 2 of 5 seeds lose their policy late (mean 2998), 0.02 gave 3358 (3021 over seeds 0-9).
-    # 5 critic epochs (40 Adam steps a batch): 3387 on seeds 0-4, 3069 over 0-9, level with 10 epochs and
-    # faster; rl-zoo's 20 epochs of 128 (320 steps) left 3 of 5 seeds below 1500 (docs/results.md). The 300k
-    # figures in docs/speed.md and docs/family.md were measured with max_kl 0.03 and 10 epochs.
-    "Hopper": dict(_MUJOCO, max_kl=0.02, vector_mode="subprocess", fisher_subsample=4, value_epochs=5,
-                   value_minibatch=256),
-    # The other MuJoCo tasks take sb3-contrib's trust region as it acts (its TRPO's Box-action KL is averaged
-    # over action dimensions): so its max KL and damping are action_dim times ours on the joint KL. rl-zoo's
-    # per-dimension max KL is 0.01 (HalfCheetah 0.04), damping 0.1. Results at 1M: docs/results.md.
-    "Walker2d": _sb3_matched(action_dim=6),
-    # Ant starts with log-std -1 (sigma 0.37): at sigma 1 the control cost of the noise on 8 joints outweighs
-    # the healthy reward, and the policy learned to end episodes early (2 seeds: 140 at 629k steps, 310 at 1M
-    # with max KL 0.02); with -1 one seed reached 1530 at 300k (docs/results.md). This one is for Ant-v4 and
-    # earlier, whose 27 observations hold no contact forces.
-    "Ant": _ANT,
-    # Ant-v5 observes 78 contact forces too (105 entries in all); without them, as Ant-v4 and as sb3-contrib's
-    # and rl-zoo's published runs saw it (Ant-v3's were zeros under mujoco-py), seeds 0-4 end at 4145 at 1M
-    # against 3308 with them, above sb3-contrib's 3554 (docs/results.md).
-    "Ant-v5": dict(_ANT, env_kwargs={"include_cfrc_ext_in_observation": False}),
-    "Humanoid": _sb3_matched(action_dim=17),
-    "HalfCheetah": _sb3_matched(action_dim=6, max_kl_per_dim=0.04),
-    # Swimmer's critic takes sb3's Adam epsilon 1e-5: with 1e-8 (ours elsewhere) 5 of 5 seeds stalled near 150,
-    # while one TRPO step equals sb3-contrib's and sb3-contrib reaches 359 on Swimmer-v5 (docs/results.md).
-    "Swimmer": _sb3_matched(action_dim=2, gamma=0.9999, value_eps=1e-5),
-    # No published TRPO settings for these: the same rule.
-    # InvertedPendulum without observation normalization: once balanced, the observations barely vary, their
-    # running std shrinks, and the normalized inputs of any deviation blow up; with it 2 of 5 seeds lost the
-    # policy after ~300k steps (final 9.7 and 3.0), without it the same seeds ended at 1000 and 752.
-    "InvertedPendulum": _sb3_matched(action_dim=1, normalize_obs=False),
-    # The same for InvertedDoublePendulum: seeds 0, 1, 2 ended at 6560, 1156, 4968 with it, 8467, 2957, 9358
-    # without (docs/results.md).
-    "InvertedDoublePendulum": _sb3_matched(action_dim=1, normalize_obs=False),
-    "Reacher": _sb3_matched(action_dim=2),
-    # rl-zoo's tuned LunarLanderContinuous-v3 entry (obs + reward normalization, 2 x 1024, 20 critic epochs, sb3's
-    # defaults otherwise) with its trust region on the joint KL (max KL 0.01 x 2 action dims, damping 0.1 x 2): on
-    # seeds 0-4 at 100k steps 175.7 (IQM 208.7) against rl_zoo3's own script run here on the same seeds, 173.9
-    # (IQM 204.5), and 50.0 for the field defaults (docs/results.md).
-    "LunarLanderContinuous": dict(normalize_obs=True, normalize_reward=True, num_envs=2, steps_per_env=1024,
-                                  value_epochs=20, max_kl=0.02, cg_damping=0.2, vector_mode="subprocess",
-                                  num_workers=1),
-    # LunarLander-v3: the field defaults with observation and reward normalization. On seeds 0-4 at 200k steps:
-    # 159.7 against 27.2 for rl_zoo3's own script with its trpo.yml entry run here, 50.8 for that entry in trpo
-    # (2 x 512, damping 0.01, lambda 0.98, 15 critic epochs) and 36.4 for the field defaults (docs/results.md).
-    "LunarLander": dict(normalize_obs=True, normalize_reward=True),
-    # BipedalWalker-v3: rl-zoo's entry is its MuJoCo settings, so the MuJoCo rule (the trust region on the joint
-    # KL: 0.01 and damping 0.1 per action dimension, 4 here), with sb3's Adam epsilon 1e-5 for the critic. Seeds
-    # 0-4 at 1M steps: 271.5 (293.8, 297.0, 204.7, 290.6, 271.7), against 266.9 for rl_zoo3's own script run
-    # here and 181.0 with torch's epsilon 1e-8 (one seed's deterministic policy fell; docs/results.md).
-    "BipedalWalker": _sb3_matched(action_dim=4, value_eps=1e-5),
-    # trpo.pomdp's partially observed tasks (velocities hidden; `--env trpo.pomdp:CartPoleNoVel-v1`): the fully
-    # observed env's preset with an LSTM (docs/recurrent.md, benchmarks/recurrent.py, 5 seeds each).
-    # CartPoleNoVel also normalizes observations and rewards, as rl-zoo's RecurrentPPO entry does: 500 on every
-    # seed at 100k, against 399.2 without normalization and 470.7 for RecurrentPPO with rl-zoo's settings.
-    "CartPoleNoVel": dict(_CARTPOLE, recurrent="lstm", normalize_obs=True, normalize_reward=True),
-    # PendulumNoVel: the same normalization and max KL 0.02 (the returns still climbed at 100k with 0.01): -206.3 at
-    # 100k (-232.6 with 0.01, -399.8 without normalization), RecurrentPPO with rl-zoo's settings -207.5.
-    "PendulumNoVel": dict(_PENDULUM, recurrent="lstm", normalize_obs=True, normalize_reward=True, max_kl=0.02),
-    # MountainCarContinuousNoVel: every seed reaches the goal at 300k (93.3; RecurrentPPO's published 91.5).
-    "MountainCarContinuousNoVel": dict(_MOUNTAIN_CAR_CONTINUOUS, recurrent="lstm"),
-    # CueMemory-v0 (the cue 6 steps before the question): the field defaults with an LSTM answer every episode of
-    # every seed at 50k (1.0); without memory, chance.
-    "CueMemory": dict(recurrent="lstm"),
-    # An env no preset names whose observations are a flat vector (a 1-D float Box) gets this from `preset: auto`:
-    # observations and rewards normalized. Against the field defaults, 5 seeds each (docs/results.md): CartPole-v1
-    # 500 and 500, Acrobot-v1 -78.7 and -80.6, Pendulum-v1 -183.5 and -551.7, MountainCar-v0 -111.9 and -200 (the
-    # goal never reached), LunarLander-v3 159.7 and 36.4 (LunarLanderContinuous-v3: 184.5 and 50.0 with max KL 0.02
-    # and damping 0.2 besides).
-    VECTOR_PRESET: dict(normalize_obs=True, normalize_reward=True),
-    # Every MinAtar game (10 x 10 images, the paper's CNN): 4 envs x 256 steps per batch, the trust region as
-    # defaults (max KL 0.01). Measured on Breakout at 1M steps (docs/images.md); not tuned.
-    "MinAtar": dict(num_envs=4, steps_per_env=256),
-}
+def load_presets(directory: str | os.PathLike[str] | None = None) -> dict[str, Preset]:
+    """The presets of the YAML files in `directory` (default: the shipped ones, trpo/presets/*.yaml) by name, each
+    one's fields checked as TRPOConfig's; a ConfigError naming the file and the preset for the first bad one."""
+    try:
+        return read_presets(directory, check=_check_preset_fields)
+    except PresetError as exc:
+        raise ConfigError(str(exc)) from None
 
-# Training budgets (env steps) that go with the presets, from rl-zoo.
-PRESET_STEPS: dict[str, int] = {
-    "CartPole": 100_000, "Pendulum": 100_000, "Acrobot": 100_000, "MountainCar": 100_000,
-    "MountainCarContinuous": 50_000, "Hopper": 1_000_000, "Walker2d": 1_000_000, "Ant": 1_000_000,
-    "Ant-v5": 1_000_000,
-    "Humanoid": 2_000_000, "HalfCheetah": 1_000_000, "Swimmer": 1_000_000, "InvertedPendulum": 1_000_000,
-    "InvertedDoublePendulum": 1_000_000, "Reacher": 1_000_000, "MinAtar": 1_000_000, "LunarLanderContinuous": 100_000,
-    "LunarLander": 200_000, "BipedalWalker": 1_000_000, "CartPoleNoVel": 100_000, "MountainCarContinuousNoVel": 300_000,
-    "PendulumNoVel": 100_000, "CueMemory": 50_000, VECTOR_PRESET: 1_000_000,
-}
 
-# The env each preset was tuned on and is tested with end to end (the vector preset, having no env of its own: one it
-# applies to).
-PRESET_ENVS: dict[str, str] = {
-    "CartPole": "CartPole-v1", "Pendulum": "Pendulum-v1", "Acrobot": "Acrobot-v1", "MountainCar": "MountainCar-v0",
-    "MountainCarContinuous": "MountainCarContinuous-v0", "Hopper": "Hopper-v5", "Walker2d": "Walker2d-v5",
-    "Ant": "Ant-v4", "Ant-v5": "Ant-v5", "Humanoid": "Humanoid-v5", "HalfCheetah": "HalfCheetah-v5",
-    "Swimmer": "Swimmer-v5",
-    "InvertedPendulum": "InvertedPendulum-v5", "InvertedDoublePendulum": "InvertedDoublePendulum-v5",
-    "Reacher": "Reacher-v5", "MinAtar": "MinAtar/Breakout-v1", "LunarLanderContinuous": "LunarLanderContinuous-v3",
-    "LunarLander": "LunarLander-v3", "BipedalWalker": "BipedalWalker-v3",
-    "CartPoleNoVel": "trpo.pomdp:CartPoleNoVel-v1", "CueMemory": "trpo.pomdp:CueMemory-v0",
-    "MountainCarContinuousNoVel": "trpo.pomdp:MountainCarContinuousNoVel-v0",
-    "PendulumNoVel": "trpo.pomdp:PendulumNoVel-v1", VECTOR_PRESET: "Pusher-v5",
-}
+def _check_preset_fields(values: dict[str, Any]) -> None:
+    # Strict, as Python values (no text coercion): a preset must hold what TRPOConfig takes as it is.
+    for name in values:
+        if name not in _field_types():
+            raise ConfigError(f"unknown config field {name!r}")
+    TRPOConfig(**values)
+
+
+@functools.cache
+def shipped_presets() -> dict[str, Preset]:
+    """The shipped presets by name (with their env, budget, fields and file), read and checked once per process."""
+    return load_presets()
+
+
+# Read on first use, so that importing this module opens no file. PRESETS: name -> its fields; PRESET_STEPS: the
+# training budget (env steps) that goes with it; PRESET_ENVS: the env it was tuned on and is tested with end to end
+# (the vector preset, having no env of its own: one it applies to).
+PRESETS: Mapping[str, dict[str, Any]] = LazyMapping(lambda: {n: p.fields for n, p in shipped_presets().items()})
+PRESET_STEPS: Mapping[str, int] = LazyMapping(lambda: {n: p.total_steps for n, p in shipped_presets().items()})
+PRESET_ENVS: Mapping[str, str] = LazyMapping(lambda: {n: p.env for n, p in shipped_presets().items()})
 
 
 def preset_name_for(env_id: str) -> str | None:
@@ -823,7 +704,9 @@ __all__ = [
     "check_seed",
     "field_docs",
     "is_vector_observation",
+    "load_presets",
     "load_yaml",
     "preset_name_for",
     "resolve_config",
+    "shipped_presets",
 ]

@@ -2,7 +2,7 @@
 
 An image observation (`image_layout`: by default a uint8 or bool Box of image shape, 2-D grey or 3-D with
 channels first or last, both spatial sides >= 8; TRPOConfig.obs_encoder chooses otherwise) is encoded by
-`spaces.ObsEncoder` as a flat vector in channels-first order, uint8 pixels kept as uint8 (a quarter of float32's
+`observations.ObsEncoder` as a flat vector in channels-first order, uint8 pixels kept as uint8 (a quarter of float32's
 memory in batches and pipes); `ConvBody` views it as [B, C, H, W] again and scales pixels to
 [0, 1]. Two CNNs: the TRPO paper's Atari network ('paper': two conv layers of 16 filters 4x4 with stride 2,
 then 20 hidden units; Schulman et al. 2015, section 8) and the DQN/Nature network ('nature': 32 8x8/4,

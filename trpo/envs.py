@@ -16,7 +16,7 @@ import numpy as np
 
 from trpo.config import TRPOConfig, resolve_config
 from trpo.extras import install_hint
-from trpo.spaces import MAX_REWARD, ObsEncoder, ObservationError
+from trpo.observations import MAX_REWARD, ObsEncoder, ObservationError
 from trpo.trust import split_path
 
 EnvSpec = str | Callable[[], gym.Env] | gym.Env

@@ -23,6 +23,7 @@ a Dict observation is not an observation input but the `mask`.
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -33,8 +34,8 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from trpo.distributions import Bernoulli, Categorical, DiagGaussian, MultiCategorical
 from trpo.extras import install_hint
-from trpo.spaces import Bernoulli, Categorical, DiagGaussian, MultiCategorical
 
 FORMATS = ("torchscript", "onnx")
 
@@ -150,7 +151,11 @@ def export(agent: Any, path: str | Path, fmt: str) -> Path:
     with warnings.catch_warnings():  # torch's exporters warn about their own deprecations and internals
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
-            torch.jit.trace(module, inputs, check_trace=False).save(str(path))
+            # Into memory, then the file: torch's own writer says a missing directory or a directory there in a
+            # C++ RuntimeError; open() says it as the OSError the CLI puts in one line.
+            buffer = io.BytesIO()
+            torch.jit.save(torch.jit.trace(module, inputs, check_trace=False), buffer)
+            path.write_bytes(buffer.getvalue())
         else:
             _onnx(module, inputs, names, outputs, path)
     return path

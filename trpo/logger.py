@@ -3,11 +3,14 @@ TensorBoard events, progress display."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +71,7 @@ class MetricsLog:
         last_step = self._truncate(keep_updates) if regular_file(self.path) else None
         self.file = os.fdopen(open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8")
         self.writer = None
+        self.events = run_dir / "tensorboard"
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -76,7 +80,9 @@ class MetricsLog:
             if SummaryWriter is not None:
                 # purge_step: TensorBoard hides the earlier events at steps >= it, those the resumed run redoes.
                 purge = None if last_step is None else last_step + 1
-                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+                _quiet_writer_threads()
+                with _naming(self.events):  # its first event is written at once
+                    self.writer = SummaryWriter(log_dir=str(self.events), purge_step=purge)
 
     def _truncate(self, keep_updates: int) -> int:
         """Keep the rows of updates 1..keep_updates; returns the env step of the last one kept (0 if none).
@@ -96,15 +102,16 @@ class MetricsLog:
 
     def write(self, row: dict[str, Any]) -> None:
         with interrupts_deferred():  # a whole row, and TensorBoard's writer thread never left waiting
-            self.file.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
-            self.file.flush()
+            with _naming(self.path):
+                self.file.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+                self.file.flush()
             self.add_scalars(row, "trpo")
 
     def add_scalars(self, row: dict[str, Any], tag: str) -> None:
         """The row's finite numbers as TensorBoard scalars `tag/key` at env step row["step"]."""
         if self.writer is None:
             return
-        with interrupts_deferred():
+        with interrupts_deferred(), _naming(self.events):  # its thread's error (a full disk) is raised here
             step = int(row["step"])
             for key, value in row.items():
                 if isinstance(value, bool) or not isinstance(value, int | float) or key == "step":
@@ -116,22 +123,76 @@ class MetricsLog:
         with interrupts_deferred():
             self.file.close()
             if self.writer is not None:
-                self.writer.close()
+                writer, self.writer = self.writer, None
+                with _naming(self.events):
+                    writer.close()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError without a file name (a full disk, as a write or TensorBoard's thread raises it) names `path`, for
+    the CLI's one line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread keeps what it raises (a full disk) for the writer's next call to raise in the
+    main thread, and raises it in its own thread too, where Python prints its traceback before the CLI's one
+    line: not that one. Every other thread's exception goes to the hook there was."""
+    try:
+        from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+    except ImportError:  # another layout: its tracebacks are printed
+        return
+    previous = threading.excepthook
+    if getattr(previous, "trpo_quiet", False):
+        return
+
+    def hook(args: Any) -> None:
+        if not (isinstance(args.thread, _AsyncWriterThread) and args.thread.exception is args.exc_value):
+            previous(args)
+
+    hook.trpo_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 # Seconds between the plain progress lines written where the output is no terminal (a log file, a pipe).
 PLAIN_INTERVAL = 5.0
 
 
-class Progress:
+class _Display:
+    """Where a display writes (stderr unless told). A stream that is gone (closed: `2>&-`, or a pipe whose reader
+    left) ends the display, never the run it shows."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # None: Python found no stderr at start
+        try:
+            self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        except (OSError, ValueError):  # ValueError: a closed file
+            self.tty = False
+
+    def emit(self, text: str) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.stream = None
+
+
+class Progress(_Display):
     """A live one-line bar on a terminal; plain lines at most every `interval` seconds (PLAIN_INTERVAL) otherwise."""
 
     def __init__(self, total_steps: int, start_step: int = 0, stream: IO[str] | None = None,
                  interval: float | None = None) -> None:
+        super().__init__(stream)
         self.total = total_steps
         self.start_step = start_step
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = PLAIN_INTERVAL if interval is None else interval
         self.t0 = time.perf_counter()
         self.last_print = -math.inf
@@ -150,30 +211,23 @@ class Progress:
         text = f"{step}/{self.total} steps  {rate:,.0f} steps/s  ETA {fmt_time(eta)}  return {ret}"
         if self.tty:
             self.bar = f"[{'#' * int(frac * 24):<24}] {frac:4.0%} {text}"
-            self.stream.write(f"\r{self.bar}\033[K")
-            self.stream.flush()
+            self.emit(f"\r{self.bar}\033[K")
         elif now - self.last_print >= self.interval or step >= self.total:
-            self.stream.write(f"{frac:4.0%} {text}\n")
-            self.stream.flush()
+            self.emit(f"{frac:4.0%} {text}\n")
             self.last_print = now
 
     def note(self, text: str) -> None:
         """A line of its own among the progress (a periodic evaluation's result). On a terminal the bar's line is
         cleared first, then the bar is drawn again below the note: carriage returns would otherwise write the next
         bar over the note's end."""
-        if self.tty:
-            self.stream.write(f"\r{text}\033[K\n{self.bar}")
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        self.emit(f"\r{text}\033[K\n{self.bar}" if self.tty else text + "\n")
 
     def close(self) -> None:
         if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+            self.emit("\n")
 
 
-class EpisodeProgress:
+class EpisodeProgress(_Display):
     """Episodes being run one after another (`trpo eval`, above all with --video: a few frames a second): a live
     line on a terminal, plain lines at most every `interval` seconds (PLAIN_INTERVAL) otherwise. Counts `unit`s:
     frames written to a video, else env steps. A quick evaluation stays quiet: the terminal's line appears after
@@ -182,10 +236,9 @@ class EpisodeProgress:
 
     def __init__(self, episodes: int, unit: str = "steps", stream: IO[str] | None = None,
                  interval: float | None = None, delay: float = 1.0) -> None:
+        super().__init__(stream)
         self.episodes = episodes
         self.unit = unit
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = PLAIN_INTERVAL if interval is None else interval
         self.delay = delay
         self.t0 = time.perf_counter()
@@ -206,18 +259,15 @@ class EpisodeProgress:
             # A few redraws a second are enough to read.
             if now - self.t0 >= self.delay and now - self.last_print >= 0.2:
                 frac = done / self.episodes
-                self.stream.write(f"\r[{'#' * int(frac * 24):<24}] {self.text(done, count, now)}\033[K")
-                self.stream.flush()
+                self.emit(f"\r[{'#' * int(frac * 24):<24}] {self.text(done, count, now)}\033[K")
                 self.last_print, self.drawn = now, True
         elif now - self.last_print >= self.interval:
-            self.stream.write(self.text(done, count, now) + "\n")
-            self.stream.flush()
+            self.emit(self.text(done, count, now) + "\n")
             self.last_print = now
 
     def close(self) -> None:
         if self.drawn:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+            self.emit("\r\033[K")
 
 
 def fmt_time(seconds: float) -> str:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from trpo.config import ConfigError
+from trpo.distributions import ActionDistribution, Params, apply_mask
 from trpo.encoders import (
     ConvBody,
     ImageLayout,
@@ -19,7 +20,6 @@ from trpo.encoders import (
     unroll_saving,
 )
 from trpo.sequences import Inputs, Sequences
-from trpo.spaces import ActionDistribution, Params, apply_mask
 
 
 def _features(body: nn.Module, cell: RecurrentCell | None, inputs: Inputs) -> tuple[Tensor, Tensor]:
@@ -38,7 +38,7 @@ def _features(body: nn.Module, cell: RecurrentCell | None, inputs: Inputs) -> tu
 class Actor(nn.Module):
     """pi_theta(a|s): a body (encoders.py: an MLP, or a CNN for images), with `recurrent` an LSTM or GRU cell after
     it, and the distribution family's head, returning distribution params. With `mask_dim` > 0 the observation
-    vector ends with the action mask (spaces.ObsEncoder), and masked logits are set to MASKED_LOGIT here, so that
+    vector ends with the action mask (observations.ObsEncoder), and masked logits are set to MASKED_LOGIT here, so that
     sampling, log-probabilities, KL, entropy and the Fisher metric are all those of the masked policy.
 
     `actor(obs)` takes flat observations [B, D] (a recurrent actor: the first step of an episode, from the zero

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from trpo.distributions import ActionDistribution, apply_mask
 from trpo.networks import Actor
 from trpo.normalization import FrozenObsNorm, ObsNorm
-from trpo.spaces import ActionDistribution, apply_mask
 
 
 class Acting(Protocol):

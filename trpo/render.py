@@ -67,7 +67,9 @@ def frame(env: gym.Env) -> np.ndarray:
 
 class VideoWriter:
     """Frames to a video file (mp4, and what else imageio writes by the suffix: mkv, gif, ...); `close` finishes
-    the file."""
+    the file. What goes wrong with the file (no suffix, a path that cannot be written, ffmpeg failing on a full
+    disk) is a RenderError naming the video: it happens during the episodes, whose errors would otherwise be
+    said as the env's."""
 
     def __init__(self, path: str | Path, fps: float) -> None:
         try:
@@ -75,6 +77,13 @@ class VideoWriter:
         except ImportError as exc:
             raise RenderError(f"recording a video needs imageio and imageio-ffmpeg: {install_hint('video')}") from exc
         self.path = Path(path)
+        if not self.path.suffix:  # imageio would choose no writer, and fail at the first frame
+            raise RenderError(f"the video {self.path} has no extension to say its format: name it .mp4, .gif, ...")
+        existed = self.path.exists()
+        try:  # before any episode: ffmpeg opens the file only at the first frame
+            self.path.open("ab").close()
+        except OSError as exc:
+            raise RenderError(f"cannot write the video {self.path}: {exc.strerror or exc}") from exc
         options: dict[str, Any] = {"fps": fps}
         if self.path.suffix.lower() in (".mp4", ".mkv", ".mov", ".avi"):
             options["macro_block_size"] = 1  # any frame size, not only multiples of 16
@@ -82,14 +91,26 @@ class VideoWriter:
             options = {"duration": 1000.0 / fps, "loop": 0}  # frames that look alike)
         try:
             self.writer = imageio.get_writer(str(self.path), **options)
-        except Exception as exc:  # no ffmpeg plugin, an unknown suffix, a directory that does not exist
+        except Exception as exc:  # no ffmpeg plugin, an unknown suffix
+            if not existed:
+                self.path.unlink(missing_ok=True)
             raise RenderError(f"cannot write the video {self.path}: {exc}; mp4 needs imageio-ffmpeg: "
                               f"{install_hint('video')}") from exc
         self.frames = 0
 
     def add(self, image: np.ndarray) -> None:
-        self.writer.append_data(image)
+        try:
+            self.writer.append_data(image)
+        except Exception as exc:
+            raise self._failed(exc) from exc
         self.frames += 1
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: Exception) -> RenderError:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # not ffmpeg's command and output
+        return RenderError(f"cannot write the video {self.path}: {first}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trpo.spaces import Params
+from trpo.distributions import Params
 
 Vector = Tensor  # a flat 1-D parameter vector
 LinearOperator = Callable[[Vector], Vector]

@@ -62,7 +62,6 @@ DEFAULT_SPACE: dict[str, Any] = {
 # Not tuned (they say how trials run, not what they learn), and not in best.yaml.
 RUN_FIELDS = ("vector_mode", "num_workers", "device", "torch_threads", "eval_every", "checkpoint_every")
 MARKER = "study.json"  # in OUT/STUDY: the study and storage whose trials the directory holds
-STOP_WAIT_S = 60.0  # after SIGTERM, for the worker processes to end their trials before they are killed
 
 
 @dataclass(frozen=True)
@@ -488,8 +487,8 @@ class WorkerError(RuntimeError):
 
 def _work_in_processes(s: TuneSettings, jobs: int, study: Any, reporter: TrialReporter) -> None:
     """`work` in `jobs` processes, their trials said as they end. Interrupted (Ctrl-C, SIGTERM, which reaches this
-    process alone), it ends them: SIGTERM, which fails their trials with the reason, then SIGKILL after
-    STOP_WAIT_S, and the trials of those killed are marked failed here."""
+    process alone), it ends them (`bench.end_processes`: SIGTERM, which fails their trials with the reason, then
+    SIGKILL), and marks failed the trials of those killed."""
     procs = []
     logs = [s.study_dir / f"worker_{worker}.log" for worker in range(jobs)]
     for worker, path in enumerate(logs):
@@ -501,19 +500,13 @@ def _work_in_processes(s: TuneSettings, jobs: int, study: Any, reporter: TrialRe
         while any(proc.poll() is None for proc in procs):
             reporter.poll()
             time.sleep(1.0)
-    finally:
-        running = [proc for proc in procs if proc.poll() is None]
-        for proc in running:
-            proc.terminate()
-        deadline = time.monotonic() + STOP_WAIT_S
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if running:
-            end_interrupted(study)
+    except BaseException as exc:
+        from trpo.bench import INTERRUPT_GRACE_S, end_processes
+
+        # Ctrl-C (a plain KeyboardInterrupt) reached the workers too; SIGTERM and errors, this process alone.
+        end_processes(procs, INTERRUPT_GRACE_S if type(exc) is KeyboardInterrupt else 0.0)
+        end_interrupted(study)  # the trials of those killed
+        raise
     reporter.poll()
     failed = {}  # a worker's error line -> the workers that said it
     for worker, (proc, path) in enumerate(zip(procs, logs, strict=True)):

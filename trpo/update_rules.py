@@ -31,10 +31,10 @@ from torch.func import functional_call
 from trpo import objectives as obj
 from trpo.config import TRPOConfig
 from trpo.conv_jacobian import conv_linearization
+from trpo.distributions import ActionDistribution, Params
 from trpo.networks import Actor
 from trpo.optim import Adam
 from trpo.sequences import Inputs, Sequences, unit_steps, units
-from trpo.spaces import ActionDistribution, Params
 from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp, trpo_step
 
 

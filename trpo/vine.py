@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 from trpo.config import TRPOConfig
+from trpo.distributions import ActionDistribution, Categorical
 from trpo.envs import EnvError, check_masks, env_failure
+from trpo.observations import MAX_REWARD, ObsEncoder, env_reward
 from trpo.policy import Acting
-from trpo.spaces import MAX_REWARD, ActionDistribution, Categorical, ObsEncoder, env_reward
 
 # Wrappers that keep state during an episode: the attributes saved and restored with the env (TimeLimit's step
 # counter; Atari's preprocessing: lives, game over and the last two frames max-pooled when an episode ends

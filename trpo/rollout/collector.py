@@ -11,16 +11,17 @@ import torch
 from torch import Tensor
 
 from trpo.config import TRPOConfig, available_cores
+from trpo.distributions import ActionDistribution
 from trpo.envs import EnvSpec
 from trpo.networks import Actor
 from trpo.normalization import FrozenObsNorm, ObsNormalizer, RewardScaler
+from trpo.observations import ObsEncoder
 from trpo.policy import Acting, PeriodicNoise, batch_noise, snapshot
 from trpo.rollout.envpool_backend import envpool_backend
 from trpo.rollout.ray_actors import ray_backend
 from trpo.rollout.runner import Backend, BackendFactory, Segment, sync_backend
 from trpo.rollout.workers import subprocess_backend, worker_count
 from trpo.sequences import Sequences
-from trpo.spaces import ActionDistribution, ObsEncoder
 from trpo.vine import Branches, VineBatch, VinePlan, VineSettings, draw_plan
 
 

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from trpo.config import TRPOConfig
+from trpo.distributions import ActionDistribution
 from trpo.envs import EnvError, EnvMaker, EnvSpec, check_masks
 from trpo.extras import install_hint
+from trpo.observations import MAX_REWARD, ObsEncoder
 from trpo.policy import Acting
 from trpo.rollout.runner import InProcess, Segment
 from trpo.rollout.workers import worker_count
-from trpo.spaces import MAX_REWARD, ActionDistribution, ObsEncoder
 from trpo.vine import VinePlan
 
 

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from trpo.config import ConfigError, TRPOConfig
+from trpo.distributions import ActionDistribution
 from trpo.envs import EnvError, EnvSpec, make_env
 from trpo.extras import install_hint
+from trpo.observations import ObsEncoder
 from trpo.policy import Acting
 from trpo.rollout.runner import EnvRunner, Segment
 from trpo.rollout.workers import check_remote_spec, worker_count, worker_error
-from trpo.spaces import ActionDistribution, ObsEncoder
 from trpo.vine import VinePlan
 
 START_TIMEOUT_S = 120.0  # for Ray to place the actors (a cluster without free CPUs would wait forever)

@@ -16,9 +16,10 @@ import gymnasium as gym
 import numpy as np
 
 from trpo.config import TRPOConfig
+from trpo.distributions import ActionDistribution
 from trpo.envs import EnvError, EnvSpec, check_masks, check_reward, close_env, env_failure, make_env
+from trpo.observations import MAX_REWARD, ObsEncoder, env_reward
 from trpo.policy import Acting
-from trpo.spaces import MAX_REWARD, ActionDistribution, ObsEncoder, env_reward
 from trpo.vine import Branches, StateAccess, VinePlan, run_branches
 
 

@@ -19,10 +19,11 @@ import torch
 
 from trpo.checkpoint import interrupts_deferred
 from trpo.config import TRPOConfig, available_cores
+from trpo.distributions import ActionDistribution
 from trpo.envs import EnvError, EnvSpec, close_env, make_env
+from trpo.observations import ObsEncoder
 from trpo.policy import Acting
 from trpo.rollout.runner import EnvRunner, Segment
-from trpo.spaces import ActionDistribution, ObsEncoder
 from trpo.vine import VinePlan
 
 
