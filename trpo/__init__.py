@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TRPO": "trpo.agent",
     "TRPOConfig": "trpo.config",
-    "ConfigError": "trpo.config",
+    "ConfigError": "trpo.errors",
     "EnvError": "trpo.envs",
     "ObservationError": "trpo.observations",
     "UnsupportedSpaceError": "trpo.observations",
@@ -28,8 +28,9 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from trpo.agent import TRPO
     from trpo.checkpoint import CheckpointError, RunDirError
-    from trpo.config import ConfigError, TRPOConfig
+    from trpo.config import TRPOConfig
     from trpo.envs import EnvError
+    from trpo.errors import ConfigError
     from trpo.export import ExportError
     from trpo.observations import ObservationError, UnsupportedSpaceError
     from trpo.plot import PlotError

@@ -662,7 +662,7 @@ def _refuse_non_utf8_run_dirs(args: argparse.Namespace) -> None:
 
 # The errors the user can fix besides UsageError and OSError, as (module, class).
 USER_ERRORS = (("trpo.checkpoint", "CheckpointError"), ("trpo.checkpoint", "RunDirError"),
-               ("trpo.config", "ConfigError"), ("trpo.envs", "EnvError"), ("trpo.export", "ExportError"),
+               ("trpo.errors", "ConfigError"), ("trpo.envs", "EnvError"), ("trpo.export", "ExportError"),
                ("trpo.plot", "PlotError"), ("trpo.observations", "UnsupportedSpaceError"), ("trpo.tune", "WorkerError"))
 
 

@@ -508,11 +508,12 @@ def _work_in_processes(s: TuneSettings, jobs: int, study: Any, reporter: TrialRe
         end_interrupted(study)  # the trials of those killed
         raise
     reporter.poll()
-    failed = {}  # a worker's error line -> the workers that said it
+    failed: dict[str, list[int]] = {}  # a worker's error line -> the workers that said it
     for worker, (proc, path) in enumerate(zip(procs, logs, strict=True)):
         if proc.returncode != 0:
             failed.setdefault(_error_line(path) or f"exited with status {proc.returncode}", []).append(worker)
     if failed:
+        end_interrupted(study)  # a worker killed (out of memory, say) leaves its trial running
         raise WorkerError("; ".join(f"worker{'s' * (len(ws) > 1)} {', '.join(map(str, ws))}: {line} (see "
                                     f"{', '.join(str(logs[w]) for w in ws)})" for line, ws in failed.items()))
 
