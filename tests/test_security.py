@@ -532,3 +532,17 @@ def test_the_threat_model_names_each_test_and_each_test_is_in_it() -> None:
     here = {name for name in globals() if name.startswith("test_")} - {"test_the_threat_model_names_each_test_and_each_"
                                                                         "test_is_in_it"}
     assert named == here
+
+
+def test_the_peers_write_their_run_directories_without_following_links(tmp_path: Path) -> None:
+    """trpo bench --peer's run directories are run directories too: their files are written as trpo's are."""
+    from trpo.peers import _metrics_from_monitors
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to(outside)
+    with pytest.raises(checkpoint.RunDirError):
+        _metrics_from_monitors(tmp_path / "no-monitors", 1024, run / "metrics.jsonl")
+    assert outside.read_text() == "keep"

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from trpo.checkpoint import open_text
 from trpo.config import PRESET_STEPS, ConfigError, coerce_fields, preset_name_for, resolve_config
 from trpo.logger import fmt_time
 
@@ -182,7 +183,7 @@ def run_one(path: Path, env: str, seed: int, steps: int, flags: list[str], mode:
         cmd = ["-m", "trpo.cli", *cmd, "--vector-mode", mode, "--no-progress"]
     path.parent.mkdir(parents=True, exist_ok=True)
     procs = procs or Processes()
-    with open(path.parent / f"{path.name}.log", "a") as log:
+    with open_text(path.parent / f"{path.name}.log") as log:
         code = procs.run([sys.executable, *cmd], log)
     if procs.stopping:
         return "stopped"

@@ -78,6 +78,13 @@ def open_regular(path: Path, flags: int) -> int:
     return fd
 
 
+def open_text(path: Path, append: bool = True) -> IO[str]:
+    """A regular file of its own opened to write text, appended to or from empty (logs, metrics rows), never
+    through a link (`open_regular`)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    return os.fdopen(open_regular(path, flags), "a" if append else "w", encoding="utf-8")
+
+
 _HELD_LOCKS: set[int] = set()  # fds of the run dir locks this process holds; a forked child closes its copies
 
 

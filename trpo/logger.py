@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from trpo.checkpoint import interrupts_deferred, open_regular, regular_file, write_text_atomic
+from trpo.checkpoint import interrupts_deferred, open_text, regular_file, write_text_atomic
 
 # Fields that measure time: they differ between otherwise identical runs.
 TIMING_FIELDS = ("fps", "time_rollout", "time_policy", "time_value", "time_elapsed")
@@ -69,7 +68,7 @@ class MetricsLog:
         self.kept: list[dict[str, Any]] = []
         # A link or other non-file there is refused before it is read or written (checkpoint.regular_file).
         last_step = self._truncate(keep_updates) if regular_file(self.path) else None
-        self.file = os.fdopen(open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8")
+        self.file = open_text(self.path)
         self.writer = None
         self.events = run_dir / "tensorboard"
         if tensorboard:

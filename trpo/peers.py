@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from trpo.checkpoint import open_text, write_text_atomic
 from trpo.extras import install_hint
 
 # rl-baselines3-zoo's hyperparams/trpo.yml (its MuJoCo entries are for v4; `normalize` is VecNormalize with the
@@ -91,7 +92,7 @@ def _callback(metrics: Path, start_step: int) -> Any:
             if self.returns:
                 row["episode_return_mean"] = sum(self.returns) / len(self.returns)
                 row["episode_length_mean"] = sum(self.lengths) / len(self.lengths)
-            with open(metrics, "a") as fh:
+            with open_text(metrics) as fh:
                 fh.write(json.dumps(row) + "\n")
 
     return Log()
@@ -109,7 +110,7 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"env": env_id, "seed": seed, "total_steps": steps, "library": "sb3-contrib", "algo": "TRPO",
               "policy": "MlpPolicy", **settings, "env_kwargs": env_kwargs or {}}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     n_envs, normalize = settings.pop("n_envs"), settings.pop("normalize")
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
     model_file, stats_file = run_dir / "checkpoints" / "model.zip", run_dir / "checkpoints" / "vecnormalize.pkl"
@@ -118,13 +119,13 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
         if normalize:
             env = VecNormalize.load(str(stats_file), env)
         model = TRPO.load(str(model_file), env=env, device="cpu")
-        metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
-                                   if _step(line) <= model.num_timesteps))
+        write_text_atomic(metrics, "".join(line + "\n" for line in metrics.read_text().splitlines()
+                                           if _step(line) <= model.num_timesteps))
     else:
         if normalize:
             env = VecNormalize(env, gamma=settings["gamma"])
         model = TRPO("MlpPolicy", env, seed=seed, device="cpu", **settings)
-        metrics.write_text("")
+        write_text_atomic(metrics, "")
     while model.num_timesteps < steps:
         chunk = min(checkpoint_every, steps - model.num_timesteps)
         model.learn(chunk, callback=_callback(metrics, model.num_timesteps), reset_num_timesteps=False)
@@ -150,7 +151,7 @@ def _evaluate(model: Any, eval_env: Any, episodes: int, run_dir: Path) -> dict[s
               "episodes": len(returns), "mean_length": float(sum(lengths) / len(lengths)),
               "returns": [float(r) for r in returns], "lengths": [int(n) for n in lengths],
               "step": int(model.num_timesteps)}
-    (run_dir / "eval.json").write_text(json.dumps(result))
+    write_text_atomic(run_dir / "eval.json", json.dumps(result))
     return result
 
 
@@ -197,13 +198,13 @@ def run_zoo(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every:
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", *script, "-f", str(zoo_dir), "--eval-freq", "-1", "--save-freq", "-1",
                "--device", "cpu", "--verbose", "0"]
-        with open(run_dir / "rl_zoo3.log", "w") as log:
+        with open_text(run_dir / "rl_zoo3.log", append=False) as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
     stats = model_file.parent / env_id
     config = {"env": env_id, "seed": seed, "total_steps": steps, "library": "rl_zoo3", "algo": "TRPO",
               "command": " ".join(["python", "-m", *script]), **zoo_script_settings(env_id),
               "env_kwargs": env_kwargs or {}}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     _metrics_from_monitors(model_file.parent, int(config.get("n_envs", 1)) * int(config.get("n_steps", 2048)),
                            run_dir / "metrics.jsonl")
     hyperparams, stats_path = get_saved_hyperparams(str(stats), norm_reward=False, test_mode=True)
@@ -231,7 +232,7 @@ def _metrics_from_monitors(folder: Path, batch: int, out: Path) -> None:
                          "episode_return_mean": sum(x for x, _ in pending) / len(pending),
                          "episode_length_mean": sum(n for _, n in pending) / len(pending)})
             pending = []
-    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_text_atomic(out, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 # name -> (its settings for an env id, raising ValueError where it has none; the runner)

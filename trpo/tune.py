@@ -489,10 +489,12 @@ def _work_in_processes(s: TuneSettings, jobs: int, study: Any, reporter: TrialRe
     """`work` in `jobs` processes, their trials said as they end. Interrupted (Ctrl-C, SIGTERM, which reaches this
     process alone), it ends them (`bench.end_processes`: SIGTERM, which fails their trials with the reason, then
     SIGKILL), and marks failed the trials of those killed."""
+    from trpo.checkpoint import open_text  # never through a link planted at a log
+
     procs = []
     logs = [s.study_dir / f"worker_{worker}.log" for worker in range(jobs)]
     for worker, path in enumerate(logs):
-        with open(path, "a") as log:  # the child holds its own copy of the file
+        with open_text(path) as log:  # the child holds its own copy of the file
             cmd = [sys.executable, "-m", "trpo.tune", base64.b64encode(pickle.dumps(s)).decode(), str(worker),
                    str(jobs)]
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
