@@ -26,9 +26,8 @@ import yaml
 from torch import Tensor
 
 from trpo import advantages as adv_lib
-from trpo import checkpoint
+from trpo import checkpoint, evaluation
 from trpo import policy as policy_lib
-from trpo import render as render_lib
 from trpo import trust as trust_lib
 from trpo import vine as vine_lib
 from trpo.config import (
@@ -43,19 +42,17 @@ from trpo.distributions import make_distribution
 from trpo.envs import (
     EnvError,
     EnvSpec,
-    check_reward,
     close_env,
     env_failure,
     env_id_of,
-    has_time_limit,
     make_env,
     resolve_env_config,
     with_options,
 )
-from trpo.logger import EpisodeProgress, MetricsLog, Progress
+from trpo.logger import MetricsLog, Progress
 from trpo.networks import Actor, Critic, check_device
 from trpo.normalization import ObsNormalizer, RewardScaler
-from trpo.observations import MASK_KEY, ObsEncoder, ObservationError, UnsupportedSpaceError, env_reward, mask_source
+from trpo.observations import MASK_KEY, ObsEncoder, ObservationError, UnsupportedSpaceError, mask_source
 from trpo.optim import Adam
 from trpo.rollout import Batch, RolloutCollector
 from trpo.sequences import Inputs, Sequences, select, unit_steps, units
@@ -268,7 +265,7 @@ class TRPO:
                 if _passed(before, self.num_steps, cfg.eval_every):
                     best = self._evaluate_periodically(log, evaluations)
                     if progress is not None:
-                        progress.note(_evaluation_line(self.evaluations[-1], best))
+                        progress.note(evaluation.evaluation_line(self.evaluations[-1], best))
                 if self.run_dir is not None and _passed(before, self.num_steps, cfg.save_every):
                     self._save_numbered()
                 if self.run_dir is not None and cfg.checkpoint_every and self.num_updates % cfg.checkpoint_every == 0:
@@ -644,76 +641,21 @@ class TRPO:
         can walk into a wall forever): `capped` counts the episodes cut there. `video`: also write the episodes'
         frames to this file (mp4, gif, ...; pip install 'trpo[video]'); `render`: show them in a window. Both run
         on an env made to render (render.py), the same episodes as without. `progress`: show on stderr how far the
-        episodes are (frames written with a video, env steps otherwise) once they take more than a moment."""
-        if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes <= 0:
-            raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
-        display = EpisodeProgress(episodes, "frames" if video is not None else "steps") if progress else None
-        if video is None and not render:
-            return self._episodes(self._eval_env, episodes, deterministic, seed, display=display)
-        env = render_lib.render_env(self.env_spec, "human" if render else "rgb_array")
-        writer = None
-        try:
-            if video is not None:
-                writer = render_lib.VideoWriter(video, fps=env.metadata.get("render_fps") or 30)
-            result = self._episodes(env, episodes, deterministic, seed, writer, display)
-        finally:
-            if writer is not None:
-                writer.close()
-            if env is not self.env_spec:  # never the user's own instance
-                close_env(env)
-        return {**result, **({} if writer is None else {"video": str(video), "frames": writer.frames})}
-
-    def _episodes(self, env: gym.Env, episodes: int, deterministic: bool, seed: int | None,
-                  writer: render_lib.VideoWriter | None = None,
-                  display: EpisodeProgress | None = None) -> dict[str, Any]:
-        if env is self.env_spec:
+        episodes are (frames written with a video, env steps otherwise) once they take more than a moment
+        (evaluation.py)."""
+        episodes = evaluation.check_episodes(episodes)
+        if self._eval_env is self.env_spec:
             self._collector = None  # the shared instance is about to be reset; start training afresh after
-        limit = None if has_time_limit(env) else self.config.eval_max_steps
-        returns, lengths, capped = [], [], 0
-        going_on = np.zeros(1, bool)  # each episode starts from the zero state, reset below
-        call = "reset()"
-        try:  # the user's env: what it raises, or returns that does not fit its spaces, becomes one EnvError
-            obs, info = env.reset(seed=(self.seed + 1_000_003) % 2**32 if seed is None else seed)
-            if writer is not None:
-                writer.add(render_lib.frame(env))
-            for _ in range(episodes):
-                total, length, done = 0.0, 0, False
-                state = self._state_in(None, 1)
-                while not done:
-                    mask = info.get(MASK_KEY) if self.encoder.mask_from == "info" else None
-                    actions, state = self._act(self._encoded(obs, False, mask), deterministic, state, going_on)
-                    action = actions[0]
-                    call = "step()"
-                    obs, reward, terminated, truncated, info = env.step(action)
-                    length += 1
-                    if writer is not None:
-                        writer.add(render_lib.frame(env))
-                    if display is not None:
-                        display.update(len(returns), writer.frames if writer is not None else sum(lengths) + length)
-                    reward = env_reward(reward)
-                    check_reward(reward, env, None, length)
-                    total += reward
-                    done = bool(terminated or truncated)
-                    if not done and length == limit:
-                        capped += 1
-                        done = True
-                returns.append(total)
-                lengths.append(length)
-                call = "reset()"
-                if len(returns) < episodes:  # not after the last: a video ends where its last episode does
-                    obs, info = env.reset()
-                    if writer is not None:
-                        writer.add(render_lib.frame(env))
-        except Exception as exc:
-            if isinstance(exc, EnvError | ConfigError):
-                raise
-            raise env_failure(exc, call, env=env) from exc
-        finally:
-            if display is not None:
-                display.close()
-        return {"mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
-                "episodes": episodes, "mean_length": float(np.mean(lengths)), "capped": capped,
-                "max_steps": limit, "returns": returns, "lengths": lengths}
+        going_on = np.zeros(1, bool)  # an episode's state is the initial one, set by run_episodes
+
+        def act(obs: Any, info: dict[str, Any], state: Any) -> tuple[Any, Any]:
+            mask = info.get(MASK_KEY) if self.encoder.mask_from == "info" else None
+            actions, state = self._act(self._encoded(obs, False, mask), deterministic, state, going_on)
+            return actions[0], state
+
+        first_seed = (self.seed + 1_000_003) % 2**32 if seed is None else seed
+        return evaluation.evaluate(self._eval_env, self.env_spec, act, self._state_in(None, 1), episodes, first_seed,
+                                   self.config.eval_max_steps, video, render, progress)
 
     # --- persistence ---------------------------------------------------------------------------------------
 
@@ -969,14 +911,6 @@ def _one_env_in_process(config: TRPOConfig, given: set[str]) -> TRPOConfig:
     warnings.warn(f"trpo: an env instance is one env stepped in this process, so the preset's settings changed: "
                   f"{said}; pass an env id or a factory to keep them", UserWarning, stacklevel=3)
     return config.replace(**changes)
-
-
-def _evaluation_line(row: dict[str, Any], best: bool) -> str:
-    """A periodic evaluation as the training progress shows it."""
-    episodes = len(row["returns"])
-    capped = f", {row['capped']} cut at eval_max_steps" if row["capped"] else ""
-    return (f"eval at step {row['step']}: mean return {row['mean_return']:.2f} +/- {row['std_return']:.2f} over "
-            f"{episodes} episode{'s' * (episodes != 1)}{capped}{', new best' if best else ''}")
 
 
 def _passed(before: int, now: int, every: int) -> bool:
