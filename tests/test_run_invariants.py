@@ -57,8 +57,8 @@ def assert_run_is_one_life(run: Path) -> None:
     else:
         assert not best.is_file()
     for path in checkpoint.numbered(run):
-        assert int(path.stem[5:]) in steps.values(), f"{path.name} is of another life"
-        assert checkpoint.load(path)["num_steps"] == int(path.stem[5:])
+        assert checkpoint.step_of(path) in steps.values(), f"{path.name} is of another life"
+        assert checkpoint.load(path)["num_steps"] == checkpoint.step_of(path)
     latest = run / checkpoint.LATEST
     if latest.is_file() and metrics:
         assert checkpoint.load(latest)["num_updates"] == metrics[-1]["update"]

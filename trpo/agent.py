@@ -59,12 +59,8 @@ from trpo.sequences import Inputs, Sequences, select, unit_steps, units
 from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 Callback = Callable[["TRPO", dict[str, Any]], "bool | None"]
-EVALUATIONS = "evaluations.jsonl"
 # latest.pt's copy of a best.pt not yet written (`TRPO._save_latest`), as bytes in a uint8 tensor.
 BEST_PENDING = "best_pending"
-# Where a resume moves the numbered checkpoints saved after the checkpoint it goes on from: that part of the run
-# is trained again, and a saved model is never deleted.
-REPLACED = "checkpoints/replaced"
 
 
 def versions() -> dict[str, str]:
@@ -333,9 +329,9 @@ class TRPO:
         """evaluations.jsonl without the rows after the checkpoint this agent goes on from, also where the run no
         longer evaluates (resumed with eval_every 0): every row kept is of this life of the run, as best.pt is.
         The best mean among them is the best so far. Returns the log to write to where the run evaluates."""
-        if self.run_dir is None or not (self.config.eval_every or (self.run_dir / EVALUATIONS).exists()):
+        if self.run_dir is None or not (self.config.eval_every or (self.run_dir / checkpoint.EVALUATIONS).exists()):
             return None
-        log = MetricsLog(self.run_dir, tensorboard=False, keep_updates=self.num_updates, name=EVALUATIONS)
+        log = MetricsLog(self.run_dir, tensorboard=False, keep_updates=self.num_updates, name=checkpoint.EVALUATIONS)
         self.evaluations = log.kept
         means = [row.get("mean_return") for row in log.kept]
         self.best_mean_return = max([m for m in means if isinstance(m, int | float) and not isinstance(m, bool)],
@@ -561,18 +557,9 @@ class TRPO:
                   "run_id": self.run_id, **self.config.to_dict(), "versions": versions()}
         checkpoint.write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
         self._write_best()  # the best that a checkpoint carried (_save_latest), now that its run goes on
-        self._set_aside_replaced()
+        # Numbered checkpoints saved after this agent's step, by a life of the run killed after its last checkpoint.
+        checkpoint.set_aside_after(self.run_dir, self.num_steps)
         return MetricsLog(self.run_dir, keep_updates=self.num_updates)
-
-    def _set_aside_replaced(self) -> None:
-        """Numbered checkpoints of steps after this agent's (saved by a life of the run that was killed after its
-        last checkpoint) belong to the part of the run trained again now, as the rows dropped with them: moved to
-        checkpoints/replaced/, so that keep_checkpoints counts this life's alone and no saved model is deleted."""
-        assert self.run_dir is not None
-        for path in checkpoint.numbered(self.run_dir):
-            if int(path.stem[5:]) > self.num_steps:
-                (self.run_dir / REPLACED).mkdir(parents=True, exist_ok=True)
-                path.replace(self.run_dir / REPLACED / path.name)
 
     # --- inference -----------------------------------------------------------------------------------------
 

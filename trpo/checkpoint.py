@@ -23,10 +23,13 @@ import yaml
 FORMAT = "trpo-checkpoint-v1"
 LATEST = Path("checkpoints") / "latest.pt"
 FINAL = Path("final.pt")
+EVALUATIONS = "evaluations.jsonl"  # the periodic evaluations' rows (eval_every)
 # Everything a run writes into its directory (and all that --overwrite removes: other files are left alone).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final.pt", "eval.json", "evaluations.jsonl",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final.pt", "eval.json", EVALUATIONS,
              "best.pt")
 BEST = Path("best.pt")
+# Where a resume moves the numbered checkpoints saved after the checkpoint it goes on from (`set_aside_after`).
+REPLACED = Path("checkpoints") / "replaced"
 LOCK = ".lock"
 # The folders a run writes into: real folders of the run directory, never links to elsewhere.
 RUN_FOLDERS = ("checkpoints", "tensorboard")
@@ -366,8 +369,23 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def numbered(run_dir: Path) -> list[Path]:
     """The numbered checkpoints checkpoints/step_N.pt of a run (save_every), oldest first."""
-    found = [(int(p.stem[5:]), p) for p in (run_dir / "checkpoints").glob("step_*.pt") if p.stem[5:].isdigit()]
-    return [p for _, p in sorted(found)]
+    found = [p for p in (run_dir / "checkpoints").glob("step_*.pt") if p.stem[5:].isdigit()]
+    return sorted(found, key=step_of)
+
+
+def step_of(numbered_checkpoint: Path) -> int:
+    """N of checkpoints/step_N.pt: the env step it was saved at."""
+    return int(numbered_checkpoint.stem[5:])
+
+
+def set_aside_after(run_dir: Path, step: int) -> None:
+    """Move the numbered checkpoints saved after env step `step` to checkpoints/replaced/: a resume from `step`
+    trains that part of the run again (its rows are dropped with them), so that keep_checkpoints counts the new
+    life's alone, and no saved model is deleted."""
+    for path in numbered(run_dir):
+        if step_of(path) > step:
+            (run_dir / REPLACED).mkdir(parents=True, exist_ok=True)
+            path.replace(run_dir / REPLACED / path.name)
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from trpo.checkpoint import EVALUATIONS
 from trpo.logger import json_lines
 
-EVALUATIONS = "evaluations.jsonl"
 EVAL_PREFIX = "eval/"  # as TensorBoard names the periodic evaluations' scalars
 
 
