@@ -66,7 +66,7 @@ def run_sb3_ppo(env_id: str, seed: int, steps: int) -> dict[str, Any]:
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from trpo.config import resolve_config
+    from trpo.resolve import resolve_config
 
     torch.set_num_threads(1)
     cfg, _ = resolve_config(env_id)

@@ -24,7 +24,7 @@ BUDGET = {"CartPole-v1": 100_000, "Pendulum-v1": 100_000, "Acrobot-v1": 100_000,
 
 def train_one(env_id: str, seed: int, steps: int, overrides: dict[str, Any]) -> dict[str, Any]:
     from trpo import TRPO
-    from trpo.config import resolve_config
+    from trpo.resolve import resolve_config
 
     config, _ = resolve_config(env_id, "auto", overrides=overrides)
     start = time.perf_counter()

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import PeakRSS  # the same PSS reading as the speed benchmark
 
-from trpo.config import PRESET_ENVS
+from trpo.resolve import PRESET_ENVS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
 
-    from trpo.config import resolve_config
+    from trpo.resolve import resolve_config
 
     def commit(path: Path) -> str:
         return subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -83,7 +83,7 @@ def main() -> None:
 
     checkouts = {"head": ROOT, "base": args.base.resolve()}
     base_presets = set(json.loads(subprocess.run(
-        [sys.executable, "-c", "import json; from trpo.config import PRESETS; print(json.dumps(list(PRESETS)))"],
+        [sys.executable, "-c", "import json; from trpo.resolve import PRESETS; print(json.dumps(list(PRESETS)))"],
         env={**os.environ, "PYTHONPATH": str(checkouts["base"])}, cwd=tempfile.gettempdir(),  # not this checkout's
         capture_output=True, text=True, check=True).stdout))
     head_id, base_id = commit(ROOT), commit(args.base)

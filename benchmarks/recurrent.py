@@ -73,7 +73,7 @@ def run_trpo(task: str, method: str, seed: int, run_dir: Path) -> dict[str, Any]
 
     import trpo.pomdp  # noqa: F401  (registers the tasks)
     from trpo import TRPO
-    from trpo.config import preset_name_for, resolve_config
+    from trpo.resolve import preset_name_for, resolve_config
 
     env_id, steps, preset, _ = TASKS[task]
     overrides = dict(METHODS[method] or {})

@@ -54,7 +54,8 @@ def first_difference(recorded: list[dict[str, Any]], replayed: list[dict[str, An
 
 def preset_difference(record: dict[str, Any]) -> str:
     """Whether the env's preset here (`auto`, as `trpo train --env ENV` takes it) gives the record's config."""
-    from trpo.config import RUN_RECORD_KEYS, TRPOConfig, resolve_config
+    from trpo.config import RUN_RECORD_KEYS, TRPOConfig
+    from trpo.resolve import resolve_config
 
     fields = {k: v for k, v in record.items() if k not in RUN_RECORD_KEYS}
     recorded = TRPOConfig.from_dict(fields).to_dict()

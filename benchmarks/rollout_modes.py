@@ -57,7 +57,7 @@ def payload(env_id: str, workers: int, seed: int, fields: dict[str, Any] | None 
 
     torch.set_num_threads(1)
     agent = TRPO(env_id, seed=seed, **(fields or {}), vector_mode="sync")
-    collector = agent._collector_or_new()
+    collector = agent.learner.collector_or_new()
     collector.start(agent.actor, agent.config.steps_per_env, agent.sample_gen)
     pending = collector._pending
     assert pending is not None

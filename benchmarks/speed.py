@@ -143,7 +143,7 @@ def run_trpo(env_id: str, overrides: dict[str, Any], updates: int, seed: int) ->
     import torch
 
     from trpo import TRPO
-    from trpo.config import resolve_config
+    from trpo.resolve import resolve_config
 
     torch.set_num_threads(1)
     config, _ = resolve_config(env_id, "auto", overrides=overrides)
@@ -256,7 +256,7 @@ def returns_trpo(env_id: str, steps: int, seed: int) -> dict[str, Any]:
     import torch
 
     from trpo import TRPO
-    from trpo.config import resolve_config
+    from trpo.resolve import resolve_config
 
     torch.set_num_threads(1)
     # The shipped preset, with its envs stepped in this process: the same run as with its worker processes

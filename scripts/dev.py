@@ -2,8 +2,8 @@
 """Set up a virtual environment for trpo and, optionally, run the test suite. Needs only Python >= 3.10 + pip.
 
     python3 scripts/dev.py setup     # .venv with trpo installed (editable); then `.venv/bin/trpo train`
-    python3 scripts/dev.py test      # .venv with the test extras, then ruff, the whole pytest suite, and its
-                                     # numerics tests again with other CPU kernels forced (kernel_variants)
+    python3 scripts/dev.py test      # .venv with the test extras, then ruff, mypy, the whole pytest suite, and
+                                     # its numerics tests again with other CPU kernels forced (kernel_variants)
     python3 scripts/dev.py docs      # .venv with the docs extra, then the site at http://127.0.0.1:8000
 
 PyTorch is installed first, so that trpo's own `torch` range is already satisfied (`torch_install`):
@@ -121,6 +121,13 @@ def main() -> int:
     if command == "test":
         py = setup("test")
         run(py, "-m", "ruff", "check", "trpo", "tests", "scripts", "benchmarks")
+        # The package's types ([tool.mypy] in pyproject.toml: the math and the seams strict, the rest at mypy's
+        # default level); its cache in .mypy_cache makes a second run take seconds.
+        print("+", py, "-m", "mypy", flush=True)
+        if subprocess.run([str(py), "-m", "mypy"], cwd=ROOT).returncode != 0:
+            print("dev.py: mypy found type errors in trpo/ (listed above); fix them before the tests run "
+                  "([tool.mypy] in pyproject.toml says what is checked how)", file=sys.stderr, flush=True)
+            return 1
         # -n 2 spreads the suite over both cores, keeping each xdist_group (the Ray tests, which share one Ray
         # runtime) on one of them; the 15 slowest tests are listed at the end, to see where the suite's time goes
         # (it must stay under 8 minutes on 2 cores).

@@ -30,7 +30,7 @@ def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def fresh_batch(agent: TRPO):
-    batch = agent._collector_or_new().collect(agent.actor, agent.config.steps_per_env, agent.sample_gen)
+    batch = agent.learner.collector_or_new().collect(agent.actor, agent.config.steps_per_env, agent.sample_gen)
     obs = batch.obs.reshape(-1, batch.obs.shape[-1])
     actions = batch.actions.reshape(-1, *batch.actions.shape[2:])
     with torch.no_grad():
@@ -177,7 +177,7 @@ def test_every_supported_space_trains_and_improves(name: str) -> None:
 def test_truncation_stores_the_true_final_observation() -> None:
     # Counter-v0: obs = step count, truncated by TimeLimit at 7 steps; the reset obs is 0.
     agent = TRPO("trpo_testenvs:Counter-v0", config=SMALL.replace(num_envs=1, steps_per_env=10), seed=0)
-    batch = agent._collector_or_new().collect(agent.actor, 10, agent.sample_gen)
+    batch = agent.learner.collector_or_new().collect(agent.actor, 10, agent.sample_gen)
     assert batch.truncated[:, 0].tolist() == [False] * 6 + [True] + [False] * 3
     assert not batch.terminated.any()
     assert float(batch.next_obs[6, 0, 0]) == 7.0  # the final observation, not the reset one
@@ -189,7 +189,7 @@ def test_truncation_stores_the_true_final_observation() -> None:
 def test_termination_is_kept_apart_from_truncation() -> None:
     env_fn = lambda: gym.wrappers.TimeLimit(trpo_testenvs.CounterEnv(terminate_at=3), 50)  # noqa: E731
     agent = TRPO(env_fn, config=SMALL.replace(num_envs=1, steps_per_env=6), seed=0)
-    batch = agent._collector_or_new().collect(agent.actor, 6, agent.sample_gen)
+    batch = agent.learner.collector_or_new().collect(agent.actor, 6, agent.sample_gen)
     assert batch.terminated[:, 0].tolist() == [False, False, True, False, False, True]
     assert not batch.truncated.any()
     agent.close()
@@ -265,13 +265,13 @@ def test_next_batch_is_collected_during_the_value_fit_and_the_run_is_unchanged()
     cfg = SMALL.replace(vector_mode="subprocess", normalize_obs=True, normalize_reward=True)
     whole = TRPO("Pendulum-v1", config=cfg, seed=1)
     in_flight = []
-    whole.learn(4 * cfg.batch_size, callback=lambda agent, _: in_flight.append(agent._collector.collecting))
+    whole.learn(4 * cfg.batch_size, callback=lambda agent, _: in_flight.append(agent.learner.collector.collecting))
     assert in_flight == [True, True, True, False]  # nothing set going after the last update
     whole.close()
 
     split = TRPO("Pendulum-v1", config=cfg, seed=1)
     split.learn(4 * cfg.batch_size, callback=lambda agent, _: agent.num_updates < 2)  # stops after update 2
-    assert split._collector.collecting
+    assert split.learner.collector.collecting
     split.train_until(4 * cfg.batch_size)
     assert strip_timing(split.history) == strip_timing(whole.history)
     split.close()
@@ -282,7 +282,7 @@ def test_a_batch_set_going_before_the_actor_changed_is_collected_again(mode: str
     """log pi_old must come from the policy that acted: if the actor changes between start() and finish(), the
     batch is dropped and collected anew with the new actor."""
     agent = TRPO("CartPole-v1", config=SMALL.replace(vector_mode=mode), seed=0)
-    collector = agent._collector_or_new()
+    collector = agent.learner.collector_or_new()
     collector.start(agent.actor, 64, agent.sample_gen)  # the initial, near-uniform policy
     with torch.no_grad():  # a policy that pushes right (action 1) with probability ~1
         agent.actor.head.linear.weight.zero_()
@@ -299,7 +299,7 @@ def test_a_batch_set_going_before_the_actor_changed_is_collected_again(mode: str
 
 def test_close_with_a_batch_in_flight_stops_the_workers_cleanly() -> None:
     agent = TRPO("Hopper-v5", config=SMALL.replace(vector_mode="subprocess"), seed=0)
-    collector = agent._collector_or_new()
+    collector = agent.learner.collector_or_new()
     collector.start(agent.actor, 8192, agent.sample_gen)  # ~0.8 MB a worker: more than a socket pair buffers
     procs = collector.runner.procs
     agent.close()
@@ -328,7 +328,7 @@ def test_an_env_worker_that_dies_is_a_clear_error() -> None:
     import signal
 
     agent = TRPO("CartPole-v1", config=SMALL.replace(vector_mode="subprocess"), seed=0)
-    collector = agent._collector_or_new()
+    collector = agent.learner.collector_or_new()
     # Long enough that the worker is still stepping when it is killed (with 64 steps it could send its whole
     # segment first, and then nothing had died as far as this batch is concerned).
     collector.start(agent.actor, 20_000, agent.sample_gen)
@@ -434,7 +434,7 @@ def test_runner_matches_gymnasium_same_step_autoreset() -> None:
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
     agent = TRPO("CartPole-v1", config=SMALL.replace(num_envs=3, steps_per_env=300), seed=5)
-    batch = agent._collector_or_new().collect(agent.actor, 300, agent.sample_gen)
+    batch = agent.learner.collector_or_new().collect(agent.actor, 300, agent.sample_gen)
     ref = SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 3, autoreset_mode=AutoresetMode.SAME_STEP)
     obs, _ = ref.reset(seed=5)
     ended = 0

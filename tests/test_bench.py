@@ -128,7 +128,7 @@ def test_suite_runs_the_sb3_contrib_peer_as_run_directories(tmp_path: Path) -> N
 
 def test_summary_trains_nothing_and_the_budget_is_the_presets(tmp_path: Path) -> None:
     from trpo.bench import budget
-    from trpo.config import PRESET_STEPS
+    from trpo.resolve import PRESET_STEPS
 
     out = suite(tmp_path, "--steps", "256", *SMALL)
     assert "| CartPole-v1 | trpo | 256 | 0 1 |" in out

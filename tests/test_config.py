@@ -18,20 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trpo.config import (
-    PRESETS,
     RESUME_SAFE_FIELDS,
     SEED_MAX,
-    VECTOR_PRESET,
     ConfigError,
     TRPOConfig,
     available_cores,
     check_seed,
     coerce_fields,
     field_docs,
-    is_vector_observation,
-    preset_name_for,
-    resolve_config,
 )
+from trpo.resolve import PRESETS, VECTOR_PRESET, is_vector_observation, preset_name_for, resolve_config
 
 HINTS = get_type_hints(TRPOConfig)
 NAMES = [f.name for f in dataclasses.fields(TRPOConfig)]

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from trpo import TRPO, TRPOConfig
-from trpo.config import PRESETS, field_docs
+from trpo.config import field_docs
 from trpo.metrics import EVALUATION_METRICS, METRICS
+from trpo.resolve import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = ROOT / "scripts" / "docs_hooks.py"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from trpo import TRPO, TRPOConfig
-from trpo.config import PRESETS, ConfigError, preset_name_for, resolve_config
+from trpo.config import ConfigError
+from trpo.resolve import PRESETS, preset_name_for, resolve_config
 
 
 @pytest.mark.parametrize("env_id,name", [("CartPole-v1", "CartPole"), ("Hopper-v5", "Hopper"),

@@ -9,7 +9,7 @@ import gymnasium as gym
 import pytest
 
 from trpo import TRPO, EnvError
-from trpo.config import PRESETS
+from trpo.resolve import PRESETS
 
 
 @pytest.mark.parametrize(("env_id", "preset", "changed"), [

@@ -24,7 +24,7 @@ def test_time_limits_truncate_with_the_true_final_observation() -> None:
     # CartPole cut at 10 steps: every episode of a barely trained policy ends by the limit or by falling, and the
     # batch keeps the final observation of each where the next row starts a new episode.
     agent = TRPO("CartPole-v1", config=SMALL.replace(max_episode_steps=10), seed=0)
-    batch = agent._collector_or_new().collect(agent.actor, 64, agent.sample_gen)
+    batch = agent.learner.collector_or_new().collect(agent.actor, 64, agent.sample_gen)
     ended = (batch.terminated | batch.truncated).numpy()
     truncated, terminated = batch.truncated.numpy(), batch.terminated.numpy()
     assert truncated.any() and not (truncated & terminated).any()

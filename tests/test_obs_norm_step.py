@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from test_cli import metrics, trpo
 
 from trpo import TRPO
-from trpo.config import ConfigError, TRPOConfig, resolve_config
+from trpo.config import ConfigError, TRPOConfig
 from trpo.normalization import ObsNormalizer
 from trpo.policy import batch_noise
+from trpo.resolve import resolve_config
 
 STEP = {"obs_norm_update": "step", "normalize_obs": True}
 
@@ -48,7 +49,7 @@ def test_the_batch_holds_the_observations_the_policy_sampled_its_actions_from(up
         "num_envs": 2, "normalize_obs": True, "obs_norm_update": update, "vector_mode": mode, "num_workers": 1})
     agent = TRPO("Pendulum-v1", config=config, seed=3)
     try:
-        collector = agent._collector_or_new()
+        collector = agent.learner.collector_or_new()
         collector.collect(agent.actor, 32, agent.sample_gen)  # move the statistics off their start
         generator = torch.Generator().manual_seed(11)
         batch = collector.collect(agent.actor, 64, generator)
@@ -72,7 +73,7 @@ def test_the_first_batch_is_normalized_with_statistics_that_follow_it() -> None:
     for update in ("batch", "step"):
         config, _ = resolve_config("Swimmer-v5", overrides={"vector_mode": "sync", "obs_norm_update": update})
         agent = TRPO("Swimmer-v5", config=config, seed=0)
-        batch = agent._collector_or_new().collect(agent.actor, 256, agent.sample_gen)
+        batch = agent.learner.collector_or_new().collect(agent.actor, 256, agent.sample_gen)
         clipped[update] = float((batch.obs.abs() >= config.clip_obs).float().mean())
         agent.close()
     assert clipped["batch"] > 0.3 and clipped["step"] < 0.01, clipped
@@ -129,7 +130,7 @@ def test_image_observations_stay_unnormalized_with_step_statistics() -> None:
     config = TRPOConfig(**STEP, num_envs=2, steps_per_env=8)
     agent = TRPO(PixelSideEnv, config=config, seed=0)
     try:
-        batch = agent._collector_or_new().collect(agent.actor, 8, agent.sample_gen)
+        batch = agent.learner.collector_or_new().collect(agent.actor, 8, agent.sample_gen)
         assert batch.obs.dtype == torch.uint8 and int(batch.obs.max()) > 1  # raw pixels
     finally:
         agent.close()

@@ -15,9 +15,10 @@ import trpo_testenvs  # noqa: F401 - registers the test envs
 
 from trpo import TRPO, TRPOConfig
 from trpo.checkpoint import CheckpointError
-from trpo.config import ConfigError, resolve_config
+from trpo.config import ConfigError
 from trpo.logger import MetricsLog
 from trpo.normalization import RewardScaler, RunningMeanStd
+from trpo.resolve import resolve_config
 
 SMALL = dict(num_envs=2, steps_per_env=64, value_epochs=1, value_minibatch=64)
 

@@ -14,19 +14,9 @@ import pytest
 import yaml
 from clitools import run_cli_output
 
-from trpo.config import (
-    PRESET_ENVS,
-    PRESET_STEPS,
-    PRESETS,
-    RUN_RECORD_KEYS,
-    ConfigError,
-    TRPOConfig,
-    load_presets,
-    load_yaml,
-    resolve_config,
-    shipped_presets,
-)
+from trpo.config import RUN_RECORD_KEYS, ConfigError, TRPOConfig
 from trpo.presets import FAMILIES, RECORD_KEYS
+from trpo.resolve import PRESET_ENVS, PRESET_STEPS, PRESETS, load_presets, load_yaml, resolve_config, shipped_presets
 
 PACKAGE_FILES = sorted(f.name for f in resources.files("trpo.presets").iterdir() if f.name.endswith(".yaml"))
 
@@ -119,7 +109,18 @@ def test_derived_values_equal_the_derivation_beside_them(file: str) -> None:
     assert len(derived) == sum("per action dimension x" in line for line in lines)  # no derivation goes unchecked
 
 
-def test_importing_config_reads_no_preset_file_and_the_registry_imports_no_config() -> None:
+def test_importing_resolve_reads_no_preset_file_and_the_registry_imports_no_config() -> None:
     code = ("import sys, trpo.presets; assert 'trpo.config' not in sys.modules; "
-            "import trpo.config as c; assert '_data' not in vars(c.PRESETS); assert 'Hopper' in c.PRESETS")
+            "import trpo.resolve as r; assert '_data' not in vars(r.PRESETS); assert 'Hopper' in r.PRESETS")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_config_sits_below_resolution_and_still_answers_its_old_names() -> None:
+    # trpo.config imports neither trpo.resolve nor trpo.presets; the names that moved to trpo.resolve stay
+    # importable from trpo.config (old imports), as the very objects of trpo.resolve, forwarded on first use.
+    code = ("import sys, trpo.config as c; assert not {'trpo.resolve', 'trpo.presets', 'yaml'} & set(sys.modules); "
+            "from trpo.config import PRESETS, resolve_config, load_yaml, shipped_presets; import trpo.resolve as r; "
+            "assert PRESETS is r.PRESETS and resolve_config is r.resolve_config and c.VECTOR_PRESET == 'vector'; "
+            "assert c.load_presets is r.load_presets and c.preset_name_for('Hopper-v5') == 'Hopper'; "
+            "import pytest; pytest.raises(AttributeError, getattr, c, 'no_such_name')")
     subprocess.run([sys.executable, "-c", code], check=True)

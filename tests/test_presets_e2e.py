@@ -17,7 +17,7 @@ from clitools import run_cli_output
 from test_cli import metrics
 
 from trpo import TRPO
-from trpo.config import PRESET_ENVS, PRESETS, VECTOR_PRESET, preset_name_for, resolve_config
+from trpo.resolve import PRESET_ENVS, PRESETS, VECTOR_PRESET, preset_name_for, resolve_config
 from trpo.rollout.collector import layout
 
 STEPS = 64  # per env and update

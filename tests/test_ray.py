@@ -44,8 +44,8 @@ def local_ray() -> Iterator[None]:
 
 
 def pool_of(agent: TRPO) -> RayPool:
-    assert agent._collector is not None and isinstance(agent._collector.runner, RayPool)
-    return agent._collector.runner
+    assert agent.learner.collector is not None and isinstance(agent.learner.collector.runner, RayPool)
+    return agent.learner.collector.runner
 
 
 @pytest.mark.parametrize("sampling", ["single_path", "vine", "recurrent", "sde"])

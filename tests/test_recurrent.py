@@ -166,7 +166,7 @@ def test_rollout_log_probs_and_states_equal_the_updates(kind: str) -> None:
     update's ratios are exactly 1."""
     agent = TRPO("trpo.pomdp:CueMemory-v0", config=SMALL.replace(recurrent=kind, num_envs=3, steps_per_env=50),
                  seed=4)
-    batch = agent._collector_or_new().collect(agent.actor, 50, agent.sample_gen)
+    batch = agent.learner.collector_or_new().collect(agent.actor, 50, agent.sample_gen)
     assert batch.states is not None and batch.starts[0].all() and batch.starts.sum() > 3
     state = batch.states[0].numpy()
     steps = []

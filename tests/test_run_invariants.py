@@ -195,7 +195,7 @@ def test_observations_are_clipped_after_normalization(tmp_path: Path) -> None:
     norm = agent.obs_norm.frozen()
     far = np.array([[1e6, -1e6, 0.0]], np.float32)
     np.testing.assert_array_equal(np.abs(norm(far))[0, :2], [0.5, 0.5])
-    batch = agent._collector_or_new().collect(agent.actor, 64, agent.sample_gen)
+    batch = agent.learner.collector_or_new().collect(agent.actor, 64, agent.sample_gen)
     assert float(batch.obs.abs().max()) <= 0.5 and float(batch.obs.abs().max()) == pytest.approx(0.5)
     unclipped = TRPO("Pendulum-v1", config=TRPOConfig(num_envs=1, steps_per_env=64, normalize_obs=True,
                                                       clip_obs=1e6), seed=0)

@@ -110,7 +110,7 @@ def test_the_exploration_matrix_is_resampled_every_sde_sample_freq_steps(freq: i
     agent = TRPO("Pendulum-v1", config=SMALL.replace(sde_sample_freq=freq, num_envs=3), seed=2)
     gen = torch.Generator().manual_seed(0)
     gen.set_state(agent.sample_gen.get_state())
-    batch = agent._collector_or_new().collect(agent.actor, 10, agent.sample_gen)
+    batch = agent.learner.collector_or_new().collect(agent.actor, 10, agent.sample_gen)
     periods = 1 if freq == -1 else math.ceil(10 / freq)
     eps = agent.dist.noise((periods, 3, *agent.actor.noise_shape), gen)
     with torch.no_grad():

@@ -118,7 +118,7 @@ def test_branches_leave_the_trunk_as_single_path_would_have_it(env_id: str, step
     """Same seed, same first batch: the trunk's data and the envs' states after it are identical."""
     def first_batch(sampling: str):
         agent = TRPO(env_id, vector_mode="sync", num_envs=2, steps_per_env=steps, sampling=sampling, vine_states=8)
-        collector = agent._collector_or_new()
+        collector = agent.learner.collector_or_new()
         batch = collector.collect(agent.actor, steps, agent.sample_gen)
         envs = collector.runner.envs
         after = [StateAccess(e).save() for e in envs], collector.runner.obs.copy()
@@ -149,7 +149,7 @@ def _layered_q_samples(all_actions: bool, action_free_moves: bool = False, seed:
     with torch.no_grad():  # a policy away from uniform, so that pi matters in the exact Q
         for p in agent.actor.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
-    batch = agent._collector_or_new().collect(agent.actor, 512, agent.sample_gen)
+    batch = agent.learner.collector_or_new().collect(agent.actor, 512, agent.sample_gen)
     vine = batch.vine
     q = branch_q_values(vine.rewards, vine.steps, vine.terminated, torch.zeros(vine.steps.shape), 0.9, False)
     mdp = LayeredMDP(action_free_moves=action_free_moves)
@@ -286,7 +286,7 @@ def test_every_action_vine_with_masks_runs_the_valid_actions_only() -> None:
     """MaskedChoiceEnv raises on an invalid action: the every-action branches run exactly the actions the
     rollout state's mask allows, and the masked ones take no step and weigh nothing."""
     agent = TRPO(lambda: MaskedChoiceEnv(), num_envs=2, steps_per_env=64, sampling="vine", vine_states=16)
-    vine = agent._collector_or_new().collect(agent.actor, 64, agent.sample_gen).vine
+    vine = agent.learner.collector_or_new().collect(agent.actor, 64, agent.sample_gen).vine
     assert vine is not None and vine.all_actions
     allowed = vine.obs[:, -6:] > 0  # the mask columns of the 32 rollout states, 6 actions
     assert vine.steps.shape == (32, 6) and not allowed.all()

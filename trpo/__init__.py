@@ -1,6 +1,9 @@
 """trpo: Trust Region Policy Optimization (Schulman et al., 2015) for Gymnasium environments.
 
 Names are imported on first use, so that `import trpo` (and the `trpo` command's start) stays light.
+
+It defines none of those names and must import no trpo module, torch or Gymnasium when it is imported (importlib
+only): a name's module loads when the name is first asked for.
 """
 
 from __future__ import annotations
@@ -16,24 +19,28 @@ _EXPORTS = {
     "TRPO": "trpo.agent",
     "TRPOConfig": "trpo.config",
     "ConfigError": "trpo.errors",
-    "EnvError": "trpo.envs",
-    "ObservationError": "trpo.observations",
-    "UnsupportedSpaceError": "trpo.observations",
-    "CheckpointError": "trpo.checkpoint",
-    "RunDirError": "trpo.checkpoint",
-    "PlotError": "trpo.plot",
-    "ExportError": "trpo.export",
+    "EnvError": "trpo.errors",
+    "ObservationError": "trpo.errors",
+    "UnsupportedSpaceError": "trpo.errors",
+    "CheckpointError": "trpo.errors",
+    "RunDirError": "trpo.errors",
+    "PlotError": "trpo.errors",
+    "ExportError": "trpo.errors",
 }
 
 if TYPE_CHECKING:
     from trpo.agent import TRPO
-    from trpo.checkpoint import CheckpointError, RunDirError
     from trpo.config import TRPOConfig
-    from trpo.envs import EnvError
-    from trpo.errors import ConfigError
-    from trpo.export import ExportError
-    from trpo.observations import ObservationError, UnsupportedSpaceError
-    from trpo.plot import PlotError
+    from trpo.errors import (
+        CheckpointError,
+        ConfigError,
+        EnvError,
+        ExportError,
+        ObservationError,
+        PlotError,
+        RunDirError,
+        UnsupportedSpaceError,
+    )
 
 
 def __getattr__(name: str) -> object:

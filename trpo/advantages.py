@@ -1,4 +1,5 @@
 """Advantage estimators as pure functions of [T, N] tensors (time-major, one column per env).
+Imports nothing of trpo: no envs, networks, config (the estimator comes as a name) or disk, and no randomness.
 
 Conventions shared by every function:
 - `next_values[t]` is V(s_{t+1}) of the *true* next observation: at a time-limit truncation it is the value of

@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 
 from trpo.checkpoint import open_text
-from trpo.config import PRESET_STEPS, ConfigError, coerce_fields, preset_name_for, resolve_config
+from trpo.config import coerce_fields
+from trpo.errors import ConfigError
 from trpo.logger import fmt_time
+from trpo.resolve import PRESET_STEPS, preset_name_for, resolve_config
 
 # sb3-contrib's published TRPO (1M steps, 3 seeds, MuJoCo v3) and rl-baselines3-zoo's single runs.
 PUBLISHED = {
@@ -342,9 +344,13 @@ def bench(envs: Sequence[str], seeds: Sequence[int], steps: int | None = None, *
     procs = Processes()
     said = _Said(len(runs), say, procs)
     pool = ThreadPoolExecutor(max_workers=jobs)
+
+    def one(run: tuple[Path, str, int]) -> None:
+        path, env, seed = run
+        said.run(path, env, seed, name, budget(env, steps), flags, mode, peer)
+
     try:
-        # list(): a run's exception is raised here
-        list(pool.map(lambda run: said.run(*run, name, budget(run[1], steps), flags, mode, peer), runs))
+        list(pool.map(one, runs))  # list(): a run's exception is raised here
     except BaseException as exc:  # else the pool's threads wait for runs that go on without us
         # Ctrl-C (a plain KeyboardInterrupt) reached the runs' process group too; SIGTERM and errors, us alone.
         procs.stop(grace=INTERRUPT_GRACE_S if type(exc) is KeyboardInterrupt else 0.0)

@@ -13,12 +13,16 @@ import re
 import shutil
 import signal
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
+
+from trpo.errors import CheckpointError as CheckpointError  # defined there; importable here too
+from trpo.errors import RunDirError as RunDirError
 
 FORMAT = "trpo-checkpoint-v1"
 LATEST = Path("checkpoints") / "latest.pt"
@@ -39,15 +43,6 @@ _TEMP_NAME = re.compile(r"\..+\.\d+\.tmp")
 CHECKSUM = "sha256"
 # Parts of a checkpoint whose numbers may legitimately be non-finite or are checked elsewhere (TRPOConfig).
 _NOT_NUMBERS = ("config", "versions")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, damaged or not a trpo checkpoint; the message names the file."""
-
-
-class RunDirError(ValueError):
-    """A run directory cannot be used as asked (it holds another run, is not a directory, or a file trpo would
-    write there is a link or not a regular file)."""
 
 
 def regular_file(path: Path) -> bool:
@@ -150,7 +145,7 @@ class RunDirLock:
 
 def _lock_fd(fd: int) -> None:
     """Lock a file without waiting; OSError if another holds it."""
-    if os.name == "nt":
+    if sys.platform == "win32":
         import msvcrt
 
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)

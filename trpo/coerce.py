@@ -1,6 +1,8 @@
 """Text and plain values (the command line's flags, YAML scalars and lists) as the typed values of config fields:
 `typed(name, hint, value, text)` for one field of type `hint`, with one error line naming the field and the
-value where it cannot be read. Knows types, not fields: trpo.config maps field names to their types."""
+value where it cannot be read; `check_seed` for a run's seed (not a field). Knows types, not fields: trpo.config
+maps field names to their types. Imports nothing of trpo but trpo.errors (trpo.config imports it). It reads no
+file and no environment variable, and never imports the wrapper classes it names (envs.py does, making an env)."""
 
 from __future__ import annotations
 
@@ -87,6 +89,22 @@ def typed(name: str, hint: Any, value: Any, text: bool) -> Any:
     raise TypeError(f"TRPOConfig.{name}: no check for values of type {hint}")  # a new kind of field needs one
 
 
+# Seeds are offset (per env, for evaluation, per resumed collector) and reach torch.manual_seed, whose range is
+# 64-bit, and numpy: Gymnasium's env seeding and the RandomState of envs such as MinAtar's, which takes [0, 2**32).
+# numpy's 32-bit range keeps a seed plus its offsets far inside torch's.
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(value: Any) -> int:
+    """A run's seed as an int: a non-negative integer up to SEED_MAX (an integral float or integer text too)."""
+    seed = None
+    with contextlib.suppress(ConfigError):
+        seed = typed("seed", int, value, text=True)
+    if seed is None or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed must be an integer in [0, {SEED_MAX}], got {show(value)}")
+    return seed
+
+
 def _env_kwargs(name: str, value: Any, parse: bool) -> EnvKwargs:
     """A mapping of keyword arguments: a dict (YAML, Python) or a JSON object (the command line)."""
     if parse:
@@ -136,7 +154,8 @@ def _whole(number: Any) -> int | None:
         return None
     if isinstance(number, numbers.Integral):
         return int(number)
-    return int(number) if math.isfinite(number) and float(number).is_integer() else None
+    value = float(number)
+    return int(value) if math.isfinite(value) and value.is_integer() else None
 
 
 def _number(text: str) -> Any:

@@ -16,6 +16,9 @@ compares them in float64, and the Fisher-vector product with the Hessian of the 
 was written for: a ConvBody (ReLU throughout) and a linear head of logits (Categorical, MultiCategorical,
 Bernoulli), without a recurrent cell or action masks; `conv_linearization` returns None for any other actor, and
 the caller falls back to autograd.
+
+It reads the actor's structure only (layer names, shapes, strides), never its parameter values: theta comes in, and
+nothing is written back to the actor. No config, envs or randomness.
 """
 
 from __future__ import annotations
@@ -26,15 +29,17 @@ from torch import Tensor, nn
 
 from trpo.encoders import ConvBody
 from trpo.networks import Actor
+from trpo.sequences import Inputs
 from trpo.trust_region import Linearization
 
 MAX_JACOBIAN_BYTES = 1 << 30  # beyond this (the 'nature' CNN on large batches), autograd's products instead
 CHUNK = 32  # samples per block while J is built: temporaries that stay in cache (2-3x faster than 256)
 
 
-def conv_linearization(actor: Actor, obs: Tensor, theta: Tensor) -> Linearization | None:
+def conv_linearization(actor: Actor, obs: Inputs, theta: Tensor) -> Linearization | None:
     """J of `actor` at parameters `theta` (flat, in named_parameters order) on observations `obs` [n, D], as the
-    two linear maps of a `Linearization`; None where this actor is not one this module handles."""
+    two linear maps of a `Linearization`; None where this actor is not one this module handles (a recurrent
+    actor's `Sequences` among them)."""
     body = actor.body
     if (not isinstance(body, ConvBody) or actor.cell is not None or actor.mask_dim or not isinstance(obs, Tensor)
             or obs.dim() != 2):

@@ -6,6 +6,9 @@ params: sampling (as pick(params[0] + shift), so that rollouts can sample in num
 mode, log-probability, entropy, KL(old || new), and the product with its Fisher metric M
 (the Hessian of KL(p_old || p) in the distribution parameters at p = p_old), which the Gauss-Newton
 Fisher-vector product F v = J^T M J v uses.
+
+It knows action spaces, not envs, config or the networks' bodies. Its noise comes from the generator the caller
+passes to `noise`; only the heads' initial weights draw on torch's default generator, which the learner seeds.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class ActionDistribution:
     # family takes no action masks.
     mask_groups: list[tuple[int, int]] | None = None
 
-    def make_head(self, in_dim: int, init_log_std: float) -> nn.Module:
+    def make_head(self, in_dim: int, init_log_std: float) -> Head:
         """A module mapping features [B, in_dim] to params."""
         linear = nn.Linear(in_dim, self.head_dim)
         _small_init(linear)
@@ -69,11 +72,11 @@ class ActionDistribution:
     # saw, in torch (`explore`) and in numpy (`numpy_explorer`, the same floats).
     held_noise: bool = False
 
-    def explore(self, params: Params, features: Tensor, noise: Tensor, head: nn.Module) -> Tensor:
+    def explore(self, params: Params, features: Tensor, noise: Tensor, head: Head) -> Tensor:
         """A sample from params, the features the head saw and pre-drawn noise."""
         return self.sample_with_noise(params, noise)
 
-    def numpy_explorer(self, head: nn.Module) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    def numpy_explorer(self, head: Head) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
         """`explore` on numpy arrays, (params[0], features, noise) -> actions, for a head whose other params
         depend on no state: the shift is then one scale per batch, the same floats as the torch expression."""
         with torch.no_grad():
@@ -129,10 +132,20 @@ class _SDEExplorer:
         self.sigma = sigma  # [F, A]
 
     def __call__(self, out: np.ndarray, features: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return out + (features[:, :, None] * (self.sigma * noise)).sum(1)
+        actions: np.ndarray = out + (features[:, :, None] * (self.sigma * noise)).sum(1)
+        return actions
 
 
-class _TupleHead(nn.Module):
+class Head(nn.Module):
+    """A distribution's head: features [B, in_dim] -> params. `linear` is its last layer (logits, or the mean)."""
+
+    linear: nn.Linear
+
+    def forward(self, features: Tensor) -> Params:
+        raise NotImplementedError
+
+
+class _TupleHead(Head):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.linear = linear
@@ -185,7 +198,8 @@ class Categorical(ActionDistribution):
         return _gumbel(shape, generator, device, dtype)
 
     def pick(self, shifted: Array) -> Array:
-        return shifted.argmax(-1)  # Gumbel-max
+        picked: Array = shifted.argmax(-1)  # Gumbel-max
+        return picked
 
     def log_prob(self, params: Params, actions: Tensor) -> Tensor:
         logp = torch.log_softmax(params[0], dim=-1)
@@ -201,11 +215,13 @@ class Categorical(ActionDistribution):
         return (_categorical_metric(params[0], tangent[0]),)
 
     def to_env(self, actions: np.ndarray) -> np.ndarray:
-        return actions.astype(np.int64) + self.start
+        shifted: np.ndarray = actions.astype(np.int64) + self.start
+        return shifted
 
     def to_env_list(self, actions: np.ndarray) -> list[Any]:
         # Python ints: Discrete.contains (which envs such as CartPole assert) checks them ~10x faster than numpy's.
-        return self.to_env(actions).tolist()
+        ints: list[Any] = self.to_env(actions).tolist()
+        return ints
 
 
 class MultiCategorical(ActionDistribution):
@@ -297,7 +313,7 @@ class Bernoulli(ActionDistribution):
         return actions.astype(np.int8).reshape((-1, *self.shape))
 
 
-class _GaussianHead(nn.Module):
+class _GaussianHead(Head):
     def __init__(self, in_dim: int, action_dim: int, init_log_std: float) -> None:
         super().__init__()
         self.linear = nn.Linear(in_dim, action_dim)  # the mean
@@ -313,7 +329,7 @@ class _GaussianHead(nn.Module):
 SDE_EPS = 1e-6  # added to gSDE's variance, so that a state whose features vanish keeps a finite log-probability
 
 
-class SDEHead(nn.Module):
+class SDEHead(Head):
     """gSDE's head (generalized state-dependent exploration, Raffin et al. 2021): the mean from the features z(s),
     and the exploration matrix's scale sigma = exp(log_std), one entry per (feature, action). An action is
     a = mu(s) + z(s) @ (sigma * eps), eps a standard normal matrix held for several steps (sde_sample_freq), so
@@ -352,19 +368,21 @@ class DiagGaussian(ActionDistribution):
         self.state_dependent = state_dependent
         self.held_noise = state_dependent  # gSDE's exploration matrix, held for sde_sample_freq steps
 
-    def make_head(self, in_dim: int, init_log_std: float) -> nn.Module:
+    def make_head(self, in_dim: int, init_log_std: float) -> Head:
         if self.state_dependent:
             return SDEHead(in_dim, self.head_dim, init_log_std)
         return _GaussianHead(in_dim, self.head_dim, init_log_std)
 
-    def explore(self, params: Params, features: Tensor, noise: Tensor, head: nn.Module) -> Tensor:
+    def explore(self, params: Params, features: Tensor, noise: Tensor, head: Head) -> Tensor:
         if self.state_dependent:  # mu(s) + z(s) @ (sigma * eps)
+            assert isinstance(head, SDEHead), "a state-dependent Gaussian's head is the SDEHead of make_head"
             return params[0] + head.explore(features, noise)
         return super().explore(params, features, noise, head)
 
-    def numpy_explorer(self, head: nn.Module) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    def numpy_explorer(self, head: Head) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
         if not self.state_dependent:
             return super().numpy_explorer(head)
+        assert isinstance(head, SDEHead), "a state-dependent Gaussian's head is the SDEHead of make_head"
         with torch.no_grad():
             sigma = head.log_std.exp().cpu().numpy()  # [F, A]
         return _SDEExplorer(sigma)
@@ -413,7 +431,7 @@ def apply_mask(logits: Array, mask: Array) -> Array:
     return np.where(mask > 0, logits, np.float32(MASKED_LOGIT))
 
 
-def make_distribution(space: spaces.Space, use_sde: bool = False) -> ActionDistribution:
+def make_distribution(space: spaces.Space[Any], use_sde: bool = False) -> ActionDistribution:
     """The distribution family for an action space (with `use_sde`, gSDE's for a Box), or UnsupportedSpaceError
     naming it."""
     if use_sde and not isinstance(space, spaces.Box):

@@ -10,6 +10,9 @@ then 20 hidden units; Schulman et al. 2015, section 8) and the DQN/Nature networ
 
 A recurrent policy or critic (TRPOConfig.recurrent) puts a `RecurrentCell` (LSTM or GRU) between the body and the
 head (`CELLS`); `unroll` runs it over sequences, resetting the state where an episode starts.
+
+Imports nothing of trpo: sizes and kinds come in as arguments, not a TRPOConfig, and it knows no action
+distribution, env, optimizer or disk. Initial weights draw on torch's default generator, which the learner seeds.
 """
 
 from __future__ import annotations
@@ -125,7 +128,8 @@ class ConvBody(nn.Module):
         for m in [*self.convs, self.fc]:
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.orthogonal_(m.weight, gain=math.sqrt(2))
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # always, as built above
+                    nn.init.zeros_(m.bias)
         self.out_dim = hidden
 
     def forward(self, obs: Tensor) -> Tensor:

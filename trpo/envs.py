@@ -1,5 +1,7 @@
 """Making envs (an id, 'module:EnvId', a factory or an instance; ALE and MinAtar ids with their preprocessing)
-and what the user's env does wrong: each failure one EnvError naming the env, its index and id, and the call."""
+and what the user's env does wrong: each failure one EnvError naming the env, its index and id, and the call.
+It knows nothing of networks, rollouts or training and writes no file. It makes what it is given: whether a stored
+run's env id or wrappers may be imported at all is decided before, by trust.py through loading.py."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import importlib
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +17,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from trpo.config import TRPOConfig, resolve_config
+from trpo.config import TRPOConfig
+from trpo.errors import EnvError as EnvError  # defined there; importable here too
 from trpo.extras import install_hint
 from trpo.observations import MAX_REWARD, ObsEncoder, ObservationError
+from trpo.resolve import resolve_config
 from trpo.trust import split_path
 
 EnvSpec = str | Callable[[], gym.Env] | gym.Env
-
-
-class EnvError(ValueError):
-    """The environment cannot be made or returned invalid data; the message says which."""
 
 
 def env_failure(exc: Exception, call: str, index: int | None = None, env: gym.Env | None = None) -> EnvError:
@@ -232,21 +233,64 @@ def has_time_limit(env: gym.Env) -> bool:
 def resolve_env_config(env: EnvSpec, env_id: str | None, preset: str | None = "auto",
                        file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
                        made: gym.Env | None = None) -> tuple[TRPOConfig, str | None]:
-    """config.resolve_config for `env`: with 'auto', an env no preset names takes the preset its observation space
-    calls for (config.VECTOR_PRESET), read from the env made with the config's env options and closed again, or
+    """resolve.resolve_config for `env`: with 'auto', an env no preset names takes the preset its observation space
+    calls for (resolve.VECTOR_PRESET), read from the env made with the config's env options and closed again, or
     from `made` (an env the caller already made from `env`, left open) where the config has no env options."""
     config, name = resolve_config(env_id, preset, file_values, overrides)
     if name is None and preset == "auto":
         spec = with_options(env, config.env_kwargs, config.max_episode_steps, config.env_wrappers)
-        reuse = made is not None and spec is env
-        probe = made if reuse else make_env(spec)
+        probe = made if made is not None and spec is env else make_env(spec)
         try:
             space = probe.observation_space
         finally:
-            if not reuse and probe is not spec:  # an env the caller made or gave stays open
+            if probe is not made and probe is not spec:  # an env the caller made or gave stays open
                 close_env(probe)
         config, name = resolve_config(env_id, preset, file_values, overrides, observation_space=space)
     return config, name
+
+
+def agent_config(env: EnvSpec, config: TRPOConfig | None,
+                 overrides: dict[str, Any]) -> tuple[TRPOConfig, str | None, gym.Env | None]:
+    """TRPO's config for `env`: `config` with `overrides` replaced, or without one the env's preset resolved with
+    them (a factory's env, made to read its registered id, is returned for reuse, else None), and for an env
+    instance the preset's settings that an instance cannot keep changed (`_one_env_in_process`). Returns
+    (config, preset name, the factory's env)."""
+    if config is not None:
+        return (TRPOConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config), None, None
+    probe, preset_id = None, env_id_of(env)
+    if preset_id is None and callable(env) and not isinstance(env, gym.Env):
+        probe = make_env(env)  # a factory whose env has a registered id keeps that id's preset
+        preset_id = probe.spec.id if probe.spec is not None else None
+    config, preset = resolve_env_config(env, preset_id, "auto", overrides=overrides, made=probe)
+    if isinstance(env, gym.Env):
+        config = _one_env_in_process(config, set(overrides))
+    return config, preset, probe
+
+
+def _one_env_in_process(config: TRPOConfig, given: set[str]) -> TRPOConfig:
+    """The preset's config for an env instance: one env, stepped in this process (an instance can neither be copied
+    into more envs nor sent to worker processes), with the preset's batch size, where the fields `given` leave it
+    open; a num_envs > 1 or a vector_mode other than sync that the user set keeps its clear error. Said as a
+    UserWarning, not a print: the library stays silent otherwise, yet the user must learn that the preset's
+    settings changed; a warning shows once, points at their line, and can be filtered or made an error."""
+    if ("num_envs" in given and config.num_envs != 1) or ("vector_mode" in given and config.vector_mode != "sync"):
+        return config  # the user's own choice, refused with its error when training starts
+    changes: dict[str, Any] = {}
+    if config.num_envs != 1 and "num_envs" not in given:
+        changes["num_envs"] = 1
+        if "steps_per_env" not in given:
+            changes["steps_per_env"] = config.batch_size
+    if config.vector_mode != "sync" and "vector_mode" not in given:
+        changes["vector_mode"] = "sync"
+        if "num_workers" not in given:
+            changes["num_workers"] = 0
+    if not changes:
+        return config
+    said = ", ".join(f"{name} {getattr(config, name)} -> {value}" for name, value in changes.items()
+                     if name != "num_workers")
+    warnings.warn(f"trpo: an env instance is one env stepped in this process, so the preset's settings changed: "
+                  f"{said}; pass an env id or a factory to keep them", UserWarning, stacklevel=4)
+    return config.replace(**changes)
 
 
 def env_id_of(spec: EnvSpec) -> str | None:

@@ -1,5 +1,5 @@
-"""Evaluation episodes: full episodes of a policy on an env, optionally rendered to a window or recorded to a video,
-and the line a periodic evaluation prints during training.
+"""Evaluation episodes: full episodes of a policy on an env, optionally rendered to a window or recorded to a video;
+the periodic evaluations of a run (their rows, the best so far) and the line each prints during training.
 
 The policy comes in as one call, `act(obs, info, state) -> (action, state)` (the agent's encoding, normalization
 and recurrent state behind it), so that this module knows envs and episodes, not networks, and never imports the
@@ -8,6 +8,7 @@ agent back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from trpo import render as render_lib
 from trpo.envs import EnvError, EnvSpec, check_reward, close_env, env_failure, has_time_limit
 from trpo.errors import ConfigError
-from trpo.logger import EpisodeProgress
+from trpo.logger import EpisodeProgress, MetricsLog
 from trpo.observations import env_reward
 
 # (observation, the info that came with it, the policy's state) -> (the env's action, the next state)
@@ -113,3 +114,33 @@ def evaluation_line(row: dict[str, Any], best: bool) -> str:
     capped = f", {row['capped']} cut at eval_max_steps" if row["capped"] else ""
     return (f"eval at step {row['step']}: mean return {row['mean_return']:.2f} +/- {row['std_return']:.2f} over "
             f"{episodes} episode{'s' * (episodes != 1)}{capped}{', new best' if best else ''}")
+
+
+class Evaluations:
+    """A run's periodic evaluations (eval_every): their rows, as evaluations.jsonl holds them (`rows`: those a
+    resumed run kept), the best mean return among them, and the log they go to (`out`; None: kept in memory)."""
+
+    def __init__(self, rows: list[dict[str, Any]] | None = None, out: MetricsLog | None = None) -> None:
+        self.rows = [] if rows is None else rows
+        self.out = out
+        means = [row.get("mean_return") for row in self.rows]
+        self.best = max([m for m in means if isinstance(m, int | float) and not isinstance(m, bool)], default=-math.inf)
+
+    def add(self, result: dict[str, Any], update: int, step: int, metrics: MetricsLog | None) -> bool:
+        """An evaluation's result at (update, step): a row here, in `out`, and in `metrics`' TensorBoard events.
+        Returns whether its mean is the best so far."""
+        row = {"update": update, "step": step,
+               **{k: result[k] for k in ("mean_return", "std_return", "mean_length", "capped", "returns", "lengths")}}
+        self.rows.append(row)
+        if self.out is not None and metrics is not None:
+            self.out.write(row)
+            metrics.add_scalars({k: row[k] for k in ("step", "mean_return", "std_return", "mean_length")}, "eval")
+        if row["mean_return"] <= self.best:
+            return False
+        self.best = row["mean_return"]
+        return True
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None

@@ -18,6 +18,10 @@ Observations: every space the agent takes. A Box (vectors and images) or a Discr
 so a value outside the space gives a row of zeros where `predict` raises) is the input `obs`; a Dict gives one
 input per entry, in the space's order, named `obs.KEY` (nested Dicts `obs.KEY.SUBKEY`); an "action_mask" entry of
 a Dict observation is not an observation input but the `mask`.
+
+It takes the agent as a plain object (its encoder, distribution, actor and observation statistics) and imports
+neither trpo.agent nor loading or the run directory; the agent's weights and statistics stay as they are (the actor
+is deep-copied), and the only file it writes is the one at `path`.
 """
 
 from __future__ import annotations
@@ -35,17 +39,20 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from trpo.distributions import Bernoulli, Categorical, DiagGaussian, MultiCategorical
+from trpo.errors import ExportError as ExportError  # defined there; importable here too
 from trpo.extras import install_hint
 
 FORMATS = ("torchscript", "onnx")
 
 
-class ExportError(ValueError):
-    """The policy cannot be exported as asked; the message says why."""
-
-
 class DeployedPolicy(nn.Module):
     """obs (+ mask) (+ state) -> the deterministic env action (+ the next state); see the module docstring."""
+
+    # Buffers (register_buffer): the frozen observation statistics, and a Box action space's bounds.
+    mean: Tensor
+    inv_std: Tensor
+    low: Tensor
+    high: Tensor
 
     def __init__(self, agent: Any) -> None:
         super().__init__()
@@ -178,4 +185,5 @@ def _onnx(module: nn.Module, inputs: tuple[Tensor, ...], names: list[str], outpu
                                     dynamo=True, verbose=False)
     finally:
         logger.setLevel(level)
+    assert program is not None  # dynamo=True returns the ONNXProgram
     program.save(str(path))

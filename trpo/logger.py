@@ -1,5 +1,7 @@
 """Run outputs: metrics.jsonl (one JSON object per policy update), evaluations.jsonl (one per periodic evaluation),
-TensorBoard events, progress display."""
+TensorBoard events, progress display. It writes only the log file rundir.py names, in the directory it is handed
+(with its tensorboard/ folder), and progress lines to a stream (stderr unless told); it never decides the run
+directory's layout nor writes a checkpoint or config.yaml (rundir.py and checkpoint.py do)."""
 
 from __future__ import annotations
 
@@ -48,9 +50,10 @@ def _update_and_step(row: Any) -> tuple[int, int] | None:
     update, step = row.get("update"), row.get("step")
     if isinstance(step, float) and step.is_integer():  # False for NaN and the infinities
         step = int(step)
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (update, step)):
-        return None
-    return update, step
+    if (isinstance(update, int) and not isinstance(update, bool)
+            and isinstance(step, int) and not isinstance(step, bool)):
+        return update, step
+    return None
 
 
 class MetricsLog:

@@ -1,5 +1,7 @@
 """What each key of metrics.jsonl (one row per policy update, and TensorBoard's scalars) means: the one definition
-the documentation's metrics reference is generated from (a test fails on a key logged without one)."""
+the documentation's metrics reference is generated from (a test fails on a key logged without one). Plain data
+that imports nothing: it computes no metric and writes no file (learner.py and evaluation.py make the rows,
+logger.py writes them)."""
 
 from __future__ import annotations
 

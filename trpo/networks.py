@@ -1,4 +1,8 @@
-"""Actor (policy pi_theta) and critic (value V_phi) as separate modules with separate parameter groups."""
+"""Actor (policy pi_theta) and critic (value V_phi) as separate modules with separate parameter groups.
+
+Sizes and kinds come in as arguments, not a TRPOConfig (of trpo.config only ConfigError, for `check_device`); no env,
+optimizer or update rule: `mse_backward` sets .grad and the caller steps. Initial weights draw on torch's default
+generator, which the learner seeds."""
 
 from __future__ import annotations
 
@@ -7,11 +11,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from trpo.config import ConfigError
 from trpo.distributions import ActionDistribution, Params, apply_mask
 from trpo.encoders import (
     ConvBody,
     ImageLayout,
+    MLPBody,
     RecurrentCell,
     make_body,
     make_cell,
@@ -19,6 +23,7 @@ from trpo.encoders import (
     unroll_backward,
     unroll_saving,
 )
+from trpo.errors import ConfigError
 from trpo.sequences import Inputs, Sequences
 
 
@@ -82,7 +87,7 @@ class Actor(nn.Module):
         return next(self.head.parameters()).device
 
     def _params(self, features: Tensor, obs: Tensor) -> Params:
-        params = self.head(features)
+        params: Params = self.head(features)
         if self.mask_dim:
             params = (apply_mask(params[0], obs[..., -self.mask_dim:]), *params[1:])
         return params
@@ -104,7 +109,8 @@ class Critic(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, inputs: Inputs) -> Tensor:
-        return self.out(_features(self.body, self.cell, inputs)[0]).squeeze(-1)
+        values: Tensor = self.out(_features(self.body, self.cell, inputs)[0])
+        return values.squeeze(-1)
 
     def sequence_values(self, obs: Tensor, next_obs: Tensor, starts: Tensor,
                         state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -182,6 +188,7 @@ class Critic(nn.Module):
                 grad = grad @ linears[i].weight
 
     def _body_linears(self) -> list[nn.Linear]:
+        assert isinstance(self.body, MLPBody), "the hand-written backward is for MLP bodies"
         return [m for m in self.body if isinstance(m, nn.Linear)]
 
 

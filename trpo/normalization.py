@@ -1,4 +1,7 @@
-"""Running statistics for observation normalization and reward scaling (saved inside checkpoints)."""
+"""Running statistics for observation normalization and reward scaling (saved inside checkpoints).
+
+Imports nothing of trpo and takes no config (enabled, clip, gamma come as arguments): no envs, no randomness, no
+disk; `state_dict`/`load_state_dict` hand the statistics to whoever writes or reads the checkpoint."""
 
 from __future__ import annotations
 
@@ -118,7 +121,8 @@ class FrozenObsNorm:
         if self.mean is None:
             return obs
         # minimum/maximum: np.clip's values at a fraction of its call overhead (this runs at every env step).
-        return np.minimum(np.maximum((obs - self.mean) * self.inv_std, -self.clip), self.clip)
+        out: np.ndarray = np.minimum(np.maximum((obs - self.mean) * self.inv_std, -self.clip), self.clip)
+        return out
 
 
 class RewardScaler:

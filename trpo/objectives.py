@@ -1,4 +1,5 @@
-"""The policy objectives of the TRPO family as pure functions of per-sample tensors.
+"""The policy objectives of the TRPO family as pure functions of per-sample tensors. Imports torch only: no
+networks, distributions, config, envs or randomness (update_rules.py calls them).
 
     r_t(theta) = pi_theta(a_t|s_t) / pi_old(a_t|s_t)                     probability ratio
     L          = mean_t r_t A_t                                           TRPO's surrogate (Schulman et al. 2015)

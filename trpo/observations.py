@@ -1,6 +1,8 @@
 """Observations for each supported Gymnasium space, as the networks take them: one float32 vector per observation
 (Box flattened, Discrete one-hot, Dict parts concatenated; uint8 images kept for ConvBody), and where an env's
-action masks come from. The errors an observation or a space raises live here too."""
+action masks come from. The errors an observation or a space raises live here too. It works in numpy on the
+spaces, observations and infos it is handed: it never makes, resets or steps an env (envs.py and the rollout
+runners do), and knows no network or config."""
 
 from __future__ import annotations
 
@@ -10,17 +12,11 @@ import numpy as np
 from gymnasium import spaces
 
 from trpo.encoders import image_layout
+from trpo.errors import ObservationError as ObservationError
+from trpo.errors import UnsupportedSpaceError as UnsupportedSpaceError  # defined there; importable here too
 
 if TYPE_CHECKING:
     from trpo.distributions import ActionDistribution
-
-
-class UnsupportedSpaceError(ValueError):
-    """The environment uses a space this library cannot handle; the message names it."""
-
-
-class ObservationError(ValueError):
-    """An observation does not fit the observation space (shape, Discrete range, Dict keys)."""
 
 
 # The largest reward a batch (float32) can hold; larger ones would become inf there.
@@ -45,7 +41,7 @@ class ObsEncoder:
     info's "action_mask"), the vector ends with the mask as 0/1 columns, `mask_dim` of them, one per logit;
     the actor reads them from there (`Actor.forward`), so every quantity computed from the actor is masked."""
 
-    def __init__(self, space: spaces.Space, mask_from: str | None = None,
+    def __init__(self, space: spaces.Space[Any], mask_from: str | None = None,
                  mask_groups: list[tuple[int, int]] | None = None, obs_encoder: str = "auto") -> None:
         self.space = space
         self.mask_from = mask_from
@@ -88,6 +84,7 @@ class ObsEncoder:
                 _check_numbers(self.space, arr)
                 raise ObservationError(_wrong_shape(self.space, arr.shape))
             return arr.astype(np.float32, copy=False).reshape(-1)
+        features: np.ndarray
         if self.image is not None:
             features = self.image.encode(_checked_box(self.features, np.asarray(obs)[None]))[0]
         else:
@@ -107,7 +104,8 @@ class ObsEncoder:
         if arr.size != rows * self.mask_dim:
             raise ValueError(f"action_mask has {arr.size // max(rows, 1)} entries, the action space "
                              f"{self.mask_dim} (one per action, per sub-action for MultiDiscrete)")
-        return (arr.reshape(rows, self.mask_dim) != 0).astype(self.dtype)
+        allowed: np.ndarray = (arr.reshape(rows, self.mask_dim) != 0).astype(self.dtype)
+        return allowed
 
     def empty_mask_row(self, encoded: np.ndarray) -> int | None:
         """The first row of encoded observations [B, dim] whose mask allows no action in some group
@@ -126,16 +124,17 @@ class ObsEncoder:
         return _is_batched(self.features, obs)
 
 
-def _is_batched(space: spaces.Space, obs: Any) -> bool:
+def _is_batched(space: spaces.Space[Any], obs: Any) -> bool:
     if isinstance(space, spaces.Dict):
         key, sub = next(iter(space.spaces.items()))
         return _is_batched(sub, _entry(obs, key))
     if isinstance(space, spaces.Discrete):
         return np.ndim(obs) == 1
+    assert space.shape is not None  # a Box: the encoder takes Box, Discrete and Dict only
     return np.ndim(obs) == len(space.shape) + 1
 
 
-def _obs_dim(space: spaces.Space) -> int:
+def _obs_dim(space: spaces.Space[Any]) -> int:
     if isinstance(space, spaces.Box):
         return int(np.prod(space.shape))
     if isinstance(space, spaces.Discrete):
@@ -147,17 +146,17 @@ def _obs_dim(space: spaces.Space) -> int:
     )
 
 
-def _wrong_shape(space: spaces.Space, shape: tuple[int, ...], batch: bool = False) -> str:
+def _wrong_shape(space: spaces.Space[Any], shape: tuple[int, ...], batch: bool = False) -> str:
     what = f"a batch of observations of shape {shape[1:]}" if batch else f"an observation of shape {shape}"
     return f"{what} does not fit the observation space {space} (shape {space.shape})"
 
 
-def _check_numbers(space: spaces.Space, arr: np.ndarray) -> None:
+def _check_numbers(space: spaces.Space[Any], arr: np.ndarray) -> None:
     if arr.dtype.kind not in "fiub":  # text that numpy would parse, objects, None
         raise ObservationError(f"observations of {space} are numbers, got an array of {arr.dtype}")
 
 
-def _checked_box(space: spaces.Space, obs: Any) -> np.ndarray:
+def _checked_box(space: spaces.Space[Any], obs: Any) -> np.ndarray:
     """A batch [B, *space.shape] of Box observations as an array of numbers, or ObservationError."""
     arr = np.asarray(obs)
     _check_numbers(space, arr)
@@ -166,7 +165,7 @@ def _checked_box(space: spaces.Space, obs: Any) -> np.ndarray:
     return arr
 
 
-def _encode(space: spaces.Space, obs: Any) -> np.ndarray:
+def _encode(space: spaces.Space[Any], obs: Any) -> np.ndarray:
     """A batch of observations of `space` as float32 rows, checked against the space."""
     if isinstance(space, spaces.Box):
         arr = _checked_box(space, obs).astype(np.float32, copy=False)
@@ -197,7 +196,7 @@ def _entry(obs: Any, key: str) -> Any:
                                f"(got {type(obs).__name__})") from None
 
 
-def _add_batch_dim(space: spaces.Space, obs: Any) -> Any:
+def _add_batch_dim(space: spaces.Space[Any], obs: Any) -> Any:
     if isinstance(space, spaces.Dict):
         return {key: _add_batch_dim(sub, _entry(obs, key)) for key, sub in space.spaces.items()}
     return np.asarray(obs)[None]
@@ -206,7 +205,7 @@ def _add_batch_dim(space: spaces.Space, obs: Any) -> Any:
 # --- action distributions ---------------------------------------------------------------------------------
 
 
-def mask_source(space: spaces.Space, dist: ActionDistribution, reset_info: dict[str, Any] | None) -> str | None:
+def mask_source(space: spaces.Space[Any], dist: ActionDistribution, reset_info: dict[str, Any] | None) -> str | None:
     """Where the env's action masks come from: 'obs' (a Dict observation with an "action_mask" entry), 'info'
     (the reset info holds "action_mask"), or None."""
     source = ("obs" if isinstance(space, spaces.Dict) and MASK_KEY in space.spaces

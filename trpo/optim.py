@@ -35,14 +35,14 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         """One Adam update from the gradients in `.grad` (parameters without a gradient are left alone)."""
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        live = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
         if not live:
             return
-        steps = [self.steps[i] for i in live]
+        steps = [self.steps[i] for i, _ in live]
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(
-            [self.params[i] for i in live], [self.params[i].grad for i in live],
-            [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live], [], steps,
+            [self.params[i] for i, _ in live], [grad for _, grad in live],
+            [self.exp_avg[i] for i, _ in live], [self.exp_avg_sq[i] for i, _ in live], [], steps,
             lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
             amsgrad=False, maximize=False,
         )

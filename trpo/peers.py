@@ -5,6 +5,7 @@
 
 sb3-contrib: its TRPO with rl-baselines3-zoo's settings (pip install 'trpo[bench]').
 rl-zoo: rl-baselines3-zoo's own training script with its own hyperparameter file, as its users run it.
+tianshou: Tianshou's TRPO as its MuJoCo example runs it (trpo/peer_tianshou.py).
 
 The run directory gets config.yaml (the settings), metrics.jsonl (one row per update: env steps, episodes that
 ended in its batch, their mean return and length), checkpoints every `--checkpoint-every` env steps (model and
@@ -30,13 +31,14 @@ import yaml
 
 from trpo.checkpoint import open_text, write_text_atomic
 from trpo.extras import install_hint
+from trpo.peer_tianshou import run_tianshou, tianshou_settings
 
 # rl-baselines3-zoo's hyperparams/trpo.yml (its MuJoCo entries are for v4; `normalize` is VecNormalize with the
 # agent's gamma). MuJoCo tasks the zoo does not list (InvertedPendulum, Reacher, ...) get its MuJoCo defaults.
-ZOO_MUJOCO = dict(n_envs=2, n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95, sub_sampling_factor=1,
-                  cg_max_steps=25, cg_damping=0.1, n_critic_updates=20, learning_rate=1e-3, target_kl=0.01,
-                  normalize=True)
-ZOO = {
+ZOO_MUJOCO: dict[str, Any] = dict(n_envs=2, n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95,
+                                  sub_sampling_factor=1, cg_max_steps=25, cg_damping=0.1, n_critic_updates=20,
+                                  learning_rate=1e-3, target_kl=0.01, normalize=True)
+ZOO: dict[str, dict[str, Any]] = {
     "CartPole": dict(n_envs=2, n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99,
                      learning_rate=1e-3, n_critic_updates=20, normalize=False),
     "Pendulum": dict(n_envs=2, n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True, sde_sample_freq=4,
@@ -68,6 +70,7 @@ def _step(line: str) -> float:
 
 def _callback(metrics: Path, start_step: int) -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
     class Log(BaseCallback):
         """One metrics row per rollout, from the Monitor's episode records (episodes ended in that batch)."""
@@ -85,7 +88,9 @@ def _callback(metrics: Path, start_step: int) -> Any:
             return True
 
         def _on_rollout_end(self) -> None:
-            steps = self.model.n_steps * self.model.n_envs
+            model = self.model
+            assert isinstance(model, OnPolicyAlgorithm)  # TRPO, which rolls out n_steps per env
+            steps = model.n_steps * model.n_envs
             row: dict[str, Any] = {"update": self.num_timesteps // steps, "step": self.num_timesteps,
                                    "episodes": len(self.returns),
                                    "fps": steps / max(time.perf_counter() - self.started, 1e-9)}
@@ -103,7 +108,7 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
     import torch
     from sb3_contrib import TRPO
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
+    from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
     torch.set_num_threads(1)  # one core per run, as trpo bench's own runs
     settings = zoo_settings(env_id)
@@ -112,18 +117,19 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
               "policy": "MlpPolicy", **settings, "env_kwargs": env_kwargs or {}}
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     n_envs, normalize = settings.pop("n_envs"), settings.pop("normalize")
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+    env: VecEnv = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+    norm: VecNormalize | None = None  # env itself where `normalize`
     model_file, stats_file = run_dir / "checkpoints" / "model.zip", run_dir / "checkpoints" / "vecnormalize.pkl"
     metrics = run_dir / "metrics.jsonl"
     if model_file.is_file():  # continue: drop rows logged after the checkpoint
         if normalize:
-            env = VecNormalize.load(str(stats_file), env)
+            env = norm = VecNormalize.load(str(stats_file), env)
         model = TRPO.load(str(model_file), env=env, device="cpu")
         write_text_atomic(metrics, "".join(line + "\n" for line in metrics.read_text().splitlines()
                                            if _step(line) <= model.num_timesteps))
     else:
         if normalize:
-            env = VecNormalize(env, gamma=settings["gamma"])
+            env = norm = VecNormalize(env, gamma=settings["gamma"])
         model = TRPO("MlpPolicy", env, seed=seed, device="cpu", **settings)
         write_text_atomic(metrics, "")
     while model.num_timesteps < steps:
@@ -131,12 +137,13 @@ def run(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every: int
         model.learn(chunk, callback=_callback(metrics, model.num_timesteps), reset_num_timesteps=False)
         model_file.parent.mkdir(exist_ok=True)
         model.save(str(model_file))
-        if normalize:
-            env.save(str(stats_file))
-    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1_000_003, env_kwargs=env_kwargs)
-    if normalize:
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
-        eval_env.obs_rms = env.obs_rms
+        if norm is not None:
+            norm.save(str(stats_file))
+    eval_env: VecEnv = make_vec_env(env_id, n_envs=1, seed=seed + 1_000_003, env_kwargs=env_kwargs)
+    if norm is not None:
+        eval_norm = VecNormalize(eval_env, training=False, norm_reward=False)
+        eval_norm.obs_rms = norm.obs_rms
+        eval_env = eval_norm
     return _evaluate(model, eval_env, eval_episodes, run_dir)
 
 
@@ -146,6 +153,8 @@ def _evaluate(model: Any, eval_env: Any, episodes: int, run_dir: Path) -> dict[s
 
     returns, lengths = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True,
                                        return_episode_rewards=True)
+    # with return_episode_rewards, lists of each episode's (its annotation also allows the means' floats)
+    assert isinstance(returns, list) and isinstance(lengths, list)
     result = {"mean_return": float(sum(returns) / len(returns)),
               "std_return": float(np.std(returns)),
               "episodes": len(returns), "mean_length": float(sum(lengths) / len(lengths)),
@@ -217,13 +226,15 @@ def run_zoo(env_id: str, seed: int, steps: int, run_dir: Path, checkpoint_every:
 def _metrics_from_monitors(folder: Path, batch: int, out: Path) -> None:
     """metrics.jsonl from the script's Monitor files: episodes in the order they ended, one row per `batch` env
     steps (the episodes that ended in it)."""
-    episodes = []
+    episodes: list[tuple[float, float, int]] = []  # (time, return, length)
     for monitor in sorted(folder.glob("*.monitor.csv")):
         for line in monitor.read_text().splitlines()[2:]:
-            r, length, t = line.split(",")[:3]
-            episodes.append((float(t), float(r), int(length)))
+            r_text, length_text, t_text = line.split(",")[:3]
+            episodes.append((float(t_text), float(r_text), int(length_text)))
     episodes.sort()
-    rows, steps, pending = [], 0, []
+    rows: list[dict[str, float]] = []
+    steps = 0
+    pending: list[tuple[float, int]] = []
     for _, r, length in episodes:
         pending.append((r, length))
         steps += length
@@ -239,6 +250,7 @@ def _metrics_from_monitors(folder: Path, batch: int, out: Path) -> None:
 PEERS: dict[str, tuple[Callable[[str], dict[str, Any]], Callable[..., dict[str, Any]]]] = {
     "sb3-contrib": (zoo_settings, run),
     "rl-zoo": (zoo_script_settings, run_zoo),
+    "tianshou": (tianshou_settings, run_tianshou),
 }
 
 

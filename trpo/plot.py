@@ -3,6 +3,9 @@
 Runs are grouped by env (one panel each, side by side) and by label (one line each: the mean over the group's
 runs, with a band from their min to their max). The label is the run directory's name without its seed and
 time-stamp parts (`runs/ppo-s3` -> `ppo`), or the values of config fields (`--label-by update_rule`).
+
+Read-only on run directories: it reads metrics.jsonl, evaluations.jsonl and config.yaml as plain data (no
+checkpoint, torch, trpo.config or env), and writes only the image at `out`.
 """
 
 from __future__ import annotations
@@ -18,13 +21,10 @@ import numpy as np
 import yaml
 
 from trpo.checkpoint import EVALUATIONS
+from trpo.errors import PlotError as PlotError  # defined there; importable here too
 from trpo.logger import json_lines
 
 EVAL_PREFIX = "eval/"  # as TensorBoard names the periodic evaluations' scalars
-
-
-class PlotError(ValueError):
-    """Nothing to plot, or not what was asked; the message says which."""
 
 
 @dataclass

@@ -22,6 +22,10 @@ One implementation per kind of actor (`Actor.kind`), one line each in ACTING:
                batch size, so envs split over processes would get other actions)
     recurrent  `TorchActing`, one observation at a time, carrying the LSTM/GRU state
 and `TorchActing` batched on the actor's device for `predict` and `evaluate` (`live`).
+
+It never steps an env (the runners do) and never changes the actor: a rollout's acting policy is a copy of its
+weights, `live` only reads them. Its only randomness is the noise handed to `act`, which `batch_noise` draws from
+the generator it is given.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch
 from torch import nn
 
 from trpo.distributions import ActionDistribution, apply_mask
+from trpo.encoders import MLPBody
 from trpo.networks import Actor
 from trpo.normalization import FrozenObsNorm, ObsNorm
 
@@ -54,8 +59,12 @@ class NumpyMLP:
     matrix per sample, applied to the features)."""
 
     def __init__(self, actor: Actor, dist: ActionDistribution, obs_norm: ObsNorm) -> None:
+        assert isinstance(actor.body, MLPBody)  # ACTING gives NumpyMLP the MLP actors only
         linears = [m for m in actor.body if isinstance(m, nn.Linear)]
-        as_np = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
+
+        def as_np(t: torch.Tensor) -> np.ndarray:
+            return np.array(t.detach().cpu().numpy())  # a copy: the actor trains on
+
         self.layers = [(as_np(m.weight).T.copy(), as_np(m.bias)) for m in [*linears, actor.head.linear]]
         self.activation = actor.activation
         self.mask_dim = actor.mask_dim
@@ -114,15 +123,17 @@ class TorchActing:
             params, features, state = self.actor.step(x, state)
             return self._pick(params, features, noise), state
         x = torch.from_numpy(np.ascontiguousarray(self.obs_norm(obs)))
-        outs, states = [], []
+        outs: list[tuple[torch.Tensor, ...]] = []
+        states: list[torch.Tensor] = []
         for i in range(len(x)):
             s = None if state is None else torch.from_numpy(np.ascontiguousarray(state[i : i + 1]))
-            params, features, s = self.actor.step(x[i : i + 1], s)
-            outs.append((*params, features))
-            states.append(s)
-        *params, features = (torch.cat(parts) for parts in zip(*outs, strict=True))
+            step_params, features, s = self.actor.step(x[i : i + 1], s)
+            outs.append((*step_params, features))
+            if s is not None:
+                states.append(s)
+        *joined, features = (torch.cat(parts) for parts in zip(*outs, strict=True))
         noise = None if noise is None else torch.from_numpy(np.asarray(noise))
-        action = self._pick(tuple(params), features, noise).numpy()
+        action = self._pick(tuple(joined), features, noise).numpy()
         return action, None if state is None else torch.cat(states).numpy()
 
     def _pick(self, params: tuple[torch.Tensor, ...], features: torch.Tensor, noise: Any) -> Any:

@@ -41,7 +41,10 @@ class HideVelocity(gym.ObservationWrapper):
                 raise ValueError(f"HideVelocity knows the velocities of {', '.join(VELOCITIES)}; pass indices= "
                                  f"for {env_id!r}")
             indices = VELOCITIES[env_id]
-        self.keep = np.ones(env.observation_space.shape, dtype=bool)
+        shape = env.observation_space.shape
+        if shape is None:
+            raise ValueError(f"HideVelocity needs an observation space with a shape, got {env.observation_space}")
+        self.keep = np.ones(shape, dtype=np.bool_)
         self.keep[list(indices)] = False
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
@@ -85,8 +88,8 @@ class CueMemory(gym.Env):
 def _register() -> None:
     for env_id in VELOCITIES:
         name, version = env_id.rsplit("-", 1)
-        gym.register(f"{name}NoVel-{version}", entry_point=no_velocity, kwargs={"env_id": env_id})
-    gym.register("CueMemory-v0", entry_point=CueMemory, max_episode_steps=1000)
+        gym.register(f"{name}NoVel-{version}", entry_point=f"{__name__}:no_velocity", kwargs={"env_id": env_id})
+    gym.register("CueMemory-v0", entry_point=f"{__name__}:CueMemory", max_episode_steps=1000)
 
 
 _register()

@@ -4,6 +4,9 @@ window), and the video writer (imageio with its ffmpeg plugin: pip install 'trpo
 MuJoCo renders without a display through EGL (a GPU's or Mesa's) or OSMesa (software), chosen by the MUJOCO_GL
 variable before MuJoCo's renderer loads; where neither display nor MUJOCO_GL is set, recording sets MUJOCO_GL=egl.
 Classic-control and Box2D envs draw with pygame (in the video extra).
+
+It knows envs and frames, not policies or networks (which actions the episodes take is evaluation.py's); it writes
+only the video at the path it is given, and the only environment variable it sets is MUJOCO_GL, where unset.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ an episode starts (encoders.unroll), so the networks see exactly the histories t
 
 The samples of a `Sequences` in flat form ([B, ...], B = valid steps) are in the order of `valid`'s True entries
 (row-major over [L, S]); `flat_order` maps the batch's time-major [T, N] samples into that order.
+
+Imports nothing of trpo and holds no parameters: it only reshapes and indexes tensors (the state is reset in
+encoders.unroll, not here); no envs, config or randomness.
 """
 
 from __future__ import annotations

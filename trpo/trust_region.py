@@ -7,7 +7,9 @@ appendix C).
     beta     = sqrt(2 delta / x^T F x)                            (largest step on the quadratic KL model)
     theta    = theta_old + alpha^j beta x, first j in 0..J with  KL <= delta  and  L(theta) - L(theta_old) >= 0
 
-Nothing here knows about environments or networks: callers pass closures over the batch.
+Nothing here knows about environments or networks: callers pass closures over the batch. It sets no module's
+parameters (the new theta is returned; update_rules.py writes it into the actor), takes no config and draws no
+random numbers; of trpo it imports only the `Params` type.
 """
 
 from __future__ import annotations
@@ -230,12 +232,12 @@ def trpo_step(
         return StepResult(theta_new, True, "npg", kl, gain, full_expected, 0, 1.0, cg.iterations,
                           cg.residual_norm, xfx, beta, grad_norm)
 
-    theta_new, j, kl, gain = backtracking_line_search(
+    theta_found, j, kl, gain = backtracking_line_search(
         kl_and_gain, theta_old, full_step, max_kl, backtrack_ratio, max_backtracks
     )
     fraction = backtrack_ratio**j
-    if theta_new is None:
+    if theta_found is None:
         return keep("line_search_failed", expected_gain=full_expected * fraction, line_search_steps=j,
                     step_fraction=fraction, beta=beta, **cg_info)
-    return StepResult(theta_new, True, "accepted", kl, gain, full_expected * fraction, j, fraction,
+    return StepResult(theta_found, True, "accepted", kl, gain, full_expected * fraction, j, fraction,
                       cg.iterations, cg.residual_norm, xfx, beta, grad_norm)

@@ -15,6 +15,10 @@ Every rule sees the same `PolicyBatch` (collector, advantages, normalization and
 `policy_stats` measures every rule's step the same way afterwards (exact mean and max KL, and on a held-out
 share of the batch). The objectives are pure functions in objectives.py; the trust-region step in
 trust_region.py. Adding a rule: a class with `update`, `state_dict`, `load_state_dict`, and one line in RULES.
+
+A rule changes only the actor's parameters and its own state (Adam's moments, the penalty's beta): never the
+critic, the normalizers or the batch. It steps no env, writes nothing to disk, and draws random numbers only from
+the generator it is given.
 """
 
 from __future__ import annotations
@@ -68,7 +72,10 @@ class PolicyBatch:
         """A recurrent actor's batch from time-major [T, N] tensors (obs [T, N, D], actions [T, N, ...],
         log-probs and advantages [T * N]), cut into sequences of `length` steps."""
         seq, order = Sequences.of(obs, starts, states, length)
-        flat = lambda x: x.reshape(-1, *x.shape[2:])[order]  # noqa: E731
+
+        def flat(x: Tensor) -> Tensor:
+            return x.reshape(-1, *x.shape[2:])[order]
+
         return cls.of(actor, flat(obs), flat(actions), old_log_probs[order], advantages[order], seq=seq)
 
     @property
@@ -148,7 +155,8 @@ def flat_parameters(actor: Actor) -> tuple[Tensor, Callable[[Tensor, Inputs], Pa
         for name, shape, numel in shapes:
             tensors[name] = vec[offset : offset + numel].view(shape)
             offset += numel
-        return functional_call(actor, tensors, (obs,))
+        params: Params = functional_call(actor, tensors, (obs,))
+        return params
 
     return theta, params_of
 

@@ -15,6 +15,10 @@
 This module holds the env-state protocol (`StateAccess`), the plan drawn in the main process (`VinePlan`: which
 states, which noise, so every rollout backend gives the same branches), the branch runner used by the env
 runners (`run_branches`), and the estimators' pure functions (`branch_q_values`, `all_action_advantages`).
+
+It never changes the networks or takes the policy step: branches act through the frozen acting policy (policy.py),
+the surrogate is objectives.py's and the update the learner's. Its random numbers are the plan's, drawn from the
+generator `draw_plan` is given; the envs' own RNGs are saved and restored with their state, never reseeded.
 """
 
 from __future__ import annotations
@@ -88,7 +92,9 @@ class StateAccess:
             elif name not in _STATELESS_WRAPPERS:
                 raise UnsupportedEnvStateError(f"vine sampling cannot save the state of wrapper {name}; {NEEDS}")
             layer = layer.env
-        self.env = layer
+        # The innermost env, of one of the kinds below: its own attributes (save_state, MjData, ALE, the MinAtar
+        # game, a classic env's state variables) are reached by kind, none of them part of gym.Env.
+        self.env: Any = layer
         name = type(layer).__name__
         if callable(getattr(layer, "save_state", None)) and callable(getattr(layer, "restore_state", None)):
             self.kind = "own"
@@ -228,7 +234,7 @@ def draw_plan(dist: ActionDistribution, noise_shape: tuple[int, ...], num_envs: 
     m = settings.states
     times = np.stack([np.sort(torch.randperm(steps, generator=generator)[:m].numpy()) for _ in range(num_envs)])
     every = branches_every_action(dist, settings)
-    k = dist.n if every else settings.actions
+    k = dist.n if every and isinstance(dist, Categorical) else settings.actions
     first = None if every else dist.noise((num_envs, m, k, *noise_shape), generator)
     continuation = dist.noise((num_envs, m, settings.horizon - 1, *noise_shape), generator)
     return VinePlan(times.astype(np.int64), None if first is None else first.numpy(), continuation.numpy(), k)
@@ -257,7 +263,7 @@ def run_branches(envs: list[gym.Env], saved: list[list[tuple[Any, ...]]], access
         for m in range(n_states):
             obs0 = start_obs[i, m][None]
             every = plan.first is None
-            acts = np.arange(n_branches) if every else acting.act(obs0, None, _START, plan.first[i, m])[0]
+            acts = np.arange(n_branches) if plan.first is None else acting.act(obs0, None, _START, plan.first[i, m])[0]
             per_env.append(acts)
             # Every action: the masked ones are not run (0 steps; pi_old gives them weight 0 in the surrogate).
             allowed = obs0[0, -encoder.mask_dim:] > 0 if every and encoder.mask_dim else np.ones(n_branches, bool)

@@ -3,13 +3,14 @@
 A file maps each preset's name to what a `trpo train --config` file holds: `env`, the env id the preset was tuned
 on and is tested with; `total_steps`, the training budget that goes with it; then TRPOConfig fields, with comments
 saying where each value came from. This module owns the files and their shape and nothing else: it never imports
-trpo.config (which imports it); config.load_presets hands it the check of the fields.
+trpo.config or trpo.resolve (which imports it); resolve.load_presets hands it the check of the fields.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +20,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:  # Python 3.10 has it in importlib.abc only
+        from importlib.abc import Traversable
 
 # The families in the order `trpo presets` and the reference list them (simple tasks first); any other file follows
 # them by name.
@@ -109,7 +113,7 @@ V = TypeVar("V")
 
 
 class LazyMapping(Mapping[K, V]):
-    """A read-only mapping built on its first use: importing trpo.config reads no preset file."""
+    """A read-only mapping built on its first use: importing trpo.resolve reads no preset file."""
 
     def __init__(self, build: Callable[[], Mapping[K, V]]) -> None:
         self._build = build

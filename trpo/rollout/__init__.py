@@ -5,6 +5,8 @@
     ray_actors.py  'ray': envs on Ray actors, on this machine or a cluster
     collector.py   `RolloutCollector`: pi_old frozen per batch, the backend `BACKENDS` names, the `Batch`
 Making envs and the errors of the user's env are trpo/envs.py's; vine sampling's branches, trpo/vine.py's.
+The package hands batches to the learner and imports nothing above layer 3: no critic, advantages, update rule,
+run directory or agent (learner.py owns the collector).
 """
 
 from trpo.rollout.collector import BACKENDS, Batch, RolloutCollector

@@ -1,5 +1,8 @@
 """The collector: batches of N envs' steps with pi_old, from the backend the config names (`BACKENDS`), into a
-typed `Batch` (observations normalized with pi_old's statistics, rewards scaled in time order)."""
+typed `Batch` (observations normalized with pi_old's statistics, rewards scaled in time order). It reads the actor
+(parameters and log-probabilities, without gradients) but never changes it, and knows nothing of the critic,
+advantages, the update or the run directory (learner.py's); a batch's noise and vine plan come from the generator
+the learner passes."""
 
 from __future__ import annotations
 
@@ -68,7 +71,8 @@ def _episodes_in_time_order(parts: list[Segment], done: np.ndarray) -> tuple[lis
     per done step of its columns of `done` [T, N]."""
     if len(parts) == 1:
         return list(parts[0].episode_returns), list(parts[0].episode_lengths)
-    keyed, lo = [], 0
+    keyed: list[tuple[int, int, float, int]] = []  # (step, env, return, length)
+    lo = 0
     for part in parts:
         k = part.obs.shape[1]
         steps, envs = np.nonzero(done[:, lo : lo + k])  # row-major: by step, then by env, as the runner appends
@@ -179,7 +183,10 @@ class RolloutCollector:
             return self.collect(actor, steps, pending.generator)
         restarts = self.runner.restarts
         parts = self.runner.finish()
-        cat = lambda name: np.concatenate([getattr(p, name) for p in parts], axis=1)  # noqa: E731
+
+        def cat(name: str) -> np.ndarray:  # a field of the runners' segments, their envs side by side
+            return np.concatenate([getattr(p, name) for p in parts], axis=1)
+
         raw_obs, raw_next = cat("obs"), cat("next_obs")
         terminated, truncated, rewards = cat("terminated"), cat("truncated"), cat("rewards")
 
@@ -232,7 +239,10 @@ class RolloutCollector:
         obs = torch.as_tensor(frozen(states), device=self.device)
         actions = torch.as_tensor(br.actions.reshape(n * m * k, *br.actions.shape[3:]), device=self.device)
         log_probs = self.dist.log_prob(actor(obs.repeat_interleave(k, 0)), actions)
-        as_tensor = lambda a: torch.as_tensor(a.reshape(n * m, *a.shape[2:]), device=self.device)  # noqa: E731
+
+        def as_tensor(a: np.ndarray) -> Tensor:  # [N, M, ...] -> [N * M, ...]
+            return torch.as_tensor(a.reshape(n * m, *a.shape[2:]), device=self.device)
+
         return VineBatch(
             obs=obs,
             actions=actions.reshape(n * m, k, *actions.shape[1:]),

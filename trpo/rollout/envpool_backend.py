@@ -25,7 +25,7 @@ from trpo.envs import EnvError, EnvMaker, EnvSpec, check_masks
 from trpo.extras import install_hint
 from trpo.observations import MAX_REWARD, ObsEncoder
 from trpo.policy import Acting
-from trpo.rollout.runner import InProcess, Segment
+from trpo.rollout.runner import BatchNoise, InProcess, Segment
 from trpo.rollout.workers import worker_count
 from trpo.vine import VinePlan
 
@@ -106,7 +106,7 @@ class EnvpoolRunner(InProcess):
         check_masks(self.encoder, self.obs, 0)
         return self._all_restarted()
 
-    def run(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> Segment:
+    def run(self, acting: Acting, noise: BatchNoise, plan: VinePlan | None = None) -> Segment:
         assert plan is None, "vine sampling is refused when the backend is made"
         steps, k = noise.shape[0], self.k
         if self.state is None:

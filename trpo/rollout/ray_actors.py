@@ -5,6 +5,10 @@ Each actor owns a contiguous share of the envs and collects that share of every 
 acting policy (policy.py) and its slice of the pre-drawn noise: one task each way per batch. The envs are seeded as
 in the local modes, so a run without restarts is bit-identical to 'sync'. A restarted actor makes its envs afresh
 (reset with a new seed) and collects its share of the batch in flight again with the same policy and noise.
+
+Actors get what subprocess workers get (the env spec, the frozen acting policy, their share of the noise and vine
+plan), never the learner's objects or the run directory. A Ray runtime it did not start is joined but never shut
+down, and whether a stored run's ray_address may be joined at all is trust.py's decision (through loading.py).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from trpo.envs import EnvError, EnvSpec, make_env
 from trpo.extras import install_hint
 from trpo.observations import ObsEncoder
 from trpo.policy import Acting
-from trpo.rollout.runner import EnvRunner, Segment
+from trpo.rollout.runner import BatchNoise, EnvRunner, Segment
 from trpo.rollout.workers import check_remote_spec, worker_count, worker_error
 from trpo.vine import VinePlan
 
@@ -78,14 +82,14 @@ class RayWorker:
         except Exception as exc:
             return "error", worker_error(exc)
 
-    def run(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> tuple[str, Any]:
+    def run(self, acting: Acting, noise: BatchNoise, plan: VinePlan | None = None) -> tuple[str, Any]:
         try:
             assert self.runner is not None, "run() before reset()"
             return "ok", self.runner.run(acting, noise, plan)
         except Exception as exc:
             return "error", worker_error(exc)
 
-    def reset_and_run(self, seed: int, acting: Acting, noise: np.ndarray,
+    def reset_and_run(self, seed: int, acting: Acting, noise: BatchNoise,
                       plan: VinePlan | None = None) -> tuple[str, Any]:
         """A replacement actor's first task: fresh envs, then its share of the batch in flight."""
         status, value = self.reset(seed)
@@ -127,7 +131,7 @@ class RayPool:
         self.restarts = 0
         self.seed = 0
         self.refs: list[Any] = []
-        self.pending: tuple[Any, np.ndarray, VinePlan | None] | None = None
+        self.pending: tuple[Any, BatchNoise, VinePlan | None] | None = None
         try:  # wait until Ray has placed every actor, or say why it cannot
             ray.get([a.where.remote() for a in self.actors], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as exc:
@@ -179,7 +183,7 @@ class RayPool:
     def _restart_seed(self) -> int:
         return self.seed + RESTART_SEED * self.restarts
 
-    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None:
+    def start(self, acting: Acting, noise: BatchNoise, plan: VinePlan | None = None) -> None:
         """Set every actor collecting its envs' share of the batch; returns at once (see `finish`)."""
         acting_ref = self.ray.put(acting)  # one copy in the object store, read by every actor
         self.pending = (acting_ref, noise, plan)
@@ -204,7 +208,8 @@ class RayPool:
 
     def placement(self) -> list[tuple[int, str]]:
         """(process id, node id) of each actor."""
-        return self.ray.get([a.where.remote() for a in self.actors])
+        places: list[tuple[int, str]] = self.ray.get([a.where.remote() for a in self.actors])
+        return places
 
     def close(self) -> None:
         for actor in self.actors:

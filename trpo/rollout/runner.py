@@ -19,8 +19,12 @@ from trpo.config import TRPOConfig
 from trpo.distributions import ActionDistribution
 from trpo.envs import EnvError, EnvSpec, check_masks, check_reward, close_env, env_failure, make_env
 from trpo.observations import MAX_REWARD, ObsEncoder, env_reward
-from trpo.policy import Acting
+from trpo.policy import Acting, PeriodicNoise
 from trpo.vine import Branches, StateAccess, VinePlan, run_branches
+
+# A batch's pre-drawn noise, indexed noise[t] per step and noise[:, lo:hi] per share of the envs: [T, N, head_dim],
+# or gSDE's exploration matrices (policy.batch_noise).
+BatchNoise = np.ndarray | PeriodicNoise
 
 
 @dataclass
@@ -68,7 +72,7 @@ class Backend(Protocol):
 
     def reset(self, seed: int) -> np.ndarray: ...
 
-    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None: ...
+    def start(self, acting: Acting, noise: BatchNoise, plan: VinePlan | None = None) -> None: ...
 
     def finish(self) -> list[Segment]: ...
 
@@ -98,10 +102,10 @@ class InProcess:
     starts: np.ndarray  # [k] bool: which env's next step starts an episode
     state: Any  # the acting policy's recurrent state, carried from batch to batch
 
-    def run(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> Segment:
+    def run(self, acting: Acting, noise: BatchNoise, plan: VinePlan | None = None) -> Segment:
         raise NotImplementedError
 
-    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None:
+    def start(self, acting: Acting, noise: BatchNoise, plan: VinePlan | None = None) -> None:
         self.pending = (acting, noise, plan)
 
     def finish(self) -> list[Segment]:
@@ -119,7 +123,8 @@ class InProcess:
         self.ep_length[:] = 0
         self.starts[:] = True
         self.state = None
-        return self.obs.copy()
+        first: np.ndarray = self.obs.copy()
+        return first
 
 
 class EnvRunner(InProcess):
@@ -162,7 +167,7 @@ class EnvRunner(InProcess):
         self._check_masks()
         return self._all_restarted()
 
-    def run(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> Segment:
+    def run(self, acting: Acting, noise: BatchNoise, plan: VinePlan | None = None) -> Segment:
         """Step every env noise.shape[0] times, the actions at step t from `acting` with noise[t] (policy.py); a
         recurrent policy's state goes on from where the last segment left it. With a vine plan, the env states at
         the plan's steps are saved on the way, and the branches run after."""
@@ -171,9 +176,11 @@ class EnvRunner(InProcess):
             self.state = acting.initial_state(k)
         save_at = np.zeros((steps, k), bool)
         saved: list[list[tuple[Any, ...]]] = [[] for _ in range(k)]
+        access: list[StateAccess] = []
         if plan is not None:
             if self.access is None:
                 self.access = [StateAccess(env) for env in self.envs]
+            access = self.access
             for i in range(k):
                 save_at[plan.times[i], i] = True
         seg = Segment.empty(steps, k, self.encoder, self.state)
@@ -181,8 +188,8 @@ class EnvRunner(InProcess):
         for t in range(steps):
             seg.record(t, self.obs, self.starts, self.state)
             if plan is not None:  # (flatnonzero costs ~10% of a MuJoCo step here: not without a vine plan)
-                for i in np.flatnonzero(save_at[t]):
-                    saved[i].append(self.access[i].save())
+                for j in np.flatnonzero(save_at[t]):
+                    saved[j].append(access[j].save())
             action, self.state = acting.act(self.obs, self.state, self.starts, noise[t])
             actions.append(action)
             env_actions = self.dist.to_env_list(action)
@@ -219,7 +226,7 @@ class EnvRunner(InProcess):
         seg.actions = np.stack(actions)
         if plan is not None:
             start_obs = np.stack([seg.obs[plan.times[i], i] for i in range(k)])
-            seg.branches = run_branches(self.envs, saved, self.access, start_obs, plan, self.encoder, self.dist,
+            seg.branches = run_branches(self.envs, saved, access, start_obs, plan, self.encoder, self.dist,
                                         acting, self.first_index)
         return seg
 

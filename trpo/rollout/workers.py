@@ -1,5 +1,7 @@
 """vector_mode 'subprocess': the envs split over worker processes, each an `EnvRunner`; one message each way per
-batch, not per step."""
+batch, not per step. A worker gets only the env spec, the frozen acting policy and its share of the pre-drawn noise
+(and vine plan): never the learner's actor, critic, optimizer or statistics, nor the run directory, and it draws
+no random numbers of its own (its envs are seeded by the main process's reset)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pickle
 import signal
 import traceback
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkContext, SpawnContext
 from typing import Any
 
 import gymnasium as gym
@@ -23,7 +26,7 @@ from trpo.distributions import ActionDistribution
 from trpo.envs import EnvError, EnvSpec, close_env, make_env
 from trpo.observations import ObsEncoder
 from trpo.policy import Acting
-from trpo.rollout.runner import EnvRunner, Segment
+from trpo.rollout.runner import BatchNoise, EnvRunner, Segment
 from trpo.vine import VinePlan
 
 
@@ -111,7 +114,7 @@ class WorkerPool:
     def __init__(self, spec: EnvSpec, num_envs: int, encoder: ObsEncoder, dist: ActionDistribution,
                  workers: int) -> None:
         methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        ctx: ForkContext | SpawnContext = mp.get_context("fork") if "fork" in methods else mp.get_context("spawn")
         sizes = [len(part) for part in np.array_split(np.arange(num_envs), workers)]
         self.conns: list[Connection] = []
         self.procs = []
@@ -164,7 +167,7 @@ class WorkerPool:
             self._send(k, ("reset", seed))
         return np.concatenate(self._gather())
 
-    def start(self, acting: Acting, noise: np.ndarray, plan: VinePlan | None = None) -> None:
+    def start(self, acting: Acting, noise: BatchNoise, plan: VinePlan | None = None) -> None:
         """Set every worker collecting its envs' share of the batch; returns at once (see `finish`)."""
         for k, (lo, hi) in enumerate(itertools.pairwise(self.slices)):
             share = None if plan is None else plan.envs(lo, hi)
