@@ -154,8 +154,9 @@ def build_parser(train_preset: tuple[str, str | None] | None = None) -> _Parser:
     be.add_argument("--steps", default=None, help="env steps per run (default: each env's preset budget, else 1M)")
     be.add_argument("--label", default=None, help="names this configuration's runs (default trpo, or the peer)")
     be.add_argument("--peer", default="", metavar="NAME",
-                    help="run a peer instead of trpo: sb3-contrib (its TRPO with rl-zoo's settings) or rl-zoo "
-                    "(rl_zoo3's own train script and hyperparameter file)")
+                    help="run a peer instead of trpo: sb3-contrib (its TRPO with rl-zoo's settings), rl-zoo "
+                    "(rl_zoo3's own train script and hyperparameter file) or tianshou (its TRPO as its MuJoCo "
+                    "example runs it)")
     be.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config fields, as for trpo train")
     be.add_argument("--preset", default=None, help="as for trpo train (default: each env's own; 'none': the field "
                     "defaults)")
