@@ -37,9 +37,15 @@ from trpo.logger import fmt_time
 from trpo.resolve import PRESET_STEPS, preset_name_for, resolve_config
 
 # sb3-contrib's published TRPO (1M steps, 3 seeds, MuJoCo v3) and rl-baselines3-zoo's single runs.
-PUBLISHED = {
-    "HalfCheetah": (1803, 1785), "Hopper": (3372, 3618), "Walker2d": (4502, 4933), "Ant": (3554, 4982),
-    "Swimmer": (359, 365.7), "CartPole": (None, 500), "Pendulum": (None, -174.6), "Acrobot": (None, -83.1),
+# Published TRPO returns, as (sb3-contrib's docs: 3 seeds, MuJoCo v3; rl-zoo's benchmark.md: 1 run; Tianshou's
+# examples/mujoco/README.md: 1M steps, 10 seeds, v3, the best point of the mean test curve; OmniSafe's TRPO
+# benchmark: 1M steps, 5 seeds, as quoted in issue 37). None: no figure.
+PUBLISHED: dict[str, tuple[float | None, float | None, float | None, float | None]] = {
+    "HalfCheetah": (1803, 1785, 4471.2, 4321), "Hopper": (3372, 3618, 2046.0, 3484),
+    "Walker2d": (4502, 4933, 3826.7, None), "Ant": (3554, 4982, 2866.7, 4673), "Swimmer": (359, 365.7, 40.9, None),
+    "Humanoid": (None, None, 810.1, 1618), "Reacher": (None, None, -5.1, None),
+    "InvertedPendulum": (None, None, 1000.0, None), "InvertedDoublePendulum": (None, None, 8435.2, None),
+    "CartPole": (None, 500, None, None), "Pendulum": (None, -174.6, None, None), "Acrobot": (None, -83.1, None, None),
 }
 EVAL_EPISODES = 10
 STOP_WAIT_S = 60.0  # after SIGTERM, for the runs to save their checkpoints and exit before they are killed
@@ -263,7 +269,7 @@ def summary(out: Path, envs: Sequence[str], steps: int | None = None) -> str:
     line under it for each run whose eval.json is damaged. Directories not named LABEL-sSEED are not runs."""
     distinct("--env", envs)
     lines = ["| env | label | steps | seeds | final eval per seed | mean | std | IQM [95% CI] | min | max | "
-             "sb3-contrib | rl-zoo |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "sb3-contrib | rl-zoo | Tianshou | OmniSafe |", "|---" * 14 + "|"]
     damaged = []
     for env in envs:
         env_steps = budget(env, steps)
@@ -279,14 +285,14 @@ def summary(out: Path, envs: Sequence[str], steps: int | None = None) -> str:
                 continue
             if record is not None and record["step"] >= env_steps:
                 labels.setdefault(label, []).append((int(seed), record["mean_return"]))
-        sb3, zoo = PUBLISHED.get(env.rsplit("/", 1)[-1].rsplit("-v", 1)[0], (None, None))
+        published = " | ".join(f"{v:g}" if v is not None else "-"
+                               for v in PUBLISHED.get(env.rsplit("/", 1)[-1].rsplit("-v", 1)[0], (None,) * 4))
         for label, runs in labels.items():
             runs.sort()
             values = [v for _, v in runs]
             lines.append(f"| {env} | {label} | {env_steps:,} | {' '.join(str(s) for s, _ in runs)} | "
                          f"{', '.join(f'{v:.1f}' for v in values)} | {np.mean(values):.1f} | {np.std(values):.1f} | "
-                         f"{iqm_with_ci(values)} | {min(values):.1f} | {max(values):.1f} | {sb3 or '-'} | "
-                         f"{zoo or '-'} |")
+                         f"{iqm_with_ci(values)} | {min(values):.1f} | {max(values):.1f} | {published} |")
     return "\n".join(lines + damaged)
 
 
