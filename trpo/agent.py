@@ -2,7 +2,7 @@
 
     learner.py    pi_theta, V_phi and one update (collect -> advantages -> policy step -> fit V -> metrics)
     rundir.py     the run directory: claim and lock, config.yaml and logs, latest/best/numbered/final checkpoints
-    evaluation.py evaluation episodes and the periodic evaluation's line
+    evaluation.py evaluation episodes; the periodic evaluations (their rows, the best so far) and their line
     predictor.py  predict: observations encoded, recurrent state and episode starts, actions from the acting policy
     loading.py    load and resume
 
