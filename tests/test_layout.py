@@ -119,9 +119,11 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
 
 
 def test_config_sits_below_resolution_coercion_and_presets() -> None:
-    # config imports coerce and errors; resolve imports config and presets; presets and coerce import no config.
+    # config imports coerce, errors and validation (which imports config only for the type checker); resolve
+    # imports config and presets; presets and coerce import no config.
     modules = _modules()
     graph = {name: _imports_at_load(name, f, set(modules)) for name, f in modules.items()}
-    assert graph["trpo.config"] <= {"trpo.coerce", "trpo.errors"}
+    assert graph["trpo.config"] <= {"trpo.coerce", "trpo.errors", "trpo.validation"}
+    assert graph["trpo.validation"] <= {"trpo.coerce", "trpo.errors"}
     assert {"trpo.config", "trpo.presets"} <= graph["trpo.resolve"]
     assert "trpo.config" not in graph["trpo.presets"] | graph["trpo.coerce"]

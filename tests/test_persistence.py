@@ -90,6 +90,7 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
                    max_grad_norm=1.0, clip_range=0.1, target_kl=0.02, kl_penalty="fixed", penalty_coef=2.0,
                    kl_target=0.02,
                    cg_damping=0.05, cg_tol=1e-8, fisher_product="hessian", fisher_subsample=2, backtrack_ratio=0.5,
+                   natural_gradient="kfac_cg",
                    max_backtracks=4, value_lr=3e-4, value_eps=1e-5, value_epochs=2, value_minibatch=16,
                    actor_hidden=(8,), critic_hidden=(8, 4), activation="relu", init_log_std=-1.0, normalize_obs=True,
                    normalize_reward=True, clip_obs=5.0, clip_reward=4.0, device="cpu", torch_threads=1,
@@ -100,8 +101,10 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
                    vine_horizon=5, vine_bootstrap=False, recurrent_hidden=8, recurrent_seq_len=5,
                    use_sde=True, sde_sample_freq=3, env_kwargs={"g": 9.0}, max_episode_steps=150)
     # Vine sampling takes feed-forward policies (and no wrappers it cannot save the state of, nor per-step
-    # observation statistics): the recurrent one is the same config with single paths, a wrapper and those.
+    # observation statistics): the recurrent one is the same config with single paths, a wrapper and those. K-FAC
+    # takes feed-forward policies too: the recurrent one solves by CG.
     recurrent = {**changed, "recurrent": "gru", "sampling": "single_path", "obs_norm_update": "step",
+                 "natural_gradient": "cg",
                  "env_wrappers": (("gymnasium.wrappers:ClipReward", {"min_reward": -5.0, "max_reward": 0.0}),)}
     defaults = TRPOConfig()
     assert set(recurrent) == {f.name for f in dataclasses.fields(TRPOConfig)}  # a new field must join this test

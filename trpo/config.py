@@ -1,11 +1,12 @@
 """Typed configuration: one documented field per hyperparameter (`TRPOConfig`), validated on construction
-(trpo.validation's `validate`, importable from here too), the fields' docs (`field_docs`) and the field-aware coercion of CLI/YAML values (`coerce_fields`, over trpo.coerce's `typed`).
+(trpo.validation's `validate`, importable from here too), the fields' docs (`field_docs`) and the field-aware
+coercion of CLI/YAML values (`coerce_fields`, over trpo.coerce's `typed`).
 
 The CLI (`trpo train --max-kl 0.02`) and YAML files (`max_kl: 0.02`) map one-to-one onto the fields of
 `TRPOConfig` (dashes on the command line, underscores in YAML and Python). Which values a run gets (field defaults
 < preset < YAML file < command-line flags) is trpo.resolve's job. This module must not import trpo.resolve or
-trpo.presets (they import it): it sits below them, over trpo.coerce, trpo.errors and trpo.validation only. The names that moved to
-trpo.resolve stay importable from here for old imports, forwarded on first use (`__getattr__`).
+trpo.presets (they import it): it sits below them, over trpo.coerce, trpo.errors and trpo.validation only. The
+names that moved to trpo.resolve stay importable from here for old imports, forwarded on first use (`__getattr__`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ UpdateRule = Literal["trpo", "npg", "penalty", "pg", "ppo"]
 KLConstraint = Literal["mean", "max"]
 KLPenalty = Literal["fixed", "adaptive", "theory"]
 FisherProduct = Literal["gauss_newton", "hessian"]
+NaturalGradient = Literal["cg", "kfac", "kfac_cg"]
 VectorMode = Literal["sync", "subprocess", "ray", "envpool"]
 Activation = Literal["tanh", "relu"]
 ImageEncoder = Literal["paper", "nature"]
@@ -121,7 +123,13 @@ class TRPOConfig:
     """'gauss_newton': F v = J^T M J v with the analytic Fisher metric M of the action distribution;
     'hessian': double backprop through the mean KL. Both equal the KL Hessian at theta_old."""
     fisher_subsample: int = 1
-    """Use every k-th sample of the batch for Fisher-vector products (baselines used 5)."""
+    """Use every k-th sample of the batch for Fisher-vector products (baselines used 5), and for K-FAC's factors."""
+    natural_gradient: NaturalGradient = "cg"
+    """How trpo and npg find x ~ (F + cg_damping I)^-1 g: 'cg', conjugate gradient on Fisher-vector products
+    (fisher_product); 'kfac', K-FAC's Kronecker-factored Fisher blocks of the Linear and Conv2d layers inverted
+    directly (Martens & Grosse 2015; ACKTR), the step then scaled to max_kl with one exact product and line-searched
+    as usual; 'kfac_cg', CG preconditioned with those blocks. The blocks take the distribution's exact Fisher
+    metric, cg_damping (> 0) as Tikhonov damping, and feed-forward actors (trpo/kfac.py)."""
     backtrack_ratio: float = 0.8
     """Line-search shrink factor alpha."""
     max_backtracks: int = 10

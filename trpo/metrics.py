@@ -26,8 +26,11 @@ METRICS: dict[str, str] = {
                      "last candidate tried",
     "line_search_steps": "trpo/npg: backtracks j of the accepted (or last tried) candidate",
     "step_fraction": "trpo/npg: alpha^j",
-    "cg_iterations": "trpo/npg: conjugate-gradient iterations run",
-    "cg_residual": "trpo/npg: the final residual norm ||g - (F + damping I) x||",
+    "cg_iterations": "trpo/npg: conjugate-gradient iterations run (preconditioned with K-FAC for `natural_gradient: "
+                     "kfac_cg`; 0 for `kfac`, whose direction takes none)",
+    "cg_residual": "trpo/npg: the final residual norm ||g - (F + damping I) x|| (for `natural_gradient: kfac`, "
+                   "min over c of ||g - c (F + damping I) x||, x K-FAC's direction and F exact: how far that direction "
+                   "is from the natural gradient's, its length being beta's business)",
     "xFx": "trpo/npg: x^T (F + damping I) x",
     "beta": "trpo/npg: sqrt(2 delta / x^T F x), the full step's scale",
     "policy_epochs_run": "pg, penalty, ppo: passes over the batch run (fewer than `policy_epochs` after a ppo early "

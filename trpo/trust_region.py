@@ -3,7 +3,8 @@ appendix C).
 
     g        = grad L(theta) at theta_old                         (surrogate gradient)
     F v      = Hessian of mean KL(pi_old || pi_theta) at theta_old, times v   (Fisher-vector product)
-    x        ~ F^-1 g                                             (conjugate gradient, x0 = 0)
+    x        ~ F^-1 g                                             (conjugate gradient, x0 = 0; or K-FAC's F_kfac^-1 g,
+                                                                   or CG preconditioned with it: kfac.py)
     beta     = sqrt(2 delta / x^T F x)                            (largest step on the quadratic KL model)
     theta    = theta_old + alpha^j beta x, first j in 0..J with  KL <= delta  and  L(theta) - L(theta_old) >= 0
 
@@ -107,13 +108,20 @@ class CGResult:
     residual_norm: float  # ||b - A x|| at exit
 
 
-def conjugate_gradient(avp: LinearOperator, b: Vector, max_iters: int, tol: float = 1e-10) -> CGResult:
+def conjugate_gradient(avp: LinearOperator, b: Vector, max_iters: int, tol: float = 1e-10,
+                       precondition: LinearOperator | None = None) -> CGResult:
     """Solve A x = b for symmetric positive-definite A given only v -> A v. Starts at x0 = 0 (deterministic);
-    stops after max_iters or once ||r||^2 < tol."""
+    stops after max_iters or once ||r||^2 < tol.
+
+    With `precondition` (v -> P^-1 v, P symmetric positive definite and close to A: K-FAC's blocks) it is
+    preconditioned CG: the same iterates in the variable P^(1/2) x, which converge in fewer iterations the closer
+    P^-1 A is to I (in one when P = A). Without, the operations are plain CG's, in the same order."""
     x = torch.zeros_like(b)
     r = b.clone()  # r = b - A x0 = b
-    p = r.clone()
-    rr = r @ r
+    z = r if precondition is None else precondition(r)
+    p = z.clone()
+    rz = r @ z
+    rr = rz if precondition is None else r @ r
     iterations = 0
     for _ in range(max_iters):
         if rr < tol:
@@ -122,13 +130,17 @@ def conjugate_gradient(avp: LinearOperator, b: Vector, max_iters: int, tol: floa
         pap = p @ ap
         if not torch.isfinite(pap) or pap <= 0:
             break  # A is not positive definite along p; keep the iterate so far
-        alpha = rr / pap
+        alpha = rz / pap
         x = x + alpha * p
         r = r - alpha * ap
-        rr_new = r @ r
-        p = r + (rr_new / rr) * p
-        rr = rr_new
+        z = r if precondition is None else precondition(r)
+        rz_new = r @ z
+        rr = rz_new if precondition is None else r @ r
+        p = z + (rz_new / rz) * p
+        rz = rz_new
         iterations += 1
+        if precondition is not None and not (torch.isfinite(rz) and rz > 0):
+            break  # P^-1 is not positive definite along r (or r = 0 exactly)
     return CGResult(x=x, iterations=iterations, residual_norm=float(rr.sqrt()))
 
 
@@ -187,11 +199,16 @@ def trpo_step(
     backtrack_ratio: float,
     max_backtracks: int,
     line_search: bool = True,
+    precondition: LinearOperator | None = None,
+    direction: LinearOperator | None = None,
 ) -> StepResult:
     """One TRPO step (line_search=True) or natural policy gradient step (line_search=False).
 
     evaluate(theta) = (mean KL(pi_old || pi_theta), L(theta)), both exact on the batch (one forward pass).
     Any non-finite quantity or x^T F x <= 0 skips the update: theta_old is returned as is.
+    x ~ F^-1 g is CG's, preconditioned with `precondition` if given, or `direction(g)` (K-FAC's F_kfac^-1 g: no
+    CG, and fvp is used once, for x^T F x; the residual reported is min_c ||g - c F x||: of x's direction, whose
+    length beta sets).
     """
     grad_norm = float(grad.norm())
 
@@ -206,9 +223,16 @@ def trpo_step(
     if grad_norm == 0.0:
         return keep("zero_gradient")
 
-    cg = conjugate_gradient(fvp, grad, cg_iters, cg_tol)
-    x = cg.x
-    xfx = float(x @ fvp(x))
+    if direction is None:
+        cg = conjugate_gradient(fvp, grad, cg_iters, cg_tol, precondition)
+        x = cg.x
+        xfx = float(x @ fvp(x))
+    else:
+        x = direction(grad)
+        fx = fvp(x)
+        xfx = float(x @ fx)
+        scale = (grad @ fx) / (fx @ fx)  # beta sets the step's length: the residual of x's direction alone
+        cg = CGResult(x=x, iterations=0, residual_norm=float((grad - scale * fx).norm()))
     cg_info = dict(cg_iterations=cg.iterations, cg_residual=cg.residual_norm, xFx=xfx)
     if not math.isfinite(xfx) or not bool(torch.isfinite(x).all()):
         return keep("non_finite", **cg_info)

@@ -36,6 +36,7 @@ from trpo import objectives as obj
 from trpo.config import TRPOConfig
 from trpo.conv_jacobian import conv_linearization
 from trpo.distributions import ActionDistribution, Params
+from trpo.kfac import kfac
 from trpo.networks import Actor
 from trpo.optim import Adam
 from trpo.sequences import Inputs, Sequences, unit_steps, units
@@ -162,7 +163,8 @@ def flat_parameters(actor: Actor) -> tuple[Tensor, Callable[[Tensor, Inputs], Pa
 
 
 class TrustRegionRule:
-    """trpo and npg: g, x = F^-1 g by CG with Fisher-vector products, beta = sqrt(2 delta / x^T F x), then the
+    """trpo and npg: g, x = F^-1 g by CG with Fisher-vector products (natural_gradient 'cg'; 'kfac_cg': CG
+    preconditioned with K-FAC's blocks; 'kfac': x from those blocks alone), beta = sqrt(2 delta / x^T F x), then the
     backtracking line search (trpo) or the full step (npg): trust_region.trpo_step."""
 
     def __init__(self, config: TRPOConfig, dist: ActionDistribution) -> None:
@@ -181,19 +183,30 @@ class TrustRegionRule:
         k = cfg.fisher_subsample
         part = batch if k == 1 else batch.subset(slice(None, None, k))
         sub_obs, sub_old = part.inputs, part.old_params
-        # A CNN's Jacobian is built once (conv_jacobian.py); any other actor's products go through autograd.
-        conv = conv_linearization(actor, sub_obs, theta_old) if cfg.fisher_product == "gauss_newton" else None
+        # K-FAC's blocks (kfac.py): the direction itself, or CG's preconditioner.
+        blocks = None if cfg.natural_gradient == "cg" else kfac(actor, dist, part.obs, cfg.cg_damping)
+        # A CNN's Jacobian is built once (conv_jacobian.py) when CG makes many products with it; any other actor's
+        # products (and K-FAC's single one) go through autograd.
+        many = cfg.fisher_product == "gauss_newton" and cfg.natural_gradient != "kfac"
+        conv = conv_linearization(actor, sub_obs, theta_old) if many else None
         whole = conv if conv is not None and k == 1 else None  # its params are pi_old's on the whole batch
+        shared = blocks.params if blocks is not None and k == 1 else None  # so are K-FAC's, with their graph
 
         @torch.no_grad()
         def evaluate(theta: Tensor) -> tuple[float, float]:
-            # One forward pass for both (none for theta_old where the Jacobian's pass gave its params).
-            params = whole.params if whole is not None and theta is theta_old else params_of(theta, batch.inputs)
+            # One forward pass for both (none for theta_old where the Jacobian's or K-FAC's pass gave its params).
+            if theta is theta_old and (whole is not None or shared is not None):
+                params = whole.params if whole is not None else tuple(p.detach() for p in shared or ())
+            else:
+                params = params_of(theta, batch.inputs)
             return float(reduce_kl(dist.kl(batch.old_params, params))), float(surrogate(theta, params))
 
         if whole is not None:  # g = J^T dL/dparams: the chain rule, without another pass through the CNN
             params = tuple(p.detach().requires_grad_(True) for p in whole.params)
             grad = whole.vjp(torch.autograd.grad(surrogate(theta_old, params), params))
+        elif shared is not None:  # g through the graph of K-FAC's forward pass, without another one
+            grads = torch.autograd.grad(surrogate(theta_old, shared), list(actor.parameters()))
+            grad = torch.cat([g.reshape(-1) for g in grads])
         else:
             theta = theta_old.clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(surrogate(theta), theta)
@@ -208,6 +221,8 @@ class TrustRegionRule:
             max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
             backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
             line_search=cfg.update_rule == "trpo",
+            precondition=blocks.inverse if blocks is not None and cfg.natural_gradient == "kfac_cg" else None,
+            direction=blocks.inverse if blocks is not None and cfg.natural_gradient == "kfac" else None,
         )
         if step.accepted:
             torch.nn.utils.vector_to_parameters(step.theta, actor.parameters())

@@ -23,6 +23,7 @@ from trpo.policy import Acting, PeriodicNoise, batch_noise, snapshot
 from trpo.rollout.envpool_backend import envpool_backend
 from trpo.rollout.ray_actors import ray_backend
 from trpo.rollout.runner import Backend, BackendFactory, Segment, sync_backend
+from trpo.rollout.sb3_vecenv import VecEnvSource, sb3_vecenv_backend
 from trpo.rollout.workers import subprocess_backend, worker_count
 from trpo.sequences import Sequences
 from trpo.vine import Branches, VineBatch, VinePlan, VineSettings, draw_plan
@@ -93,9 +94,15 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
-# vector_mode -> the backend's factory; a new backend is a module with a factory and a line here.
+# vector_mode -> the backend's factory; a new backend is a module with a factory and a line here. 'sb3_vecenv' is no
+# vector_mode: an SB3 VecEnv (trpo.sb3's drop-in) chooses it by its env spec (`backend_for`).
 BACKENDS: dict[str, BackendFactory] = {"sync": sync_backend, "subprocess": subprocess_backend, "ray": ray_backend,
-                                       "envpool": envpool_backend}
+                                       "envpool": envpool_backend, "sb3_vecenv": sb3_vecenv_backend}
+
+
+def backend_for(spec: EnvSpec, cfg: TRPOConfig) -> str:
+    """The `BACKENDS` key that steps `spec`: an SB3 VecEnv's own, else the config's vector_mode."""
+    return "sb3_vecenv" if isinstance(spec, VecEnvSource) else cfg.vector_mode
 
 
 def layout(cfg: TRPOConfig) -> str:
@@ -138,7 +145,7 @@ class RolloutCollector:
         self.device = torch.device(cfg.device)
         self.num_envs = cfg.num_envs
         self.per_step = cfg.obs_norm_update == "step" and obs_norm.enabled  # images are never normalized
-        self.runner: Backend = BACKENDS[cfg.vector_mode](spec, cfg, encoder, dist)
+        self.runner: Backend = BACKENDS[backend_for(spec, cfg)](spec, cfg, encoder, dist)
         try:
             first = self.runner.reset(seed)
             if not self.per_step:  # per step: the acting policy merges these at the batch's first step

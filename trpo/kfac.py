@@ -1,0 +1,272 @@
+"""Kronecker-factored Fisher blocks (K-FAC: Martens & Grosse 2015; its convolutional form KFC: Grosse & Martens
+2016; for TRPO, ACKTR: Wu et al. 2017), as an approximate inverse of the damped Fisher (F + lambda I)^-1 for the
+natural-gradient step: the direction itself (TRPOConfig.natural_gradient 'kfac') or CG's preconditioner ('kfac_cg').
+
+F is the Fisher of the mean KL the line search bounds, F = (1/n) sum_i J_i^T M_i J_i, with M_i the exact Fisher
+metric of the action distribution at sample i's params (distributions.fisher_metric_product), not a Monte Carlo
+estimate from sampled actions. Factoring M_i = L_i L_i^T (an eigendecomposition of the small matrix M_i), backprop of
+each column of L_i to a layer's output s gives vectors g_ik with sum_k g_ik g_ik^T = J_s,i^T M_i J_s,i exactly:
+
+    Linear   s = W a + b:       A = (1/n) sum_i abar_i abar_i^T,          G = (1/n) sum_i sum_k g_ik g_ik^T
+    Conv2d   s_t = W abar_t:    A = (1/n) sum_i sum_t abar_it abar_it^T,  G = (1/(n T)) sum_i sum_t sum_k g_ikt g_ikt^T
+
+with abar = [a, 1] (the bias as a last input column; abar_t the patch at output position t, F.unfold) and T the output
+positions. The layer's block of F, over its weight and bias as one matrix [W | b] read row by row, is then G (x) A:
+exact for one sample of a Linear (and of a Conv2d with one output position); for a batch it assumes activations
+independent of output gradients (and KFC's spatial homogeneity and uncorrelated positions). Between layers F is taken
+block-diagonal. Parameters no layer owns get their exact block: a Gaussian's state-independent log std (the mean of
+M_i over its outputs, 2 I for the diagonal Gaussian) and gSDE's log-std matrix (its exact block, one F x F matrix per
+action: its metric is diagonal in the log std and the features enter the variance detached); any other parameter,
+and a recurrent cell (its Linears are applied once per time step: no Kronecker block of one application), is refused.
+
+Damping is Tikhonov's, factored as Martens & Grosse (section 6.3): (A + pi sqrt(lambda) I) (x) (G + sqrt(lambda)/pi I),
+pi = sqrt((tr A / dim A) / (tr G / dim G)), which approximates G (x) A + lambda I; the exact blocks get + lambda I.
+
+Cost per step: one forward pass, one backward pass per distribution parameter that depends on the layers (head_dim
+of them: the action count, or the action dimension of a Gaussian's mean), and the inverses of the factors. It reads
+the actor (its modules, and their inputs and outputs in that one forward pass); it writes no parameter, takes no
+config and draws no random numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from trpo.distributions import ActionDistribution, Params, SDEHead
+from trpo.networks import Actor
+
+CHUNK = 256  # samples per block while a convolution's patches are unfolded for A (memory stays ~ CHUNK patches)
+
+
+@dataclass(frozen=True)
+class KroneckerBlock:
+    """One Linear or Conv2d layer: where its weight and bias sit in theta, and its factors A (inputs) and G (output
+    gradients), undamped; the block of F over [W | b] (row-major) is kron(G, A)."""
+
+    name: str
+    weight: slice
+    bias: slice | None
+    a: Tensor  # [in (+1), in (+1)]: in = C_in * kh * kw for a Conv2d
+    g: Tensor  # [out, out]
+
+
+@dataclass(frozen=True)
+class ExactBlock:
+    """Parameters no layer owns, with their exact Fisher block: theta[index] viewed as `shape` ([A] or gSDE's
+    [F, A]); `matrices` [m, d, d] act on theta[index] reshaped to [d] (m = 1) or on each column of the [F, A] view."""
+
+    name: str
+    index: slice
+    shape: tuple[int, ...]
+    matrices: Tensor
+    columns: bool  # True: one matrix per column of the [F, A] view (gSDE)
+
+
+class KFAC:
+    """The blocks of one policy step, and v -> (F_kfac + damping)^-1 v (`inverse`) and v -> F_kfac v (`product`,
+    undamped) on flat vectors in the order of actor.named_parameters()."""
+
+    def __init__(self, kron: list[KroneckerBlock], exact: list[ExactBlock], damping: float,
+                 params: Params | None = None) -> None:
+        self.kron, self.exact, self.damping = kron, exact, damping
+        self.params = params  # the forward pass's distribution params, their graph kept (the caller's g reuses it)
+        root = math.sqrt(damping)
+        self._inverses = []
+        for block in kron:
+            pi = _pi(block.a, block.g)
+            self._inverses.append((_spd_inverse(block.a, pi * root), _spd_inverse(block.g, root / pi)))
+        self._exact_inverses = [_spd_inverse(block.matrices, damping) for block in exact]
+
+    def inverse(self, v: Tensor) -> Tensor:
+        """(A + pi sqrt(lambda) I)^-1 (x) (G + sqrt(lambda)/pi I)^-1 per layer, (B + lambda I)^-1 per exact block."""
+        out = torch.empty_like(v)
+        for block, (a_inv, g_inv) in zip(self.kron, self._inverses, strict=True):
+            _put(block, out, g_inv @ _matrix(block, v) @ a_inv)
+        for eblock, inv in zip(self.exact, self._exact_inverses, strict=True):
+            _put_exact(eblock, out, inv, v)
+        return out
+
+    def product(self, v: Tensor) -> Tensor:
+        """F_kfac v, undamped: G V A per layer, B v per exact block."""
+        out = torch.empty_like(v)
+        for block in self.kron:
+            _put(block, out, block.g @ _matrix(block, v) @ block.a)
+        for eblock in self.exact:
+            _put_exact(eblock, out, eblock.matrices, v)
+        return out
+
+
+def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float) -> KFAC:
+    """The K-FAC blocks of `actor` (at its current parameters, pi_old) on observations obs [n, D], damped by lambda =
+    `damping` (> 0: the factors are often singular). ValueError for an actor it has no blocks for."""
+    if actor.cell is not None or not isinstance(obs, Tensor):
+        raise ValueError("K-FAC takes feed-forward actors: a recurrent cell applies its layers once per time step")
+    names = {id(p): name for name, p in actor.named_parameters()}
+    offsets, start = {}, 0
+    for name, p in actor.named_parameters():
+        offsets[name] = slice(start, start + p.numel())
+        start += p.numel()
+    layers = [(name, m) for name, m in actor.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    seen: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name, _ in layers}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen[name].append((i[0].detach(), o)))
+             for name, m in layers]
+    try:
+        with torch.enable_grad():
+            params = actor(obs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = [(name, m) for name, m in layers if seen[name]]  # e.g. a head's Linear the forward pass never runs
+    if any(len(seen[name]) > 1 for name, _ in layers):
+        raise ValueError("K-FAC needs each layer applied once per sample (a shared layer has no Kronecker block)")
+    n = obs.shape[0]
+    grads = _output_gradient_moments(dist, params, [seen[name][0][1] for name, _ in layers])
+    kron = []
+    for (name, module), g in zip(layers, grads, strict=True):
+        x, out = seen[name][0]
+        if isinstance(module, nn.Conv2d):
+            if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+                raise ValueError(f"K-FAC: {name} is a grouped convolution, or padded otherwise than by zeros given "
+                                 "as numbers")
+            a = _conv_input_moment(module, x) / n
+            g = g / (n * out.shape[-1] * out.shape[-2])
+        else:
+            a, g = _input_moment(x, module.bias is not None) / n, g / n
+        bias = offsets[f"{name}.bias"] if module.bias is not None else None
+        kron.append(KroneckerBlock(name, offsets[f"{name}.weight"], bias, a, g))
+    owned = {f"{name}.{kind}" for name, m in layers for kind in ("weight", "bias") if getattr(m, kind) is not None}
+    exact = [_exact_block(actor, dist, params, seen, names[id(p)], offsets[names[id(p)]])
+             for p in actor.parameters() if names[id(p)] not in owned]
+    return KFAC(kron, exact, damping, params)
+
+
+# --- the factors -------------------------------------------------------------------------------------------------
+
+
+def _input_moment(x: Tensor, bias: bool) -> Tensor:
+    """sum_i abar_i abar_i^T, abar = [x, 1] (without the 1 for a layer without bias)."""
+    x = x.reshape(-1, x.shape[-1])
+    if bias:
+        x = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
+    return x.t() @ x
+
+
+def _conv_input_moment(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """sum_i sum_t abar_it abar_it^T over the patches abar_it = [unfold(x_i)_t, 1] the convolution's weight sees."""
+    total = None
+    for s in range(0, x.shape[0], CHUNK):
+        assert not isinstance(conv.padding, str)  # refused in `kfac`
+        cols = F.unfold(x[s : s + CHUNK], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # [c, K, T]
+        cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        moment = _input_moment(cols, conv.bias is not None)
+        total = moment if total is None else total + moment
+    assert total is not None
+    return total
+
+
+def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: list[Tensor]) -> list[Tensor]:
+    """sum_i sum_k g_ik g_ik^T per layer output (summed over positions t for a convolution), g_ik the gradient at the
+    output of <params_i, L_i e_k>, M_i = L_i L_i^T; only the params that depend on the layers enter (the others add
+    zero rows to J)."""
+    targets = {o.grad_fn for o in outputs}
+    used = [j for j, p in enumerate(params) if p.grad_fn is not None and _reaches(p.grad_fn, targets)]
+    detached = tuple(p.detach() for p in params)
+    sizes = [params[j].shape[-1] for j in used]
+    # M_i on the used params, column by column from the metric's product with unit tangents: [n, d, d].
+    columns = []
+    for j, size in zip(used, sizes, strict=True):
+        for c in range(size):
+            tangent = tuple(torch.zeros_like(p) for p in detached)
+            tangent[j][:, c] = 1.0
+            product = dist.fisher_metric_product(detached, tangent)
+            columns.append(torch.cat([product[i] for i in used], -1))
+    metric = torch.stack(columns, -1)
+    values, vectors = torch.linalg.eigh(0.5 * (metric + metric.transpose(1, 2)))
+    roots = vectors * values.clamp_min(0).sqrt().unsqueeze(1)  # L_i, M_i = L_i L_i^T
+    moments = [o.new_zeros(o.shape[1], o.shape[1]) for o in outputs]
+    for k in range(roots.shape[-1]):
+        pieces = torch.split(roots[..., k], sizes, -1)
+        inner = sum(((params[j] * piece).sum() for j, piece in zip(used, pieces, strict=True)),
+                    params[0].new_zeros(()))
+        grads = torch.autograd.grad(inner, outputs, retain_graph=True)
+        for moment, g in zip(moments, grads, strict=True):
+            flat = g.reshape(-1, g.shape[-1]) if g.dim() == 2 else g.transpose(1, -1).reshape(-1, g.shape[1])
+            moment += flat.t() @ flat
+    return moments
+
+
+def _reaches(node: object, targets: Collection[object]) -> bool:
+    """Whether the autograd graph below `node` passes through one of `targets` (a layer output's grad_fn)."""
+    stack, visited = [node], set()
+    while stack:
+        current = stack.pop()
+        if current in targets:
+            return True
+        if current is None or id(current) in visited:
+            continue
+        visited.add(id(current))
+        stack.extend(child for child, _ in current.next_functions)  # type: ignore[attr-defined]
+    return False
+
+
+def _exact_block(actor: Actor, dist: ActionDistribution, params: Params, seen: dict[str, list[tuple[Tensor, Tensor]]],
+                 name: str, index: slice) -> ExactBlock:
+    """The exact Fisher block of a head's log std: (1/n) sum_i J_i^T M_i J_i over it (no cross terms with the
+    layers: the Gaussian's metric has none between mean and log std, and gSDE's features enter detached)."""
+    head, detached = actor.head, tuple(p.detach() for p in params)
+    if name != "head.log_std" or len(params) != 2:
+        raise ValueError(f"K-FAC has no block for parameter {name!r}: only Linear, Conv2d and a Gaussian's log std")
+    # The metric's diagonal on the log-std outputs, [n, A]; the Gaussian's is 2, with no cross terms.
+    diag = dist.fisher_metric_product(detached, (torch.zeros_like(detached[0]), torch.ones_like(detached[1])))[1]
+    n = diag.shape[0]
+    if isinstance(head, SDEHead):  # d log_std_ia / d log_std[f, a] = z_if^2 sigma_fa^2 / var_ia =: w[i, f, a]
+        z = seen["head.linear"][0][0]
+        w = z.pow(2).unsqueeze(-1) * torch.exp(2 * head.log_std.detach()) / torch.exp(2 * detached[1]).unsqueeze(1)
+        matrices = torch.einsum("ifa,ia,iga->afg", w, diag, w) / n
+        return ExactBlock(name, index, tuple(head.log_std.shape), matrices, True)
+    # A state-independent log std: log_std_i = log_std for every sample, J_i = I.
+    return ExactBlock(name, index, (diag.shape[1],), torch.diag(diag.mean(0)).unsqueeze(0), False)
+
+
+# --- applying the blocks -------------------------------------------------------------------------------------
+
+
+def _pi(a: Tensor, g: Tensor) -> float:
+    """Martens & Grosse's split of the damping between the factors: sqrt of the ratio of their mean eigenvalues."""
+    ratio = float((a.trace() / a.shape[0]) / (g.trace() / g.shape[0]))
+    return math.sqrt(ratio) if math.isfinite(ratio) and ratio > 0 else 1.0
+
+
+def _spd_inverse(matrix: Tensor, damping: float) -> Tensor:
+    """(matrix + damping I)^-1 of symmetric positive semi-definite matrices (a batch of them too), by Cholesky."""
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    return torch.cholesky_inverse(torch.linalg.cholesky(matrix + damping * eye))
+
+
+def _matrix(block: KroneckerBlock, v: Tensor) -> Tensor:
+    """A layer's part of v as the matrix [V_W | v_b], [out, in (+1)]."""
+    out = block.g.shape[0]
+    w = v[block.weight].view(out, -1)
+    return w if block.bias is None else torch.cat([w, v[block.bias].view(out, 1)], 1)
+
+
+def _put(block: KroneckerBlock, out: Tensor, matrix: Tensor) -> None:
+    if block.bias is None:
+        out[block.weight] = matrix.reshape(-1)
+    else:
+        out[block.weight] = matrix[:, :-1].reshape(-1)
+        out[block.bias] = matrix[:, -1]
+
+
+def _put_exact(block: ExactBlock, out: Tensor, matrices: Tensor, v: Tensor) -> None:
+    part = v[block.index].view(block.shape)
+    if block.columns:  # [F, A]: matrix a acts on column a
+        out[block.index] = torch.einsum("afg,ga->fa", matrices, part).reshape(-1)
+    else:
+        out[block.index] = matrices[0] @ part
