@@ -65,6 +65,8 @@ SKIPPED: dict[tuple[str, str], str] = {
        for page in ("README.md", "docs/index.md", "docs/install.md")},
     ("docs/train.md", "my_package.envs:MyEnv-v0"): "a placeholder for the reader's own package",
     ("docs/ray.md", "--ray-address auto"): "joins the Ray cluster this machine is in: there is none",
+    ("docs/results.md", "--peer tianshou"): "Tianshou is in the bench extra, not the test one (it pins pandas<3 and "
+    "an older filelock; docs/bench.md): its peer runs end to end in tests/test_peer_tianshou.py where installed",
     ("docs/recurrent.md", "benchmarks/recurrent.py"): "no budget flag: each task's budget is fixed (100k-1M steps) and "
     "RecurrentPPO runs with it, 7-90 minutes a run",
     ("docs/speed.md", "benchmarks/memory.py --base /tmp/base"): "compares with a checkout of another commit in "
