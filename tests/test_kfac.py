@@ -31,7 +31,7 @@ from trpo.networks import Actor
 from trpo.trust_region import conjugate_gradient
 from trpo.update_rules import PolicyBatch, TrustRegionRule
 
-pytestmark = pytest.mark.numerics
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("float64")]
 
 SPACES = {
     "categorical": (spaces.Discrete(4), False),
@@ -41,14 +41,6 @@ SPACES = {
     "bernoulli": (spaces.MultiBinary(3), False),
 }
 IMAGE = ImageLayout(channels=2, height=10, width=10, channels_last=False, scale=1.0)  # paper CNN: 4x4, then 1x1
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 def tiny_actor(space: spaces.Space, sde: bool = False, image: bool = False, seed: int = 0):

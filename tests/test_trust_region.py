@@ -23,16 +23,7 @@ from trpo.trust_region import (
 )
 
 # Floats through kernels that numpy and torch pick per CPU: scripts/dev.py test runs these again with others forced.
-pytestmark = pytest.mark.numerics
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons need double precision; restore the default afterwards for the other modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("float64")]
 
 
 def random_spd(n: int, seed: int, cond: float = 50.0) -> torch.Tensor:
