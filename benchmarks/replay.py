@@ -11,7 +11,7 @@ Identical rows (every key but the timings) mean this code trains those runs as r
 records' returns are then this code's. Runs are bit-identical on one machine, not across CPUs, so a record made
 elsewhere can differ from the first row without any change in the code; and a resumed run's envs start from fresh
 seeds (docs/runs.md), so a record is compared only up to its first resume. A peer's run (sb3-contrib, rl-zoo) has no
-trpo config and is skipped.
+trpo config and is skipped. Exit status 1 where a record differs or could not be trained again.
 """
 
 from __future__ import annotations
@@ -89,8 +89,14 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories holding config.yaml and metrics.jsonl")
     parser.add_argument("--updates", type=int, default=10, help="updates to train again per run (default 10)")
     args = parser.parse_args()
+    failed = 0
     for run_dir in args.runs:
-        print(f"{run_dir}: {replay(run_dir, args.updates)}", flush=True)
+        said = replay(run_dir, args.updates)
+        failed += said.startswith(("differs", "replay failed"))
+        print(f"{run_dir}: {said}", flush=True)
+    if failed:  # a check that says "differs" must not pass a script or CI that runs it
+        print(f"{failed} of {len(args.runs)} records not trained again as recorded", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

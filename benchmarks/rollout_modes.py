@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="config fields for every run, as for trpo train (num_envs=4 for an env without preset)")
     args = parser.parse_args()
+    if args.updates < 2:  # steps/s counts updates 2.. (the first holds the start-up)
+        parser.error(f"--updates must be at least 2, got {args.updates}")
     from trpo.bench import field_values
     from trpo.config import coerce_fields
 

@@ -74,6 +74,10 @@ def test_suite_runs_skips_and_resumes(tmp_path: Path) -> None:
     rows[1]["entropy"] += 1e-7
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert replay.replay(runs[0], updates=2).startswith("differs at update 2, entropy: recorded")
+    # The script's exit status says it: 1 where a record differs, so that a check that runs it fails.
+    res = subprocess.run([sys.executable, replay.__file__, str(runs[0]), "--updates", "2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "1 of 1 records not trained again as recorded" in res.stderr, res.stderr
 
 
 def test_suite_sets_any_field_booleans_included(tmp_path: Path) -> None:
