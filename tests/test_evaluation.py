@@ -158,3 +158,35 @@ def test_trpo_eval_shows_how_far_a_long_evaluation_is(tmp_path: Path, monkeypatc
     counts = [(int(m[1]), int(m[2])) for m in shown if m]
     assert counts[-1] == (9, sum(result["lengths"]))  # the last step of the last episode
     assert [steps for _, steps in counts] == list(range(1, sum(result["lengths"]) + 1))
+
+
+class _NaNAfter(gym.Env):
+    """Finite observations until step `after` of an episode, then NaN in one coordinate."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, after: int, where: int) -> None:
+        self.after, self.where, self.t = after, where, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action: int) -> tuple:
+        self.t += 1
+        obs = self.observation_space.sample()
+        if self.t >= self.after:
+            obs[self.where] = float("nan") if self.where % 2 == 0 else float("inf")
+        return obs, 1.0, False, self.t >= 20, {}
+
+
+@pytest.mark.parametrize(("after", "where"), [(1, 0), (5, 1), (19, 2)])
+def test_an_env_that_returns_a_non_finite_observation_in_evaluation_is_one_env_error(after: int, where: int) -> None:
+    from trpo import EnvError
+
+    agent = TRPO(lambda: _NaNAfter(after, where), seed=0, num_envs=1, vector_mode="sync")
+    with pytest.raises(EnvError, match=r"non-finite observation \(NaN or inf\) in an evaluation episode"):
+        agent.evaluate(2)
+    agent.close()

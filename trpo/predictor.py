@@ -16,6 +16,7 @@ from torch import Tensor
 
 from trpo import policy as policy_lib
 from trpo.distributions import ActionDistribution
+from trpo.errors import EnvError
 from trpo.evaluation import Act
 from trpo.networks import Actor
 from trpo.normalization import ObsNormalizer
@@ -56,7 +57,10 @@ class Predictor:
 
         def act(obs: Any, info: dict[str, Any], state: Any) -> tuple[Any, Any]:
             mask = info.get(MASK_KEY) if self.encoder.mask_from == "info" else None
-            actions, state = self.act(self.encoded(obs, False, mask), deterministic, state, going_on)
+            encoded = self.encoded(obs, False, mask)
+            if not np.isfinite(encoded).all():  # as in training (rollout runner): no action answers it meaningfully
+                raise EnvError("environment returned a non-finite observation (NaN or inf) in an evaluation episode")
+            actions, state = self.act(encoded, deterministic, state, going_on)
             return actions[0], state
 
         return act
