@@ -223,3 +223,24 @@ def test_api_run_dirs_are_refused_when_used_and_resumed_on_request(tmp_path: Pat
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     with pytest.raises(ConfigError, match="max_kl cannot change"):
         TRPO.resume(run, max_kl=0.5)
+
+
+def test_an_agent_with_non_finite_weights_is_not_saved_and_the_last_checkpoint_stays(tmp_path: Path) -> None:
+    """A checkpoint no load would accept is refused at save, not written for the load to refuse later; the file a
+    save would replace stays as it was."""
+    import math
+
+    from trpo import CheckpointError
+
+    agent = TRPO("CartPole-v1", seed=0, num_envs=1, vector_mode="sync", steps_per_env=64)
+    path = tmp_path / "agent.pt"
+    agent.save(path)
+    good = path.read_bytes()
+    for part, fill in (("actor", math.nan), ("critic", math.inf)):
+        with torch.no_grad():
+            next(iter(getattr(agent, part).parameters())).view(-1)[0] = fill
+        with pytest.raises(CheckpointError, match=rf"not saved: {part}\.\S+ holds NaN or an infinity"):
+            agent.save(path)
+        assert path.read_bytes() == good
+        agent.load_state_dict(TRPO.load(path).state_dict())  # the good weights back, for the next part
+    agent.close()

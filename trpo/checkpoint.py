@@ -300,7 +300,11 @@ def serialize(state: dict[str, Any]) -> bytes:
 
 
 def _sealed(state: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's contents with their format and their checksum beside them."""
+    """The checkpoint's contents with their format and their checksum beside them; CheckpointError, and nothing
+    written, where they hold what no load accepts (`damage`): the last checkpoint written stays the good one."""
+    damage = _damage(state)
+    if damage is not None:
+        raise CheckpointError(f"not saved: {damage}, which no load would accept (the last checkpoint written stays)")
     contents = {"format": FORMAT, **state}
     return {**contents, CHECKSUM: _digest(contents)}
 
@@ -340,13 +344,22 @@ def check_intact(path: Path, state: dict[str, Any]) -> None:
     """CheckpointError naming what is damaged: contents that do not match their checksum (a checkpoint from before
     checksums has none, and is read as it is), a non-finite number among the weights, optimizer and normalizer
     statistics, or a negative variance."""
-    import torch
 
     saved = state.get(CHECKSUM)
     if saved is not None and saved != _digest({k: v for k, v in state.items() if k != CHECKSUM}):
         raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the SHA-256 checksum saved "
                               "with them")
-    for key in sorted(state.keys() - {*_NOT_NUMBERS, CHECKSUM}):
+    damage = _damage(state)
+    if damage is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: {damage}")
+
+
+def _damage(state: dict[str, Any]) -> str | None:
+    """'NAME holds ...' for the first non-finite number among the weights, optimizer and normalizer statistics, or
+    negative variance; None where there is none."""
+    import torch
+
+    for key in sorted(state.keys() - {*_NOT_NUMBERS, CHECKSUM, "format"}):
         for name, value in _leaves(state[key], key):
             if isinstance(value, torch.Tensor) and value.is_floating_point():
                 finite = bool(torch.isfinite(value).all())
@@ -354,8 +367,8 @@ def check_intact(path: Path, state: dict[str, Any]) -> None:
             else:
                 finite, negative = not (isinstance(value, float) and not math.isfinite(value)), False
             if not finite or negative:
-                what = "NaN or an infinity" if not finite else "a negative variance"
-                raise CheckpointError(f"checkpoint {path} is damaged: {name} holds {what}")
+                return f"{name} holds {'NaN or an infinity' if not finite else 'a negative variance'}"
+    return None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
