@@ -552,3 +552,16 @@ def test_returns_that_overflow_float32_are_an_error_not_a_silent_skip() -> None:
     scaled.learn(256)  # the running return statistics (float64) scale them into range
     assert math.isfinite(scaled.history[-1]["advantage_std"])
     scaled.close()
+
+
+def test_predict_acts_with_the_actor_the_agent_holds_now() -> None:
+    """An actor set on the agent (not loaded into the old one) is the one predict and evaluate use."""
+    agent = TRPO("CartPole-v1", seed=0, num_envs=1, vector_mode="sync")
+    other = TRPO("CartPole-v1", seed=1, num_envs=1, vector_mode="sync")
+    obs = np.stack([agent.observation_space.sample() for _ in range(64)])
+    theirs = other.predict(obs)[0]
+    assert not np.array_equal(agent.predict(obs)[0], theirs)  # two initializations, two policies
+    agent.actor = other.actor
+    np.testing.assert_array_equal(agent.predict(obs)[0], theirs)
+    agent.close()
+    other.close()

@@ -122,7 +122,7 @@ class TRPO:
         self.action_space = self._eval_env.action_space
         self.learner = Learner.for_env(cfg, self.env_spec, self._eval_env, self.seed, self.device)
         self.dist, self.encoder = self.learner.dist, self.learner.encoder
-        self.predictor = Predictor(self.encoder, self.actor, self.dist, self.obs_norm, self.device, self.seed + 2)
+        self.predictor = Predictor(self.learner, self.device, self.seed + 2)
         self.history: list[dict[str, Any]] = []  # the metrics rows of this agent's updates
         self.evals = evaluation.Evaluations()  # periodic evaluations (eval_every), as in evaluations.jsonl
 

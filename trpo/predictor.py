@@ -8,7 +8,7 @@ and writes nothing, and never imports the agent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,14 +23,38 @@ from trpo.normalization import ObsNormalizer
 from trpo.observations import MASK_KEY, ObsEncoder, ObservationError
 
 
-class Predictor:
-    """Actions of `actor` for raw observations; sampled actions draw their noise from `gen` (seeded by the
-    agent, saved in its checkpoints)."""
+class Parts(Protocol):
+    """What acting reads of the learner, at each call (so that a part the agent replaces is the one that acts)."""
 
-    def __init__(self, encoder: ObsEncoder, actor: Actor, dist: ActionDistribution, obs_norm: ObsNormalizer,
-                 device: torch.device, seed: int) -> None:
-        self.encoder, self.actor, self.dist, self.obs_norm, self.device = encoder, actor, dist, obs_norm, device
+    encoder: ObsEncoder
+    actor: Actor
+    dist: ActionDistribution
+    obs_norm: ObsNormalizer
+
+
+class Predictor:
+    """Actions of the learner's actor (`parts`) for raw observations; sampled actions draw their noise from `gen`
+    (seeded by the agent, saved in its checkpoints)."""
+
+    def __init__(self, parts: Parts, device: torch.device, seed: int) -> None:
+        self.parts, self.device = parts, device
         self.gen = torch.Generator(device=device).manual_seed(seed)
+
+    @property
+    def encoder(self) -> ObsEncoder:
+        return self.parts.encoder
+
+    @property
+    def actor(self) -> Actor:
+        return self.parts.actor
+
+    @property
+    def dist(self) -> ActionDistribution:
+        return self.parts.dist
+
+    @property
+    def obs_norm(self) -> ObsNormalizer:
+        return self.parts.obs_norm
 
     @torch.no_grad()
     def predict(self, obs: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True,

@@ -175,8 +175,7 @@ class TRPO:
         if self.sub_sampling_factor > 1:
             self.learner.update_rule = _SubSampled(self.learner.update_rule, self.sub_sampling_factor, cfg.num_envs,
                                                    cfg.normalize_advantages)
-        self.predictor = Predictor(self.learner.encoder, self.learner.actor, self.learner.dist, self.learner.obs_norm,
-                                   self.device, seed + 2)
+        self.predictor = Predictor(self.learner, self.device, seed + 2)
         self.policy = TRPOPolicy(self)
         self._kl_dims = kl_dims(self.action_space)
 
