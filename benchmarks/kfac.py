@@ -5,6 +5,7 @@ MLP (Hopper-v5 with actor_hidden 256,256,256), each on its preset otherwise.
     pip install -e ".[bench]"                                  # MinAtar and MuJoCo
     .venv/bin/python benchmarks/kfac.py                        # both scenarios, 6 updates each, all methods
     .venv/bin/python benchmarks/kfac.py --scenario breakout --updates 10 --seed 1
+    .venv/bin/python benchmarks/kfac.py --scenario breakout --methods cg kfac --rounds 5   # on a busy machine
 
 Each (scenario, method) trains in a fresh subprocess (one torch thread, envs stepped in that process). The first
 update is left out of the means (imports, allocator warm-up). Printed per method: mean and median seconds of the
@@ -12,7 +13,9 @@ policy step, the ratio cg / method, CG's iterations, the `cg_residual` metric ov
 direction alone: min_c ||g - c (F + lambda I) x|| / ||g||; how far from the damped natural gradient it points),
 the accepted share and mean KL of the steps, and the mean episode return over the updates (a few updates: a smoke
 figure, not a learning curve; returns need benchmarks/learning.py). The timings are only comparable within one
-invocation on one machine: run it on an otherwise idle one.
+invocation on one machine: run it on an otherwise idle one, or with --rounds R, which runs the methods R times in
+turn (cg, kfac, ..., cg, kfac, ...) and prints the median over rounds of each round's ratio cg / method, so that a
+load that drifts during the invocation falls on every method alike; the other columns are then means over rounds.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--updates", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="run the methods this many times in turn")
     parser.add_argument("--child", nargs=2, metavar=("SCENARIO", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -76,17 +80,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     for scenario in args.scenario or list(SCENARIOS):
         print(f"{scenario} ({SCENARIOS[scenario][0]}), {args.updates} updates, seed {args.seed}:")
-        results: dict[str, dict[str, Any]] = {}
-        for method in args.methods:
-            out = subprocess.run([sys.executable, __file__, "--child", scenario, method, "--updates",
-                                  str(args.updates), "--seed", str(args.seed)], capture_output=True, text=True,
-                                 check=True)
-            results[method] = json.loads(out.stdout.strip().splitlines()[-1])
-        base = results.get("cg", {}).get("mean")
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for _ in range(args.rounds):
+            rounds.append({})
+            for method in args.methods:
+                out = subprocess.run([sys.executable, __file__, "--child", scenario, method, "--updates",
+                                      str(args.updates), "--seed", str(args.seed)], capture_output=True, text=True,
+                                     check=True)
+                rounds[-1][method] = json.loads(out.stdout.strip().splitlines()[-1])
+        results = {m: {k: statistics.fmean(r[m][k] for r in rounds) for k in rounds[0][m]} for m in args.methods}
         print(f"  {'method':8} {'policy s':>9} {'median':>8} {'cg/this':>8} {'CG its':>7} {'|r|/|g|':>8} "
               f"{'accepted':>8} {'KL':>8} {'return':>8}")
         for method, r in results.items():
-            ratio = f"{base / r['mean']:.2f}x" if base else "-"
+            ratios = [one["cg"]["mean"] / one[method]["mean"] for one in rounds if "cg" in one]
+            ratio = f"{statistics.median(ratios):.2f}x" if ratios else "-"
             print(f"  {method:8} {r['mean']:9.3f} {r['median']:8.3f} {ratio:>8} {r['cg_iterations']:7.1f} "
                   f"{r['relative_residual']:8.3f} {r['accepted']:8.2f} {r['kl']:8.4f} {r['return']:8.1f}")
 

@@ -93,7 +93,8 @@ def test_every_config_field_is_documented_once_in_the_code() -> None:
 
 @pytest.mark.parametrize("rule,extra", [("trpo", {"holdout_fraction": 0.25}), ("npg", {}), ("pg", {}),
                                         ("penalty", {}), ("penalty", {"kl_penalty": "theory"}), ("ppo", {}),
-                                        ("trpo", {"sampling": "vine"}), ("trpo", {"use_sde": True})])
+                                        ("trpo", {"sampling": "vine"}), ("trpo", {"use_sde": True}),
+                                        ("trpo", {"shared_trunk": True})])
 def test_every_logged_metric_has_its_definition(tmp_path: Path, rule: str, extra: dict) -> None:
     config = TRPOConfig(num_envs=1, steps_per_env=64, value_epochs=1, update_rule=rule, eval_every=64,
                         eval_episodes=1, **extra)

@@ -27,8 +27,9 @@ from trpo import TRPO, ConfigError, TRPOConfig
 from trpo.distributions import make_distribution
 from trpo.encoders import ImageLayout
 from trpo.kfac import KFAC, kfac
+from trpo.kfac_conv import ConvOutput, conv_input_moment, kept_patches, patches
 from trpo.networks import Actor
-from trpo.trust_region import conjugate_gradient
+from trpo.trust_region import autograd_linearization, conjugate_gradient, gauss_newton_fvp
 from trpo.update_rules import PolicyBatch, TrustRegionRule
 
 pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("float64")]
@@ -234,6 +235,53 @@ def test_kfac_refuses_recurrent_actors_and_configs_say_so_in_one_line() -> None:
         TRPOConfig.from_dict({"natural_gradient": "newton"})
 
 
+@pytest.mark.parametrize("name", [*SPACES, "image"])
+def test_the_exact_fisher_equals_the_gauss_newton_product(name: str) -> None:
+    """ExactFisher (J v forward-mode, J^T u by one backward) against trust_region's double-vjp product: the same
+    (F + lambda I) v to float64 rounding, and its quadratic form v^T (F + lambda I) v from J v alone."""
+    space, sde = SPACES["categorical" if name == "image" else name]
+    dist, actor, obs_dim = tiny_actor(space, sde, image=name == "image")
+    theta, params_fn = flat(actor)
+    obs = torch.rand(7, obs_dim)
+    lin = autograd_linearization(lambda th: params_fn(th, obs), theta)
+    fvp = gauss_newton_fvp(lin, dist.fisher_metric_product, 0.1)
+    fisher = kfac(actor, dist, obs, damping=0.1).fisher
+    assert fisher is not None
+    for seed in range(3):
+        v = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(seed))
+        expected = fvp(v)
+        torch.testing.assert_close(fisher.product(v), expected, rtol=1e-12, atol=1e-12)
+        assert float(fisher.quadratic(v)) == pytest.approx(float(v @ expected), rel=1e-12)
+    explicit = explicit_fisher(dist, params_fn, theta, obs) + 0.1 * torch.eye(theta.numel())  # a third opinion
+    torch.testing.assert_close(fisher.product(v), explicit @ v, rtol=1e-9, atol=1e-10)
+
+
+CONVS = [dict(kernel_size=3, stride=1), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
+         dict(kernel_size=(5, 6), stride=3), dict(kernel_size=2, stride=2, bias=False)]  # the third covers its input
+
+
+@pytest.mark.parametrize("kwargs", CONVS)
+def test_conv_patches_and_backward_match_unfold_and_autograd(kwargs: dict) -> None:
+    """kfac_conv against torch: patches are F.unfold's columns, A is the same kept or chunked, and ConvOutput's
+    backward (matrix products, aten's kernel for the rest) is autograd's, with and without kept patches."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, **kwargs)
+    x = torch.randn(5, 3, 5, 6, requires_grad=True)
+    pad, dil = conv.padding, conv.dilation
+    cols = torch.nn.functional.unfold(x.detach(), conv.kernel_size, dil, pad, conv.stride)  # [n, K, T]
+    torch.testing.assert_close(patches(conv, x.detach()), cols.transpose(1, 2).reshape(-1, cols.shape[1]),
+                               rtol=0, atol=0)
+    kept = kept_patches(conv, x.detach())
+    assert kept is not None
+    torch.testing.assert_close(conv_input_moment(conv, x.detach(), kept), conv_input_moment(conv, x.detach()))
+    grad = torch.randn_like(conv(x))
+    expected = torch.autograd.grad(conv(x), [x, *conv.parameters()], grad)
+    for keep in (kept, None):
+        out = ConvOutput.apply(x, conv.weight, conv.bias, conv(x).detach(), conv, keep)
+        for got, want in zip(torch.autograd.grad(out, [x, *conv.parameters()], grad), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 # --- the policy step ------------------------------------------------------------------------------------------
 
 
@@ -328,9 +376,11 @@ def test_kfac_blocks_have_no_nan_on_dead_relu_layers() -> None:
 
 
 @pytest.mark.parametrize("subsample", [1, 3])
-def test_the_kfac_rules_gradient_is_the_surrogates(subsample: int) -> None:
-    """g through K-FAC's own forward pass (fisher_subsample 1) or a pass of its own (3) is CG's g."""
-    dist, actor, obs_dim = tiny_actor(*SPACES["gaussian"])
+@pytest.mark.parametrize("name,image", [("gaussian", False), ("categorical", True)])
+def test_the_kfac_rules_gradient_is_the_surrogates(subsample: int, name: str, image: bool) -> None:
+    """g through K-FAC's own forward pass (fisher_subsample 1; a CNN's backward through kfac_conv.ConvOutput) or a
+    pass of its own (3) is CG's g."""
+    dist, actor, obs_dim = tiny_actor(*SPACES[name], image=image)
     batch = random_batch(dist, actor, obs_dim, 30, 4)
     state = {k: v.clone() for k, v in actor.state_dict().items()}
     norms = {}

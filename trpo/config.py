@@ -176,6 +176,18 @@ class TRPOConfig:
     """Hidden layer sizes of the policy network (MLP observations)."""
     critic_hidden: tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the value network (MLP observations)."""
+    shared_trunk: bool = False
+    """One body (MLP or CNN, and the recurrent cell) for the policy and the value function, each with its own head;
+    critic_hidden must then equal actor_hidden. The value fit moves the shared body, so after it the trust region
+    is checked again: the body's value-fit change is backtracked (backtrack_ratio, max_backtracks) until the exact
+    mean KL(pi_old || pi) is at most max_kl and the surrogate is not below pi_old's, or undone
+    (trust_region.keep_trust_region; docs/scale.md). The next batch is then collected after the value fit, not
+    during it."""
+    value_kl_coef: float = 1.0
+    """shared_trunk: the weight of KL(pi after the policy step || pi) in the value fit's loss, in units of max_kl,
+    against the squared error in units of the targets' variance (objectives.shared_value_loss; Phasic Policy
+    Gradient's cloning term). 0: the plain squared error. Either way the trust region's check after the fit holds
+    the bound; this makes the fit keep more of its change."""
     activation: Activation = "tanh"
     """Hidden activation of both MLPs."""
     obs_encoder: ObsEncoding = "auto"
@@ -197,10 +209,10 @@ class TRPOConfig:
     sde_sample_freq: int = -1
     """With use_sde: draw a new exploration matrix every this many steps (-1: once per batch)."""
     recurrent: Recurrent = "none"
-    """'lstm' or 'gru': the actor and the critic (separate networks) each get a recurrent cell of recurrent_hidden
-    units after their body (MLP or CNN), its state carried from step to step and reset where an episode starts; the
-    update runs on sequences of recurrent_seq_len steps (truncated backpropagation through time from the states
-    the rollout had). 'none': feed-forward networks."""
+    """'lstm' or 'gru': the actor and the critic (shared_trunk: the two, one) each get a recurrent cell of
+    recurrent_hidden units after their body (MLP or CNN), its state carried from step to step and reset where an
+    episode starts; the update runs on sequences of recurrent_seq_len steps (truncated backpropagation through time
+    from the states the rollout had). 'none': feed-forward networks."""
     recurrent_hidden: int = 64
     """Units of the recurrent cell (recurrent 'lstm' or 'gru')."""
     recurrent_seq_len: int = 32

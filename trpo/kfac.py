@@ -23,25 +23,27 @@ Damping is Tikhonov's, factored as Martens & Grosse (section 6.3): (A + pi sqrt(
 pi = sqrt((tr A / dim A) / (tr G / dim G)), which approximates G (x) A + lambda I; the exact blocks get + lambda I.
 
 Cost per step: one forward pass, one backward pass per distribution parameter that depends on the layers (head_dim
-of them: the action count, or the action dimension of a Gaussian's mean), and the inverses of the factors. It reads
-the actor (its modules, and their inputs and outputs in that one forward pass); it writes no parameter, takes no
-config and draws no random numbers.
+of them: the action count, or the action dimension of a Gaussian's mean), and the inverses of the factors. A
+convolution's patches are cut once in that pass and serve A and the weight's gradient, and its backward avoids
+oneDNN's slow kernels where it can (kfac_conv.py); the caller's surrogate gradient reuses the pass. `ExactFisher` gives
+the exact (F + lambda I) v and v^T (F + lambda I) v for beta without a double backward. It reads the actor (its
+modules, and their inputs and outputs in that one forward pass); it writes no parameter, takes no config and draws no
+random numbers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
+from torch.func import functional_call, jvp
 
 from trpo.distributions import ActionDistribution, Params, SDEHead
+from trpo.kfac_conv import ConvOutput, conv_input_moment, kept_patches, moment, plain
 from trpo.networks import Actor
-
-CHUNK = 256  # samples per block while a convolution's patches are unfolded for A (memory stays ~ CHUNK patches)
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,10 @@ class KFAC:
     undamped) on flat vectors in the order of actor.named_parameters()."""
 
     def __init__(self, kron: list[KroneckerBlock], exact: list[ExactBlock], damping: float,
-                 params: Params | None = None) -> None:
+                 params: Params | None = None, fisher: ExactFisher | None = None) -> None:
         self.kron, self.exact, self.damping = kron, exact, damping
         self.params = params  # the forward pass's distribution params, their graph kept (the caller's g reuses it)
+        self.fisher = fisher  # the exact (F + damping I) on the same samples, for beta (see ExactFisher)
         root = math.sqrt(damping)
         self._inverses = []
         for block in kron:
@@ -114,14 +117,8 @@ def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float) ->
         start += p.numel()
     layers = [(name, m) for name, m in actor.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     seen: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name, _ in layers}
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen[name].append((i[0].detach(), o)))
-             for name, m in layers]
-    try:
-        with torch.enable_grad():
-            params = actor(obs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    cols: dict[str, Tensor | None] = {}  # each convolution's patches, if kept
+    params = _recorded_forward(actor, obs, layers, seen, cols)
     layers = [(name, m) for name, m in layers if seen[name]]  # e.g. a head's Linear the forward pass never runs
     if any(len(seen[name]) > 1 for name, _ in layers):
         raise ValueError("K-FAC needs each layer applied once per sample (a shared layer has no Kronecker block)")
@@ -131,43 +128,91 @@ def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float) ->
     for (name, module), g in zip(layers, grads, strict=True):
         x, out = seen[name][0]
         if isinstance(module, nn.Conv2d):
-            if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            if not plain(module):
                 raise ValueError(f"K-FAC: {name} is a grouped convolution, or padded otherwise than by zeros given "
                                  "as numbers")
-            a = _conv_input_moment(module, x) / n
+            a = conv_input_moment(module, x, cols[name]) / n
             g = g / (n * out.shape[-1] * out.shape[-2])
         else:
-            a, g = _input_moment(x, module.bias is not None) / n, g / n
+            a, g = moment(x.reshape(-1, x.shape[-1]), module.bias is not None) / n, g / n
         bias = offsets[f"{name}.bias"] if module.bias is not None else None
         kron.append(KroneckerBlock(name, offsets[f"{name}.weight"], bias, a, g))
     owned = {f"{name}.{kind}" for name, m in layers for kind in ("weight", "bias") if getattr(m, kind) is not None}
     exact = [_exact_block(actor, dist, params, seen, names[id(p)], offsets[names[id(p)]])
              for p in actor.parameters() if names[id(p)] not in owned]
-    return KFAC(kron, exact, damping, params)
+    return KFAC(kron, exact, damping, params, ExactFisher(actor, dist, obs, params, damping, layers, cols))
+
+
+class ExactFisher:
+    """The exact Fisher of the mean KL on the same samples at pi_old, F = (1/n) sum_i J_i^T M_i J_i, without the double
+    backward of trust_region.autograd_linearization: J v by forward-mode AD (torch.func.jvp, one pass), J^T u by one
+    backward through a recorded forward pass (kfac_conv's backward for a convolution). `product(v)` is
+    (F + damping I) v, as trust_region.gauss_newton_fvp gives it (equal to float rounding); `quadratic(v)` is
+    v^T (F + damping I) v from J v alone, which is all beta = sqrt(2 delta / x^T F x) needs. Both at the parameters
+    the actor had when it was built."""
+
+    def __init__(self, actor: Actor, dist: ActionDistribution, obs: Tensor, params: Params, damping: float,
+                 layers: Sequence[tuple[str, nn.Module]], cols: dict[str, Tensor | None]) -> None:
+        self.actor, self.dist, self.obs, self.damping, self.layers = actor, dist, obs, damping, layers
+        self.cols = cols  # the convolutions' kept patches: the same in every pass at these parameters
+        self.theta = {name: p.detach() for name, p in actor.named_parameters()}
+        self.old = tuple(p.detach() for p in params)
+
+    def jvp(self, v: Tensor) -> Params:
+        """J v, the params' directional derivative along v (flat, in named_parameters order)."""
+        tangents, start = {}, 0
+        for name, p in self.theta.items():
+            tangents[name] = v[start : start + p.numel()].view_as(p)
+            start += p.numel()
+        result = jvp(lambda tensors: functional_call(self.actor, tensors, (self.obs,)), (self.theta,), (tangents,))
+        return tuple(result[1])
+
+    def quadratic(self, v: Tensor) -> Tensor:
+        """v^T (F + damping I) v = (1/n) sum_i <J_i v, M_i J_i v> + damping |v|^2."""
+        jv = self.jvp(v)
+        inner = sum(((a * b).sum() for a, b in zip(jv, self.dist.fisher_metric_product(self.old, jv), strict=True)),
+                    v.new_zeros(()))
+        return inner / self.obs.shape[0] + self.damping * (v @ v)
+
+    def product(self, v: Tensor) -> Tensor:
+        """(F + damping I) v = (1/n) J^T M J v + damping v."""
+        n = self.obs.shape[0]
+        u = tuple(t / n for t in self.dist.fisher_metric_product(self.old, self.jvp(v)))
+        leaves = {name: p.detach().requires_grad_(True) for name, p in self.theta.items()}
+        out = _recorded_forward(self.actor, self.obs, self.layers, None, self.cols, leaves)
+        inner = sum(((a * b).sum() for a, b in zip(out, u, strict=True)), v.new_zeros(()))
+        grads = torch.autograd.grad(inner, list(leaves.values()), allow_unused=True)
+        flat = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves.values(), strict=True)]
+        return torch.cat([g.reshape(-1) for g in flat]) + self.damping * v
 
 
 # --- the factors -------------------------------------------------------------------------------------------------
 
 
-def _input_moment(x: Tensor, bias: bool) -> Tensor:
-    """sum_i abar_i abar_i^T, abar = [x, 1] (without the 1 for a layer without bias)."""
-    x = x.reshape(-1, x.shape[-1])
-    if bias:
-        x = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
-    return x.t() @ x
+def _recorded_forward(actor: Actor, obs: Tensor, layers: Sequence[tuple[str, nn.Module]],
+                      seen: dict[str, list[tuple[Tensor, Tensor]]] | None, cols: dict[str, Tensor | None],
+                      tensors: dict[str, Tensor] | None = None) -> Params:
+    """actor(obs) with its graph (at parameters `tensors` if given), each layer's (input, output) appended to
+    seen[name]; a convolution K-FAC has a block for backpropagates through kfac_conv.ConvOutput (the same values, a
+    faster backward) with its patches cols[name] (kfac_conv.kept_patches; cut here unless cols has them)."""
 
+    def record(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor, name: str) -> Tensor:
+        if isinstance(module, nn.Conv2d) and plain(module):
+            if name not in cols:
+                cols[name] = kept_patches(module, inputs[0].detach())
+            out = ConvOutput.apply(inputs[0], module.weight, module.bias, out.detach(), module, cols[name])
+        if seen is not None:
+            seen[name].append((inputs[0].detach(), out))
+        return out
 
-def _conv_input_moment(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """sum_i sum_t abar_it abar_it^T over the patches abar_it = [unfold(x_i)_t, 1] the convolution's weight sees."""
-    total = None
-    for s in range(0, x.shape[0], CHUNK):
-        assert not isinstance(conv.padding, str)  # refused in `kfac`
-        cols = F.unfold(x[s : s + CHUNK], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # [c, K, T]
-        cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        moment = _input_moment(cols, conv.bias is not None)
-        total = moment if total is None else total + moment
-    assert total is not None
-    return total
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name)) for name, m in layers]
+    try:
+        with torch.enable_grad():
+            params: Params = actor(obs) if tensors is None else functional_call(actor, tensors, (obs,))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return params
 
 
 def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: list[Tensor]) -> list[Tensor]:
@@ -195,9 +240,10 @@ def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: 
         inner = sum(((params[j] * piece).sum() for j, piece in zip(used, pieces, strict=True)),
                     params[0].new_zeros(()))
         grads = torch.autograd.grad(inner, outputs, retain_graph=True)
-        for moment, g in zip(moments, grads, strict=True):
-            flat = g.reshape(-1, g.shape[-1]) if g.dim() == 2 else g.transpose(1, -1).reshape(-1, g.shape[1])
-            moment += flat.t() @ flat
+        for total, g in zip(moments, grads, strict=True):
+            # [out, n] or a convolution's [C_out, n T] (positions contiguous: a cheaper copy than [n T, C_out]).
+            flat = g.t() if g.dim() == 2 else g.flatten(2).transpose(0, 1).reshape(g.shape[1], -1)
+            total += flat @ flat.t()
     return moments
 
 

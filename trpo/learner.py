@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils import parameters_to_vector
 
 from trpo import advantages as adv_lib
 from trpo import vine as vine_lib
@@ -33,7 +34,7 @@ from trpo.observations import MASK_KEY, ObsEncoder, UnsupportedSpaceError, mask_
 from trpo.optim import Adam
 from trpo.rollout import Batch, RolloutCollector
 from trpo.sequences import Inputs, Sequences, select, unit_steps, units
-from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
+from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats, recheck_trust_region
 
 
 class Learner:
@@ -50,7 +51,7 @@ class Learner:
             self.actor = Actor(encoder.dim, dist, cfg.actor_hidden, cfg.activation, cfg.init_log_std,
                                encoder.mask_dim, image, cfg.image_encoder, cfg.recurrent, cfg.recurrent_hidden)
             self.critic = Critic(encoder.dim, cfg.critic_hidden, cfg.activation, image, cfg.image_encoder,
-                                 cfg.recurrent, cfg.recurrent_hidden)
+                                 cfg.recurrent, cfg.recurrent_hidden, self.actor if cfg.shared_trunk else None)
         except ValueError as exc:  # e.g. images too small for the chosen CNN
             raise ConfigError(str(exc)) from exc
         self.actor.to(device)
@@ -146,15 +147,22 @@ class Learner:
         self.num_updates += 1
         t2 = time.perf_counter()
         # The next batch needs only the new policy, not the critic: with worker processes it is collected while
-        # this process fits V below (its advantages use the refitted critic all the same).
-        if self.num_steps < self.total_steps:
+        # this process fits V below (its advantages use the refitted critic all the same). A shared trunk's value
+        # fit moves the policy, so its next batch waits for the fit and the trust region's check.
+        more = self.num_steps < self.total_steps
+        if more and not cfg.shared_trunk:
             collector.start(self.actor, cfg.steps_per_env, self.sample_gen)
         # 4. Fit the value function on the batch's targets.
+        theta_policy = parameters_to_vector(self.actor.parameters()) if cfg.shared_trunk else None
         if self.critic.cell is None:
             value_loss = self.fit_value(obs, targets.reshape(-1).detach())
         else:
             seq, order = Sequences.of(batch.obs, batch.starts, critic_states, cfg.recurrent_seq_len)
             value_loss = self.fit_value(seq, targets.reshape(-1)[order].detach())
+        if theta_policy is not None:  # 5. A shared trunk: the whole update inside the trust region again.
+            step.update(recheck_trust_region(self.actor, self.dist, train, theta_policy, step["kl"], cfg))
+            if more:
+                collector.start(self.actor, cfg.steps_per_env, self.sample_gen)
         t3 = time.perf_counter()
 
         return self._metrics(batch, step, value_loss, values, targets, raw_adv, (t0, t1, t2, t3))
@@ -207,11 +215,19 @@ class Learner:
         cfg = self.config
         n = units(inputs)
         size = max(1, cfg.value_minibatch // unit_steps(inputs))
+        penalized = cfg.shared_trunk and cfg.value_kl_coef > 0
+        if penalized:  # the policy the step left, which the fit should move as little as it can
+            with torch.no_grad():
+                ref, target_var = self.actor(inputs), targets.var().clamp_min(1e-8)
         for _ in range(cfg.value_epochs):
             order = torch.randperm(n, generator=self.shuffle_gen).to(targets.device)
             for start in range(0, n, size):
                 part, rows = select(inputs, order[start : start + size])
-                self.critic.mse_backward(part, targets[rows])  # grads of mean (V - target)^2
+                if penalized:
+                    self.critic.penalized_backward(self.actor, self.dist, part, targets[rows], target_var,
+                                                   tuple(p[rows] for p in ref), cfg.max_kl, cfg.value_kl_coef)
+                else:
+                    self.critic.mse_backward(part, targets[rows])  # grads of mean (V - target)^2
                 self.critic_optimizer.step()
         with torch.no_grad():
             return float((self.critic(inputs) - targets).pow(2).mean())

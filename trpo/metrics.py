@@ -17,6 +17,12 @@ METRICS: dict[str, str] = {
               "rule",
     "kl_holdout": "mean KL on the share of the batch held out of the step (`holdout_fraction` > 0 only)",
     "kl_holdout_max": "max KL on the share of the batch held out of the step (`holdout_fraction` > 0 only)",
+    "kl_after_value_fit": "`shared_trunk` only: the exact KL(pi_old || pi) (mean, or max with `kl_constraint: max`) "
+                          "after the value fit and the trust region's recheck; at most `max_kl` (or the step's own "
+                          "KL, for a rule without a line search)",
+    "value_fit_trunk_fraction": "`shared_trunk` only: the share alpha^j of the value fit's change of the trunk kept "
+                                "(1: all of it; 0: undone, the policy step's parameters exactly)",
+    "value_fit_backtracks": "`shared_trunk` only: backtracks j of the kept (or last tried) share",
     "surrogate_gain": "L(theta_new) - L(theta_old), exact on the batch; every rule",
     "grad_norm": "||g||, the surrogate's gradient at theta_old on the whole batch; every rule",
     "step_accepted": "whether the parameters changed (always true for the first-order rules)",

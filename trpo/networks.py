@@ -24,6 +24,7 @@ from trpo.encoders import (
     unroll_saving,
 )
 from trpo.errors import ConfigError
+from trpo.objectives import shared_value_loss
 from trpo.sequences import Inputs, Sequences
 
 
@@ -96,14 +97,19 @@ class Actor(nn.Module):
 class Critic(nn.Module):
     """V_phi(s): a body (an MLP, or a CNN for images), with `recurrent` an LSTM or GRU cell after it, and a scalar
     output. Takes flat observations [B, D] or `Sequences` (a recurrent critic: `sequence_values` runs it over a
-    whole batch)."""
+    whole batch). With `trunk` (shared_trunk) the body and cell are that actor's own modules, not copies: only the
+    output layer is the critic's alone, and fitting V moves the policy (learner.py checks the trust region after)."""
 
     def __init__(self, obs_dim: int, hidden: Sequence[int], activation: str, image: ImageLayout | None = None,
-                 image_encoder: str = "paper", recurrent: str = "none", recurrent_hidden: int = 64) -> None:
+                 image_encoder: str = "paper", recurrent: str = "none", recurrent_hidden: int = 64,
+                 trunk: Actor | None = None) -> None:
         super().__init__()
         self.activation = activation
-        self.body = make_body(obs_dim, hidden, activation, image, image_encoder)
-        self.cell = make_cell(recurrent, self.body.out_dim, recurrent_hidden)
+        if trunk is None:
+            self.body = make_body(obs_dim, hidden, activation, image, image_encoder)
+            self.cell = make_cell(recurrent, self.body.out_dim, recurrent_hidden)
+        else:
+            self.body, self.cell = trunk.body, trunk.cell
         self.out = nn.Linear(self.body.out_dim if self.cell is None else self.cell.out_dim, 1)
         nn.init.orthogonal_(self.out.weight, gain=1.0)
         nn.init.zeros_(self.out.bias)
@@ -111,6 +117,18 @@ class Critic(nn.Module):
     def forward(self, inputs: Inputs) -> Tensor:
         values: Tensor = self.out(_features(self.body, self.cell, inputs)[0])
         return values.squeeze(-1)
+
+    def penalized_backward(self, actor: Actor, dist: ActionDistribution, inputs: Inputs, targets: Tensor,
+                           target_var: Tensor, ref: Params, max_kl: float, coef: float) -> None:
+        """A shared trunk (`trunk` given): set each parameter's .grad to the gradient of
+        objectives.shared_value_loss, the trunk computed once for both heads; the actor's head gets no gradient
+        (it is not the critic's)."""
+        features, obs = _features(self.body, self.cell, inputs)
+        kl = dist.kl(ref, actor._params(features, obs))
+        loss = shared_value_loss(self.out(features).squeeze(-1), targets, target_var, kl, max_kl, coef)
+        params = list(self.parameters())
+        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+            p.grad = g
 
     def sequence_values(self, obs: Tensor, next_obs: Tensor, starts: Tensor,
                         state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -8,6 +8,7 @@ networks, distributions, config, envs or randomness (update_rules.py calls them)
     L_pen      = L - beta * KL(pi_old || pi_theta)                        the penalty form (2015 sec. 4; 2017 sec. 4)
     C          = 4 eps gamma / (1 - gamma)^2,  eps = max_{s,a} |A(s,a)|     the bound's coefficient (2015, Theorem 1)
     beta_k+1   = 2 beta if KL > 1.5 d_targ;  beta / 2 if KL < d_targ / 1.5     adaptive KL penalty (2017, section 4)
+    L_V        = mean (V - R)^2 / Var(R) + c KL(pi_ref || pi) / delta         shared trunk's value fit (PPG's cloning)
 
 The theorem's bound is eta(pi_new) >= L_pi(pi_new) - C * max_s KL(pi_old || pi_new)(s), where L_pi - eta(pi) sums
 the advantages over the *discounted state visitation* rho (total mass 1 / (1 - gamma)). L above is a mean over
@@ -76,3 +77,12 @@ def adaptive_beta(beta: float, kl: float, kl_target: float) -> float:
     if kl < kl_target / 1.5:
         return beta / 2.0
     return beta
+
+
+def shared_value_loss(values: Tensor, targets: Tensor, target_var: Tensor, kl: Tensor, max_kl: float,
+                      coef: float) -> Tensor:
+    """A shared trunk's value-fit loss: the squared error in units of the targets' variance, plus `coef` times the
+    mean KL(pi_ref || pi_theta) in units of the trust region (pi_ref: the policy the step left). The KL term is
+    Phasic Policy Gradient's behavioural cloning (Cobbe et al. 2021, eq. 3), made scale-free so one coefficient
+    serves any reward scale: the fit is steered to move the policy as little as it can."""
+    return (values - targets).pow(2).mean() / target_var + coef * kl.mean() / max_kl

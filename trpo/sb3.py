@@ -2,8 +2,9 @@
 script unchanged (docs/sb3.md: the argument table, what differs and why).
 
 It takes sb3-contrib's constructor (trpo/sb3_args.py maps each argument onto trpo's config, or refuses it with one
-line) and SB3's surface: learn with SB3 callbacks, predict, save/load, get_env/set_env, num_timesteps,
-ep_info_buffer, policy, logger. Underneath is trpo's own `Learner` (one update: collect, advantages, the natural
+line) and SB3's surface: learn with SB3 callbacks, predict, save/load (sb3-contrib's zips too),
+get_parameters/set_parameters (sb3's names: trpo/sb3_zip.py), get_env/set_env, num_timesteps, ep_info_buffer,
+policy, logger. Underneath is trpo's own `Learner` (one update: collect, advantages, the natural
 gradient step and line search, the value fit) and `Predictor`, composed, not reimplemented; the env is an SB3 VecEnv
 (an id or a Gymnasium env wrapped as SB3 wraps them) stepped by the `sb3_vecenv` rollout backend, which calls the
 callbacks' on_step after each VecEnv step, as SB3 does.
@@ -33,6 +34,7 @@ try:  # SB3's own callbacks, logger and VecEnvs: the scripts being switched alre
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, ProgressBarCallback
     from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.preprocessing import maybe_transpose
+    from stable_baselines3.common.save_util import recursive_getattr
     from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
     from stable_baselines3.common.utils import FloatSchedule, configure_logger, get_device, safe_mean, set_random_seed
     from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
@@ -45,6 +47,7 @@ from trpo.learner import Learner
 from trpo.predictor import Predictor
 from trpo.rollout.sb3_vecenv import RolloutStoppedError, VecEnvRunner, VecEnvSource
 from trpo.sb3_args import ACTIVATIONS, config_fields, kl_dims, refuse, space_from_json, space_to_json
+from trpo.sb3_zip import TRPOPolicy, read_sb3_zip, read_trpo_zip, zip_params
 from trpo.update_rules import PolicyBatch, UpdateRule
 
 __all__ = ["TRPO"]
@@ -53,6 +56,7 @@ _ARGS = ("policy", "learning_rate", "n_steps", "batch_size", "gamma", "cg_max_st
          "line_search_shrinking_factor", "line_search_max_iter", "n_critic_updates", "gae_lambda", "use_sde",
          "sde_sample_freq", "rollout_buffer_class", "rollout_buffer_kwargs", "normalize_advantage", "target_kl",
          "sub_sampling_factor", "stats_window_size", "tensorboard_log", "policy_kwargs", "verbose", "seed", "device")
+_STATE_DICTS = ("policy", "policy.optimizer")  # get_parameters' objects, as sb3-contrib's TRPO names them
 
 
 class _Spaces(gym.Env[Any, Any]):
@@ -87,25 +91,6 @@ class _SubSampled:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rule.load_state_dict(state)
-
-
-class TRPOPolicy:
-    """`model.policy` as SB3 code touches it: predict, the spaces, the device, train/eval mode; `actor` and `critic`
-    are trpo's networks."""
-
-    def __init__(self, model: TRPO) -> None:
-        self.model = model
-        self.observation_space, self.action_space = model.observation_space, model.action_space
-        self.device = model.device
-        self.actor, self.critic = model.learner.actor, model.learner.critic
-
-    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
-                deterministic: bool = False) -> tuple[np.ndarray, Any]:
-        return self.model.predict(observation, state, episode_start, deterministic)
-
-    def set_training_mode(self, mode: bool) -> None:
-        self.actor.train(mode)
-        self.critic.train(mode)
 
 
 class TRPO:
@@ -376,30 +361,61 @@ class TRPO:
     def load(cls, path: str | Path | io.BufferedIOBase, env: GymEnv | None = None, device: torch.device | str = "auto",
              custom_objects: dict[str, Any] | None = None, print_system_info: bool = False, force_reset: bool = True,
              **kwargs: Any) -> TRPO:
-        """A model saved by `save` (not an sb3-contrib zip), on `env` if given; kwargs replace saved arguments."""
+        """A model saved by `save`, or by sb3-contrib's TRPO where its policy maps onto trpo's networks
+        (trpo/sb3_zip.py), on `env` if given; kwargs replace saved arguments."""
         if isinstance(path, str | Path) and not Path(path).exists() and Path(f"{path}.zip").exists():
             path = Path(f"{path}.zip")
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            if "trpo.pt" not in names:
-                raise ValueError(f"{path} is not a model saved by trpo.sb3 (an sb3-contrib zip cannot be loaded: "
-                                 "its networks are sb3's)")
-            data = json.loads(archive.read("data.json"))
-            state = torch.load(io.BytesIO(archive.read("trpo.pt")), map_location="cpu", weights_only=True)
-        args = {**data["args"], "device": device, **kwargs}
-        if args["policy_kwargs"] and isinstance(args["policy_kwargs"].get("activation_fn"), str):
-            by_name = {name: act for act, name in ACTIVATIONS.items()}
-            args["policy_kwargs"] = {**args["policy_kwargs"],
-                                     "activation_fn": by_name[args["policy_kwargs"]["activation_fn"]]}
-        spaces_ = (space_from_json(data["observation_space"]), space_from_json(data["action_space"]))
-        model = cls(env=env, _spaces=spaces_, **args)
+        saved = read_trpo_zip(path)
+        if saved is None:
+            args, spaces_, params, (steps, updates) = read_sb3_zip(path, device, custom_objects, print_system_info)
+        else:
+            data, state = saved
+            args, steps, updates = data["args"], int(data["num_timesteps"]), int(data["n_updates"])
+            if args["policy_kwargs"] and isinstance(args["policy_kwargs"].get("activation_fn"), str):
+                by_name = {name: act for act, name in ACTIVATIONS.items()}
+                args["policy_kwargs"] = {**args["policy_kwargs"],
+                                         "activation_fn": by_name[args["policy_kwargs"]["activation_fn"]]}
+            spaces_ = (space_from_json(data["observation_space"]), space_from_json(data["action_space"]))
+        model = cls(env=env, _spaces=spaces_, **{**args, "device": device, **kwargs})
         if (model.observation_space, model.action_space) != spaces_:
             raise ValueError(f"load: the env's spaces ({model.observation_space}, {model.action_space}) are not the "
                              f"saved model's {spaces_}")
-        model.learner.load_state_dict(state)
-        model.predictor.gen.set_state(state["predict_rng"])
-        model.num_timesteps, model._n_updates = int(data["num_timesteps"]), int(data["n_updates"])
+        if saved is None:
+            model.set_parameters(params)
+            model.learner.num_steps, model.learner.num_updates = steps, updates
+        else:
+            model.learner.load_state_dict(state)
+            model.predictor.gen.set_state(state["predict_rng"])
+        model.num_timesteps, model._n_updates = steps, updates
         return model
+
+    def get_parameters(self) -> dict[str, dict[str, Any]]:
+        """SB3's: "policy" (the actor's and critic's tensors under sb3's names, sharing their storage) and
+        "policy.optimizer" (the critic's Adam in sb3's layout), as trpo/sb3_zip.py maps them."""
+        return {name: recursive_getattr(self, name).state_dict() for name in _STATE_DICTS}
+
+    def set_parameters(self, load_path_or_dict: str | Path | io.BufferedIOBase | dict[str, dict[str, Any]],
+                       exact_match: bool = True, device: torch.device | str = "auto") -> None:
+        """SB3's: a get_parameters dict, or a zip (saved by sb3-contrib or by this class); any object name SB3
+        would resolve (e.g. "policy.actor": trpo's actor under trpo's names). exact_match: every object of
+        get_parameters and every tensor of a module, else the ValueError / RuntimeError SB3 raises; the names are
+        checked before anything is loaded."""
+        params = load_path_or_dict if isinstance(load_path_or_dict, dict) else zip_params(load_path_or_dict, device,
+                                                                                              self.policy)
+        objects = {}
+        for name in params:
+            try:
+                objects[name] = recursive_getattr(self, name)
+            except Exception as exc:
+                raise ValueError(f"Key {name} is an invalid object name.") from exc
+        if exact_match and set(objects) != set(_STATE_DICTS):
+            raise ValueError("Names of parameters do not match agents' parameters: "
+                             f"expected {set(_STATE_DICTS)}, got {set(objects)}")
+        for name, obj in objects.items():
+            if isinstance(obj, torch.nn.Module | TRPOPolicy):
+                obj.load_state_dict(params[name], strict=exact_match)
+            else:  # an optimizer's state has no strict
+                obj.load_state_dict(params[name])
 
 
 def _json_default(value: Any) -> Any:

@@ -7,6 +7,8 @@ appendix C).
                                                                    or CG preconditioned with it: kfac.py)
     beta     = sqrt(2 delta / x^T F x)                            (largest step on the quadratic KL model)
     theta    = theta_old + alpha^j beta x, first j in 0..J with  KL <= delta  and  L(theta) - L(theta_old) >= 0
+    shared trunk, after the value fit moved theta to theta_v:      (keep_trust_region)
+    theta    = theta + alpha^j (theta_v - theta), first j with the same test against pi_old; none: theta
 
 Nothing here knows about environments or networks: callers pass closures over the batch. It sets no module's
 parameters (the new theta is returned; update_rules.py writes it into the actor), takes no config and draws no
@@ -265,3 +267,40 @@ def trpo_step(
                     step_fraction=fraction, beta=beta, **cg_info)
     return StepResult(theta_found, True, "accepted", kl, gain, full_expected * fraction, j, fraction,
                       cg.iterations, cg.residual_norm, xfx, beta, grad_norm)
+
+
+@dataclass(frozen=True)
+class KeptFit:
+    """What keep_trust_region kept of a shared trunk's value-fit change."""
+
+    theta: Vector  # the actor's parameters to keep
+    fraction: float  # ratio^j of the change kept; 0.0: undone
+    backtracks: int  # j of the last candidate tried
+    kl: float  # its KL (NaN where undone: the policy step's own, measured by the caller)
+
+
+def keep_trust_region(
+    evaluate: Callable[[Vector], tuple[float, float]],
+    theta_policy: Vector,
+    theta_fitted: Vector,
+    max_kl: float,
+    floor: float,
+    ratio: float,
+    max_backtracks: int,
+) -> KeptFit:
+    """A shared trunk: the value fit moved the actor from theta_policy (the policy step's result, inside the trust
+    region) to theta_fitted. Keep theta_policy + ratio^j (theta_fitted - theta_policy) for the first j in
+    0..max_backtracks whose evaluate(theta) = (exact KL(pi_old || pi_theta), L(theta)) has KL <= max_kl and
+    L >= floor; none: theta_policy itself, bit for bit. The bound holds by construction at the j -> infinity end,
+    so the update as a whole stays in the trust region whatever the fit did (the line search's test, again)."""
+    found, j, kl, _ = backtracking_line_search(
+        lambda theta: _minus(evaluate(theta), floor), theta_policy, theta_fitted - theta_policy, max_kl, ratio,
+        max_backtracks)
+    if found is None:
+        return KeptFit(theta_policy, 0.0, j, math.nan)
+    return KeptFit(found, ratio**j, j, kl)
+
+
+def _minus(kl_and_surrogate: tuple[float, float], floor: float) -> tuple[float, float]:
+    kl, surrogate = kl_and_surrogate
+    return kl, surrogate - floor

@@ -99,6 +99,11 @@ def validate(cfg: TRPOConfig) -> None:
         sizes = getattr(cfg, name)
         if not sizes or any(s <= 0 for s in sizes):
             raise ConfigError(f"{name} must be a non-empty list of positive sizes, got {list(sizes)}")
+    if not (math.isfinite(cfg.value_kl_coef) and cfg.value_kl_coef >= 0):
+        raise ConfigError(f"value_kl_coef must be >= 0, got {cfg.value_kl_coef}")
+    if cfg.shared_trunk and tuple(cfg.critic_hidden) != tuple(cfg.actor_hidden):
+        raise ConfigError(f"shared_trunk: the value function's body is the policy's, so critic_hidden must equal "
+                          f"actor_hidden ({list(cfg.actor_hidden)}), got {list(cfg.critic_hidden)}")
     if cfg.sde_sample_freq == 0 or cfg.sde_sample_freq < -1:
         raise ConfigError(f"sde_sample_freq must be -1 (once per batch) or a positive number of steps, got "
                           f"{cfg.sde_sample_freq}")

@@ -1,0 +1,208 @@
+"""SB3's names for trpo's networks, and sb3-contrib's TRPO zips read for trpo.sb3.TRPO (trpo/sb3.py, docs/sb3.md).
+
+SB3's ActorCriticPolicy with separate pi and vf MLPs (MlpPolicy; MultiInputPolicy of vectors, whose extractor has no
+parameters) holds what trpo's actor and critic hold, layer for layer:
+
+    sb3 (policy.state_dict())       trpo
+    log_std                         actor.head.log_std   (gSDE: [features, actions], sb3's full_std)
+    mlp_extractor.policy_net.{i}.*  actor.body.{i}.*     (Linear, activation, Linear, ...: the same indices)
+    mlp_extractor.value_net.{i}.*   critic.body.{i}.*
+    action_net.*                    actor.head.linear.*
+    value_net.*                     critic.out.*
+
+so `model.policy.state_dict()` is the actor's and critic's tensors under sb3's names, in sb3's order (its optimizer
+numbers the parameters in that order); a trpo network with no sb3 counterpart (a CNN body) keeps trpo's names,
+under "actor." and "critic.". sb3's Adam runs over every policy parameter, but in TRPO only the value side ever has
+a gradient (the actor moves by the natural gradient step), so its state is trpo's critic Adam renumbered
+(`optimizer_to_sb3` and back).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.save_util import load_from_zip_file
+from torch import Tensor
+
+from trpo.encoders import MLPBody
+
+if TYPE_CHECKING:
+    from trpo.sb3 import TRPO
+
+# (sb3's name or prefix, the network, trpo's name or prefix), in the order of sb3's policy.named_parameters()
+_NAMES = (("log_std", "actor", "head.log_std"), ("mlp_extractor.policy_net.", "actor", "body."),
+          ("mlp_extractor.value_net.", "critic", "body."), ("action_net.", "actor", "head.linear."),
+          ("value_net.", "critic", "out."))
+# data entries an sb3-contrib TRPO zip has and other algorithms' zips lack
+_TRPO_KEYS = {"cg_max_steps", "cg_damping", "line_search_max_iter", "n_critic_updates", "target_kl"}
+# its constructor arguments (as saved in "data"; the policy and the stats window are saved otherwise)
+_ARGS = ("learning_rate", "n_steps", "batch_size", "gamma", "cg_max_steps", "cg_damping",
+         "line_search_shrinking_factor", "line_search_max_iter", "n_critic_updates", "gae_lambda", "use_sde",
+         "sde_sample_freq", "rollout_buffer_kwargs", "normalize_advantage", "target_kl", "sub_sampling_factor",
+         "tensorboard_log", "policy_kwargs", "verbose", "seed")
+# the pickled entries of "data" that a trpo model needs (SB3's load unpickles them too); the rest are not unpickled
+_UNPICKLED = {"observation_space", "action_space", "policy_kwargs", "learning_rate"}
+
+
+def _match(name: str, pattern: str) -> bool:
+    return name.startswith(pattern) if pattern.endswith(".") else name == pattern
+
+
+def sb3_names(actor: list[str], critic: list[str], mlp: bool) -> dict[str, tuple[str, str]]:
+    """sb3's name -> (network, trpo's name) for every tensor of the actor's and critic's state dicts, in sb3's order;
+    `mlp`: the bodies are MLPs (otherwise, and for a tensor without an sb3 counterpart, trpo's name under the net's)."""
+    nets = {"actor": actor, "critic": critic}
+    out: dict[str, tuple[str, str]] = {}
+    for sb3, net, trpo in _NAMES if mlp else ():
+        out.update({sb3 + k[len(trpo):]: (net, k) for k in nets[net] if _match(k, trpo)})
+    mapped = set(out.values())
+    out.update({f"{net}.{k}": (net, k) for net, keys in nets.items() for k in keys if (net, k) not in mapped})
+    return out
+
+
+def optimizer_to_sb3(state: dict[str, Any], names: dict[str, tuple[str, str]], critic: list[str]) -> dict[str, Any]:
+    """trpo's critic Adam state (its parameters in `critic`'s order) in the layout of sb3's Adam over the policy."""
+    index = {trpo: i for i, (net, trpo) in enumerate(names.values()) if net == "critic"}
+    (group,) = state["param_groups"]
+    return {"state": {index[critic[p]]: s for p, s in state["state"].items()},
+            "param_groups": [{**group, "params": list(range(len(names)))}]}
+
+
+def optimizer_from_sb3(state: dict[str, Any], names: dict[str, tuple[str, str]], critic: list[str]) -> dict[str, Any]:
+    """sb3's Adam state over the policy as trpo's critic Adam state; entries of actor parameters (sb3's TRPO never
+    steps them: no gradient reaches them) are dropped."""
+    (group,) = state["param_groups"]
+    if len(group["params"]) != len(names):
+        raise ValueError(f"policy.optimizer: the state holds {len(group['params'])} parameters, the policy "
+                         f"{len(names)}")
+    index = {trpo: i for i, (net, trpo) in enumerate(names.values()) if net == "critic"}
+    ids = [group["params"][index[k]] for k in critic]  # the state's key of each critic parameter
+    return {"state": {p: state["state"][i] for p, i in enumerate(ids) if i in state["state"]},
+            "param_groups": [{**group, "params": list(range(len(critic)))}]}
+
+
+class TRPOOptimizer:
+    """`model.policy.optimizer` as SB3 code saves and loads it: the critic's Adam in sb3's layout."""
+
+    def __init__(self, policy: TRPOPolicy) -> None:
+        self.policy = policy
+
+    def state_dict(self) -> dict[str, Any]:
+        p = self.policy
+        return optimizer_to_sb3(p.model.learner.critic_optimizer.state_dict(), p.names(), list(p.critic.state_dict()))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        p = self.policy
+        p.model.learner.critic_optimizer.load_state_dict(
+            optimizer_from_sb3(state, p.names(), list(p.critic.state_dict())))
+
+
+class TRPOPolicy:
+    """`model.policy` as SB3 code touches it: predict, the spaces, the device, train/eval mode, state_dict and
+    load_state_dict under sb3's names, `optimizer`; `actor` and `critic` are trpo's networks."""
+
+    def __init__(self, model: TRPO) -> None:
+        self.model = model
+        self.observation_space, self.action_space = model.observation_space, model.action_space
+        self.device = model.device
+        self.actor, self.critic = model.learner.actor, model.learner.critic
+        self.optimizer = TRPOOptimizer(self)
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
+                deterministic: bool = False) -> tuple[np.ndarray, Any]:
+        return self.model.predict(observation, state, episode_start, deterministic)
+
+    def set_training_mode(self, mode: bool) -> None:
+        self.actor.train(mode)
+        self.critic.train(mode)
+
+    def names(self) -> dict[str, tuple[str, str]]:
+        return sb3_names(list(self.actor.state_dict()), list(self.critic.state_dict()),
+                         isinstance(self.actor.body, MLPBody) and isinstance(self.critic.body, MLPBody))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        nets = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict()}
+        return {name: nets[net][k] for name, (net, k) in self.names().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor], strict: bool = True) -> None:
+        """As nn.Module's: with `strict`, a RuntimeError naming missing and unexpected keys (nothing loaded)."""
+        names = self.names()
+        missing, unexpected = [n for n in names if n not in state], [n for n in state if n not in names]
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"Error(s) in loading state_dict for TRPOPolicy: missing keys {missing}, unexpected "
+                               f"keys {unexpected}")
+        parts: dict[str, dict[str, Tensor]] = {"actor": {}, "critic": {}}
+        for name, value in state.items():
+            if name in names:
+                parts[names[name][0]][names[name][1]] = value
+        self.actor.load_state_dict(parts["actor"], strict=False)  # still a RuntimeError for a shape mismatch
+        self.critic.load_state_dict(parts["critic"], strict=False)
+
+
+def _rewind(path: str | Path | io.BufferedIOBase) -> None:
+    if isinstance(path, io.BufferedIOBase):
+        path.seek(0)
+
+
+def read_trpo_zip(path: str | Path | io.BufferedIOBase) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A trpo.sb3 save's data.json and learner state (torch tensors only, weights_only); None for another zip."""
+    with zipfile.ZipFile(path) as archive:
+        if "trpo.pt" not in archive.namelist():
+            _rewind(path)
+            return None
+        data = json.loads(archive.read("data.json"))
+        state = torch.load(io.BytesIO(archive.read("trpo.pt")), map_location="cpu", weights_only=True)
+    return data, state
+
+
+def zip_params(path: str | Path | io.BufferedIOBase, device: torch.device | str,
+               policy: TRPOPolicy) -> dict[str, Any]:
+    """set_parameters' dict from a zip: a trpo.sb3 save's networks and critic Adam under sb3's names, or an SB3
+    zip's .pth files, as SB3 reads them (load_from_zip_file without its data: no unpickling)."""
+    saved = read_trpo_zip(path)
+    if saved is None:
+        return load_from_zip_file(path, load_data=False, device=device)[1]
+    state = saved[1]
+    names = sb3_names(list(state["actor"]), list(state["critic"]), isinstance(policy.actor.body, MLPBody))
+    nets = {"actor": state["actor"], "critic": state["critic"]}
+    return {"policy": {name: nets[net][k] for name, (net, k) in names.items()},
+            "policy.optimizer": optimizer_to_sb3(state["critic_optimizer"], names, list(state["critic"]))}
+
+
+def read_sb3_zip(path: str | Path | io.BufferedIOBase, device: torch.device | str,
+                 custom_objects: dict[str, Any] | None, print_system_info: bool) -> tuple[
+                     dict[str, Any], tuple[spaces.Space[Any], spaces.Space[Any]], dict[str, Any], tuple[int, int]]:
+    """An sb3-contrib TRPO zip as the drop-in's constructor arguments, the spaces, set_parameters' dict and the
+    counters (num_timesteps, updates). Read by SB3's own load_from_zip_file (the .pth files with weights_only);
+    of the pickled entries of its "data", only those a trpo model needs are unpickled (the spaces; policy_kwargs
+    and learning_rate where they hold a class or a schedule), as SB3's load would; the policy class, the last
+    observations and the episode buffers are not. A policy whose tensors do not map onto trpo's networks (a CNN,
+    layers shared by pi and vf) is refused with one line naming them."""
+    with zipfile.ZipFile(path) as archive:
+        raw = json.loads(archive.read("data")) if "data" in archive.namelist() else {}
+    _rewind(path)
+    if not set(raw) >= _TRPO_KEYS:
+        raise ValueError(f"{path} is neither a model saved by trpo.sb3 nor one saved by sb3-contrib's TRPO")
+    skip = {k: None for k, v in raw.items() if isinstance(v, dict) and ":serialized:" in v and k not in _UNPICKLED}
+    data, params, _ = load_from_zip_file(path, custom_objects={**skip, **(custom_objects or {})}, device=device,
+                                         print_system_info=print_system_info)
+    assert data is not None
+    unmapped = sorted({".".join(k.split(".")[:2]) for k in params.get("policy", {})
+                       if not any(_match(k, sb3) for sb3, _, _ in _NAMES)})
+    if unmapped:
+        raise ValueError(f"{path}: its policy does not map onto trpo's networks (its {', '.join(unmapped)}): "
+                         "trpo.sb3.TRPO loads sb3-contrib's MlpPolicy and MultiInputPolicy of vectors")
+    args = {k: data[k] for k in _ARGS if k in data}
+    # ortho_init only draws the first weights, which the loaded ones replace
+    args["policy_kwargs"] = {k: v for k, v in (args.get("policy_kwargs") or {}).items() if k != "ortho_init"}
+    obs_space, action_space = data["observation_space"], data["action_space"]
+    args["policy"] = "MultiInputPolicy" if isinstance(obs_space, spaces.Dict) else "MlpPolicy"
+    args["stats_window_size"] = data.get("_stats_window_size", 100)
+    return args, (obs_space, action_space), params, (int(data["num_timesteps"]), int(data.get("_n_updates", 0)))
