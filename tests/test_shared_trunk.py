@@ -168,3 +168,28 @@ def test_cartpole_learns_with_a_shared_trunk(seed) -> None:
     agent = TRPO("CartPole-v1", seed=seed, num_envs=4, steps_per_env=512, shared_trunk=True)
     agent.learn(40_000)
     assert agent.evaluate(5)["mean_return"] >= 150
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+def test_the_kl_term_keeps_the_policy_where_the_step_left_it(kind) -> None:
+    """The same fit of the same shared nets moves the policy less with the cloning term than without it, and
+    still fits V (objectives.shared_value_loss through Critic.penalized_backward)."""
+    moved, losses = {}, {}
+    for coef in (0.0, 3.0):
+        dist, actor, critic = shared_nets(kind, (16, 16), seed=3)
+        for p in actor.head.parameters():  # away from the near-uniform init, where features barely matter
+            p.data.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(4)))
+        gen = torch.Generator().manual_seed(3)
+        obs, targets = torch.randn(64, 5, generator=gen), torch.randn(64, generator=gen) * 5
+        with torch.no_grad():
+            ref = actor(obs)
+            before = float((critic(obs) - targets).pow(2).mean() / targets.var())
+        optimizer = Adam(critic.parameters(), lr=1e-2)
+        for _ in range(30):
+            critic.penalized_backward(actor, dist, obs, targets, targets.var(), ref, 0.01, coef)
+            optimizer.step()
+        with torch.no_grad():
+            moved[coef] = float(dist.kl(ref, actor(obs)).mean())
+            losses[coef] = float((critic(obs) - targets).pow(2).mean() / targets.var())
+        assert losses[coef] < 0.97 * before  # V fits either way
+    assert moved[3.0] < 0.01 * moved[0.0]  # 0.0004 against 1.1 (categorical), 0.14 against 96 (Gaussian)
