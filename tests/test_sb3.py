@@ -1,10 +1,10 @@
 """trpo.sb3.TRPO, the drop-in for sb3-contrib's TRPO: sb3-contrib's documented example and the calls its own test
 suite makes on TRPO (tests/test_run.py, test_cnn.py, test_dict_env.py, test_save_load.py, test_deterministic.py),
-SB3's evaluate_policy and callbacks, VecEnvs trained as given, and the arguments it refuses."""
+SB3's evaluate_policy and callbacks, VecEnvs trained as given, and the arguments it refuses. sb3-contrib's parameter
+names and zips: tests/test_sb3_zip.py."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -341,102 +341,6 @@ def test_tensorboard_function_callback_and_set_env(tmp_path: Path) -> None:
     assert model.num_timesteps == 64
     with pytest.raises(ValueError, match="spaces"):
         model.set_env(gym.make("Pendulum-v1"))
-
-
-def contrib_trpo() -> Any:
-    return pytest.importorskip("sb3_contrib").TRPO
-
-
-def _outputs(model: Any, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic actions and V(obs), of the drop-in (trpo's critic) or of sb3-contrib's TRPO (its policy)."""
-    values = (model.learner.critic(torch.as_tensor(obs, dtype=torch.float32)) if isinstance(model, TRPO)
-              else model.policy.predict_values(model.policy.obs_to_tensor(obs)[0]).squeeze(-1))
-    return model.predict(obs, deterministic=True)[0], values.detach().cpu().numpy()
-
-
-def test_get_and_set_parameters_round_trip() -> None:
-    """get_parameters holds sb3-contrib's names and shapes (its Adam too, stepped for the critic only); perturbed
-    weights set change the actions, the originals set back give the original actions, values and Adam state."""
-    model = TRPO("MlpPolicy", "Pendulum-v1", n_steps=128, seed=0, policy_kwargs=dict(net_arch=[16])).learn(128)
-    contrib = contrib_trpo()("MlpPolicy", "Pendulum-v1", n_steps=128, policy_kwargs=dict(net_arch=[16])).learn(128)
-    params, theirs = model.get_parameters(), contrib.get_parameters()
-    assert list(params) == list(theirs) == ["policy", "policy.optimizer"]
-    assert {k: v.shape for k, v in params["policy"].items()} == {k: v.shape for k, v in theirs["policy"].items()}
-    assert list(params["policy"]) == list(theirs["policy"])  # the same order: the optimizer's numbering
-    assert sorted(params["policy.optimizer"]["state"]) == sorted(theirs["policy.optimizer"]["state"]) == [3, 4, 7, 8]
-    saved = copy.deepcopy(params)  # SB3's get_parameters shares the tensors' storage
-    obs = np.stack([model.observation_space.sample() for _ in range(32)])
-    before = _outputs(model, obs)
-    gen = torch.Generator().manual_seed(0)
-    noisy = {k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in saved["policy"].items()}
-    model.set_parameters({**saved, "policy": noisy})
-    assert not np.allclose(_outputs(model, obs)[0], before[0]) and not np.allclose(_outputs(model, obs)[1], before[1])
-    model.learner.critic_optimizer.step()  # an Adam step on the critic's last grads moves its state
-    assert not torch.equal(model.get_parameters()["policy.optimizer"]["state"][3]["exp_avg"],
-                           saved["policy.optimizer"]["state"][3]["exp_avg"])
-    model.set_parameters(saved)
-    for after, expected in zip(_outputs(model, obs), before, strict=True):
-        np.testing.assert_allclose(after, expected, rtol=1e-6)  # FLOAT32
-    state, expected = model.get_parameters()["policy.optimizer"]["state"], saved["policy.optimizer"]["state"]
-    assert all(torch.equal(state[i][key], expected[i][key]) for i in expected for key in expected[i])
-
-
-def test_set_parameters_errors_are_sb3s() -> None:
-    """exact_match's errors as SB3's: a missing object, an unknown one (ValueError), a missing tensor (RuntimeError);
-    the drop-in loads nothing then (SB3 loads the named objects first). exact_match=False loads a part;
-    "policy.actor" is trpo's actor under trpo's names, as SB3's recursive_getattr finds it."""
-    model = TRPO("MlpPolicy", "CartPole-v1", seed=0, policy_kwargs=dict(net_arch=[8]))
-    contrib = contrib_trpo()("MlpPolicy", "CartPole-v1", seed=0, policy_kwargs=dict(net_arch=[8]))
-    obs = np.stack([model.observation_space.sample() for _ in range(16)])
-    before = _outputs(model, obs)
-    policy = {k: torch.zeros_like(v) for k, v in model.get_parameters()["policy"].items()}
-    for m in (model, contrib):
-        with pytest.raises(ValueError, match=r"^Names of parameters do not match agents' parameters: expected"):
-            m.set_parameters({"policy": policy})
-        with pytest.raises(ValueError, match=r"^Key nothing is an invalid object name\.$"):
-            m.set_parameters({"nothing": {}})
-        with pytest.raises(RuntimeError, match=r"value_net\.bias"):
-            m.set_parameters({"policy": {k: v for k, v in policy.items() if k != "value_net.bias"},
-                              "policy.optimizer": m.get_parameters()["policy.optimizer"]})
-    np.testing.assert_array_equal(_outputs(model, obs)[1], before[1])  # an error loads nothing
-    model.set_parameters({"policy": {"value_net.bias": torch.tensor([5.0])}}, exact_match=False)
-    np.testing.assert_allclose(_outputs(model, obs)[1], before[1] + 5.0, rtol=1e-5)  # FLOAT32
-    np.testing.assert_array_equal(_outputs(model, obs)[0], before[0])
-    zeros = {k: torch.zeros_like(v) for k, v in model.learner.actor.state_dict().items()}
-    model.set_parameters({"policy.actor": zeros}, exact_match=False)
-    assert float(model.learner.actor.head.linear.weight.detach().abs().sum()) == 0.0
-
-
-@pytest.mark.parametrize(("env_id", "sde"), [("CartPole-v1", False), ("Pendulum-v1", False), ("Pendulum-v1", True)])
-def test_load_a_zip_saved_by_sb3_contrib(env_id: str, sde: bool, tmp_path: Path) -> None:
-    """sb3-contrib's TRPO trained, saved, loaded into the drop-in: its deterministic actions and values on a batch,
-    its settings, counters and critic Adam; learn goes on from there. gSDE: its log_std per feature and action."""
-    kwargs = dict(use_sde=sde, policy_kwargs=dict(net_arch=dict(pi=[32, 16], vf=[24]), activation_fn=nn.ReLU))
-    contrib = contrib_trpo()("MlpPolicy", env_id, n_steps=128, batch_size=64, seed=0, **kwargs).learn(384)
-    contrib.save(tmp_path / "contrib")
-    model = TRPO.load(tmp_path / "contrib.zip", env=env_id)
-    theirs = _outputs(contrib, obs := np.stack([model.observation_space.sample() for _ in range(100)]))
-    for ours, expected in zip(_outputs(model, obs), theirs, strict=True):  # actions, values
-        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)  # FLOAT32: sb3's torch kernels, not ours
-    cfg = model.learner.config
-    assert (cfg.actor_hidden, cfg.critic_hidden, cfg.activation, cfg.value_minibatch) == ((32, 16), (24,), "relu", 64)
-    assert model.num_timesteps == 384 and model._n_updates == model.learner.num_updates == 3
-    assert float(model.learner.critic_optimizer.steps[0]) == 3 * 10 * 2  # n_critic_updates x 2 minibatches each
-    assert model.learn(256, reset_num_timesteps=False).num_timesteps == 640 and model._n_updates == 5
-    fresh = TRPO("MlpPolicy", env_id, **kwargs)
-    fresh.set_parameters(tmp_path / "contrib.zip")  # set_parameters reads the zip too
-    np.testing.assert_allclose(_outputs(fresh, obs)[0], theirs[0], rtol=1e-5, atol=1e-6)  # FLOAT32
-
-
-def test_sb3_zips_that_do_not_map_are_refused_in_one_line(tmp_path: Path) -> None:
-    from stable_baselines3 import PPO
-
-    image_env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=True)
-    contrib_trpo()("CnnPolicy", image_env).save(tmp_path / "cnn")
-    PPO("MlpPolicy", "CartPole-v1").save(tmp_path / "ppo")
-    for name, named in [("cnn", r"features_extractor\.cnn[^\n]*$"), ("ppo", r"sb3-contrib's TRPO[^\n]*$")]:
-        with pytest.raises(ValueError, match=f"^[^\n]*{named}"):  # one line naming it
-            TRPO.load(tmp_path / name)
 
 
 def test_progress_bar(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,21 +15,30 @@ numbers the parameters in that order); a trpo network with no sb3 counterpart (a
 under "actor." and "critic.". sb3's Adam runs over every policy parameter, but in TRPO only the value side ever has
 a gradient (the actor moves by the natural gradient step), so its state is trpo's critic Adam renumbered
 (`optimizer_to_sb3` and back).
+
+Reading an sb3-contrib zip runs no code from it (docs/security.md): SB3 pickles some entries of its "data"; the
+four trpo needs are unpickled here against an allow-list (`_SafeUnpickler`), the rest not at all, and SB3's
+load_from_zip_file is handed them all in `custom_objects`, so it unpickles nothing (`read_sb3_zip`).
 """
 
 from __future__ import annotations
 
+import base64
+import collections
+import importlib
 import io
 import json
+import pickle
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.save_util import load_from_zip_file
-from torch import Tensor
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
+from torch import Tensor, nn
 
 from trpo.encoders import MLPBody
 
@@ -47,8 +56,98 @@ _ARGS = ("learning_rate", "n_steps", "batch_size", "gamma", "cg_max_steps", "cg_
          "line_search_shrinking_factor", "line_search_max_iter", "n_critic_updates", "gae_lambda", "use_sde",
          "sde_sample_freq", "rollout_buffer_kwargs", "normalize_advantage", "target_kl", "sub_sampling_factor",
          "tensorboard_log", "policy_kwargs", "verbose", "seed")
-# the pickled entries of "data" that a trpo model needs (SB3's load unpickles them too); the rest are not unpickled
+# the pickled entries of "data" that a trpo model needs, decoded by _SafeUnpickler; the rest are not unpickled at all
 _UNPICKLED = {"observation_space", "action_space", "policy_kwargs", "learning_rate"}
+_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict, spaces.Tuple)
+# what these entries legitimately hold, by the name pickle gives it: the spaces; policy_kwargs' classes (activations,
+# sb3's extractors, Adam: trpo.sb3_args refuses those it has no counterpart for); containers; numpy's arrays, dtypes
+# and scalars (numpy 2's names, and numpy 1's "numpy.core" ones for older zips). All are constructors and setters of
+# data: none imports, opens, runs or looks up anything by a name it is given.
+_ALLOWED: dict[str, Any] = {
+    f"{c.__module__}.{c.__qualname__}": c
+    for c in (*_SPACES, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Softplus,
+              nn.Mish, torch.optim.Adam, FlattenExtractor, CombinedExtractor, NatureCNN, collections.OrderedDict,
+              dict, list, tuple, set, frozenset, bytearray, complex, np.dtype, np.ndarray)}
+_NUMPY_CORE = importlib.import_module("numpy._core" if hasattr(np, "_core") else "numpy.core")  # 2 or 1
+for _core in ("numpy._core", "numpy.core"):
+    _ALLOWED.update({f"{_core}.multiarray._reconstruct": _NUMPY_CORE.multiarray._reconstruct,
+                     f"{_core}.multiarray.scalar": _NUMPY_CORE.multiarray.scalar,
+                     f"{_core}.numeric._frombuffer": _NUMPY_CORE.numeric._frombuffer})
+_HOLDS = ("a zip may only hold gymnasium spaces, numpy arrays, torch activation classes, sb3's extractors, Adam and "
+          "plain containers in observation_space, action_space, policy_kwargs and learning_rate")
+
+
+class _Dropped:
+    """What a space's pickled random generator (numpy.random's constructors) becomes: nothing is built or seeded; the
+    space's _np_random is then set to None (gymnasium seeds a new one when it is first asked for)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _RefusedError(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _SafeUnpickler(pickle._Unpickler):
+    """pickle's Unpickler (its Python implementation) whose globals are _ALLOWED's (numpy.random's become _Dropped);
+    any other is refused (_RefusedError) before it is imported. It sets the state (BUILD) only of objects this pickle
+    built, never of an allowed class or function itself, and takes no extension codes (copyreg's registry)."""
+
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "numpy.random" or module.startswith("numpy.random."):
+            return _Dropped
+        if f"{module}.{name}" not in _ALLOWED:
+            raise _RefusedError(f"{module}.{name}")
+        return _ALLOWED[f"{module}.{name}"]
+
+    def load_build(self) -> None:
+        inst = self.stack[-2]  # type: ignore[attr-defined]
+        if inst is _Dropped or any(inst is v for v in _ALLOWED.values()):
+            raise _RefusedError(f"the state of {getattr(inst, '__qualname__', inst)} (BUILD)")
+        super().load_build()  # type: ignore[misc]
+
+    def load_extension(self) -> None:
+        raise _RefusedError("an extension code (EXT1/EXT2/EXT4)")
+
+    dispatch.update({pickle.BUILD[0]: load_build,
+                     **dict.fromkeys((pickle.EXT1[0], pickle.EXT2[0], pickle.EXT4[0]), load_extension)})
+
+
+def _forget_rng(space: spaces.Space[Any]) -> None:
+    space._np_random = None  # type: ignore[assignment]
+    for sub in space.spaces.values() if isinstance(space, spaces.Dict) else getattr(space, "spaces", ()):
+        _forget_rng(sub)
+
+
+def _decode(key: str, entry: dict[str, Any], path: object) -> Any:
+    """An entry of an SB3 zip's "data" that SB3 pickled, unpickled by _SafeUnpickler, as `key` needs it; anything
+    else is a ValueError of one line."""
+    try:
+        value = _SafeUnpickler(io.BytesIO(base64.b64decode(entry[":serialized:"].encode()))).load()
+    except _RefusedError as e:
+        why = _HOLDS if key != "learning_rate" else (
+            "its learning_rate is a pickled function (a schedule), which loading would run: pass learning_rate= "
+            "(a number or your schedule) in custom_objects, e.g. TRPO.load(path, custom_objects={'learning_rate': "
+            "1e-3})")
+        raise ValueError(f"trpo.sb3.TRPO.load refuses to unpickle {e.name} from {path} ({key}): {why}") from None
+    except Exception as e:  # a damaged pickle: whatever pickle or a constructor raised
+        line = f"{path} ({key}) is not a pickle trpo reads: {type(e).__name__}: {e}".splitlines()[0]
+        raise ValueError(line) from None
+    wanted: Any = {"observation_space": _SPACES, "action_space": _SPACES, "policy_kwargs": dict,
+                   "learning_rate": (float, int)}[key]
+    if not isinstance(value, wanted) or isinstance(value, bool):
+        raise ValueError(f"{path} ({key}) holds a {type(value).__name__}, which is no {key}")
+    if isinstance(value, spaces.Space):
+        _forget_rng(value)
+    return value
 
 
 def _match(name: str, pattern: str) -> bool:
@@ -180,18 +279,21 @@ def read_sb3_zip(path: str | Path | io.BufferedIOBase, device: torch.device | st
                  custom_objects: dict[str, Any] | None, print_system_info: bool) -> tuple[
                      dict[str, Any], tuple[spaces.Space[Any], spaces.Space[Any]], dict[str, Any], tuple[int, int]]:
     """An sb3-contrib TRPO zip as the drop-in's constructor arguments, the spaces, set_parameters' dict and the
-    counters (num_timesteps, updates). Read by SB3's own load_from_zip_file (the .pth files with weights_only);
-    of the pickled entries of its "data", only those a trpo model needs are unpickled (the spaces; policy_kwargs
-    and learning_rate where they hold a class or a schedule), as SB3's load would; the policy class, the last
-    observations and the episode buffers are not. A policy whose tensors do not map onto trpo's networks (a CNN,
-    layers shared by pi and vf) is refused with one line naming them."""
+    counters (num_timesteps, updates). Read by SB3's own load_from_zip_file (the .pth files with weights_only),
+    which unpickles nothing: every pickled entry of its "data" comes in `custom_objects`, the user's own first, then
+    those a trpo model needs (the spaces; policy_kwargs and learning_rate where they hold a class or a schedule)
+    decoded by _SafeUnpickler, and None for the rest (the policy class, the last observations, the episode buffers).
+    A pickle holding anything but _ALLOWED's (a learning-rate schedule: a function) is refused with one line naming
+    it, and runs nothing; so is a policy whose tensors do not map onto trpo's networks (a CNN, shared layers)."""
     with zipfile.ZipFile(path) as archive:
-        raw = json.loads(archive.read("data")) if "data" in archive.namelist() else {}
+        raw = json.loads(archive.read("data").decode()) if "data" in archive.namelist() else {}  # as SB3 reads it
     _rewind(path)
-    if not set(raw) >= _TRPO_KEYS:
+    if not isinstance(raw, dict) or not set(raw) >= _TRPO_KEYS:
         raise ValueError(f"{path} is neither a model saved by trpo.sb3 nor one saved by sb3-contrib's TRPO")
-    skip = {k: None for k, v in raw.items() if isinstance(v, dict) and ":serialized:" in v and k not in _UNPICKLED}
-    data, params, _ = load_from_zip_file(path, custom_objects={**skip, **(custom_objects or {})}, device=device,
+    given = custom_objects or {}
+    pickled = {k: v for k, v in raw.items() if isinstance(v, dict) and ":serialized:" in v and k not in given}
+    decoded = {k: _decode(k, v, path) if k in _UNPICKLED else None for k, v in pickled.items()}
+    data, params, _ = load_from_zip_file(path, custom_objects={**decoded, **given}, device=device,
                                          print_system_info=print_system_info)
     assert data is not None
     unmapped = sorted({".".join(k.split(".")[:2]) for k in params.get("policy", {})
