@@ -23,10 +23,12 @@ from test_trust_region import random_spd
 from torch.func import functional_call, hessian, jacrev
 from trpo_testenvs import MaskedChoiceEnv, PixelSideEnv
 
+import trpo.kfac as kfac_module
+import trpo.kfac_conv as kfac_conv
 from trpo import TRPO, ConfigError, TRPOConfig
 from trpo.distributions import make_distribution
 from trpo.encoders import ImageLayout
-from trpo.kfac import KFAC, kfac
+from trpo.kfac import KFAC, ExactFisher, LayerwiseFisher, kfac
 from trpo.kfac_conv import ConvOutput, conv_input_moment, kept_patches, patches
 from trpo.networks import Actor
 from trpo.trust_region import autograd_linearization, conjugate_gradient, gauss_newton_fvp
@@ -235,18 +237,26 @@ def test_kfac_refuses_recurrent_actors_and_configs_say_so_in_one_line() -> None:
         TRPOConfig.from_dict({"natural_gradient": "newton"})
 
 
-@pytest.mark.parametrize("name", [*SPACES, "image"])
-def test_the_exact_fisher_equals_the_gauss_newton_product(name: str) -> None:
-    """ExactFisher (J v forward-mode, J^T u by one backward) against trust_region's double-vjp product: the same
-    (F + lambda I) v to float64 rounding, and its quadratic form v^T (F + lambda I) v from J v alone."""
-    space, sde = SPACES["categorical" if name == "image" else name]
-    dist, actor, obs_dim = tiny_actor(space, sde, image=name == "image")
+@pytest.mark.parametrize("name,kind", [(n, k) for n in (*SPACES, "image", "image_pad") for k in ("layerwise", "exact")]
+                         + [("image", "unkept_patches"), ("image_pad", "unkept_patches")])
+def test_the_exact_fisher_equals_the_gauss_newton_product(monkeypatch, name: str, kind: str) -> None:
+    """LayerwiseFisher (from the output gradients kfac() kept) and ExactFisher (its fallback above GRADIENT_LIMIT or
+    where a convolution's patches were not kept: J v forward-mode, J^T u by one backward) against trust_region's
+    double-vjp product: the same (F + lambda I) v to float64 rounding, and v^T (F + lambda I) v."""
+    if kind == "exact":
+        monkeypatch.setattr(kfac_module, "GRADIENT_LIMIT", 0)
+    elif kind == "unkept_patches":
+        monkeypatch.setattr(kfac_conv, "PATCH_LIMIT", 0)  # the first convolution's patches are cut per chunk
+    space, sde = SPACES["categorical" if name.startswith("image") else name]
+    dist, actor, obs_dim = tiny_actor(space, sde, image=name.startswith("image"))
+    if name == "image_pad":  # 4 x 5 positions, then a convolution with one that does not cover its input
+        actor.body.convs[0] = torch.nn.Conv2d(2, 16, (3, 2), stride=2, padding=(1, 0), dilation=(2, 1), bias=False)
     theta, params_fn = flat(actor)
     obs = torch.rand(7, obs_dim)
     lin = autograd_linearization(lambda th: params_fn(th, obs), theta)
     fvp = gauss_newton_fvp(lin, dist.fisher_metric_product, 0.1)
     fisher = kfac(actor, dist, obs, damping=0.1).fisher
-    assert fisher is not None
+    assert type(fisher) is (LayerwiseFisher if kind == "layerwise" else ExactFisher)
     for seed in range(3):
         v = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(seed))
         expected = fvp(v)

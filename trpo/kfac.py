@@ -25,8 +25,10 @@ pi = sqrt((tr A / dim A) / (tr G / dim G)), which approximates G (x) A + lambda 
 Cost per step: one forward pass, one backward pass per distribution parameter that depends on the layers (head_dim
 of them: the action count, or the action dimension of a Gaussian's mean), and the inverses of the factors. A
 convolution's patches are cut once in that pass and serve A and the weight's gradient, and its backward avoids
-oneDNN's slow kernels where it can (kfac_conv.py); the caller's surrogate gradient reuses the pass. `ExactFisher` gives
-the exact (F + lambda I) v and v^T (F + lambda I) v for beta without a double backward. It reads the actor (its
+oneDNN's slow kernels where it can (kfac_conv.py); the caller's surrogate gradient reuses the pass. The exact
+(F + lambda I) v and v^T (F + lambda I) v for beta come from the same pass: `LayerwiseFisher`, a few matrix products
+per layer with the kept output gradients (head_dim x the layers' outputs, up to GRADIENT_LIMIT), or above that
+`ExactFisher` (forward-mode J v and one backward, no double backward). It reads the actor (its
 modules, and their inputs and outputs in that one forward pass); it writes no parameter, takes no config and draws no
 random numbers.
 """
@@ -44,6 +46,8 @@ from torch.func import functional_call, jvp
 from trpo.distributions import ActionDistribution, Params, SDEHead
 from trpo.kfac_conv import ConvOutput, conv_input_moment, kept_patches, moment, plain
 from trpo.networks import Actor
+
+GRADIENT_LIMIT = 1 << 24  # elements: the layers' output gradients kfac() keeps for LayerwiseFisher (head_dim x outputs)
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,10 @@ class KFAC:
     undamped) on flat vectors in the order of actor.named_parameters()."""
 
     def __init__(self, kron: list[KroneckerBlock], exact: list[ExactBlock], damping: float,
-                 params: Params | None = None, fisher: ExactFisher | None = None) -> None:
+                 params: Params | None = None, fisher: ExactFisher | LayerwiseFisher | None = None) -> None:
         self.kron, self.exact, self.damping = kron, exact, damping
         self.params = params  # the forward pass's distribution params, their graph kept (the caller's g reuses it)
-        self.fisher = fisher  # the exact (F + damping I) on the same samples, for beta (see ExactFisher)
+        self.fisher = fisher  # the exact (F + damping I) on the same samples, for beta (LayerwiseFisher, ExactFisher)
         root = math.sqrt(damping)
         self._inverses = []
         for block in kron:
@@ -123,8 +127,8 @@ def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float) ->
     if any(len(seen[name]) > 1 for name, _ in layers):
         raise ValueError("K-FAC needs each layer applied once per sample (a shared layer has no Kronecker block)")
     n = obs.shape[0]
-    grads = _output_gradient_moments(dist, params, [seen[name][0][1] for name, _ in layers])
-    kron = []
+    grads, kept = _output_gradient_moments(dist, params, [seen[name][0][1] for name, _ in layers], GRADIENT_LIMIT)
+    kron, inputs = [], []
     for (name, module), g in zip(layers, grads, strict=True):
         x, out = seen[name][0]
         if isinstance(module, nn.Conv2d):
@@ -137,10 +141,16 @@ def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float) ->
             a, g = moment(x.reshape(-1, x.shape[-1]), module.bias is not None) / n, g / n
         bias = offsets[f"{name}.bias"] if module.bias is not None else None
         kron.append(KroneckerBlock(name, offsets[f"{name}.weight"], bias, a, g))
+        inputs.append(cols[name] if isinstance(module, nn.Conv2d) else x.reshape(-1, x.shape[-1]))
     owned = {f"{name}.{kind}" for name, m in layers for kind in ("weight", "bias") if getattr(m, kind) is not None}
     exact = [_exact_block(actor, dist, params, seen, names[id(p)], offsets[names[id(p)]])
              for p in actor.parameters() if names[id(p)] not in owned]
-    return KFAC(kron, exact, damping, params, ExactFisher(actor, dist, obs, params, damping, layers, cols))
+    fisher: ExactFisher | LayerwiseFisher
+    if kept is not None and all(x is not None for x in inputs):
+        fisher = LayerwiseFisher(kron, exact, kept, [x for x in inputs if x is not None], n, damping)
+    else:
+        fisher = ExactFisher(actor, dist, obs, params, damping, layers, cols)
+    return KFAC(kron, exact, damping, params, fisher)
 
 
 class ExactFisher:
@@ -186,6 +196,64 @@ class ExactFisher:
         return torch.cat([g.reshape(-1) for g in flat]) + self.damping * v
 
 
+class LayerwiseFisher:
+    """ExactFisher's (F + damping I) v and v^T (F + damping I) v from what kfac() kept, with no further pass through
+    the network. The parameters' gradient of <params_i, L_i e_k> is, on a layer's [W | b], sum_t g_ikt abar_it^T
+    (g_ikt its output's gradient at position t, abar_it its input or patch with a 1); so, with V the layer's part
+    of v as [V_W | v_b],
+
+        c_ik  = <L_i e_k, J_i v> = sum_layers sum_t <g_ikt, V abar_it>               (the layers' share of J v)
+        v^T F v = (1/n) sum_ik c_ik^2 + the exact blocks' v_e^T B v_e
+        F v   = per layer (1/n) sum_i sum_t (sum_k c_ik g_ikt) abar_it^T,   B v_e per exact block
+
+    a few matrix products per layer (exact: F has no cross terms between the layers and the exact blocks). Its memory
+    is the kept g, head_dim times the layers' outputs (kfac() keeps them up to GRADIENT_LIMIT, and falls back to
+    ExactFisher above it or where a convolution's patches were not kept)."""
+
+    def __init__(self, kron: Sequence[KroneckerBlock], exact: Sequence[ExactBlock], grads: Sequence[Tensor],
+                 inputs: Sequence[Tensor], n: int, damping: float) -> None:
+        self.kron, self.exact, self.n, self.damping = kron, exact, n, damping
+        self.grads, self.inputs = grads, inputs  # [K, out, n T] and [n T, in] per layer (T = 1 for a Linear)
+
+    def coefficients(self, v: Tensor) -> Tensor:
+        """c [K, n]: c_ik = <L_i e_k, J_i v> (its temporaries the size of one layer output, not K)."""
+        total = self.grads[0].new_zeros(self.grads[0].shape[0], self.n)
+        for block, g, x in zip(self.kron, self.grads, self.inputs, strict=True):
+            w = v[block.weight].view(g.shape[1], -1)
+            y = w @ x.t() if block.bias is None else torch.addmm(v[block.bias].unsqueeze(1), w, x.t())  # V abar_it
+            buffer = torch.empty_like(y)
+            for k in range(g.shape[0]):
+                total[k] += torch.mul(g[k], y, out=buffer).view(g.shape[1], self.n, -1).sum((0, 2))
+        return total
+
+    def quadratic(self, v: Tensor) -> Tensor:
+        """v^T (F + damping I) v."""
+        c = self.coefficients(v)
+        total = (c * c).sum() / self.n + self.damping * (v @ v)
+        for eblock in self.exact:
+            part = v[eblock.index].view(eblock.shape)
+            total += torch.einsum("afg,fa,ga->", eblock.matrices, part, part) if eblock.columns \
+                else part @ eblock.matrices[0] @ part
+        return total
+
+    def product(self, v: Tensor) -> Tensor:
+        """(F + damping I) v."""
+        c = self.coefficients(v) / self.n
+        out = torch.empty_like(v)
+        for block, g, x in zip(self.kron, self.grads, self.inputs, strict=True):
+            grads = g.view(g.shape[0], g.shape[1], self.n, -1)
+            h = grads[0] * c[0].view(1, -1, 1)  # sum_k c_ik g_ikt, [out, n, T]
+            for k in range(1, g.shape[0]):
+                h.addcmul_(grads[k], c[k].view(1, -1, 1))
+            h = h.view(g.shape[1], -1)
+            out[block.weight] = (h @ x).reshape(-1)
+            if block.bias is not None:
+                out[block.bias] = h.sum(1)
+        for eblock in self.exact:
+            _put_exact(eblock, out, eblock.matrices, v)
+        return out + self.damping * v
+
+
 # --- the factors -------------------------------------------------------------------------------------------------
 
 
@@ -215,10 +283,12 @@ def _recorded_forward(actor: Actor, obs: Tensor, layers: Sequence[tuple[str, nn.
     return params
 
 
-def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: list[Tensor]) -> list[Tensor]:
+def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: list[Tensor],
+                             limit: int = 0) -> tuple[list[Tensor], list[Tensor] | None]:
     """sum_i sum_k g_ik g_ik^T per layer output (summed over positions t for a convolution), g_ik the gradient at the
     output of <params_i, L_i e_k>, M_i = L_i L_i^T; only the params that depend on the layers enter (the others add
-    zero rows to J)."""
+    zero rows to J). Also the g_ik themselves, [K, out, n T] per layer (as `moment` reads them), where they number
+    at most `limit` elements in all (else None)."""
     targets = {o.grad_fn for o in outputs}
     used = [j for j, p in enumerate(params) if p.grad_fn is not None and _reaches(p.grad_fn, targets)]
     detached = tuple(p.detach() for p in params)
@@ -235,16 +305,24 @@ def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: 
     values, vectors = torch.linalg.eigh(0.5 * (metric + metric.transpose(1, 2)))
     roots = vectors * values.clamp_min(0).sqrt().unsqueeze(1)  # L_i, M_i = L_i L_i^T
     moments = [o.new_zeros(o.shape[1], o.shape[1]) for o in outputs]
-    for k in range(roots.shape[-1]):
+    count = roots.shape[-1]
+    kept = [o.new_empty(count, o.shape[1], o.numel() // o.shape[1]) for o in outputs] \
+        if count * sum(o.numel() for o in outputs) <= limit else None
+    for k in range(count):
         pieces = torch.split(roots[..., k], sizes, -1)
         inner = sum(((params[j] * piece).sum() for j, piece in zip(used, pieces, strict=True)),
                     params[0].new_zeros(()))
         grads = torch.autograd.grad(inner, outputs, retain_graph=True)
-        for total, g in zip(moments, grads, strict=True):
+        for j, (total, g) in enumerate(zip(moments, grads, strict=True)):
             # [out, n] or a convolution's [C_out, n T] (positions contiguous: a cheaper copy than [n T, C_out]).
-            flat = g.t() if g.dim() == 2 else g.flatten(2).transpose(0, 1).reshape(g.shape[1], -1)
+            view = g.t() if g.dim() == 2 else g.flatten(2).transpose(0, 1)
+            if kept is None:
+                flat = view.reshape(view.shape[0], -1)
+            else:
+                flat = kept[j][k]
+                flat.view_as(view).copy_(view)
             total += flat @ flat.t()
-    return moments
+    return moments, kept
 
 
 def _reaches(node: object, targets: Collection[object]) -> bool:

@@ -239,8 +239,8 @@ class TrustRegionRule:
             (grad,) = torch.autograd.grad(surrogate(theta), theta)
         if cfg.fisher_product == "hessian":
             fvp = hessian_fvp(lambda th: dist.kl(sub_old, params_of(th, sub_obs)).mean(), theta_old, cfg.cg_damping)
-        elif blocks is not None and blocks.fisher is not None and cfg.natural_gradient == "kfac":  # one product, for beta: J v by forward mode
-            fvp = blocks.fisher.product
+        elif blocks is not None and blocks.fisher is not None and cfg.natural_gradient == "kfac":
+            fvp = blocks.fisher.product  # one product, for beta: from kfac()'s own pass (kfac.LayerwiseFisher)
         else:
             lin = conv or autograd_linearization(lambda th: params_of(th, sub_obs), theta_old)
             fvp = gauss_newton_fvp(lin, dist.fisher_metric_product, cfg.cg_damping)
