@@ -252,3 +252,27 @@ def test_sigterm_stops_the_runs_it_started(tmp_path: Path) -> None:
     assert out.count("; the same command continues it") == 2 and "FAILED" not in out, out
     for seed in (0, 1):  # each run stopped as `trpo train` does on SIGTERM, saying what it keeps
         assert "trpo: terminated (SIGTERM); " in Path(f"{metrics[seed].parent}.log").read_text()
+
+
+def _rows(run: Path, rows: list[dict]) -> Path:
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_time_to_target_sums_training_time_until_the_last_10_updates_episodes_reach_it(tmp_path: Path) -> None:
+    from trpo.bench import time_to, time_to_target
+
+    # 1000 steps an update at 500 steps/s: 2 s each; returns climb by 10 an update, episodes every update but the
+    # 3rd (its row has no return and does not enter the window).
+    rows = [{"update": u, "step": 1000 * u, "fps": 500.0, "episodes": 0 if u == 3 else 1,
+             **({} if u == 3 else {"episode_return_mean": 10.0 * u})} for u in range(1, 31)]
+    climbing = _rows(tmp_path / "a", rows)
+    # The window of the updates 13-22 (3 skipped) is the first whose mean is >= 175: mean(130..220) = 175 at
+    # update 22, after 44 s.
+    assert time_to(climbing, 175.0) == pytest.approx(44.0)
+    assert time_to(climbing, 1000.0) is None
+    assert time_to(tmp_path / "none", 1.0) is None  # no rows: never
+    flat = _rows(tmp_path / "b", [{**r, "episode_return_mean": 0.0} for r in rows if r["episodes"]])
+    assert time_to_target([climbing, flat], 175.0) == "00:44 (1/2)"
+    assert time_to_target([flat], 175.0) == "- (0/1)" and time_to_target([flat], None) == "-"
