@@ -332,7 +332,9 @@ def _digest(contents: dict[str, Any]) -> str:
     for name, value in _leaves(contents):
         digest.update(f"{name}\0".encode())
         if isinstance(value, torch.Tensor):
-            flat = value.detach().cpu().contiguous().reshape(-1)
+            # A copy in standard layout: a damaged file can give a size-1 tensor stride 0, which contiguous()
+            # keeps and a view as bytes refuses.
+            flat = value.detach().cpu().clone(memory_format=torch.contiguous_format).reshape(-1)
             digest.update(f"{flat.dtype}{tuple(value.shape)}\0".encode())
             digest.update(flat.view(torch.uint8).numpy().tobytes())
         else:
