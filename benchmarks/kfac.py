@@ -30,6 +30,8 @@ from typing import Any
 SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "breakout": ("MinAtar/Breakout-v1", {}),
     "hopper-deep": ("Hopper-v5", {"actor_hidden": (256, 256, 256), "vector_mode": "sync"}),
+    "humanoid-deep": ("Humanoid-v5", {"actor_hidden": (256, 256, 256), "critic_hidden": (256, 256, 256),
+                                      "vector_mode": "sync"}),
 }
 # method -> overrides: the three directions at the preset's cg_iters, and K-FAC-preconditioned CG cut to 8 iterations
 # (does the preconditioner buy the same residual for fewer products?)

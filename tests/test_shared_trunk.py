@@ -193,3 +193,17 @@ def test_the_kl_term_keeps_the_policy_where_the_step_left_it(kind) -> None:
             losses[coef] = float((critic(obs) - targets).pow(2).mean() / targets.var())
         assert losses[coef] < 0.97 * before  # V fits either way
     assert moved[3.0] < 0.01 * moved[0.0]  # 0.0004 against 1.1 (categorical), 0.14 against 96 (Gaussian)
+
+
+def test_worker_processes_give_the_same_run() -> None:
+    """With a shared trunk the next batch is collected after the recheck, not during the value fit: worker
+    processes must still give the rows envs stepped in this process give."""
+    from trpo.logger import TIMING_FIELDS
+
+    def rows(mode: str) -> list[dict]:
+        agent = TRPO("CartPole-v1", seed=4, num_envs=4, steps_per_env=64, shared_trunk=True, vector_mode=mode)
+        agent.learn(768)
+        agent.close()
+        return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in agent.history]
+
+    assert rows("subprocess") == rows("sync")
