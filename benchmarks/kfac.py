@@ -6,6 +6,7 @@ MLP (Hopper-v5 with actor_hidden 256,256,256), each on its preset otherwise.
     .venv/bin/python benchmarks/kfac.py                        # both scenarios, 6 updates each, all methods
     .venv/bin/python benchmarks/kfac.py --scenario breakout --updates 10 --seed 1
     .venv/bin/python benchmarks/kfac.py --scenario breakout --methods cg kfac --rounds 5   # on a busy machine
+    .venv/bin/python benchmarks/kfac.py --scenario humanoid-deep --methods cg kfac kfac-s1 kfac-s4 --rounds 3
 
 Each (scenario, method) trains in a fresh subprocess (one torch thread, envs stepped in that process). The first
 update is left out of the means (imports, allocator warm-up). Printed per method: mean and median seconds of the
@@ -33,13 +34,16 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "humanoid-deep": ("Humanoid-v5", {"actor_hidden": (256, 256, 256), "critic_hidden": (256, 256, 256),
                                       "vector_mode": "sync"}),
 }
-# method -> overrides: the three directions at the preset's cg_iters, and K-FAC-preconditioned CG cut to 8 iterations
-# (does the preconditioner buy the same residual for fewer products?)
+# method -> overrides: the three directions at the preset's cg_iters, K-FAC-preconditioned CG cut to 8 iterations
+# (does the preconditioner buy the same residual for fewer products?), and K-FAC with sampled G factors
+# (kfac_samples: 1 and 4 random projections of the metric's root instead of one backward pass per head output)
 METHODS: dict[str, dict[str, Any]] = {
     "cg": {"natural_gradient": "cg"},
     "kfac": {"natural_gradient": "kfac"},
     "kfac_cg": {"natural_gradient": "kfac_cg"},
     "kfac_cg8": {"natural_gradient": "kfac_cg", "cg_iters": 8},
+    "kfac-s1": {"natural_gradient": "kfac", "kfac_samples": 1},
+    "kfac-s4": {"natural_gradient": "kfac", "kfac_samples": 4},
 }
 
 

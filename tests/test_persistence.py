@@ -90,7 +90,7 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
                    max_grad_norm=1.0, clip_range=0.1, target_kl=0.02, kl_penalty="fixed", penalty_coef=2.0,
                    kl_target=0.02,
                    cg_damping=0.05, cg_tol=1e-8, fisher_product="hessian", fisher_subsample=2, backtrack_ratio=0.5,
-                   natural_gradient="kfac_cg",
+                   natural_gradient="kfac_cg", kfac_samples=2,
                    max_backtracks=4, value_lr=3e-4, value_eps=1e-5, value_epochs=2, value_minibatch=16,
                    actor_hidden=(8,), critic_hidden=(8,), shared_trunk=True, value_kl_coef=0.5,
                    activation="relu", init_log_std=-1.0, normalize_obs=True,
@@ -105,7 +105,7 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
     # observation statistics): the recurrent one is the same config with single paths, a wrapper and those. K-FAC
     # takes feed-forward policies too: the recurrent one solves by CG.
     recurrent = {**changed, "recurrent": "gru", "sampling": "single_path", "obs_norm_update": "step",
-                 "natural_gradient": "cg",
+                 "natural_gradient": "cg", "kfac_samples": 0,
                  "env_wrappers": (("gymnasium.wrappers:ClipReward", {"min_reward": -5.0, "max_reward": 0.0}),)}
     defaults = TRPOConfig()
     assert set(recurrent) == {f.name for f in dataclasses.fields(TRPOConfig)}  # a new field must join this test

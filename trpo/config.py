@@ -130,6 +130,12 @@ class TRPOConfig:
     directly (Martens & Grosse 2015; ACKTR), the step then scaled to max_kl with one exact product and line-searched
     as usual; 'kfac_cg', CG preconditioned with those blocks. The blocks take the distribution's exact Fisher
     metric, cg_damping (> 0) as Tikhonov damping, and feed-forward actors (trpo/kfac.py)."""
+    kfac_samples: int = 0
+    """K-FAC's output-gradient factors G (natural_gradient 'kfac' or 'kfac_cg'): 0, exact, from the columns of the
+    action distribution's Fisher metric root, one backward pass each (head_dim: the action count, or a Gaussian's
+    action dimension); m > 0, a Monte-Carlo estimate from m random projections of that root (Rademacher, drawn from
+    the run's generator: unbiased, m backward passes; ACKTR's sampled Fisher), used only where m < head_dim (else
+    exact). The exact Fisher still scales the step (beta) and the line search still checks the exact KL."""
     backtrack_ratio: float = 0.8
     """Line-search shrink factor alpha."""
     max_backtracks: int = 10

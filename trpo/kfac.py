@@ -4,8 +4,9 @@ natural-gradient step: the direction itself (TRPOConfig.natural_gradient 'kfac')
 
 F is the Fisher of the mean KL the line search bounds, F = (1/n) sum_i J_i^T M_i J_i, with M_i the exact Fisher
 metric of the action distribution at sample i's params (distributions.fisher_metric_product), not a Monte Carlo
-estimate from sampled actions. Factoring M_i = L_i L_i^T (an eigendecomposition of the small matrix M_i), backprop of
-each column of L_i to a layer's output s gives vectors g_ik with sum_k g_ik g_ik^T = J_s,i^T M_i J_s,i exactly:
+estimate from sampled actions (unless `samples` asks for one: below). Factoring M_i = L_i L_i^T (an
+eigendecomposition of the small matrix M_i), backprop of each column of L_i to a layer's output s gives vectors g_ik
+with sum_k g_ik g_ik^T = J_s,i^T M_i J_s,i exactly:
 
     Linear   s = W a + b:       A = (1/n) sum_i abar_i abar_i^T,          G = (1/n) sum_i sum_k g_ik g_ik^T
     Conv2d   s_t = W abar_t:    A = (1/n) sum_i sum_t abar_it abar_it^T,  G = (1/(n T)) sum_i sum_t sum_k g_ikt g_ikt^T
@@ -19,18 +20,24 @@ M_i over its outputs, 2 I for the diagonal Gaussian) and gSDE's log-std matrix (
 action: its metric is diagonal in the log std and the features enter the variance detached); any other parameter,
 and a recurrent cell (its Linears are applied once per time step: no Kronecker block of one application), is refused.
 
+Sampled G (`samples` m > 0, TrustRegionRule's config.kfac_samples; ACKTR's Monte-Carlo Fisher, Martens & Grosse
+section 5): the m columns L_i r_i instead of L_i's, r_i [head_dim, m] with independent entries +-1/sqrt(m) drawn per
+sample from the generator given (E[r_i r_i^T] = I, so E[L_i r_i r_i^T L_i^T] = M_i and each G is unbiased; A is
+exact), m backward passes instead of head_dim. Used only where m < head_dim (else the exact columns, nothing drawn).
+The sampled g_ik give no exact F v, so the product for beta is then ExactFisher's, exact as before.
+
 Damping is Tikhonov's, factored as Martens & Grosse (section 6.3): (A + pi sqrt(lambda) I) (x) (G + sqrt(lambda)/pi I),
 pi = sqrt((tr A / dim A) / (tr G / dim G)), which approximates G (x) A + lambda I; the exact blocks get + lambda I.
 
 Cost per step: one forward pass, one backward pass per distribution parameter that depends on the layers (head_dim
-of them: the action count, or the action dimension of a Gaussian's mean), and the inverses of the factors. A
-convolution's patches are cut once in that pass and serve A and the weight's gradient, and its backward avoids
-oneDNN's slow kernels where it can (kfac_conv.py); the caller's surrogate gradient reuses the pass. The exact
+of them: the action count, or the action dimension of a Gaussian's mean; m with sampled G), and the inverses of the
+factors. A convolution's patches are cut once in that pass and serve A and the weight's gradient, and its backward
+avoids oneDNN's slow kernels where it can (kfac_conv.py); the caller's surrogate gradient reuses the pass. The exact
 (F + lambda I) v and v^T (F + lambda I) v for beta come from the same pass: `LayerwiseFisher`, a few matrix products
 per layer with the kept output gradients (head_dim x the layers' outputs, up to GRADIENT_LIMIT), or above that
 `ExactFisher` (forward-mode J v and one backward, no double backward). It reads the actor (its
-modules, and their inputs and outputs in that one forward pass); it writes no parameter, takes no config and draws no
-random numbers.
+modules, and their inputs and outputs in that one forward pass); it writes no parameter, takes no config and draws
+random numbers only for sampled G, from the generator it is given.
 """
 
 from __future__ import annotations
@@ -109,9 +116,11 @@ class KFAC:
         return out
 
 
-def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float) -> KFAC:
+def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float, samples: int = 0,
+         generator: torch.Generator | None = None) -> KFAC:
     """The K-FAC blocks of `actor` (at its current parameters, pi_old) on observations obs [n, D], damped by lambda =
-    `damping` (> 0: the factors are often singular). ValueError for an actor it has no blocks for."""
+    `damping` (> 0: the factors are often singular); G from `samples` random projections of the metric's root (drawn
+    from `generator`) where 0 < samples < head_dim, else exact. ValueError for an actor it has no blocks for."""
     if actor.cell is not None or not isinstance(obs, Tensor):
         raise ValueError("K-FAC takes feed-forward actors: a recurrent cell applies its layers once per time step")
     names = {id(p): name for name, p in actor.named_parameters()}
@@ -127,7 +136,8 @@ def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float) ->
     if any(len(seen[name]) > 1 for name, _ in layers):
         raise ValueError("K-FAC needs each layer applied once per sample (a shared layer has no Kronecker block)")
     n = obs.shape[0]
-    grads, kept = _output_gradient_moments(dist, params, [seen[name][0][1] for name, _ in layers], GRADIENT_LIMIT)
+    grads, kept = _output_gradient_moments(dist, params, [seen[name][0][1] for name, _ in layers], GRADIENT_LIMIT,
+                                           samples, generator)
     kron, inputs = [], []
     for (name, module), g in zip(layers, grads, strict=True):
         x, out = seen[name][0]
@@ -283,12 +293,14 @@ def _recorded_forward(actor: Actor, obs: Tensor, layers: Sequence[tuple[str, nn.
     return params
 
 
-def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: list[Tensor],
-                             limit: int = 0) -> tuple[list[Tensor], list[Tensor] | None]:
+def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: list[Tensor], limit: int = 0,
+                             samples: int = 0, generator: torch.Generator | None = None
+                             ) -> tuple[list[Tensor], list[Tensor] | None]:
     """sum_i sum_k g_ik g_ik^T per layer output (summed over positions t for a convolution), g_ik the gradient at the
     output of <params_i, L_i e_k>, M_i = L_i L_i^T; only the params that depend on the layers enter (the others add
     zero rows to J). Also the g_ik themselves, [K, out, n T] per layer (as `moment` reads them), where they number
-    at most `limit` elements in all (else None)."""
+    at most `limit` elements in all (else None). Where 0 < samples < K: L_i r_i instead of L_i (`probes`), K =
+    samples, and no g_ik (they are not the exact columns LayerwiseFisher needs)."""
     targets = {o.grad_fn for o in outputs}
     used = [j for j, p in enumerate(params) if p.grad_fn is not None and _reaches(p.grad_fn, targets)]
     detached = tuple(p.detach() for p in params)
@@ -304,10 +316,13 @@ def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: 
     metric = torch.stack(columns, -1)
     values, vectors = torch.linalg.eigh(0.5 * (metric + metric.transpose(1, 2)))
     roots = vectors * values.clamp_min(0).sqrt().unsqueeze(1)  # L_i, M_i = L_i L_i^T
+    sampled = 0 < samples < roots.shape[-1]
+    if sampled:  # m columns L_i r_i, E[r_i r_i^T] = I
+        roots = roots @ probes(roots.shape[0], roots.shape[-1], samples, generator).to(roots)
     moments = [o.new_zeros(o.shape[1], o.shape[1]) for o in outputs]
     count = roots.shape[-1]
     kept = [o.new_empty(count, o.shape[1], o.numel() // o.shape[1]) for o in outputs] \
-        if count * sum(o.numel() for o in outputs) <= limit else None
+        if not sampled and count * sum(o.numel() for o in outputs) <= limit else None
     for k in range(count):
         pieces = torch.split(roots[..., k], sizes, -1)
         inner = sum(((params[j] * piece).sum() for j, piece in zip(used, pieces, strict=True)),
@@ -323,6 +338,13 @@ def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: 
                 flat.view_as(view).copy_(view)
             total += flat @ flat.t()
     return moments, kept
+
+
+def probes(n: int, dim: int, samples: int, generator: torch.Generator | None) -> Tensor:
+    """r [n, dim, samples]: independent Rademacher entries +-1/sqrt(samples), so that E[r_i r_i^T] = I for each i."""
+    device = None if generator is None else generator.device
+    signs = torch.randint(0, 2, (n, dim, samples), generator=generator, device=device) * 2 - 1
+    return signs / math.sqrt(samples)
 
 
 def _reaches(node: object, targets: Collection[object]) -> bool:

@@ -192,10 +192,11 @@ def flat_parameters(actor: Actor) -> tuple[Tensor, Callable[[Tensor, Inputs], Pa
 class TrustRegionRule:
     """trpo and npg: g, x = F^-1 g by CG with Fisher-vector products (natural_gradient 'cg'; 'kfac_cg': CG
     preconditioned with K-FAC's blocks; 'kfac': x from those blocks alone), beta = sqrt(2 delta / x^T F x), then the
-    backtracking line search (trpo) or the full step (npg): trust_region.trpo_step."""
+    backtracking line search (trpo) or the full step (npg): trust_region.trpo_step. `generator` draws K-FAC's
+    probes where config.kfac_samples asks for sampled factors, and nothing otherwise."""
 
-    def __init__(self, config: TRPOConfig, dist: ActionDistribution) -> None:
-        self.config, self.dist = config, dist
+    def __init__(self, config: TRPOConfig, dist: ActionDistribution, generator: torch.Generator | None = None) -> None:
+        self.config, self.dist, self.generator = config, dist, torch.Generator() if generator is None else generator
 
     def update(self, actor: Actor, batch: PolicyBatch) -> dict[str, Any]:
         cfg, dist = self.config, self.dist
@@ -211,7 +212,8 @@ class TrustRegionRule:
         part = batch if k == 1 else batch.subset(slice(None, None, k))
         sub_obs, sub_old = part.inputs, part.old_params
         # K-FAC's blocks (kfac.py): the direction itself, or CG's preconditioner.
-        blocks = None if cfg.natural_gradient == "cg" else kfac(actor, dist, part.obs, cfg.cg_damping)
+        blocks = None if cfg.natural_gradient == "cg" else kfac(actor, dist, part.obs, cfg.cg_damping,
+                                                               cfg.kfac_samples, self.generator)
         # A CNN's Jacobian is built once (conv_jacobian.py) when CG makes many products with it; any other actor's
         # products (and K-FAC's single one) go through autograd.
         many = cfg.fisher_product == "gauss_newton" and cfg.natural_gradient != "kfac"
@@ -434,8 +436,8 @@ class PPORule:
 
 
 RULES: dict[str, Callable[..., UpdateRule]] = {
-    "trpo": lambda cfg, dist, actor, gen: TrustRegionRule(cfg, dist),
-    "npg": lambda cfg, dist, actor, gen: TrustRegionRule(cfg, dist),
+    "trpo": lambda cfg, dist, actor, gen: TrustRegionRule(cfg, dist, gen),
+    "npg": lambda cfg, dist, actor, gen: TrustRegionRule(cfg, dist, gen),
     "pg": PolicyGradientRule,
     "penalty": PenaltyRule,
     "ppo": PPORule,

@@ -85,6 +85,11 @@ def validate(cfg: TRPOConfig) -> None:
         if cfg.cg_damping <= 0:
             raise ConfigError(f"natural_gradient {cfg.natural_gradient!r} needs cg_damping > 0 (K-FAC's factors are "
                               f"often singular), got {cfg.cg_damping}")
+    if cfg.kfac_samples < 0:
+        raise ConfigError(f"kfac_samples must be >= 0 (0: K-FAC's exact factors), got {cfg.kfac_samples}")
+    if cfg.kfac_samples and cfg.natural_gradient == "cg":
+        raise ConfigError(f"kfac_samples ({cfg.kfac_samples}) samples K-FAC's factors: it needs natural_gradient "
+                          f"'kfac' or 'kfac_cg', got 'cg'")
     # torch takes any count, then crashes or stalls far above the cores (100000 threads segfaulted, 20000 failed in
     # libgomp, 5000 stalled): refuse before a run starts.
     cores = available_cores()
