@@ -22,8 +22,9 @@ from trpo import TRPO, ConfigError, TRPOConfig
 from trpo.distributions import make_distribution
 from trpo.networks import Actor, Critic
 from trpo.optim import Adam
+from trpo.shared_trunk import recheck_trust_region
 from trpo.trust_region import keep_trust_region
-from trpo.update_rules import PolicyBatch, TrustRegionRule, policy_stats, recheck_trust_region
+from trpo.update_rules import PolicyBatch, TrustRegionRule, policy_stats
 
 SPACES = {
     "categorical": (spaces.Discrete(4), False),

@@ -34,7 +34,8 @@ from trpo.observations import MASK_KEY, ObsEncoder, UnsupportedSpaceError, mask_
 from trpo.optim import Adam
 from trpo.rollout import Batch, RolloutCollector
 from trpo.sequences import Inputs, Sequences, select, unit_steps, units
-from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats, recheck_trust_region
+from trpo.shared_trunk import recheck_trust_region
+from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 
 class Learner:

@@ -40,7 +40,7 @@ from trpo.kfac import kfac
 from trpo.networks import Actor
 from trpo.optim import Adam
 from trpo.sequences import Inputs, Sequences, unit_steps, units
-from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp, keep_trust_region, trpo_step
+from trpo.trust_region import autograd_linearization, gauss_newton_fvp, hessian_fvp, trpo_step
 
 
 @dataclass(frozen=True)
@@ -140,33 +140,6 @@ def policy_stats(actor: Actor, dist: ActionDistribution, batch: PolicyBatch,
             held = dist.kl(holdout.old_params, actor(holdout.inputs))
             stats["kl_holdout"], stats["kl_holdout_max"] = float(held.mean()), float(held.max())
     return stats
-
-
-def recheck_trust_region(actor: Actor, dist: ActionDistribution, batch: PolicyBatch, theta_policy: Tensor,
-                         kl_policy: float, config: TRPOConfig) -> dict[str, Any]:
-    """A shared trunk, after the value fit moved the actor's parameters away from the policy step's theta_policy:
-    the fit's change (of the trunk: the head is the policy's alone) backtracked until the update as a whole passes
-    the paper's test against pi_old, exact KL <= max_kl (or the step's own KL where a rule without a line search went
-    past it) and the surrogate not below min(pi_old's, the step's) (trust_region.keep_trust_region); none passing:
-    theta_policy exactly. Sets the actor's parameters; returns the logged figures."""
-    reduce_kl = torch.amax if config.kl_constraint == "max" else torch.mean
-    params = list(actor.parameters())
-
-    @torch.no_grad()
-    def evaluate(theta: Tensor) -> tuple[float, float]:  # through the actor itself, as it will act
-        torch.nn.utils.vector_to_parameters(theta, params)
-        out = actor(batch.inputs)
-        kl, logp = reduce_kl(dist.kl(batch.old_params, out)), dist.log_prob(out, batch.actions)
-        return float(kl), float(batch.surrogate(logp))
-
-    theta_fitted = torch.nn.utils.parameters_to_vector(params)
-    floor = min(float(batch.surrogate(batch.old_log_probs)), evaluate(theta_policy)[1])
-    kept = keep_trust_region(evaluate, theta_policy, theta_fitted, max(config.max_kl, kl_policy), floor,
-                             config.backtrack_ratio, config.max_backtracks)
-    torch.nn.utils.vector_to_parameters(kept.theta, params)
-    kl_after = kept.kl if kept.fraction > 0 else evaluate(kept.theta)[0]
-    return {"kl_after_value_fit": kl_after, "value_fit_trunk_fraction": kept.fraction,
-            "value_fit_backtracks": kept.backtracks}
 
 
 # --- trpo and npg ------------------------------------------------------------------------------------------
