@@ -67,7 +67,8 @@ def test_whole_update_stays_in_the_trust_region(kind, hidden, seed, n, value_lr,
         critic.mse_backward(obs, targets)
         optimizer.step()
     assert not torch.equal(parameters_to_vector(actor.parameters()), theta_policy), "the fit must move the trunk"
-    figures = recheck_trust_region(actor, dist, batch, theta_policy, step["kl"], cfg)
+    figures = recheck_trust_region(actor, dist, batch, theta_policy, step["kl_max" if constraint == "max" else "kl"],
+                                   cfg)
 
     with torch.no_grad():  # measured afresh, by the modules, not by the function under test
         per_state = dist.kl(pi_old(obs), actor(obs))
@@ -115,6 +116,7 @@ def _run(env: str, steps: int, **kw) -> TRPO:
     (PixelSideEnv, {}),
     ("CartPole-v1", {"update_rule": "ppo"}),
     ("CartPole-v1", {"natural_gradient": "kfac"}),
+    ("Pendulum-v1", {"update_rule": "npg", "kl_constraint": "max"}),  # no line search; the max KL bounded
 ])
 def test_bodies_and_rules_log_the_recheck_every_update(env, kw) -> None:
     agent = _run(env, 512, **kw)
@@ -124,7 +126,8 @@ def test_bodies_and_rules_log_the_recheck_every_update(env, kw) -> None:
     for row in agent.history:
         assert 0.0 <= row["value_fit_trunk_fraction"] <= 1.0
         if row["value_fit_trunk_fraction"] > 0:
-            assert row["kl_after_value_fit"] <= max(agent.config.max_kl, row["kl"])
+            step_kl = row["kl_max" if agent.config.kl_constraint == "max" else "kl"]
+            assert row["kl_after_value_fit"] <= max(agent.config.max_kl, step_kl)
 
 
 def test_separate_networks_log_no_recheck() -> None:
