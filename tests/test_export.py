@@ -118,6 +118,13 @@ def test_cli_exports_a_run_and_refuses_what_it_cannot(tmp_path: Path) -> None:
     obs = np.random.default_rng(0).uniform(-1, 1, (50, 3)).astype(np.float32)
     np.testing.assert_allclose(run_exported(out, "onnx", [obs])[0], agent.predict(obs)[0], rtol=1e-5, atol=1e-6)
     agent.close()
+    # Without --format, the name says which: .onnx is ONNX (it was TorchScript under an .onnx name), else TorchScript.
+    by_name = cli("export", str(run), "--checkpoint", "final", "--out", str(tmp_path / "named.ONNX"))
+    assert by_name.returncode == 0 and "exported as onnx" in by_name.stdout, by_name.stderr
+    np.testing.assert_allclose(run_exported(tmp_path / "named.ONNX", "onnx", [obs])[0],
+                               run_exported(out, "onnx", [obs])[0])
+    other = cli("export", str(run), "--checkpoint", "final", "--out", str(tmp_path / "policy.pt"))
+    assert other.returncode == 0 and "exported as torchscript" in other.stdout, other.stderr
     bad = cli("export", str(run), "--format", "tflite", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     agent = TRPO(lambda: SpacesEnv(spaces.Discrete(5), spaces.Discrete(2)), config=SMALL)

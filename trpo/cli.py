@@ -227,12 +227,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from trpo.agent import TRPO
     from trpo.export import export
 
+    # The format the file's name says, unless one is given: `--out policy.onnx` wrote TorchScript before.
+    fmt = args.format or ("onnx" if str(args.out).lower().endswith(".onnx") else "torchscript")
     agent = TRPO.load(path, device="cpu", trust=args.trust)  # reads only: no run dir lock
     try:
-        out = export(agent, args.out, args.format)
+        out = export(agent, args.out, fmt)
     finally:
         agent.close()
-    _print(f"trpo: {agent.env_id} policy (checkpoint at step {agent.num_steps}) exported as {args.format} to {out}")
+    _print(f"trpo: {agent.env_id} policy (checkpoint at step {agent.num_steps}) exported as {fmt} to {out}")
     return 0
 
 

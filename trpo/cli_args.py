@@ -136,8 +136,9 @@ def build_parser(train_preset: tuple[str, str | None] | None = None) -> _Parser:
     ex = sub.add_parser("export", help="the policy as one self-contained TorchScript or ONNX file (trpo/export.py)")
     ex.add_argument("path", help="run directory (its newest checkpoint) or checkpoint file")
     ex.add_argument("--checkpoint", default=None, choices=CHECKPOINTS, help="which of the run directory's checkpoints")
-    ex.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
-                    help="torchscript (torch.jit.load) or onnx (onnxruntime; pip install 'trpo[export]')")
+    ex.add_argument("--format", default=None, choices=["torchscript", "onnx"],
+                    help="torchscript (torch.jit.load) or onnx (onnxruntime; pip install 'trpo[export]'); default: "
+                    "onnx for an --out ending in .onnx, else torchscript")
     ex.add_argument("--out", required=True, help="file to write")
     ex.add_argument("--trust", action="store_true", help=TRUST_HELP)
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
