@@ -322,6 +322,15 @@ def independent_kl(space: spaces.Space, old, new) -> torch.Tensor:
 def test_the_kfac_step_never_accepts_a_kl_above_max_kl(kind: str, natural_gradient: str, hidden: list[int],
                                                         activation: str, n: int, max_kl: float, damping: float,
                                                         seed: int) -> None:
+    stats = check_kfac_step(kind, natural_gradient, hidden, activation, n, max_kl, damping, seed)
+    if natural_gradient == "kfac":
+        assert stats["cg_iterations"] == 0
+
+
+def check_kfac_step(kind: str, natural_gradient: str, hidden: list[int], activation: str, n: int, max_kl: float,
+                    damping: float, seed: int, samples: int = 0) -> dict:
+    """One K-FAC policy step (G sampled with `samples` > 0) on a random net and batch: an accepted step has an
+    independently computed KL within max_kl and a gain >= 0, a refused one leaves the parameters bit-identical."""
     space, sde = SPACES["categorical" if kind == "image" else kind]
     torch.manual_seed(seed)
     dist = make_distribution(space, sde)
@@ -330,8 +339,9 @@ def test_the_kfac_step_never_accepts_a_kl_above_max_kl(kind: str, natural_gradie
     actor = Actor(obs_dim, dist, tuple(hidden), activation, -0.5, image=image)
     batch = random_batch(dist, actor, obs_dim, n, seed)
     before = [p.detach().clone() for p in actor.parameters()]
-    cfg = TRPOConfig(natural_gradient=natural_gradient, max_kl=max_kl, cg_damping=damping, cg_iters=5)
-    stats = TrustRegionRule(cfg, dist).update(actor, batch)
+    cfg = TRPOConfig(natural_gradient=natural_gradient, kfac_samples=samples, max_kl=max_kl, cg_damping=damping,
+                     cg_iters=5)
+    stats = TrustRegionRule(cfg, dist, torch.Generator().manual_seed(seed)).update(actor, batch)
     with torch.no_grad():
         kl = independent_kl(space, batch.old_params, actor(batch.obs)).mean()
     if stats["step_accepted"]:
@@ -339,8 +349,7 @@ def test_the_kfac_step_never_accepts_a_kl_above_max_kl(kind: str, natural_gradie
         assert stats["surrogate_gain"] >= 0
     else:
         assert all(torch.equal(a, b) for a, b in zip(before, actor.parameters(), strict=True))
-    if natural_gradient == "kfac":
-        assert stats["cg_iterations"] == 0
+    return stats
 
 
 @pytest.mark.parametrize("natural_gradient", ["kfac", "kfac_cg"])

@@ -186,7 +186,8 @@ class TRPOConfig:
     """One body (MLP or CNN, and the recurrent cell) for the policy and the value function, each with its own head;
     critic_hidden must then equal actor_hidden. The value fit moves the shared body, so after it the trust region
     is checked again: the body's value-fit change is backtracked (backtrack_ratio, max_backtracks) until the exact
-    mean KL(pi_old || pi) is at most max_kl and the surrogate is not below pi_old's, or undone
+    KL(pi_old || pi) (mean, or max with kl_constraint 'max') is at most max_kl and the surrogate is not below
+    pi_old's, or undone
     (trust_region.keep_trust_region; docs/scale.md). The next batch is then collected after the value fit, not
     during it."""
     value_kl_coef: float = 1.0

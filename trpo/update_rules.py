@@ -188,7 +188,7 @@ class TrustRegionRule:
         blocks = None if cfg.natural_gradient == "cg" else kfac(actor, dist, part.obs, cfg.cg_damping,
                                                                cfg.kfac_samples, self.generator)
         # A CNN's Jacobian is built once (conv_jacobian.py) when CG makes many products with it; any other actor's
-        # products (and K-FAC's single one) go through autograd.
+        # products go through autograd, except K-FAC's single one (for beta), which its own pass gives.
         many = cfg.fisher_product == "gauss_newton" and cfg.natural_gradient != "kfac"
         conv = conv_linearization(actor, sub_obs, theta_old) if many else None
         whole = conv if conv is not None and k == 1 else None  # its params are pi_old's on the whole batch
