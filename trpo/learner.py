@@ -161,8 +161,7 @@ class Learner:
             seq, order = Sequences.of(batch.obs, batch.starts, critic_states, cfg.recurrent_seq_len)
             value_loss = self.fit_value(seq, targets.reshape(-1)[order].detach())
         if theta_policy is not None:  # 5. A shared trunk: the whole update inside the trust region again.
-            kl_step = step["kl_max" if cfg.kl_constraint == "max" else "kl"]  # the KL the recheck bounds
-            step.update(recheck_trust_region(self.actor, self.dist, train, theta_policy, kl_step, cfg))
+            step.update(recheck_trust_region(self.actor, self.dist, train, theta_policy, cfg))
             if more:
                 collector.start(self.actor, cfg.steps_per_env, self.sample_gen)
         t3 = time.perf_counter()

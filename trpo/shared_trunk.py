@@ -20,7 +20,7 @@ from trpo.update_rules import PolicyBatch
 
 
 def recheck_trust_region(actor: Actor, dist: ActionDistribution, batch: PolicyBatch, theta_policy: Tensor,
-                         kl_policy: float, config: TRPOConfig) -> dict[str, Any]:
+                         config: TRPOConfig) -> dict[str, Any]:
     """A shared trunk, after the value fit moved the actor's parameters away from the policy step's theta_policy:
     the fit's change (of the trunk: the head is the policy's alone) backtracked until the update as a whole passes
     the paper's test against pi_old, exact KL <= max_kl (or the step's own KL where a rule without a line search went
@@ -37,10 +37,11 @@ def recheck_trust_region(actor: Actor, dist: ActionDistribution, batch: PolicyBa
         return float(kl), float(batch.surrogate(logp))
 
     theta_fitted = torch.nn.utils.parameters_to_vector(params)
-    floor = min(float(batch.surrogate(batch.old_log_probs)), evaluate(theta_policy)[1])
+    kl_policy, surrogate_policy = evaluate(theta_policy)  # the step's own, measured as the candidates are
+    floor = min(float(batch.surrogate(batch.old_log_probs)), surrogate_policy)
     kept = keep_trust_region(evaluate, theta_policy, theta_fitted, max(config.max_kl, kl_policy), floor,
                              config.backtrack_ratio, config.max_backtracks)
     torch.nn.utils.vector_to_parameters(kept.theta, params)
-    kl_after = kept.kl if kept.fraction > 0 else evaluate(kept.theta)[0]
+    kl_after = kept.kl if kept.fraction > 0 else kl_policy
     return {"kl_after_value_fit": kl_after, "value_fit_trunk_fraction": kept.fraction,
             "value_fit_backtracks": kept.backtracks}
