@@ -92,7 +92,7 @@ def test_a_config_with_every_field_changed_round_trips(tmp_path: Path) -> None:
                    cg_damping=0.05, cg_tol=1e-8, fisher_product="hessian", fisher_subsample=2, backtrack_ratio=0.5,
                    natural_gradient="kfac_cg", kfac_samples=2,
                    max_backtracks=4, value_lr=3e-4, value_eps=1e-5, value_epochs=2, value_minibatch=16,
-                   actor_hidden=(8,), critic_hidden=(8,), shared_trunk=True, value_kl_coef=0.5,
+                   actor_hidden=(8,), critic_hidden=(8,), shared_trunk=True, value_kl_coef=0.5, value_fit_trunk=False,
                    activation="relu", init_log_std=-1.0, normalize_obs=True,
                    normalize_reward=True, clip_obs=5.0, clip_reward=4.0, device="cpu", torch_threads=1,
                    checkpoint_every=3, eval_episodes=2, eval_max_steps=500, obs_encoder="mlp", eval_every=1000,

@@ -122,12 +122,19 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert loaded.num_timesteps == model.num_timesteps + 256
 
 
-def test_cnn_on_a_small_image_env(tmp_path: Path) -> None:
-    """test_cnn (TRPO's settings), with share_features_extractor=False: trpo's critic has a CNN of its own.
-    A channel-last image env is wrapped in VecTransposeImage; predict takes its channel-last observations."""
+@pytest.mark.parametrize("share", [None, True, False])
+def test_cnn_on_a_small_image_env(share: bool | None, tmp_path: Path) -> None:
+    """test_cnn (TRPO's settings): sb3's default CnnPolicy shares its NatureCNN between pi and V (trpo's shared
+    trunk, which sb3-contrib's critic step leaves alone: value_fit_trunk false); share_features_extractor=False
+    gives the critic a CNN of its own. A channel-last image env is wrapped in VecTransposeImage; predict takes its
+    channel-last observations."""
     env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=True)
-    model = TRPO("CnnPolicy", env, n_steps=128, batch_size=64, cg_max_steps=5,
-                 policy_kwargs=dict(share_features_extractor=False)).learn(128)
+    kwargs = {} if share is None else dict(policy_kwargs=dict(share_features_extractor=share))
+    model = TRPO("CnnPolicy", env, n_steps=128, batch_size=64, cg_max_steps=5, **kwargs).learn(128)
+    shared = share is not False
+    cfg = model.learner.config
+    assert (cfg.shared_trunk, cfg.value_fit_trunk) == ((True, False) if shared else (False, True))
+    assert (model.learner.critic.body is model.learner.actor.body) is shared
     assert is_vecenv_wrapped(model.get_env(), VecTransposeImage)
     obs, _ = env.reset()
     for _ in range(3):
@@ -136,6 +143,7 @@ def test_cnn_on_a_small_image_env(tmp_path: Path) -> None:
     model.save(tmp_path / "cnn_model.zip")
     loaded = TRPO.load(tmp_path / "cnn_model.zip")
     assert loaded.predict(obs, deterministic=True)[0] == action
+    assert (loaded.learner.critic.body is loaded.learner.actor.body) is shared
 
 
 class DictEnv(gym.Env[dict[str, Any], np.ndarray]):
@@ -319,9 +327,7 @@ def test_refused_arguments_name_themselves_in_one_line(kwargs: dict[str, Any], n
 
 
 def test_refused_policies_name_themselves_in_one_line() -> None:
-    image_env = FakeImageEnv(screen_height=40, screen_width=40)
     for policy, env, named in [("MlpLstmPolicy", "CartPole-v1", "MlpLstmPolicy"),
-                               ("CnnPolicy", image_env, "share_features_extractor"),
                                ("MlpPolicy", DictEnv(), "MultiInputPolicy")]:
         with pytest.raises(ValueError) as info:
             TRPO(policy, env)

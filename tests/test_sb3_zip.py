@@ -42,7 +42,8 @@ def contrib_trpo() -> Any:
 
 def _outputs(model: Any, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic actions and V(obs), of the drop-in (trpo's critic) or of sb3-contrib's TRPO (its policy)."""
-    values = (model.learner.critic(torch.as_tensor(obs, dtype=torch.float32)) if isinstance(model, TRPO)
+    values = (model.learner.critic(torch.as_tensor(model.learner.encoder(obs), dtype=torch.float32))
+              if isinstance(model, TRPO)
               else model.policy.predict_values(model.policy.obs_to_tensor(obs)[0]).squeeze(-1))
     return model.predict(obs, deterministic=True)[0], values.detach().cpu().numpy()
 
@@ -121,13 +122,39 @@ def test_load_a_zip_saved_by_sb3_contrib(env_id: str, sde: bool, tmp_path: Path)
     np.testing.assert_allclose(_outputs(fresh, obs)[0], theirs[0], rtol=1e-5, atol=1e-6)  # FLOAT32
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_cnn_policy_parameters_and_zips_are_sb3_contribs(share: bool, tmp_path: Path) -> None:
+    """CnnPolicy, its NatureCNN shared by pi and V (sb3's default: trpo's shared trunk, kept out of the value fit)
+    or not: get_parameters has sb3-contrib's names, order and shapes, its Adam the same numbering and stepped
+    tensors (the value side's only); an sb3-contrib CnnPolicy zip loads with its actions and values, shared as it
+    was, and learns on."""
+    env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=True)
+    kwargs = dict(n_steps=64, batch_size=32, cg_max_steps=3, n_critic_updates=2, seed=0,
+                  policy_kwargs=dict(share_features_extractor=share))
+    model, contrib = TRPO("CnnPolicy", env, **kwargs).learn(128), contrib_trpo()("CnnPolicy", env, **kwargs).learn(128)
+    ours, theirs = model.get_parameters(), contrib.get_parameters()
+    assert [(k, v.shape) for k, v in ours["policy"].items()] == [(k, v.shape) for k, v in theirs["policy"].items()]
+    (group,), (their_group,) = ours["policy.optimizer"]["param_groups"], theirs["policy.optimizer"]["param_groups"]
+    assert group["params"] == their_group["params"]
+    assert sorted(ours["policy.optimizer"]["state"]) == sorted(theirs["policy.optimizer"]["state"])
+    model.set_parameters(copy.deepcopy(ours))  # round trip
+    contrib.save(tmp_path / "cnn")
+    loaded = TRPO.load(tmp_path / "cnn.zip", env=env)
+    assert (loaded.learner.critic.body is loaded.learner.actor.body) is share
+    obs = np.stack([loaded.observation_space.sample() for _ in range(32)])  # channel-first, as the policy sees them
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0],
+                                  contrib.predict(obs, deterministic=True)[0])
+    np.testing.assert_allclose(_outputs(loaded, obs)[1], _outputs(contrib, obs)[1], rtol=1e-5, atol=1e-6)  # FLOAT32
+    assert loaded.learn(64, reset_num_timesteps=False).num_timesteps == 192
+
+
 def test_sb3_zips_that_do_not_map_are_refused_in_one_line(tmp_path: Path) -> None:
     from stable_baselines3 import PPO
+    from stable_baselines3.common.envs import SimpleMultiObsEnv
 
-    image_env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=True)
-    contrib_trpo()("CnnPolicy", image_env).save(tmp_path / "cnn")
+    contrib_trpo()("MultiInputPolicy", SimpleMultiObsEnv()).save(tmp_path / "dict_cnn")  # a CNN inside a Dict's
     PPO("MlpPolicy", "CartPole-v1").save(tmp_path / "ppo")
-    for name, named in [("cnn", r"features_extractor\.cnn[^\n]*$"), ("ppo", r"sb3-contrib's TRPO[^\n]*$")]:
+    for name, named in [("dict_cnn", r"features_extractor\.extractors[^\n]*$"), ("ppo", r"sb3-contrib's TRPO[^\n]*$")]:
         with pytest.raises(ValueError, match=f"^[^\n]*{named}"):  # one line naming it
             TRPO.load(tmp_path / name)
 

@@ -8,6 +8,7 @@ save, load and resume (and the CLI), a mismatched critic_hidden is refused, and 
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -163,6 +164,8 @@ def test_a_critic_of_other_sizes_is_refused() -> None:
         TRPO("CartPole-v1", shared_trunk=True, critic_hidden=(32,))
     with pytest.raises(ConfigError, match="value_kl_coef"):
         TRPO("CartPole-v1", shared_trunk=True, value_kl_coef=-1.0)
+    with pytest.raises(ConfigError, match="needs shared_trunk true"):
+        TRPO("CartPole-v1", value_fit_trunk=False)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -197,15 +200,79 @@ def test_the_kl_term_keeps_the_policy_where_the_step_left_it(kind) -> None:
     assert moved[3.0] < 0.01 * moved[0.0]  # 0.0004 against 1.1 (categorical), 0.14 against 96 (Gaussian)
 
 
-def test_worker_processes_give_the_same_run() -> None:
-    """With a shared trunk the next batch is collected after the recheck, not during the value fit: worker
-    processes must still give the rows envs stepped in this process give."""
+@pytest.mark.parametrize("fits_trunk", [True, False])
+def test_worker_processes_give_the_same_run(fits_trunk) -> None:
+    """With a shared trunk the next batch is collected after the recheck, not during the value fit (during it where
+    the fit keeps to the value head): worker processes must still give the rows envs stepped in this process give."""
     from trpo.logger import TIMING_FIELDS
 
     def rows(mode: str) -> list[dict]:
-        agent = TRPO("CartPole-v1", seed=4, num_envs=4, steps_per_env=64, shared_trunk=True, vector_mode=mode)
+        agent = TRPO("CartPole-v1", seed=4, num_envs=4, steps_per_env=64, shared_trunk=True, vector_mode=mode,
+                     value_fit_trunk=fits_trunk)
         agent.learn(768)
         agent.close()
         return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in agent.history]
 
     assert rows("subprocess") == rows("sync")
+
+
+@pytest.mark.parametrize("env,kw", [
+    ("CartPole-v1", {}),
+    (PixelSideEnv, {}),
+    ("CartPole-v1", {"recurrent": "gru", "recurrent_seq_len": 8}),
+    ("Pendulum-v1", {"update_rule": "ppo", "kl_constraint": "max"}),
+])
+def test_a_trunk_kept_out_of_the_value_fit_leaves_the_policy_as_the_step_did(env, kw) -> None:
+    """value_fit_trunk false (sb3-contrib's shared CNN): the fit trains the value head alone, so after each update
+    the actor's parameters are the policy step's bit for bit, the logged KL after the fit is the step's, and the
+    critic's Adam holds the head's tensors only."""
+    agent = TRPO(env, seed=0, num_envs=2, steps_per_env=64, shared_trunk=True, value_fit_trunk=False, **kw)
+    learner = agent.learner
+    assert learner.critic.body is learner.actor.body
+    assert len(learner.critic_optimizer.state_dict()["param_groups"][0]["params"]) == 2  # out.weight, out.bias
+    after_step: list[torch.Tensor] = []
+    rule_update = learner.update_rule.update
+
+    def recorded(actor, batch):
+        figures = rule_update(actor, batch)
+        after_step.append(parameters_to_vector(actor.parameters()).clone())
+        return figures
+
+    learner.update_rule.update = recorded
+    heads = []
+    for _ in range(3):
+        heads.append(parameters_to_vector(learner.critic.out.parameters()).clone())
+        row = learner.update()
+        assert torch.equal(parameters_to_vector(learner.actor.parameters()), after_step[-1])
+        step_kl = row["kl_max" if agent.config.kl_constraint == "max" else "kl"]
+        assert row["kl_after_value_fit"] == step_kl and row["value_fit_trunk_fraction"] == 0.0
+    assert not torch.equal(heads[0], parameters_to_vector(learner.critic.out.parameters()))  # V was fitted
+
+
+def test_the_value_heads_gradient_is_autograds() -> None:
+    """Critic.head_mse_backward on fixed features: the value head's gradients of the squared error, as autograd
+    gives them; the body gets none."""
+    critic = shared_nets("gaussian", (16, 16), seed=5)[2]
+    gen = torch.Generator().manual_seed(5)
+    obs, targets = torch.randn(40, 5, generator=gen), torch.randn(40, generator=gen) * 3
+    with torch.no_grad():
+        features = critic.features(obs)
+    critic.head_mse_backward(features, targets)
+    written = [p.grad.clone() for p in critic.out.parameters()]
+    assert all(p.grad is None for p in critic.body.parameters())
+    critic.zero_grad(set_to_none=True)
+    (critic.out(features).squeeze(-1) - targets).pow(2).mean().backward()
+    for mine, theirs in zip(written, [p.grad for p in critic.out.parameters()], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_cli_keeps_the_trunk_out_of_the_value_fit(tmp_path) -> None:
+    from trpo.cli import main
+
+    out = tmp_path / "run"
+    main(["train", "--env", "CartPole-v1", "--shared-trunk", "--no-value-fit-trunk", "--total-steps", "512",
+          "--num-envs", "2", "--steps-per-env", "64", "--save-every", "256", "--run-dir", str(out), "--seed", "1"])
+    main(["train", "--resume", str(out), "--total-steps", "768"])
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["value_fit_trunk_fraction"] == 0.0 for r in rows)
+    assert "value_fit_trunk: false" in (out / "config.yaml").read_text()

@@ -195,6 +195,12 @@ class TRPOConfig:
     against the squared error in units of the targets' variance (objectives.shared_value_loss; Phasic Policy
     Gradient's cloning term). 0: the plain squared error. Either way the trust region's check after the fit holds
     the bound; this makes the fit keep more of its change."""
+    value_fit_trunk: bool = True
+    """shared_trunk: the value fit trains the shared body as well as the value head (steered by value_kl_coef, then
+    checked again against the trust region). False: the value head alone, on the body's features computed once per
+    update: the body learns from the policy step only, the fit cannot move the policy (nothing to check again), and
+    the next batch is collected during the fit. sb3-contrib's answer (its CnnPolicy's shared CNN): cheaper, but the
+    value function cannot shape the features."""
     activation: Activation = "tanh"
     """Hidden activation of both MLPs."""
     obs_encoder: ObsEncoding = "auto"

@@ -34,7 +34,7 @@ from trpo.observations import MASK_KEY, ObsEncoder, UnsupportedSpaceError, mask_
 from trpo.optim import Adam
 from trpo.rollout import Batch, RolloutCollector
 from trpo.sequences import Inputs, Sequences, select, unit_steps, units
-from trpo.shared_trunk import recheck_trust_region
+from trpo.shared_trunk import recheck_trust_region, unmoved_by_value_fit
 from trpo.update_rules import PolicyBatch, make_update_rule, policy_stats
 
 
@@ -59,7 +59,9 @@ class Learner:
         self.critic.to(device)
         # Fused Adam (all critic tensors in one kernel call: ~1.5x faster value fitting on the CPU), not from
         # torch.optim, whose import costs ~70 MiB (trpo/optim.py).
-        self.critic_optimizer = Adam(self.critic.parameters(), lr=cfg.value_lr, eps=cfg.value_eps)
+        # A shared trunk kept out of the value fit (value_fit_trunk false): the value head is all the fit trains.
+        fitted = self.critic.out if cfg.shared_trunk and not cfg.value_fit_trunk else self.critic
+        self.critic_optimizer = Adam(fitted.parameters(), lr=cfg.value_lr, eps=cfg.value_eps)
         # Pixels are scaled to [0, 1] in the CNN; per-pixel statistics would only add noise.
         self.obs_norm = ObsNormalizer(encoder.dim, cfg.normalize_obs and image is None, cfg.clip_obs,
                                       encoder.mask_dim)
@@ -149,12 +151,14 @@ class Learner:
         t2 = time.perf_counter()
         # The next batch needs only the new policy, not the critic: with worker processes it is collected while
         # this process fits V below (its advantages use the refitted critic all the same). A shared trunk's value
-        # fit moves the policy, so its next batch waits for the fit and the trust region's check.
+        # fit moves the policy (unless value_fit_trunk keeps it to the value head), so its next batch waits for the
+        # fit and the trust region's check.
         more = self.num_steps < self.total_steps
-        if more and not cfg.shared_trunk:
+        fits_trunk = cfg.shared_trunk and cfg.value_fit_trunk
+        if more and not fits_trunk:
             collector.start(self.actor, cfg.steps_per_env, self.sample_gen)
         # 4. Fit the value function on the batch's targets.
-        theta_policy = parameters_to_vector(self.actor.parameters()) if cfg.shared_trunk else None
+        theta_policy = parameters_to_vector(self.actor.parameters()) if fits_trunk else None
         if self.critic.cell is None:
             value_loss = self.fit_value(obs, targets.reshape(-1).detach())
         else:
@@ -164,6 +168,8 @@ class Learner:
             step.update(recheck_trust_region(self.actor, self.dist, train, theta_policy, cfg))
             if more:
                 collector.start(self.actor, cfg.steps_per_env, self.sample_gen)
+        elif cfg.shared_trunk:  # the fit left the policy as the step did
+            step.update(unmoved_by_value_fit(step, cfg))
         t3 = time.perf_counter()
 
         return self._metrics(batch, step, value_loss, values, targets, raw_adv, (t0, t1, t2, t3))
@@ -216,15 +222,21 @@ class Learner:
         cfg = self.config
         n = units(inputs)
         size = max(1, cfg.value_minibatch // unit_steps(inputs))
-        penalized = cfg.shared_trunk and cfg.value_kl_coef > 0
+        penalized = cfg.shared_trunk and cfg.value_fit_trunk and cfg.value_kl_coef > 0
         if penalized:  # the policy the step left, which the fit should move as little as it can
             with torch.no_grad():
                 ref, target_var = self.actor(inputs), targets.var().clamp_min(1e-8)
+        features = None
+        if cfg.shared_trunk and not cfg.value_fit_trunk:  # the body stays as the step left it: its features once
+            with torch.no_grad():
+                features = self.critic.features(inputs)
         for _ in range(cfg.value_epochs):
             order = torch.randperm(n, generator=self.shuffle_gen).to(targets.device)
             for start in range(0, n, size):
                 part, rows = select(inputs, order[start : start + size])
-                if penalized:
+                if features is not None:
+                    self.critic.head_mse_backward(features[rows], targets[rows])
+                elif penalized:
                     self.critic.penalized_backward(self.actor, self.dist, part, targets[rows], target_var,
                                                    tuple(p[rows] for p in ref), cfg.max_kl, cfg.value_kl_coef)
                 else:

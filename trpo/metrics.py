@@ -21,7 +21,8 @@ METRICS: dict[str, str] = {
                           "after the value fit and the trust region's recheck; at most `max_kl` (or the step's own "
                           "KL, for a rule without a line search)",
     "value_fit_trunk_fraction": "`shared_trunk` only: the share alpha^j of the value fit's change of the trunk kept "
-                                "(1: all of it; 0: undone, the policy step's parameters exactly)",
+                                "(1: all of it; 0: undone, the policy step's parameters exactly, or "
+                                "`value_fit_trunk: false`, whose fit never changes the trunk)",
     "value_fit_backtracks": "`shared_trunk` only: backtracks j of the kept (or last tried) share",
     "surrogate_gain": "L(theta_new) - L(theta_old), exact on the batch; every rule",
     "grad_norm": "||g||, the surrogate's gradient at theta_old on the whole batch; every rule",

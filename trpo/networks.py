@@ -118,6 +118,15 @@ class Critic(nn.Module):
         values: Tensor = self.out(_features(self.body, self.cell, inputs)[0])
         return values.squeeze(-1)
 
+    def features(self, inputs: Inputs) -> Tensor:
+        """What the value head takes, for the rows of `inputs` in their flat order (valid steps of `Sequences`)."""
+        return _features(self.body, self.cell, inputs)[0]
+
+    def head_mse_backward(self, features: Tensor, targets: Tensor) -> None:
+        """Set the value head's grads of mean((out(features) - targets)^2); the body gets none (a shared trunk kept
+        out of the value fit: config value_fit_trunk)."""
+        self._out_backward(features, targets)
+
     def penalized_backward(self, actor: Actor, dist: ActionDistribution, inputs: Inputs, targets: Tensor,
                            target_var: Tensor, ref: Params, max_kl: float, coef: float) -> None:
         """A shared trunk (`trunk` given): set each parameter's .grad to the gradient of

@@ -69,7 +69,10 @@ def _net_arch(policy: str, net_arch: Any) -> dict[str, Any]:
     return {"actor_hidden": sizes, "critic_hidden": sizes}
 
 
-def _extractor(policy: str, kwargs: dict[str, Any], obs_space: spaces.Space[Any]) -> None:
+def _extractor(policy: str, kwargs: dict[str, Any], obs_space: spaces.Space[Any]) -> dict[str, Any]:
+    """The config fields of the extractor's policy_kwargs: CnnPolicy's NatureCNN shared by the policy and the
+    value function (sb3's default) is a shared trunk that only the policy step trains, as sb3-contrib's critic step
+    drops the shared parameters' gradients."""
     cls = kwargs.pop("features_extractor_class", EXTRACTORS[policy])
     if cls is not EXTRACTORS[policy]:
         raise refuse(f"policy_kwargs features_extractor_class={cls.__name__}",
@@ -79,20 +82,19 @@ def _extractor(policy: str, kwargs: dict[str, Any], obs_space: spaces.Space[Any]
         if fe_kwargs.pop("features_dim", 512) != 512 or fe_kwargs:
             raise refuse(f"policy_kwargs features_extractor_kwargs={fe_kwargs!r}",
                          "trpo's Nature CNN has 512 features")
-        if kwargs.pop("share_features_extractor", True):
-            raise refuse("CnnPolicy with share_features_extractor=True (sb3's default)",
-                         "trpo's critic has a CNN of its own: pass policy_kwargs=dict(share_features_extractor=False)")
-    else:
-        kwargs.pop("share_features_extractor", None)  # a Flatten/concatenation has no parameters to share
-        if policy == "MultiInputPolicy":
-            assert isinstance(obs_space, spaces.Dict)
-            images = [key for key, sub in obs_space.spaces.items() if is_image_space(sub)]
-            if images:
-                raise refuse(f"MultiInputPolicy on image entries {images}",
-                             "trpo flattens a Dict's entries into its MLP; sb3 puts images through a CNN")
-            fe_kwargs.pop("cnn_output_dim", None)  # used by sb3 for image entries only
-        if fe_kwargs:
-            raise refuse(f"policy_kwargs features_extractor_kwargs={fe_kwargs!r}", f"{policy}'s extractor takes none")
+        shared = kwargs.pop("share_features_extractor", True)
+        return {"shared_trunk": True, "value_fit_trunk": False} if shared else {}
+    kwargs.pop("share_features_extractor", None)  # a Flatten/concatenation has no parameters to share
+    if policy == "MultiInputPolicy":
+        assert isinstance(obs_space, spaces.Dict)
+        images = [key for key, sub in obs_space.spaces.items() if is_image_space(sub)]
+        if images:
+            raise refuse(f"MultiInputPolicy on image entries {images}",
+                         "trpo flattens a Dict's entries into its MLP; sb3 puts images through a CNN")
+        fe_kwargs.pop("cnn_output_dim", None)  # used by sb3 for image entries only
+    if fe_kwargs:
+        raise refuse(f"policy_kwargs features_extractor_kwargs={fe_kwargs!r}", f"{policy}'s extractor takes none")
+    return {}
 
 
 def policy_fields(policy: Any, policy_kwargs: dict[str, Any] | None, obs_space: spaces.Space[Any]) -> dict[str, Any]:
@@ -119,7 +121,7 @@ def policy_fields(policy: Any, policy_kwargs: dict[str, Any] | None, obs_space: 
     if opt_kwargs is not None and set(opt_kwargs) - {"eps"}:
         raise refuse(f"policy_kwargs optimizer_kwargs {sorted(set(opt_kwargs) - {'eps'})}", "only eps")
     fields["value_eps"] = 1e-5 if opt_kwargs is None else float(opt_kwargs.get("eps", 1e-8))
-    _extractor(policy, kwargs, obs_space)
+    fields.update(_extractor(policy, kwargs, obs_space))
     if kwargs:
         raise refuse(f"policy_kwargs {sorted(kwargs)}", "no trpo counterpart")
     return fields

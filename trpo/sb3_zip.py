@@ -1,20 +1,24 @@
 """SB3's names for trpo's networks, and sb3-contrib's TRPO zips read for trpo.sb3.TRPO (trpo/sb3.py, docs/sb3.md).
 
-SB3's ActorCriticPolicy with separate pi and vf MLPs (MlpPolicy; MultiInputPolicy of vectors, whose extractor has no
-parameters) holds what trpo's actor and critic hold, layer for layer:
+SB3's ActorCriticPolicy (MlpPolicy; MultiInputPolicy of vectors, whose extractor has no parameters; CnnPolicy's
+NatureCNN) holds what trpo's actor and critic hold, layer for layer:
 
-    sb3 (policy.state_dict())       trpo
-    log_std                         actor.head.log_std   (gSDE: [features, actions], sb3's full_std)
-    mlp_extractor.policy_net.{i}.*  actor.body.{i}.*     (Linear, activation, Linear, ...: the same indices)
-    mlp_extractor.value_net.{i}.*   critic.body.{i}.*
-    action_net.*                    actor.head.linear.*
-    value_net.*                     critic.out.*
+    sb3 (policy.state_dict())              trpo
+    log_std                                actor.head.log_std   (gSDE: [features, actions], sb3's full_std)
+    features_extractor.cnn.{i}.*           actor.body.convs.{i}.*   (CnnPolicy; linear.0.* is body.fc.*)
+    pi_features_extractor.*                the same module as features_extractor
+    vf_features_extractor.*                critic.body.*, or the actor's body where shared (sb3's default)
+    mlp_extractor.policy_net.{i}.*         actor.body.{i}.*     (Linear, activation, Linear, ...: the same indices)
+    mlp_extractor.value_net.{i}.*          critic.body.{i}.*
+    action_net.*                           actor.head.linear.*
+    value_net.*                            critic.out.*
 
-so `model.policy.state_dict()` is the actor's and critic's tensors under sb3's names, in sb3's order (its optimizer
-numbers the parameters in that order); a trpo network with no sb3 counterpart (a CNN body) keeps trpo's names,
-under "actor." and "critic.". sb3's Adam runs over every policy parameter, but in TRPO only the value side ever has
-a gradient (the actor moves by the natural gradient step), so its state is trpo's critic Adam renumbered
-(`optimizer_to_sb3` and back).
+so `model.policy.state_dict()` is the actor's and critic's tensors under sb3's names, in sb3's order, a shared
+module under each of its names as torch lists it; sb3's optimizer numbers the distinct parameters in that order. A
+trpo tensor with no sb3 counterpart keeps trpo's name, under "actor." or "critic.". sb3's Adam runs over every
+policy parameter, but in TRPO only the value side ever has a gradient (the actor moves by the natural gradient
+step; sb3-contrib drops a shared CNN's gradients from the critic's step), so its state is trpo's critic Adam
+renumbered (`optimizer_to_sb3` and back).
 
 Reading an sb3-contrib zip runs no code from it (docs/security.md): SB3 pickles some entries of its "data"; the
 four trpo needs are unpickled here against an allow-list (`_SafeUnpickler`), the rest not at all, and SB3's
@@ -40,15 +44,21 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 from torch import Tensor, nn
 
-from trpo.encoders import MLPBody
+from trpo.encoders import ConvBody, MLPBody
 
 if TYPE_CHECKING:
     from trpo.sb3 import TRPO
 
-# (sb3's name or prefix, the network, trpo's name or prefix), in the order of sb3's policy.named_parameters()
-_NAMES = (("log_std", "actor", "head.log_std"), ("mlp_extractor.policy_net.", "actor", "body."),
-          ("mlp_extractor.value_net.", "critic", "body."), ("action_net.", "actor", "head.linear."),
-          ("value_net.", "critic", "out."))
+# (sb3's name or prefix, the network, trpo's name or prefix), in the order of sb3's policy.state_dict()
+_STD = (("log_std", "actor", "head.log_std"),)
+_MLP = (("mlp_extractor.policy_net.", "actor", "body."), ("mlp_extractor.value_net.", "critic", "body."))
+_HEADS = (("action_net.", "actor", "head.linear."), ("value_net.", "critic", "out."))
+# CnnPolicy's NatureCNN, registered by sb3 under three names (the policy's twice), its layers as trpo's ConvBody's
+_CNN_PREFIXES = ("features_extractor.", "pi_features_extractor.", "vf_features_extractor.")
+_CNN_LAYERS = (("cnn.", "body.convs."), ("linear.0.", "body.fc."))
+# every sb3 name or prefix above: an sb3-contrib zip's tensors must all be among them
+_SB3_NAMES = (*(sb3 for sb3, _, _ in (*_STD, *_MLP, *_HEADS)),
+              *(pre + sb3 for pre in _CNN_PREFIXES for sb3, _ in _CNN_LAYERS))
 # data entries an sb3-contrib TRPO zip has and other algorithms' zips lack
 _TRPO_KEYS = {"cg_max_steps", "cg_damping", "line_search_max_iter", "n_critic_updates", "target_kl"}
 # its constructor arguments (as saved in "data"; the policy and the stats window are saved otherwise)
@@ -154,37 +164,56 @@ def _match(name: str, pattern: str) -> bool:
     return name.startswith(pattern) if pattern.endswith(".") else name == pattern
 
 
-def sb3_names(actor: list[str], critic: list[str], mlp: bool) -> dict[str, tuple[str, str]]:
-    """sb3's name -> (network, trpo's name) for every tensor of the actor's and critic's state dicts, in sb3's order;
-    `mlp`: the bodies are MLPs (otherwise, and for a tensor without an sb3 counterpart, trpo's name under the net's)."""
-    nets = {"actor": actor, "critic": critic}
+def sb3_names(actor: list[str], critic: list[str], body: str, shared: bool) -> dict[str, tuple[str, str]]:
+    """sb3's name -> (network, trpo's name) for every tensor of the actor's and critic's state dicts, in sb3's order.
+    `body`: "mlp" (MLP bodies), "cnn" (NatureCNN bodies) or another (trpo's names); `shared`: the critic's body and
+    cell are the actor's (listed as the actor's). A tensor without an sb3 counterpart keeps trpo's name under its
+    network's."""
+    own = [k for k in critic if not (shared and k.startswith(("body.", "cell.")))]
+    nets = {"actor": actor, "critic": own}
+    table: list[tuple[str, str, str]] = list(_STD)
+    if body == "cnn":
+        for prefix in _CNN_PREFIXES:
+            net = "critic" if prefix.startswith("vf_") and not shared else "actor"
+            table += [(prefix + sb3, net, trpo) for sb3, trpo in _CNN_LAYERS]
+    elif body == "mlp":
+        table += _MLP
+    table += _HEADS
     out: dict[str, tuple[str, str]] = {}
-    for sb3, net, trpo in _NAMES if mlp else ():
+    for sb3, net, trpo in table:
         out.update({sb3 + k[len(trpo):]: (net, k) for k in nets[net] if _match(k, trpo)})
     mapped = set(out.values())
     out.update({f"{net}.{k}": (net, k) for net, keys in nets.items() for k in keys if (net, k) not in mapped})
     return out
 
 
-def optimizer_to_sb3(state: dict[str, Any], names: dict[str, tuple[str, str]], critic: list[str]) -> dict[str, Any]:
-    """trpo's critic Adam state (its parameters in `critic`'s order) in the layout of sb3's Adam over the policy."""
-    index = {trpo: i for i, (net, trpo) in enumerate(names.values()) if net == "critic"}
-    (group,) = state["param_groups"]
-    return {"state": {index[critic[p]]: s for p, s in state["state"].items()},
-            "param_groups": [{**group, "params": list(range(len(names)))}]}
+def _numbering(names: dict[str, tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """sb3's optimizer's number of each distinct tensor (a shared module's once, at its first name)."""
+    return {key: i for i, key in enumerate(dict.fromkeys(names.values()))}
 
 
-def optimizer_from_sb3(state: dict[str, Any], names: dict[str, tuple[str, str]], critic: list[str]) -> dict[str, Any]:
-    """sb3's Adam state over the policy as trpo's critic Adam state; entries of actor parameters (sb3's TRPO never
-    steps them: no gradient reaches them) are dropped."""
+def optimizer_to_sb3(state: dict[str, Any], names: dict[str, tuple[str, str]],
+                     fitted: list[tuple[str, str]]) -> dict[str, Any]:
+    """trpo's critic Adam state (over the tensors `fitted`, in its order) in the layout of sb3's Adam over the
+    policy."""
+    index = _numbering(names)
     (group,) = state["param_groups"]
-    if len(group["params"]) != len(names):
+    return {"state": {index[fitted[p]]: s for p, s in state["state"].items()},
+            "param_groups": [{**group, "params": list(range(len(index)))}]}
+
+
+def optimizer_from_sb3(state: dict[str, Any], names: dict[str, tuple[str, str]],
+                       fitted: list[tuple[str, str]]) -> dict[str, Any]:
+    """sb3's Adam state over the policy as trpo's critic Adam state (over the tensors `fitted`); entries of actor
+    parameters (sb3's TRPO never steps them: no gradient reaches them) are dropped."""
+    index = _numbering(names)
+    (group,) = state["param_groups"]
+    if len(group["params"]) != len(index):
         raise ValueError(f"policy.optimizer: the state holds {len(group['params'])} parameters, the policy "
-                         f"{len(names)}")
-    index = {trpo: i for i, (net, trpo) in enumerate(names.values()) if net == "critic"}
-    ids = [group["params"][index[k]] for k in critic]  # the state's key of each critic parameter
+                         f"{len(index)}")
+    ids = [group["params"][index[k]] for k in fitted]  # the state's key of each fitted parameter
     return {"state": {p: state["state"][i] for p, i in enumerate(ids) if i in state["state"]},
-            "param_groups": [{**group, "params": list(range(len(critic)))}]}
+            "param_groups": [{**group, "params": list(range(len(fitted)))}]}
 
 
 class TRPOOptimizer:
@@ -195,12 +224,11 @@ class TRPOOptimizer:
 
     def state_dict(self) -> dict[str, Any]:
         p = self.policy
-        return optimizer_to_sb3(p.model.learner.critic_optimizer.state_dict(), p.names(), list(p.critic.state_dict()))
+        return optimizer_to_sb3(p.model.learner.critic_optimizer.state_dict(), p.names(), p.fitted())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         p = self.policy
-        p.model.learner.critic_optimizer.load_state_dict(
-            optimizer_from_sb3(state, p.names(), list(p.critic.state_dict())))
+        p.model.learner.critic_optimizer.load_state_dict(optimizer_from_sb3(state, p.names(), p.fitted()))
 
 
 class TRPOPolicy:
@@ -222,9 +250,27 @@ class TRPOPolicy:
         self.actor.train(mode)
         self.critic.train(mode)
 
-    def names(self) -> dict[str, tuple[str, str]]:
-        return sb3_names(list(self.actor.state_dict()), list(self.critic.state_dict()),
-                         isinstance(self.actor.body, MLPBody) and isinstance(self.critic.body, MLPBody))
+    def body(self) -> str:
+        """The bodies' kind as sb3_names takes it."""
+        if isinstance(self.actor.body, MLPBody) and isinstance(self.critic.body, MLPBody):
+            return "mlp"
+        cfg = self.model.learner.config
+        return "cnn" if cfg.image_encoder == "nature" and isinstance(self.actor.body, ConvBody) else "other"
+
+    def names(self, actor: list[str] | None = None, critic: list[str] | None = None) -> dict[str, tuple[str, str]]:
+        """sb3's names of these networks' tensors (or of state dicts with the keys `actor` and `critic`)."""
+        return sb3_names(list(self.actor.state_dict()) if actor is None else actor,
+                         list(self.critic.state_dict()) if critic is None else critic, self.body(),
+                         self.critic.body is self.actor.body)
+
+    def fitted(self) -> list[tuple[str, str]]:
+        """(network, trpo's name) of each tensor the critic's Adam steps, in its order (a shared body's: the
+        actor's)."""
+        ident: dict[int, tuple[str, str]] = {}
+        for net, module in (("actor", self.actor), ("critic", self.critic)):
+            for k, param in module.named_parameters():
+                ident.setdefault(id(param), (net, k))
+        return [ident[id(param)] for param in self.model.learner.critic_optimizer.params]
 
     def state_dict(self) -> dict[str, Tensor]:
         nets = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict()}
@@ -269,10 +315,10 @@ def zip_params(path: str | Path | io.BufferedIOBase, device: torch.device | str,
     if saved is None:
         return load_from_zip_file(path, load_data=False, device=device)[1]
     state = saved[1]
-    names = sb3_names(list(state["actor"]), list(state["critic"]), isinstance(policy.actor.body, MLPBody))
+    names = policy.names(list(state["actor"]), list(state["critic"]))
     nets = {"actor": state["actor"], "critic": state["critic"]}
     return {"policy": {name: nets[net][k] for name, (net, k) in names.items()},
-            "policy.optimizer": optimizer_to_sb3(state["critic_optimizer"], names, list(state["critic"]))}
+            "policy.optimizer": optimizer_to_sb3(state["critic_optimizer"], names, policy.fitted())}
 
 
 def read_sb3_zip(path: str | Path | io.BufferedIOBase, device: torch.device | str,
@@ -284,7 +330,9 @@ def read_sb3_zip(path: str | Path | io.BufferedIOBase, device: torch.device | st
     those a trpo model needs (the spaces; policy_kwargs and learning_rate where they hold a class or a schedule)
     decoded by _SafeUnpickler, and None for the rest (the policy class, the last observations, the episode buffers).
     A pickle holding anything but _ALLOWED's (a learning-rate schedule: a function) is refused with one line naming
-    it, and runs nothing; so is a policy whose tensors do not map onto trpo's networks (a CNN, shared layers)."""
+    it, and runs nothing; so is a policy whose tensors do not map onto trpo's networks (a custom extractor, a Dict's
+    CNN). A CnnPolicy's `share_features_extractor` is in its saved policy_kwargs where it was given (True where not,
+    as sb3's default), so the drop-in built from them shares the CNN as it was shared."""
     with zipfile.ZipFile(path) as archive:
         raw = json.loads(archive.read("data").decode()) if "data" in archive.namelist() else {}  # as SB3 reads it
     _rewind(path)
@@ -297,7 +345,7 @@ def read_sb3_zip(path: str | Path | io.BufferedIOBase, device: torch.device | st
                                          print_system_info=print_system_info)
     assert data is not None
     unmapped = sorted({".".join(k.split(".")[:2]) for k in params.get("policy", {})
-                       if not any(_match(k, sb3) for sb3, _, _ in _NAMES)})
+                       if not any(_match(k, sb3) for sb3 in _SB3_NAMES)})
     if unmapped:
         raise ValueError(f"{path}: its policy does not map onto trpo's networks (its {', '.join(unmapped)}): "
                          "trpo.sb3.TRPO loads sb3-contrib's MlpPolicy and MultiInputPolicy of vectors")
@@ -305,6 +353,7 @@ def read_sb3_zip(path: str | Path | io.BufferedIOBase, device: torch.device | st
     # ortho_init only draws the first weights, which the loaded ones replace
     args["policy_kwargs"] = {k: v for k, v in (args.get("policy_kwargs") or {}).items() if k != "ortho_init"}
     obs_space, action_space = data["observation_space"], data["action_space"]
-    args["policy"] = "MultiInputPolicy" if isinstance(obs_space, spaces.Dict) else "MlpPolicy"
+    cnn = any(k.startswith("features_extractor.") for k in params.get("policy", {}))
+    args["policy"] = "MultiInputPolicy" if isinstance(obs_space, spaces.Dict) else "CnnPolicy" if cnn else "MlpPolicy"
     args["stats_window_size"] = data.get("_stats_window_size", 100)
     return args, (obs_space, action_space), params, (int(data["num_timesteps"]), int(data.get("_n_updates", 0)))

@@ -19,6 +19,13 @@ from trpo.trust_region import keep_trust_region
 from trpo.update_rules import PolicyBatch
 
 
+def unmoved_by_value_fit(step: dict[str, Any], config: TRPOConfig) -> dict[str, Any]:
+    """A shared trunk kept out of the value fit (value_fit_trunk false): the fit trained the value head alone, so
+    the policy after it is the step's, bit for bit, and so is its KL; nothing of the trunk changed to keep."""
+    kl = step["kl_max"] if config.kl_constraint == "max" else step["kl"]
+    return {"kl_after_value_fit": kl, "value_fit_trunk_fraction": 0.0, "value_fit_backtracks": 0}
+
+
 def recheck_trust_region(actor: Actor, dist: ActionDistribution, batch: PolicyBatch, theta_policy: Tensor,
                          config: TRPOConfig) -> dict[str, Any]:
     """A shared trunk, after the value fit moved the actor's parameters away from the policy step's theta_policy:

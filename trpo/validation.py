@@ -105,6 +105,8 @@ def validate(cfg: TRPOConfig) -> None:
     if cfg.shared_trunk and tuple(cfg.critic_hidden) != tuple(cfg.actor_hidden):
         raise ConfigError(f"shared_trunk: the value function's body is the policy's, so critic_hidden must equal "
                           f"actor_hidden ({list(cfg.actor_hidden)}), got {list(cfg.critic_hidden)}")
+    if not cfg.value_fit_trunk and not cfg.shared_trunk:
+        raise ConfigError("value_fit_trunk false keeps a shared trunk out of the value fit: it needs shared_trunk true")
     if cfg.sde_sample_freq == 0 or cfg.sde_sample_freq < -1:
         raise ConfigError(f"sde_sample_freq must be -1 (once per batch) or a positive number of steps, got "
                           f"{cfg.sde_sample_freq}")
