@@ -148,6 +148,24 @@ def test_cnn_policy_parameters_and_zips_are_sb3_contribs(share: bool, tmp_path: 
     assert loaded.learn(64, reset_num_timesteps=False).num_timesteps == 192
 
 
+def test_load_a_multi_input_zip_saved_by_sb3_contrib(tmp_path: Path) -> None:
+    """MultiInputPolicy on a Dict of a Box and a Discrete (sb3's CombinedExtractor: flattened and one-hot,
+    concatenated in the Dict's order, as trpo encodes it): the loaded model acts as sb3-contrib's and learns on."""
+    import trpo_testenvs  # noqa: F401  (registers DictObs-v0)
+
+    contrib = contrib_trpo()("MultiInputPolicy", "DictObs-v0", n_steps=64, batch_size=32, seed=0).learn(128)
+    contrib.save(tmp_path / "dict")
+    model = TRPO.load(tmp_path / "dict.zip", env="DictObs-v0")
+    assert model.args["policy"] == "MultiInputPolicy"
+    space = model.observation_space
+    space.seed(0)
+    samples = [space.sample() for _ in range(32)]
+    obs = {key: np.stack([o[key] for o in samples]) for key in samples[0]}
+    np.testing.assert_allclose(model.predict(obs, deterministic=True)[0], contrib.predict(obs, deterministic=True)[0],
+                               rtol=1e-5, atol=1e-6)  # FLOAT32
+    assert model.learn(64, reset_num_timesteps=False).num_timesteps == 192
+
+
 def test_sb3_zips_that_do_not_map_are_refused_in_one_line(tmp_path: Path) -> None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.envs import SimpleMultiObsEnv
