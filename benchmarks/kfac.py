@@ -36,9 +36,13 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # method -> overrides: the three directions at the preset's cg_iters, K-FAC-preconditioned CG cut to 8 iterations
 # (does the preconditioner buy the same residual for fewer products?), and K-FAC with sampled G factors
-# (kfac_samples: 1 and 4 random projections of the metric's root instead of one backward pass per head output)
+# (kfac_samples: 1 and 4 random projections of the metric's root instead of one backward pass per head output),
+# and CG (plain, and K-FAC-preconditioned) on exact products from K-FAC's kept output gradients (fisher_product
+# 'layerwise': the same steps as cg's and kfac_cg's, to float rounding)
 METHODS: dict[str, dict[str, Any]] = {
     "cg": {"natural_gradient": "cg"},
+    "cg-lw": {"natural_gradient": "cg", "fisher_product": "layerwise"},
+    "kfac_cg-lw": {"natural_gradient": "kfac_cg", "fisher_product": "layerwise"},
     "kfac": {"natural_gradient": "kfac"},
     "kfac_cg": {"natural_gradient": "kfac_cg"},
     "kfac_cg8": {"natural_gradient": "kfac_cg", "cg_iters": 8},

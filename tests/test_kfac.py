@@ -266,6 +266,40 @@ def test_the_exact_fisher_equals_the_gauss_newton_product(monkeypatch, name: str
     torch.testing.assert_close(fisher.product(v), explicit @ v, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("natural_gradient", ["cg", "kfac_cg"])
+@pytest.mark.parametrize("name", [*SPACES, "image"])
+def test_cg_on_layerwise_products_takes_the_gauss_newton_step(name: str, natural_gradient: str) -> None:
+    """fisher_product 'layerwise' (CG's products from K-FAC's kept output gradients) against 'gauss_newton' on the same
+    actor and batch: the same CG iterations, residual, beta and new parameters, to float64 rounding."""
+    space, sde = SPACES["categorical" if name == "image" else name]
+    dist, actor, obs_dim = tiny_actor(space, sde, image=name == "image")
+    batch = random_batch(dist, actor, obs_dim, 24, 2)
+    state = {k: v.clone() for k, v in actor.state_dict().items()}
+    steps, thetas = {}, {}
+    for product in ("gauss_newton", "layerwise"):
+        actor.load_state_dict(state)
+        cfg = TRPOConfig(natural_gradient=natural_gradient, fisher_product=product, cg_iters=8, max_kl=0.05)
+        steps[product] = TrustRegionRule(cfg, dist).update(actor, batch)
+        thetas[product] = torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
+    ours, theirs = steps["layerwise"], steps["gauss_newton"]
+    assert ours["step_accepted"] and ours["cg_iterations"] == theirs["cg_iterations"]
+    for key in ("beta", "xFx", "cg_residual", "surrogate_gain"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-8, abs=1e-12)
+    torch.testing.assert_close(thetas["layerwise"], thetas["gauss_newton"], rtol=1e-9, atol=1e-11)
+
+
+def test_layerwise_products_need_no_damping_and_refuse_recurrent_actors() -> None:
+    """CG on layerwise products with cg_damping 0 (K-FAC's factors are never inverted); a recurrent actor is refused in
+    one line."""
+    dist, actor, obs_dim = tiny_actor(*SPACES["gaussian"])
+    batch = random_batch(dist, actor, obs_dim, 16, 1)
+    stats = TrustRegionRule(TRPOConfig(fisher_product="layerwise", cg_damping=0.0), dist).update(actor, batch)
+    assert stats["step_accepted"] and math.isfinite(stats["beta"])
+    with pytest.raises(ConfigError, match="feed-forward") as info:
+        TRPOConfig(fisher_product="layerwise", recurrent="gru")
+    assert "\n" not in str(info.value)
+
+
 CONVS = [dict(kernel_size=3, stride=1), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
          dict(kernel_size=(5, 6), stride=3), dict(kernel_size=2, stride=2, bias=False)]  # the third covers its input
 
@@ -422,12 +456,14 @@ AGENT_ENVS = {
 }
 
 
-@pytest.mark.parametrize("natural_gradient", ["kfac", "kfac_cg"])
+@pytest.mark.parametrize("natural_gradient,product", [("kfac", "gauss_newton"), ("kfac_cg", "gauss_newton"),
+                                                     ("cg", "layerwise")])
 @pytest.mark.parametrize("name", list(AGENT_ENVS))
-def test_kfac_moves_the_policy_on_every_space_and_actor_kind(name: str, natural_gradient: str) -> None:
+def test_kfac_moves_the_policy_on_every_space_and_actor_kind(name: str, natural_gradient: str, product: str) -> None:
     torch.set_default_dtype(torch.float32)  # the agent's usual dtype (the module's fixture set float64)
     env, overrides = AGENT_ENVS[name]
-    cfg = TRPOConfig(num_envs=2, steps_per_env=64, value_epochs=1, natural_gradient=natural_gradient, **overrides)
+    cfg = TRPOConfig(num_envs=2, steps_per_env=64, value_epochs=1, natural_gradient=natural_gradient,
+                     fisher_product=product, **overrides)
     agent = TRPO(env, config=cfg, seed=0)
     before = [p.detach().clone() for p in agent.actor.parameters()]
     agent.learn(256)

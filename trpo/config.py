@@ -26,7 +26,7 @@ AdvantageEstimator = Literal["gae", "td", "return"]
 UpdateRule = Literal["trpo", "npg", "penalty", "pg", "ppo"]
 KLConstraint = Literal["mean", "max"]
 KLPenalty = Literal["fixed", "adaptive", "theory"]
-FisherProduct = Literal["gauss_newton", "hessian"]
+FisherProduct = Literal["gauss_newton", "hessian", "layerwise"]
 NaturalGradient = Literal["cg", "kfac", "kfac_cg"]
 VectorMode = Literal["sync", "subprocess", "ray", "envpool"]
 Activation = Literal["tanh", "relu"]
@@ -121,7 +121,10 @@ class TRPOConfig:
     """CG stops early once the squared residual norm falls below this."""
     fisher_product: FisherProduct = "gauss_newton"
     """'gauss_newton': F v = J^T M J v with the analytic Fisher metric M of the action distribution;
-    'hessian': double backprop through the mean KL. Both equal the KL Hessian at theta_old."""
+    'hessian': double backprop through the mean KL. Both equal the KL Hessian at theta_old. 'layerwise': the same
+    J^T M J v from each layer's kept output gradients of the columns of M's root (K-FAC's pass: one backward pass per
+    column, head_dim of them), then a few matrix products per layer and product, no pass through the network
+    (kfac.LayerwiseFisher; feed-forward actors). Cheaper when CG makes many products on a large batch or a CNN."""
     fisher_subsample: int = 1
     """Use every k-th sample of the batch for Fisher-vector products (baselines used 5), and for K-FAC's factors."""
     natural_gradient: NaturalGradient = "cg"

@@ -89,16 +89,22 @@ class KFAC:
                  params: Params | None = None, fisher: ExactFisher | LayerwiseFisher | None = None) -> None:
         self.kron, self.exact, self.damping = kron, exact, damping
         self.params = params  # the forward pass's distribution params, their graph kept (the caller's g reuses it)
-        self.fisher = fisher  # the exact (F + damping I) on the same samples, for beta (LayerwiseFisher, ExactFisher)
-        root = math.sqrt(damping)
-        self._inverses = []
-        for block in kron:
+        self.fisher = fisher  # the exact (F + damping I) on the same samples (LayerwiseFisher, ExactFisher)
+        self._inverses: list[tuple[Tensor, Tensor]] = []
+        self._exact_inverses: list[Tensor] = []
+
+    def _invert(self) -> None:
+        """The damped factors' inverses, at the first `inverse` (CG with fisher_product 'layerwise' needs none)."""
+        root = math.sqrt(self.damping)
+        for block in self.kron:
             pi = _pi(block.a, block.g)
             self._inverses.append((_spd_inverse(block.a, pi * root), _spd_inverse(block.g, root / pi)))
-        self._exact_inverses = [_spd_inverse(block.matrices, damping) for block in exact]
+        self._exact_inverses = [_spd_inverse(block.matrices, self.damping) for block in self.exact]
 
     def inverse(self, v: Tensor) -> Tensor:
         """(A + pi sqrt(lambda) I)^-1 (x) (G + sqrt(lambda)/pi I)^-1 per layer, (B + lambda I)^-1 per exact block."""
+        if len(self._inverses) < len(self.kron) or len(self._exact_inverses) < len(self.exact):
+            self._invert()
         out = torch.empty_like(v)
         for block, (a_inv, g_inv) in zip(self.kron, self._inverses, strict=True):
             _put(block, out, g_inv @ _matrix(block, v) @ a_inv)
@@ -117,10 +123,12 @@ class KFAC:
 
 
 def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float, samples: int = 0,
-         generator: torch.Generator | None = None) -> KFAC:
+         generator: torch.Generator | None = None, factors: bool = True) -> KFAC:
     """The K-FAC blocks of `actor` (at its current parameters, pi_old) on observations obs [n, D], damped by lambda =
     `damping` (> 0: the factors are often singular); G from `samples` random projections of the metric's root (drawn
-    from `generator`) where 0 < samples < head_dim, else exact. ValueError for an actor it has no blocks for."""
+    from `generator`) where 0 < samples < head_dim, else exact. `factors` False: the pass and the exact product
+    (`fisher`) only, the blocks' A and G left empty (CG on fisher_product 'layerwise': no inverse is asked for).
+    ValueError for an actor it has no blocks for."""
     if actor.cell is not None or not isinstance(obs, Tensor):
         raise ValueError("K-FAC takes feed-forward actors: a recurrent cell applies its layers once per time step")
     names = {id(p): name for name, p in actor.named_parameters()}
@@ -137,14 +145,16 @@ def kfac(actor: Actor, dist: ActionDistribution, obs: Tensor, damping: float, sa
         raise ValueError("K-FAC needs each layer applied once per sample (a shared layer has no Kronecker block)")
     n = obs.shape[0]
     grads, kept = _output_gradient_moments(dist, params, [seen[name][0][1] for name, _ in layers], GRADIENT_LIMIT,
-                                           samples, generator)
+                                           samples, generator, factors)
     kron, inputs = [], []
     for (name, module), g in zip(layers, grads, strict=True):
         x, out = seen[name][0]
-        if isinstance(module, nn.Conv2d):
-            if not plain(module):
-                raise ValueError(f"K-FAC: {name} is a grouped convolution, or padded otherwise than by zeros given "
-                                 "as numbers")
+        if isinstance(module, nn.Conv2d) and not plain(module):
+            raise ValueError(f"K-FAC: {name} is a grouped convolution, or padded otherwise than by zeros given as "
+                             "numbers")
+        if not factors:
+            a = g
+        elif isinstance(module, nn.Conv2d):
             a = conv_input_moment(module, x, cols[name]) / n
             g = g / (n * out.shape[-1] * out.shape[-2])
         else:
@@ -294,13 +304,14 @@ def _recorded_forward(actor: Actor, obs: Tensor, layers: Sequence[tuple[str, nn.
 
 
 def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: list[Tensor], limit: int = 0,
-                             samples: int = 0, generator: torch.Generator | None = None
+                             samples: int = 0, generator: torch.Generator | None = None, factors: bool = True
                              ) -> tuple[list[Tensor], list[Tensor] | None]:
     """sum_i sum_k g_ik g_ik^T per layer output (summed over positions t for a convolution), g_ik the gradient at the
     output of <params_i, L_i e_k>, M_i = L_i L_i^T; only the params that depend on the layers enter (the others add
     zero rows to J). Also the g_ik themselves, [K, out, n T] per layer (as `moment` reads them), where they number
     at most `limit` elements in all (else None). Where 0 < samples < K: L_i r_i instead of L_i (`probes`), K =
-    samples, and no g_ik (they are not the exact columns LayerwiseFisher needs)."""
+    samples, and no g_ik (they are not the exact columns LayerwiseFisher needs). `factors` False: the g_ik only, the
+    moments left empty ([0, 0])."""
     targets = {o.grad_fn for o in outputs}
     used = [j for j, p in enumerate(params) if p.grad_fn is not None and _reaches(p.grad_fn, targets)]
     detached = tuple(p.detach() for p in params)
@@ -319,7 +330,7 @@ def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: 
     sampled = 0 < samples < roots.shape[-1]
     if sampled:  # m columns L_i r_i, E[r_i r_i^T] = I
         roots = roots @ probes(roots.shape[0], roots.shape[-1], samples, generator).to(roots)
-    moments = [o.new_zeros(o.shape[1], o.shape[1]) for o in outputs]
+    moments = [o.new_zeros((o.shape[1],) * 2 if factors else (0, 0)) for o in outputs]
     count = roots.shape[-1]
     kept = [o.new_empty(count, o.shape[1], o.numel() // o.shape[1]) for o in outputs] \
         if not sampled and count * sum(o.numel() for o in outputs) <= limit else None
@@ -336,7 +347,8 @@ def _output_gradient_moments(dist: ActionDistribution, params: Params, outputs: 
             else:
                 flat = kept[j][k]
                 flat.view_as(view).copy_(view)
-            total += flat @ flat.t()
+            if factors:
+                total += flat @ flat.t()
     return moments, kept
 
 

@@ -184,9 +184,12 @@ class TrustRegionRule:
         k = cfg.fisher_subsample
         part = batch if k == 1 else batch.subset(slice(None, None, k))
         sub_obs, sub_old = part.inputs, part.old_params
-        # K-FAC's blocks (kfac.py): the direction itself, or CG's preconditioner.
-        blocks = None if cfg.natural_gradient == "cg" else kfac(actor, dist, part.obs, cfg.cg_damping,
-                                                               cfg.kfac_samples, self.generator)
+        # K-FAC's pass (kfac.py): its blocks are the direction itself or CG's preconditioner, and the layers' output
+        # gradients it keeps give exact Fisher-vector products without a pass through the network (fisher_product
+        # 'layerwise'; K-FAC's beta).
+        layerwise = cfg.fisher_product == "layerwise"
+        blocks = kfac(actor, dist, part.obs, cfg.cg_damping, cfg.kfac_samples, self.generator,
+                      factors=cfg.natural_gradient != "cg") if cfg.natural_gradient != "cg" or layerwise else None
         # A CNN's Jacobian is built once (conv_jacobian.py) when CG makes many products with it; any other actor's
         # products go through autograd, except K-FAC's single one (for beta), which its own pass gives.
         many = cfg.fisher_product == "gauss_newton" and cfg.natural_gradient != "kfac"
@@ -214,8 +217,8 @@ class TrustRegionRule:
             (grad,) = torch.autograd.grad(surrogate(theta), theta)
         if cfg.fisher_product == "hessian":
             fvp = hessian_fvp(lambda th: dist.kl(sub_old, params_of(th, sub_obs)).mean(), theta_old, cfg.cg_damping)
-        elif blocks is not None and blocks.fisher is not None and cfg.natural_gradient == "kfac":
-            fvp = blocks.fisher.product  # one product, for beta: from kfac()'s own pass (kfac.LayerwiseFisher)
+        elif blocks is not None and blocks.fisher is not None and (layerwise or cfg.natural_gradient == "kfac"):
+            fvp = blocks.fisher.product  # from kfac()'s own pass (kfac.LayerwiseFisher, or its ExactFisher fallback)
         else:
             lin = conv or autograd_linearization(lambda th: params_of(th, sub_obs), theta_old)
             fvp = gauss_newton_fvp(lin, dist.fisher_metric_product, cfg.cg_damping)

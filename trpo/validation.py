@@ -78,6 +78,9 @@ def validate(cfg: TRPOConfig) -> None:
         raise ConfigError(f"backtrack_ratio must lie in (0, 1), got {cfg.backtrack_ratio}")
     if not (math.isfinite(cfg.cg_damping) and cfg.cg_damping >= 0):
         raise ConfigError(f"cg_damping must be >= 0, got {cfg.cg_damping}")
+    if cfg.fisher_product == "layerwise" and cfg.recurrent != "none":
+        raise ConfigError("fisher_product 'layerwise' takes feed-forward actors (a recurrent cell applies its layers "
+                          "once per step: no per-layer product); use 'gauss_newton'")
     if cfg.natural_gradient != "cg":
         if cfg.recurrent != "none":
             raise ConfigError(f"natural_gradient {cfg.natural_gradient!r} takes feed-forward actors (a recurrent cell "
