@@ -431,7 +431,8 @@ def test_version_and_choices_in_help() -> None:
     help_text = " ".join(trpo("train", "--help").stdout.split())
     for flag, choices in [("--activation", "{tanh,relu}"), ("--advantage", "{gae,td,return}"),
                           ("--update-rule", "{trpo,npg,penalty,pg,ppo}"), ("--kl-constraint", "{mean,max}"),
-                          ("--kl-penalty", "{fixed,adaptive,theory}"), ("--fisher-product", "{gauss_newton,hessian,layerwise}"),
+                          ("--kl-penalty", "{fixed,adaptive,theory}"),
+                          ("--fisher-product", "{gauss_newton,hessian,layerwise}"),
                           ("--vector-mode", "{sync,subprocess,ray,envpool}")]:
         assert f"{flag} {choices}" in help_text, flag
     assert "--overwrite" in help_text
