@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -90,25 +91,25 @@ class KFAC:
         self.kron, self.exact, self.damping = kron, exact, damping
         self.params = params  # the forward pass's distribution params, their graph kept (the caller's g reuses it)
         self.fisher = fisher  # the exact (F + damping I) on the same samples (LayerwiseFisher, ExactFisher)
-        self._inverses: list[tuple[Tensor, Tensor]] = []
-        self._exact_inverses: list[Tensor] = []
 
-    def _invert(self) -> None:
-        """The damped factors' inverses, at the first `inverse` (CG with fisher_product 'layerwise' needs none)."""
+    @cached_property
+    def _inverses(self) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor]]:
+        """The damped factors' inverses (per layer: A's and G's; per exact block), at the first `inverse`: CG on
+        fisher_product 'layerwise' asks for none."""
         root = math.sqrt(self.damping)
+        layers = []
         for block in self.kron:
             pi = _pi(block.a, block.g)
-            self._inverses.append((_spd_inverse(block.a, pi * root), _spd_inverse(block.g, root / pi)))
-        self._exact_inverses = [_spd_inverse(block.matrices, self.damping) for block in self.exact]
+            layers.append((_spd_inverse(block.a, pi * root), _spd_inverse(block.g, root / pi)))
+        return layers, [_spd_inverse(block.matrices, self.damping) for block in self.exact]
 
     def inverse(self, v: Tensor) -> Tensor:
         """(A + pi sqrt(lambda) I)^-1 (x) (G + sqrt(lambda)/pi I)^-1 per layer, (B + lambda I)^-1 per exact block."""
-        if len(self._inverses) < len(self.kron) or len(self._exact_inverses) < len(self.exact):
-            self._invert()
+        layers, exact = self._inverses
         out = torch.empty_like(v)
-        for block, (a_inv, g_inv) in zip(self.kron, self._inverses, strict=True):
+        for block, (a_inv, g_inv) in zip(self.kron, layers, strict=True):
             _put(block, out, g_inv @ _matrix(block, v) @ a_inv)
-        for eblock, inv in zip(self.exact, self._exact_inverses, strict=True):
+        for eblock, inv in zip(self.exact, exact, strict=True):
             _put_exact(eblock, out, inv, v)
         return out
 

@@ -348,7 +348,7 @@ def read_sb3_zip(path: str | Path | io.BufferedIOBase, device: torch.device | st
                        if not any(_match(k, sb3) for sb3 in _SB3_NAMES)})
     if unmapped:
         raise ValueError(f"{path}: its policy does not map onto trpo's networks (its {', '.join(unmapped)}): "
-                         "trpo.sb3.TRPO loads sb3-contrib's MlpPolicy and MultiInputPolicy of vectors")
+                         "trpo.sb3.TRPO loads sb3-contrib's MlpPolicy, CnnPolicy and MultiInputPolicy of vectors")
     args = {k: data[k] for k in _ARGS if k in data}
     # ortho_init only draws the first weights, which the loaded ones replace
     args["policy_kwargs"] = {k: v for k, v in (args.get("policy_kwargs") or {}).items() if k != "ortho_init"}
